@@ -1,0 +1,156 @@
+"""FrozenLake as a text env, on Gymnasium's ``FrozenLakeEnv``."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import gymnasium
+from gymnasium.envs.toy_text.frozen_lake import MAPS, FrozenLakeEnv, generate_random_map
+
+from envs.text_adapter import DiscreteTextEnv
+
+ACTION_NAMES: tuple[str, ...] = ("left", "down", "right", "up")  # Gymnasium's action ids 0..3
+AGENT = "@"
+
+
+def render_frozen_lake(env: gymnasium.Env, obs: Any) -> str:
+    """The grid, one row per line and cells separated by spaces, ``@`` on the agent, then its position.
+
+    Example:
+        >>> print(render_frozen_lake(FrozenLakeEnv(map_name="4x4"), 1))
+        S @ F F
+        F H F H
+        F F F H
+        H F F G
+        row 0 col 1
+    """
+    lake = env.unwrapped
+    row, col = divmod(int(obs), lake.ncol)
+    cells = [[tile.decode() for tile in line] for line in lake.desc.tolist()]
+    cells[row][col] = AGENT
+    grid = "\n".join(" ".join(line) for line in cells)
+    return f"{grid}\nrow {row} col {col}"
+
+
+def reached_goal(env: gymnasium.Env, obs: Any, reward: Any, terminated: bool, info: dict[str, Any]) -> bool:
+    """Success: the agent stands on ``G`` (checked on the tile, so any ``reward_schedule`` works)."""
+    return bool(env.unwrapped.desc.flat[int(obs)] == b"G")
+
+
+class TextFrozenLake(DiscreteTextEnv):
+    """FrozenLake played in words: walk from S to G across the ice without falling into a hole.
+
+    ## Description
+    Gymnasium's FrozenLake (``gymnasium.envs.toy_text.frozen_lake.FrozenLakeEnv``) with a text
+    observation and text actions. The dynamics, rewards and maps are Gymnasium's; this class only holds
+    the inner env, renders it and parses actions. With ``random_map_size`` every reset draws a new map
+    with Gymnasium's ``generate_random_map``, so a policy must read the map rather than memorise one.
+
+    ## Action Space
+    ``Text``: one of the words ``left``, ``down``, ``right``, ``up`` (Gymnasium's actions 0..3), matched
+    after stripping and lower-casing; ``"right."`` and ``"right please"`` count as ``right``. Any other
+    text is an invalid action (see ``invalid_action``).
+
+    ## Observation Space
+    ``Text``: the grid, one row per line, cells separated by single spaces (``S`` start, ``F`` frozen,
+    ``H`` hole, ``G`` goal), the agent's cell shown as ``@``, then a line ``row r col c`` (0-based, row 0
+    at the top). At reset on the 4x4 map::
+
+        @ F F F
+        F H F H
+        F F F H
+        H F F G
+        row 0 col 0
+
+    ## Rewards
+    Gymnasium's: +1 on reaching G, 0 otherwise. An invalid action gives ``invalid_penalty``.
+
+    ## Episode End
+    Termination: the agent reaches G or falls into a hole; or an invalid action in ``"terminate"`` mode.
+    Truncation: the ``max_episode_steps`` of the registration (30 for the 4x4 ids).
+
+    ## Information
+    The adapter's keys (``success`` = reached G, ``invalid_action``, ``invalid_actions``, ``action_id``,
+    ``task_id`` = map rows joined by ``/``, plus ``:slippery`` on slippery ice) and Gymnasium's ``prob``.
+
+    ## Arguments
+    ```python
+    import gymnasium, envs
+    gymnasium.make("rlft/FrozenLake-v0", map_name="4x4", is_slippery=False)
+    gymnasium.make("rlft/FrozenLakeRandom-v0", random_map_size=4, p=0.8)
+    ```
+    * ``map_name="4x4"``: one of Gymnasium's fixed maps (``"4x4"``, ``"8x8"``).
+    * ``desc=None``: a custom map (list of rows of S/F/H/G); takes precedence over ``map_name``.
+    * ``random_map_size=None``: if set, a new ``size x size`` map at every reset; takes precedence over
+      ``map_name``. The map is a deterministic function of ``reset(seed=s)``; ``reset()`` without a seed
+      draws the next map from the env's ``np_random``.
+    * ``p=0.8``: probability that a random-map tile is frozen.
+    * ``is_slippery=False``: Gymnasium's slippery ice (intended move with probability 1/3).
+    * ``invalid_action="penalty"``, ``invalid_penalty=0.0``: see ``DiscreteTextEnv``.
+
+    ## Version History
+    * v0: Initial version (on Gymnasium FrozenLake-v1 dynamics).
+    """
+
+    def __init__(
+        self,
+        map_name: str | None = "4x4",
+        desc: list[str] | None = None,
+        random_map_size: int | None = None,
+        p: float = 0.8,
+        is_slippery: bool = False,
+        invalid_action: Literal["penalty", "terminate"] = "penalty",
+        invalid_penalty: float = 0.0,
+        render_mode: str | None = None,
+    ) -> None:
+        """Builds the inner ``FrozenLakeEnv``; see the class docstring for the arguments."""
+        if random_map_size is not None:
+            if desc is not None:
+                raise ValueError("Give either desc or random_map_size, not both.")
+            if random_map_size < 2:
+                raise ValueError(f"random_map_size must be >= 2, got {random_map_size}.")
+            if not 0 < p <= 1:
+                raise ValueError(f"p (probability of a frozen tile) must be in (0, 1], got {p}.")
+            # A placeholder map until the first reset draws one; seed 0 keeps construction deterministic.
+            desc = generate_random_map(random_map_size, p=p, seed=0)
+        elif desc is None:
+            if map_name not in MAPS:
+                raise ValueError(f"map_name must be one of {sorted(MAPS)} (or give desc / random_map_size).")
+            desc = MAPS[map_name]
+        self.random_map_size = random_map_size
+        self.p = p
+        self.is_slippery = is_slippery
+
+        instructions = (
+            "Move @ from S to the goal G on the frozen lake without stepping into a hole H. "
+            "Rows and columns count from 0 at the top left. Reply with one word: left, down, right or up."
+        )
+        if is_slippery:
+            instructions += " The ice is slippery: a move may go sideways."
+        super().__init__(
+            FrozenLakeEnv(desc=desc, is_slippery=is_slippery),
+            ACTION_NAMES,
+            renderer=render_frozen_lake,
+            instructions=instructions,
+            invalid_action=invalid_action,
+            invalid_penalty=invalid_penalty,
+            success_fn=reached_goal,
+            render_mode=render_mode,
+        )
+
+    @property
+    def task_id(self) -> str:
+        """The map rows joined by ``/``, with ``:slippery`` on slippery ice."""
+        rows = "/".join(b"".join(line).decode() for line in self.inner.unwrapped.desc.tolist())
+        return rows + (":slippery" if self.is_slippery else "")
+
+    def _reset_inner(self, seed: int | None, options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+        if self.random_map_size is None:
+            return super()._reset_inner(seed, options)
+        # Both draws come from np_random, which reset() has just seeded with `seed` (if given): the map
+        # and the slips are a deterministic function of the reset seed, and an unseeded reset continues
+        # the stream.
+        map_seed, inner_seed = (int(x) for x in self.np_random.integers(2**31 - 1, size=2))
+        desc = generate_random_map(self.random_map_size, p=self.p, seed=map_seed)
+        self.inner = FrozenLakeEnv(desc=desc, is_slippery=self.is_slippery)
+        return self.inner.reset(seed=inner_seed, options=options)

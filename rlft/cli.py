@@ -1,0 +1,71 @@
+"""`rlft <command> --config configs/x.yaml key.sub=value ...`
+
+Commands: sft, train, eval, pipeline (sft -> train -> eval), validate. The config is loaded and checked
+(keys, types, env ids, paths, trainer keys) before any model is loaded; a bad one exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+from rlft.errors import RlftError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlft", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in (("validate", "check a config and exit"),
+                            ("sft", "supervised fine-tuning on demonstrations"),
+                            ("train", "reinforcement learning (rl.algorithm)"),
+                            ("eval", "held-out evaluation of this run's checkpoints and the expert"),
+                            ("pipeline", "sft -> train -> eval, with a table at the end")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--config", required=True, help="YAML experiment file")
+        p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from rlft.config import load_config
+
+        config = load_config(args.config, args.overrides)
+        if args.command == "validate":
+            print(f"{args.config}: ok ({config.name}, env {config.env.id}, algorithm {config.rl.algorithm})")
+            return 0
+        return _run(args.command, config)
+    except RlftError as exc:
+        print(f"rlft: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _run(command: str, config) -> int:
+    from rlft import stages
+
+    start = time.perf_counter()
+    if command == "sft":
+        print(f"sft checkpoint: {stages.run_sft(config)}")
+    elif command == "train":
+        print(f"rl checkpoint: {stages.run_rl(config)}")
+    elif command == "eval":
+        print(stages.format_table(stages.run_eval(config)))
+    elif command == "pipeline":
+        stages.run_sft(config)
+        stages.run_rl(config)
+        print(stages.format_table(stages.run_eval(config)))
+    print(f"run directory: {config.run_dir}  ({time.perf_counter() - start:.0f} s)")
+    for command_line in stages.sync_commands():
+        print(f"to upload the offline wandb run: {command_line}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,333 @@
+"""The experiment configuration: one YAML file, `key.sub=value` overrides, validated before anything heavy loads.
+
+Trainer hyperparameters are not re-declared here: `sft.trainer` passes through to TRL's `SFTConfig` and
+`rl.trainer` to `GRPOConfig` (or rlft's PPO config), and their keys and types are checked against those
+dataclasses.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+
+from rlft.errors import ConfigError, did_you_mean
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(_Section):
+    """A small randomly initialised transformers model with a tokenizer made locally from env text."""
+
+    architecture: Literal["qwen2", "llama"] = "qwen2"
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+    max_position_embeddings: int = Field(2048, gt=0)
+    corpus_episodes: int = Field(200, gt=0, description="random + expert episodes whose text builds the vocabulary")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+
+class LoraSettings(_Section):
+    r: int = Field(8, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = "all-linear"
+
+
+class ModelConfig(_Section):
+    """Which policy to start from: `name_or_path` (local folder or hub id) or the embedded `tiny` model."""
+
+    name_or_path: str | None = None
+    tiny: TinyModelConfig | None = None
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    trust_remote_code: bool = False
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    lora: LoraSettings | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.name_or_path is None) == (self.tiny is None):
+            raise ValueError("set exactly one of model.name_or_path (a folder or hub id) or model.tiny")
+        return self
+
+
+class AdapterConfig(_Section):
+    """How a Gymnasium env with a Discrete action space becomes a text env."""
+
+    action_names: list[str] | None = None
+    renderer: str | None = Field(None, description="'module:function' (env, obs) -> str")
+    parser: str | None = Field(None, description="'module:function' (text) -> int | None")
+    instructions: str = ""
+    invalid_action: Literal["penalty", "terminate"] = "penalty"
+    invalid_penalty: float = 0.0
+
+
+class SeedRange(_Section):
+    start: int = Field(0, ge=0)
+    count: int = Field(100_000, gt=0)
+
+
+class EnvConfig(_Section):
+    id: str = Field(..., description="a registered gymnasium id (e.g. rlft/FrozenLake-v0) or 'module:Class'")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    adapter: AdapterConfig | None = None
+    max_turns: int = Field(16, gt=0)
+    train_seeds: SeedRange = Field(default_factory=SeedRange)
+
+
+class RolloutConfig(_Section):
+    num_envs: int = Field(64, gt=0, description="concurrent episodes in one batched rollout")
+    max_action_tokens: int = Field(4, gt=0)
+    max_episode_tokens: int = Field(1024, gt=0, description="prompt + completion cap; episodes past it truncate")
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop_on_newline: bool = True
+
+
+class ExpertDemos(_Section):
+    source: Literal["expert"] = "expert"
+    episodes: int = Field(300, gt=0)
+    epsilon: float = Field(0.1, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+class JsonlDemos(_Section):
+    source: Literal["jsonl"] = "jsonl"
+    path: str
+
+
+class SftConfig(_Section):
+    demos: ExpertDemos | JsonlDemos = Field(default_factory=ExpertDemos, discriminator="source")
+    trainer: dict[str, Any] = Field(default_factory=dict, description="passed to trl.SFTConfig")
+
+
+class RlConfig(_Section):
+    algorithm: Literal["grpo"] = "grpo"
+    init_from: str = Field("sft", description="'sft' (this run's SFT checkpoint), 'base', or a checkpoint path")
+    trainer: dict[str, Any] = Field(default_factory=dict, description="passed to trl.GRPOConfig")
+
+
+class EvalConfig(_Section):
+    episodes: int = Field(200, gt=0)
+    seed_start: int = Field(10_000_000, ge=0, description="held-out seeds start here, far from train seeds")
+    disjoint_tasks: bool = Field(True, description="skip held-out seeds whose task (map) appeared in training")
+    greedy: bool = True
+    batch_size: int = Field(128, gt=0)
+
+
+class WandbConfig(_Section):
+    enabled: bool = True
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "rlft"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class TrackingConfig(_Section):
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+
+class Config(_Section):
+    """One experiment. Every field is documented once, here."""
+
+    name: str = "experiment"
+    output_dir: str = "runs"
+    seed: int = 0
+    model: ModelConfig
+    env: EnvConfig
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    sft: SftConfig = Field(default_factory=SftConfig)
+    rl: RlConfig = Field(default_factory=RlConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading, overrides and error messages
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
+    """Parse `a.b.c=value` strings; values are YAML scalars (`1e-3`, `true`, `[1, 2]`)."""
+    parsed = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not of the form key.sub=value")
+        key, raw = item.split("=", 1)
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"override '{item}' has an empty key part")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': value is not valid YAML ({exc})") from exc
+        parsed.append((key.split("."), value))
+    return parsed
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with `key.sub=value` overrides applied (creating sections as needed)."""
+    raw = copy.deepcopy(raw)
+    for path, value in parse_overrides(overrides):
+        node = raw
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override '{'.'.join(path)}': '{part}' is a value, not a section")
+            node = child
+        node[path[-1]] = value
+    return raw
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{where}: YAML syntax error: {problem}") from exc
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; expected a mapping with at least 'model' and 'env'")
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the field at `loc` (for 'did you mean' on unknown keys)."""
+    model: Any = Config
+    for part in loc[:-1]:
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return None
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = _section_type(field.annotation, loc)
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _section_type(annotation: Any, loc: tuple[Any, ...]) -> Any:
+    for candidate in getattr(annotation, "__args__", (annotation,)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return annotation
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("expert", "jsonl")))
+        key = ".".join(str(p) for p in loc) or "<top level>"
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(loc)
+            hint = did_you_mean(str(loc[-1]), owner.model_fields) if owner else ""
+            lines.append(f"unknown key '{key}'{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"missing required key '{key}'")
+        else:
+            value = err.get("input")
+            shown = repr(value) if not isinstance(value, dict) else "{...}"
+            lines.append(f"key '{key}' = {shown}: {err['msg']}")
+    return f"{source}: invalid configuration:\n  - " + "\n  - ".join(lines)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
+                raw: dict[str, Any] | None = None, check_references: bool = True) -> Config:
+    """Load, override and validate a configuration. Raises `ConfigError` with a message naming the key.
+
+    Args:
+        path: a YAML file; or None with `raw` given.
+        overrides: `key.sub=value` strings applied after the file.
+        raw: an already-parsed mapping (tests, sweeps).
+        check_references: also check what the config points at (env ids, paths, trainer keys).
+    """
+    source = str(path) if path is not None else "<config>"
+    data = read_yaml(path) if path is not None else copy.deepcopy(raw or {})
+    data = apply_overrides(data, overrides or [])
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None
+    if check_references:
+        check_config_references(config)
+    return config
+
+
+def check_config_references(config: Config) -> None:
+    """Checks that need imports but no model: env ids, entry points, paths, trainer pass-through keys."""
+    from rlft.env_factory import check_env_reference
+    from rlft.trainer_args import check_trainer_overrides
+
+    check_env_reference(config.env)
+    if config.model.name_or_path is not None:
+        _check_model_path(config.model.name_or_path)
+    if isinstance(config.sft.demos, JsonlDemos) and not Path(config.sft.demos.path).is_file():
+        raise ConfigError(f"key 'sft.demos.path' = '{config.sft.demos.path}': file does not exist")
+    if config.rl.init_from not in ("sft", "base"):
+        from rlft.checkpoints import check_checkpoint_dir
+
+        check_checkpoint_dir(config.rl.init_from, key="rl.init_from")
+    check_trainer_overrides("sft.trainer", config.sft.trainer, "sft")
+    check_trainer_overrides("rl.trainer", config.rl.trainer, config.rl.algorithm)
+
+
+def _check_model_path(name_or_path: str) -> None:
+    """A local path must exist; a hub id (`org/name`) is accepted as long as it looks like one."""
+    looks_local = name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").split("/", 1)[-1]
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"key 'model.name_or_path' = '{name_or_path}': folder has no config.json")
+        return
+    if looks_local or name_or_path.count("/") > 1:
+        raise ConfigError(
+            f"key 'model.name_or_path' = '{name_or_path}': no such folder, and it is not a hub id ('org/name')"
+        )
+
+
+def config_to_dict(config: Config) -> dict[str, Any]:
+    return config.model_dump(mode="json")
+
+
+def save_config(config: Config, path: str | os.PathLike) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(config_to_dict(config), sort_keys=False), encoding="utf-8")
+
+
+def dataclass_type_adapter(cls: type, name: str) -> TypeAdapter | None:
+    """A pydantic adapter for one field of a dataclass (used for TRL pass-through checks)."""
+    from typing import get_type_hints
+
+    hints = get_type_hints(cls)
+    if name not in hints:
+        return None
+    return TypeAdapter(hints[name])
+
+
+def dataclass_field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.init]

@@ -1,0 +1,220 @@
+"""The stages of an experiment: sft, rl (train) and eval, each writing into `runs/<name>/`.
+
+    runs/<name>/config.yaml           the resolved configuration
+    runs/<name>/metrics.jsonl         every stage's logged metrics, one JSON object per line
+    runs/<name>/checkpoints/<stage>/  base, sft, rl: safetensors weights + tokenizer (save_pretrained)
+    runs/<name>/eval.json             held-out results per policy, the expert alongside
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlft.config import Config, ExpertDemos, save_config
+from rlft.env_factory import make_env
+from rlft.errors import CheckpointError, ConfigError
+from rlft.tracking import Tracker, TrackerCallback
+
+logger = logging.getLogger(__name__)
+
+
+def checkpoint_dir(config: Config, stage: str) -> Path:
+    return config.run_dir / "checkpoints" / stage
+
+
+def env_factory(config: Config):
+    return partial(make_env, config.env)
+
+
+def prepare_run(config: Config) -> Path:
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, config.run_dir / "config.yaml")
+    return config.run_dir
+
+
+def sampling_settings(config: Config, greedy: bool = False):
+    from rlft.rollout import SamplingSettings
+
+    r = config.rollout
+    return SamplingSettings(max_turns=config.env.max_turns, max_action_tokens=r.max_action_tokens,
+                            max_episode_tokens=r.max_episode_tokens, temperature=r.temperature, top_p=r.top_p,
+                            greedy=greedy)
+
+
+def turn_format_for(config: Config, tokenizer):
+    from rlft.policy import uses_chat_template
+    from rlft.turn_format import make_format
+
+    return make_format(tokenizer, uses_chat_template(tokenizer, config.model.chat_template),
+                       config.rollout.stop_on_newline)
+
+
+def ensure_base_checkpoint(config: Config) -> Path:
+    """The starting policy saved under checkpoints/base (built for `model.tiny`, loaded otherwise)."""
+    from rlft.policy import load_policy, save_policy
+
+    path = checkpoint_dir(config, "base")
+    if (path / "config.json").is_file():
+        return path
+    model, tokenizer = load_policy(config.model, config.seed, env_factory(config), config.env.max_turns)
+    save_policy(model, tokenizer, path)
+    return path
+
+
+def load_checkpoint(path: str | Path, config: Config):
+    from rlft.policy import load_pretrained
+
+    path = Path(path)
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise CheckpointError(f"'{path}' is not a saved checkpoint (no config.json)")
+    return load_pretrained(str(path), config.model.model_copy(update={"name_or_path": str(path), "tiny": None}))
+
+
+def run_sft(config: Config) -> Path:
+    """Supervised fine-tuning on demonstrations with TRL's SFTTrainer; loss on action tokens only."""
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    from rlft.demos import expert_demos, jsonl_demos, sft_rows
+    from rlft.policy import save_policy
+    from rlft.trainer_args import build_trainer_config
+
+    prepare_run(config)
+    base = ensure_base_checkpoint(config)
+    model, tokenizer = load_checkpoint(base, config)
+    fmt = turn_format_for(config, tokenizer)
+    tracker = Tracker(config, "sft", config.run_dir)
+    demos_cfg = config.sft.demos
+    if isinstance(demos_cfg, ExpertDemos):
+        demos, stats = expert_demos(env_factory(config), fmt, demos_cfg.episodes, demos_cfg.epsilon,
+                                    demos_cfg.seed, config.env.train_seeds.start, config.env.max_turns)
+        tracker.log(stats, step=0)
+    else:
+        demos = jsonl_demos(demos_cfg.path, fmt)
+        tracker.log({"demos/episodes": len(demos)}, step=0)
+    args = build_trainer_config("sft", config.sft.trainer, str(config.run_dir / "trainer" / "sft"), config.seed,
+                                defaults={"num_train_epochs": 3, "learning_rate": 1e-3, "per_device_train_batch_size": 16,
+                                          "lr_scheduler_type": "cosine", "warmup_steps": 0.05})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(demos)),
+                         processing_class=tokenizer, callbacks=[TrackerCallback(tracker)])
+    trainer.train()
+    path = save_policy(trainer.model, tokenizer, checkpoint_dir(config, "sft"))
+    _print_sync(tracker.finish())
+    return path
+
+
+def resolve_init(config: Config) -> Path:
+    if config.rl.init_from == "sft":
+        path = checkpoint_dir(config, "sft")
+        if not (path / "config.json").is_file():
+            raise CheckpointError(f"rl.init_from = 'sft' but {path} has no checkpoint; run `rlft sft` first "
+                                  "or set rl.init_from=base")
+        return path
+    if config.rl.init_from == "base":
+        return ensure_base_checkpoint(config)
+    return Path(config.rl.init_from)
+
+
+def rl_trainer_args(config: Config):
+    from rlft.trainer_args import build_trainer_config
+
+    if "temperature" in config.rl.trainer or "top_p" in config.rl.trainer:
+        raise ConfigError("set the sampling temperature / top_p under 'rollout', not 'rl.trainer' "
+                          "(the rollout samples, and TRL must score with the same temperature)")
+    defaults = {"learning_rate": 5e-5, "num_generations": 8, "per_device_train_batch_size": 32, "max_steps": 50,
+                "lr_scheduler_type": "constant", "beta": 0.0, "loss_type": "dapo",
+                "max_completion_length": config.rollout.max_episode_tokens,
+                "temperature": config.rollout.temperature, "top_p": config.rollout.top_p}
+    return build_trainer_config(config.rl.algorithm, config.rl.trainer, str(config.run_dir / "trainer" / "rl"),
+                                config.seed, defaults=defaults)
+
+
+def run_rl(config: Config) -> Path:
+    """RL from the initial checkpoint with the configured algorithm; saves checkpoints/rl."""
+    from rlft.grpo import build_grpo_trainer
+    from rlft.policy import save_policy
+    from rlft.rollout import RolloutEngine
+
+    prepare_run(config)
+    init = resolve_init(config)
+    _, tokenizer = load_checkpoint(init, config)
+    args = rl_trainer_args(config)
+    engine = RolloutEngine(None, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
+                           sampling_settings(config))
+    train = config.env.train_seeds
+    tracker = Tracker(config, "rl", config.run_dir)
+    trainer, _ = build_grpo_trainer(str(init), tokenizer, args, engine,
+                                    list(range(train.start, train.start + train.count)),
+                                    batch_size=config.rollout.num_envs, callbacks=[TrackerCallback(tracker)])
+    trainer.train()
+    path = save_policy(trainer.model, tokenizer, checkpoint_dir(config, "rl"))
+    _print_sync(tracker.finish())
+    return path
+
+
+def run_eval(config: Config, policies: dict[str, Path] | None = None, expert: bool = True) -> dict[str, Any]:
+    """Evaluate each policy (label -> checkpoint) and the expert on the same held-out seeds; write eval.json."""
+    from rlft.evaluation import evaluate_expert, evaluate_policy, held_out_seeds
+    from rlft.rollout import RolloutEngine
+
+    prepare_run(config)
+    policies = policies if policies is not None else default_policies(config)
+    seeds = held_out_seeds(env_factory(config), config.env, config.eval)
+    tracker = Tracker(config, "eval", config.run_dir)
+    results: dict[str, Any] = {"seeds": {"first": seeds[0], "count": len(seeds)}, "policies": {}}
+    for label, path in policies.items():
+        model, tokenizer = load_checkpoint(path, config)
+        if torch.cuda.is_available():
+            model = model.cuda()
+        engine = RolloutEngine(model, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
+                               sampling_settings(config, greedy=config.eval.greedy))
+        summary, _ = evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)
+        results["policies"][label] = {**summary, "checkpoint": str(path)}
+        tracker.log({f"{label}/{k}": v for k, v in summary.items()})
+    if expert:
+        try:
+            results["policies"]["expert"] = evaluate_expert(env_factory(config), seeds, config.env.max_turns)
+        except (ValueError, KeyError, AttributeError) as exc:
+            logger.warning("no expert for %s (%s)", config.env.id, exc)
+    out = config.run_dir / "eval.json"
+    out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    _print_sync(tracker.finish())
+    return results
+
+
+def default_policies(config: Config) -> dict[str, Path]:
+    """Every checkpoint this run has, in pipeline order (untrained = the base checkpoint)."""
+    found = {}
+    for label, stage in (("untrained", "base"), ("sft", "sft"), ("rl", "rl")):
+        path = checkpoint_dir(config, stage)
+        if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
+            found[label] = path
+    if not found:
+        raise CheckpointError(f"{config.run_dir}/checkpoints has no checkpoint to evaluate; run sft or train first")
+    return found
+
+
+def format_table(results: dict[str, Any]) -> str:
+    rows = ["| policy | success (95% CI) | mean return (95% CI) | turns |", "|---|---|---|---|"]
+    for label, r in results["policies"].items():
+        rows.append(f"| {label} | {r['success']:.3f} [{r['success_ci_low']:.3f}, {r['success_ci_high']:.3f}] | "
+                    f"{r['return']:.3f} [{r['return_ci_low']:.3f}, {r['return_ci_high']:.3f}] | {r['turns']:.1f} |")
+    return "\n".join(rows)
+
+
+_sync_commands: list[str] = []
+
+
+def _print_sync(command: str | None) -> None:
+    if command:
+        _sync_commands.append(command)
+
+
+def sync_commands() -> list[str]:
+    return list(_sync_commands)

@@ -1,0 +1,104 @@
+"""Run directories and tracking: `runs/<name>/metrics.jsonl` always, wandb (offline by default) when it works.
+
+Tracking must never stop training: every wandb call is guarded, and the first failure turns wandb off for
+the rest of the stage with one warning. metrics.jsonl is the record of truth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from rlft.config import Config, config_to_dict
+
+logger = logging.getLogger(__name__)
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "item"):
+        return _clean(value.item())
+    return value
+
+
+class Tracker:
+    """Writes one stage's metrics to `metrics.jsonl` and, guarded, to a wandb run (job_type = stage)."""
+
+    def __init__(self, config: Config, stage: str, run_dir: Path):
+        self.stage = stage
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / "metrics.jsonl"
+        self._wandb = None
+        settings = config.tracking.wandb
+        if settings.enabled and settings.mode != "disabled":
+            self._start_wandb(config, stage)
+
+    def _start_wandb(self, config: Config, stage: str) -> None:
+        settings = config.tracking.wandb
+        try:
+            import wandb
+
+            os.environ.setdefault("WANDB_SILENT", "true")
+            self._wandb = wandb.init(
+                project=settings.project, entity=settings.entity, mode=settings.mode,
+                group=settings.group or config.name, job_type=stage, name=f"{config.name}-{stage}",
+                tags=[*settings.tags, config.rl.algorithm, config.env.id], config=config_to_dict(config),
+                dir=str(self.run_dir), reinit="create_new",
+            )
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+            logger.warning("wandb could not start (%s); continuing with metrics.jsonl only", exc)
+            self._wandb = None
+
+    def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        record = {"stage": self.stage, "step": step, "time": time.time(), **{k: _clean(v) for k, v in metrics.items()}}
+        with self.metrics_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self._wandb is not None:
+            try:
+                numeric = {f"{self.stage}/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))}
+                self._wandb.log(numeric, step=step)
+            except Exception as exc:  # noqa: BLE001
+                logger.warning("wandb log failed (%s); wandb is off for the rest of this stage", exc)
+                self._wandb = None
+
+    def finish(self) -> str | None:
+        """Close the wandb run; return the `wandb sync` command for an offline run."""
+        if self._wandb is None:
+            return None
+        try:
+            offline = self._wandb.settings.mode == "offline"
+            run_dir = getattr(self._wandb.settings, "sync_dir", None) or self._wandb.dir
+            self._wandb.finish()
+            return f"wandb sync {Path(run_dir).parent if str(run_dir).endswith('files') else run_dir}" if offline else None
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("wandb finish failed (%s)", exc)
+            return None
+        finally:
+            self._wandb = None
+
+
+class TrackerCallback(TrainerCallback):
+    """Forwards a TRL trainer's logs to a `Tracker`."""
+
+    def __init__(self, tracker: Tracker):
+        self.tracker = tracker
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and state.is_world_process_zero:
+            self.tracker.log(dict(logs), step=state.global_step)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,0 +1,93 @@
+"""Pass-through of trainer hyperparameters to TRL's config classes, with rlft's defaults for small runs.
+
+rlft does not re-declare TRL's hyperparameters: `sft.trainer` goes to `trl.SFTConfig` and `rl.trainer` to
+`trl.GRPOConfig`. Keys and value types are checked against those dataclasses before any model loads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from rlft.errors import ConfigError, did_you_mean
+
+# Keys rlft owns: set from other sections of the config (or per stage), not by the user in `*.trainer`.
+_RESERVED = {"output_dir", "report_to", "seed"}
+
+
+def trainer_config_class(kind: str) -> type:
+    """The TRL config dataclass for a stage: 'sft' or an RL algorithm name."""
+    if kind == "sft":
+        from trl import SFTConfig
+
+        return SFTConfig
+    if kind == "grpo":
+        from trl import GRPOConfig
+
+        return GRPOConfig
+    raise ConfigError(f"no trainer config for '{kind}'{did_you_mean(kind, ['sft', 'grpo'])}")
+
+
+def check_trainer_overrides(key: str, overrides: dict[str, Any], kind: str) -> None:
+    """Check every key of a `*.trainer` mapping exists on the TRL config class and its value has the right type."""
+    from rlft.config import dataclass_field_names, dataclass_type_adapter
+
+    cls = trainer_config_class(kind)
+    names = dataclass_field_names(cls)
+    for name, value in overrides.items():
+        if name in _RESERVED:
+            raise ConfigError(f"key '{key}.{name}' is set by rlft (output_dir/report_to from the run, seed from 'seed')")
+        if name not in names:
+            raise ConfigError(f"unknown key '{key}.{name}' for trl.{cls.__name__}{did_you_mean(name, names)}")
+        adapter = dataclass_type_adapter(cls, name)
+        if adapter is None:
+            continue
+        try:
+            adapter.validate_python(value)
+        except ValidationError as exc:
+            msg = exc.errors()[0]["msg"]
+            raise ConfigError(f"key '{key}.{name}' = {value!r}: {msg}") from None
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 and name in _POSITIVE:
+            raise ConfigError(f"key '{key}.{name}' = {value!r}: expected a value > 0")
+
+
+_POSITIVE = {
+    "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "num_generations", "num_train_epochs", "max_completion_length", "steps_per_generation", "num_iterations",
+    "max_length", "generation_batch_size", "temperature",
+}
+
+
+def cpu_only() -> bool:
+    import torch
+
+    return not torch.cuda.is_available()
+
+
+def base_defaults() -> dict[str, Any]:
+    """rlft's defaults for every TRL stage: small-model friendly, bf16 only where the hardware has it."""
+    import torch
+
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return {
+        "bf16": bf16,
+        "gradient_checkpointing": False,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",  # rlft's own callbacks write metrics.jsonl and wandb (failure-safe)
+        "disable_tqdm": False,
+        "dataloader_num_workers": 0,
+        "use_cpu": not torch.cuda.is_available(),
+    }
+
+
+def build_trainer_config(kind: str, overrides: dict[str, Any], output_dir: str, seed: int,
+                         defaults: dict[str, Any] | None = None) -> Any:
+    """Instantiate the TRL config for a stage: rlft defaults < stage defaults < the user's `*.trainer` keys."""
+    cls = trainer_config_class(kind)
+    kwargs = {**base_defaults(), **(defaults or {}), **overrides, "output_dir": output_dir, "seed": seed}
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"trainer settings rejected by trl.{cls.__name__}: {exc}") from None
