@@ -14,7 +14,12 @@ AGENT = "@"
 
 
 def render_frozen_lake(env: gymnasium.Env, obs: Any) -> str:
-    """The grid, one row per line and cells separated by spaces, ``@`` on the agent, then its position.
+    """The grid, one row per line and cells separated by spaces, ``@`` on the agent, its position, then
+    the tile one move away in each direction (``wall`` past the edge).
+
+    The neighbour line spells out what a reader of the grid would see around ``@``: a small policy can
+    act on it without first learning to locate ``@`` in the grid, while the grid still carries what is
+    needed to plan around dead ends.
 
     Example:
         >>> print(render_frozen_lake(FrozenLakeEnv(map_name="4x4"), 1))
@@ -23,13 +28,20 @@ def render_frozen_lake(env: gymnasium.Env, obs: Any) -> str:
         F F F H
         H F F G
         row 0 col 1
+        left S down H right F up wall
     """
     lake = env.unwrapped
     row, col = divmod(int(obs), lake.ncol)
-    cells = [[tile.decode() for tile in line] for line in lake.desc.tolist()]
+    tiles = [[tile.decode() for tile in line] for line in lake.desc.tolist()]
+    cells = [list(line) for line in tiles]
     cells[row][col] = AGENT
     grid = "\n".join(" ".join(line) for line in cells)
-    return f"{grid}\nrow {row} col {col}"
+    around = []
+    for name, (dr, dc) in (("left", (0, -1)), ("down", (1, 0)), ("right", (0, 1)), ("up", (-1, 0))):
+        r, c = row + dr, col + dc
+        inside = 0 <= r < lake.nrow and 0 <= c < lake.ncol
+        around.append(f"{name} {tiles[r][c] if inside else 'wall'}")
+    return f"{grid}\nrow {row} col {col}\n" + " ".join(around)
 
 
 def reached_goal(env: gymnasium.Env, obs: Any, reward: Any, terminated: bool, info: dict[str, Any]) -> bool:

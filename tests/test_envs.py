@@ -130,10 +130,10 @@ def test_random_map_size_and_validity() -> None:
 def test_frozen_lake_observation_text() -> None:
     env = TextFrozenLake()
     text, info = env.reset(seed=0)
-    assert text == "@ F F F\nF H F H\nF F F H\nH F F G\nrow 0 col 0"
+    assert text == "@ F F F\nF H F H\nF F F H\nH F F G\nrow 0 col 0\nleft wall down F right F up wall"
     assert info["task_id"] == "SFFF/FHFH/FFFH/HFFG"
     text, *_ = env.step("down")
-    assert text == "S F F F\n@ H F H\nF F F H\nH F F G\nrow 1 col 0"
+    assert text == "S F F F\n@ H F H\nF F F H\nH F F G\nrow 1 col 0\nleft wall down F right H up S"
     assert TextFrozenLake(is_slippery=True).task_id == "SFFF/FHFH/FFFH/HFFG:slippery"
 
 
