@@ -10,8 +10,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
@@ -114,6 +115,16 @@ class SftConfig(_Section):
     demos: ExpertDemos | JsonlDemos = Field(default_factory=ExpertDemos, discriminator="source")
     trainer: dict[str, Any] = Field(default_factory=dict, description="passed to trl.SFTConfig")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_demo_source(cls, data: Any) -> Any:
+        # The discriminator needs `source` in the input; without this, `sft.demos.episodes=100` (or a YAML
+        # `demos: {episodes: 100}`) fails with "unable to extract tag" although `expert` is the default.
+        demos = data.get("demos") if isinstance(data, dict) else None
+        if isinstance(demos, dict) and "source" not in demos:
+            data = {**data, "demos": {"source": "jsonl" if "path" in demos else "expert", **demos}}
+        return data
+
 
 class RlConfig(_Section):
     algorithm: Literal["grpo"] = "grpo"
@@ -166,6 +177,19 @@ class Config(_Section):
 # ---------------------------------------------------------------------------------------------------------------
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that `1e-3` is a float (YAML 1.1 wants `1.0e-3`; TRL would get a string)."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_YamlLoader)  # safe: a SafeLoader subclass
+
+
 def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
     """Parse `a.b.c=value` strings; values are YAML scalars (`1e-3`, `true`, `[1, 2]`)."""
     parsed = []
@@ -176,7 +200,7 @@ def parse_overrides(overrides: list[str]) -> list[tuple[list[str], Any]]:
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"override '{item}' has an empty key part")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = _load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError as exc:
             raise ConfigError(f"override '{item}': value is not valid YAML ({exc})") from exc
         parsed.append((key.split("."), value))
@@ -205,7 +229,7 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"config file '{path}' does not exist")
     text = path.read_text(encoding="utf-8")
     try:
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
@@ -218,41 +242,66 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return raw
 
 
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that owns the field at `loc` (for 'did you mean' on unknown keys)."""
-    model: Any = Config
-    for part in loc[:-1]:
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
-            return None
-        field = model.model_fields.get(part)
-        if field is None:
-            return None
-        model = _section_type(field.annotation, loc)
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+def _is_section(obj: Any) -> bool:
+    return isinstance(obj, type) and issubclass(obj, BaseModel)
 
 
-def _section_type(annotation: Any, loc: tuple[Any, ...]) -> Any:
-    for candidate in getattr(annotation, "__args__", (annotation,)):
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-    return annotation
+def _union_labels(member: Any) -> list[Any]:
+    """The names pydantic gives a union member in an error location: 'str', 'list[str]', a discriminator tag."""
+    plain_class = isinstance(member, type) and not get_args(member)  # `list[str]` passes isinstance(.., type)
+    labels = [member.__name__ if plain_class else str(member)]
+    if _is_section(member) and "source" in member.model_fields:
+        labels.append(member.model_fields["source"].default)
+    return labels
+
+
+def _resolve_loc(loc: tuple[Any, ...]) -> tuple[str, type[BaseModel] | None]:
+    """The dotted key of an error location, without pydantic's union-member labels, and the section owning it.
+
+    `('sft', 'demos', 'jsonl', 'pth')` -> `('sft.demos.pth', JsonlDemos)`, so an unknown key is compared with the
+    fields of the section it was written in.
+    """
+    parts: list[str] = []
+    owner: type[BaseModel] | None = None
+    node: Any = Config
+    for part in loc:
+        members = [m for m in get_args(node) if m is not type(None)]
+        if len(members) == 1 and type(None) in get_args(node):
+            node = members[0]  # `X | None`: pydantic puts no label in the location
+        if _is_section(node):
+            owner = node
+            parts.append(str(part))
+            field = node.model_fields.get(part) if isinstance(part, str) else None
+            node = field.annotation if field is not None else None
+            continue
+        member = next((m for m in get_args(node) for label in _union_labels(m) if label == part), None)
+        if member is not None:
+            node = member
+            continue
+        parts.append(str(part))
+        node = None
+    return ".".join(parts) or "<top level>", owner
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> str:
-    lines = []
+    problems: dict[str, list[str]] = {}
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("expert", "jsonl")))
-        key = ".".join(str(p) for p in loc) or "<top level>"
+        key, owner = _resolve_loc(tuple(err["loc"]))
         if err["type"] == "extra_forbidden":
-            owner = _model_at(loc)
-            hint = did_you_mean(str(loc[-1]), owner.model_fields) if owner else ""
-            lines.append(f"unknown key '{key}'{hint}")
+            hint = did_you_mean(key.rsplit(".", 1)[-1], owner.model_fields) if owner else ""
+            line = f"unknown key '{key}'{hint}"
         elif err["type"] == "missing":
-            lines.append(f"missing required key '{key}'")
+            line = f"missing required key '{key}'"
         else:
             value = err.get("input")
             shown = repr(value) if not isinstance(value, dict) else "{...}"
-            lines.append(f"key '{key}' = {shown}: {err['msg']}")
+            line = f"key '{key}' = {shown}: {err['msg']}"
+        # One line per key: the alternatives of a union (`list[str] | str`) are joined with "or".
+        if problems.get(key) and line.startswith(f"key '{key}' = "):
+            problems[key].append(err["msg"])
+        else:
+            problems.setdefault(key, []).append(line)
+    lines = [" or ".join(parts) for parts in problems.values()]
     return f"{source}: invalid configuration:\n  - " + "\n  - ".join(lines)
 
 
@@ -279,21 +328,34 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | No
 
 
 def check_config_references(config: Config) -> None:
-    """Checks that need imports but no model: env ids, entry points, paths, trainer pass-through keys."""
+    """Checks that need imports but no model: env ids, kwargs and adapter (one env is built), entry points,
+    paths, JSONL rows, trainer pass-through keys and TRL's own checks of the built trainer configs."""
     from rlft.env_factory import check_env_reference
-    from rlft.trainer_args import check_trainer_overrides
+    from rlft.trainer_args import check_trainer_configs, check_trainer_overrides
 
     check_env_reference(config.env)
     if config.model.name_or_path is not None:
         _check_model_path(config.model.name_or_path)
-    if isinstance(config.sft.demos, JsonlDemos) and not Path(config.sft.demos.path).is_file():
-        raise ConfigError(f"key 'sft.demos.path' = '{config.sft.demos.path}': file does not exist")
-    if config.rl.init_from not in ("sft", "base"):
-        from rlft.checkpoints import check_checkpoint_dir
+    if isinstance(config.sft.demos, JsonlDemos):
+        if not Path(config.sft.demos.path).is_file():
+            raise ConfigError(f"key 'sft.demos.path' = '{config.sft.demos.path}': file does not exist")
+        from rlft.demos import read_jsonl_demos
 
-        check_checkpoint_dir(config.rl.init_from, key="rl.init_from")
+        read_jsonl_demos(config.sft.demos.path)  # a malformed row fails here (file:line), not after a model loads
+    if config.rl.init_from not in ("sft", "base"):
+        _check_checkpoint_path(config.rl.init_from, "rl.init_from")
     check_trainer_overrides("sft.trainer", config.sft.trainer, "sft")
     check_trainer_overrides("rl.trainer", config.rl.trainer, config.rl.algorithm)
+    check_trainer_configs(config)
+
+
+def _check_checkpoint_path(path: str, key: str) -> None:
+    """A checkpoint is a `save_pretrained` folder: full weights (config.json) or a LoRA adapter (adapter_config.json)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"key '{key}' = '{path}': no such checkpoint folder (expected 'sft', 'base' or a path)")
+    if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+        raise ConfigError(f"key '{key}' = '{path}': folder is not a saved checkpoint (no config.json)")
 
 
 def _check_model_path(name_or_path: str) -> None:

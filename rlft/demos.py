@@ -68,6 +68,8 @@ def _fail(path: Path, line: int, problem: str) -> DataError:
 
 
 def _turns_from_row(row: dict[str, Any], path: Path, line: int) -> tuple[str, list[str], list[str]]:
+    if "turns" in row and "messages" in row:
+        raise _fail(path, line, "a row has either 'turns' or 'messages', not both")
     if "turns" in row:
         turns = row["turns"]
         instructions = row.get("instructions", "")
@@ -84,6 +86,8 @@ def _turns_from_row(row: dict[str, Any], path: Path, line: int) -> tuple[str, li
                     raise _fail(path, line, f"turns[{k}] is missing '{key}'")
                 if not isinstance(turn[key], str):
                     raise _fail(path, line, f"turns[{k}].{key} must be a string, got {type(turn[key]).__name__}")
+            if not turn["action"].strip():
+                raise _fail(path, line, f"turns[{k}].action is empty")
             observations.append(turn["observation"])
             actions.append(turn["action"])
         return instructions, observations, actions
@@ -107,6 +111,8 @@ def _turns_from_messages(messages: Any, path: Path, line: int) -> tuple[str, lis
         if role == "system" and k == 0:
             instructions = content
             continue
+        if role == expected == "assistant" and not content.strip():
+            raise _fail(path, line, f"messages[{k}].content is empty (an assistant turn is an action)")
         if role != expected:
             raise _fail(path, line, f"messages[{k}].role is '{role}', expected '{expected}' "
                                     "(user and assistant turns alternate, after an optional system message)")
@@ -134,7 +140,9 @@ def read_jsonl_demos(path: str | Path) -> list[tuple[str, list[str], list[str], 
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 ({exc.reason})") from None
-    for number, line_text in enumerate(text.splitlines(), start=1):
+    # split("\n"), not splitlines(): JSON strings may hold U+2028 / U+2029 unescaped, which splitlines() would
+    # cut a row at; line numbers then match an editor's. A CRLF row keeps its "\r", which JSON reads as whitespace.
+    for number, line_text in enumerate(text.split("\n"), start=1):
         if not line_text.strip():
             continue
         try:

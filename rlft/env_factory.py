@@ -1,7 +1,7 @@
 """Turning the `env` section of a config into text environments.
 
-An env is named by a registered Gymnasium id (`rlft/FrozenLake-v0`, or any id a user's package registers)
-or by a `module:Class` entry point. A text env (Text action space) is used as it is; an env with a
+An env is named by a registered Gymnasium id (`rlft/FrozenLake-v0`, `FrozenLake-v1`), by `package:Env-v0`
+(Gymnasium's form: import the package that registers the id, then make it) or by a `module:Class` entry point. A text env (Text action space) is used as it is; an env with a
 `Discrete` action space is wrapped by `envs.text_adapter.DiscreteTextEnv`.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import gymnasium as gym
@@ -40,32 +41,52 @@ def _ensure_registered() -> None:
     import envs  # noqa: F401  (registers the rlft/ namespace)
 
 
+def _registered_id(env_id: str) -> str | None:
+    """The registry id `env_id` names: itself, or `name` in `package:name` once that package is imported."""
+    if env_id in gym.registry:
+        return env_id
+    if ":" not in env_id:
+        return None
+    module_name, name = env_id.split(":", 1)
+    try:
+        importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        raise ConfigError(f"key 'env.id' = '{env_id}': module '{module_name}' not found ({exc})") from None
+    if name in gym.registry:
+        return name
+    if not name.replace(".", "_").isidentifier():  # `Env-v0`, `ns/Env-v0`: an env id, not an attribute
+        raise ConfigError(f"key 'env.id' = '{env_id}': importing '{module_name}' did not register '{name}'"
+                          f"{did_you_mean(name, list(gym.registry))}")
+    return None
+
+
 def check_env_reference(cfg: EnvConfig) -> None:
-    """Fail fast on an env id that is not registered or an entry point that does not import."""
+    """Fail fast on an env that is not registered, does not import, or rejects its kwargs or adapter.
+
+    One env is built and closed: text envs are cheap next to a model, and building one is the only check
+    of `env.kwargs` and `env.adapter` that does not guess.
+    """
     _ensure_registered()
-    if ":" in cfg.id and cfg.id.split(":", 1)[0] not in gym.registry:
+    if _registered_id(cfg.id) is None:
+        if ":" not in cfg.id:
+            raise ConfigError(f"key 'env.id' = '{cfg.id}': not a registered gymnasium env"
+                              f"{did_you_mean(cfg.id, list(gym.registry))}")
         import_entry_point(cfg.id, "env.id")
-    elif cfg.id not in gym.registry:
-        raise ConfigError(f"key 'env.id' = '{cfg.id}': not a registered gymnasium env"
-                          f"{did_you_mean(cfg.id, list(gym.registry))}")
     if cfg.adapter is not None:
         for field in ("renderer", "parser"):
             spec = getattr(cfg.adapter, field)
             if spec is not None:
                 import_entry_point(spec, f"env.adapter.{field}")
+    make_env(cfg).close()
 
 
 def _instantiate(cfg: EnvConfig) -> gym.Env:
-    if cfg.id in gym.registry:
-        try:
-            return gym.make(cfg.id, **cfg.kwargs)
-        except TypeError as exc:
-            raise ConfigError(f"key 'env.kwargs': {cfg.id} rejected {sorted(cfg.kwargs)}: {exc}") from None
-    cls = import_entry_point(cfg.id, "env.id")
+    env_id = _registered_id(cfg.id)
+    make = partial(gym.make, env_id) if env_id else import_entry_point(cfg.id, "env.id")
     try:
-        return cls(**cfg.kwargs)
-    except TypeError as exc:
-        raise ConfigError(f"key 'env.kwargs': {cfg.id} rejected {sorted(cfg.kwargs)}: {exc}") from None
+        return make(**cfg.kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"key 'env.kwargs': {cfg.id} rejected {cfg.kwargs}: {exc}") from None
 
 
 def make_env(cfg: EnvConfig) -> gym.Env:
@@ -75,6 +96,10 @@ def make_env(cfg: EnvConfig) -> gym.Env:
     _ensure_registered()
     env = _instantiate(cfg)
     if isinstance(env.action_space, gym.spaces.Text):
+        if cfg.adapter is not None:
+            env.close()
+            raise ConfigError(f"key 'env.adapter': {cfg.id} already speaks text (Text action space); "
+                              "the adapter is for envs with a Discrete action space, remove it")
         return env
     if isinstance(env.action_space, gym.spaces.Discrete):
         adapter = cfg.adapter

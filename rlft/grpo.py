@@ -85,9 +85,13 @@ def episode_return(completions: list, episode_return: list[float], success: list
     return [float(r) for r in episode_return]
 
 
-def build_grpo_trainer(model_path: str, tokenizer, args, engine: RolloutEngine, train_seeds: list[int],
+def build_grpo_trainer(model, tokenizer, args, engine: RolloutEngine, train_seeds: list[int],
                        batch_size: int, callbacks: list | None = None):
-    """TRL's GRPOTrainer on a saved checkpoint (TRL loads the reference policy from the same path)."""
+    """TRL's GRPOTrainer on a policy loaded from a saved checkpoint.
+
+    With `beta > 0` TRL loads the reference policy from `model.config._name_or_path`, the same checkpoint
+    (or, for a LoRA policy, disables the adapter).
+    """
     import os
 
     from trl import GRPOTrainer
@@ -95,7 +99,7 @@ def build_grpo_trainer(model_path: str, tokenizer, args, engine: RolloutEngine, 
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     rollout = EpisodeRollout(engine, seed=args.seed, batch_size=batch_size)
     trainer = GRPOTrainer(
-        model=model_path,
+        model=model,
         reward_funcs=[episode_return],
         args=args,
         train_dataset=task_dataset(train_seeds),

@@ -129,8 +129,6 @@ def load_policy(cfg: ModelConfig, seed: int, env_factory=None, max_turns: int = 
         model = build_tiny_model(cfg.tiny, tokenizer, seed)
     else:
         model, tokenizer = load_pretrained(cfg.name_or_path, cfg)
-    if cfg.lora is not None:
-        model = apply_lora(model, cfg.lora)
     return model, tokenizer
 
 
@@ -185,7 +183,15 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
 
 
 def apply_lora(model: PreTrainedModel, lora: LoraSettings) -> PreTrainedModel:
-    from peft import LoraConfig, get_peft_model
+    """Wrap `model` with a fresh LoRA adapter (a no-op for a model that already has one).
+
+    The adapter records `model.config._name_or_path` as its base, so apply it to a model loaded from a
+    folder (rlft saves the base policy under checkpoints/base first) and the adapter reloads on its own.
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if isinstance(model, PeftModel):
+        return model
 
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=lora.target_modules, task_type="CAUSAL_LM")

@@ -204,7 +204,7 @@ def play_one_at_a_time(model, tokenizer, turn_format, env: gym.Env, seed: int, s
     episode = Episode(seed=seed, prompt_ids=prompt, task_id=str(info.get("task_id", "")))
     context = list(prompt)
     stop_ids = sorted(turn_format.stop_ids)
-    for _ in range(settings.max_turns):
+    for turn in range(settings.max_turns):
         inputs = torch.tensor([context], device=next(model.parameters()).device)
         out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=settings.max_action_tokens,
                              do_sample=not settings.greedy, temperature=settings.temperature, top_p=settings.top_p,
@@ -220,12 +220,10 @@ def play_one_at_a_time(model, tokenizer, turn_format, env: gym.Env, seed: int, s
         observation, reward, terminated, truncated, info = env.step(text)
         episode.end_action(text, {"env": float(reward)})
         episode.success = bool(info.get("success", False))
-        if terminated or truncated:
+        if terminated or truncated or turn == settings.max_turns - 1:
             episode.terminated, episode.truncated = bool(terminated), not terminated
             break
         segment = turn_format.observation_ids(observation)
         episode.add_env_tokens(segment)
         context += action + segment
-    else:
-        episode.truncated = True
     return episode

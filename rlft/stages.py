@@ -82,12 +82,14 @@ def run_sft(config: Config) -> Path:
     from trl import SFTTrainer
 
     from rlft.demos import expert_demos, jsonl_demos, sft_rows
-    from rlft.policy import save_policy
+    from rlft.policy import apply_lora, save_policy
     from rlft.trainer_args import build_trainer_config
 
     prepare_run(config)
     base = ensure_base_checkpoint(config)
     model, tokenizer = load_checkpoint(base, config)
+    if config.model.lora is not None:
+        model = apply_lora(model, config.model.lora)
     fmt = turn_format_for(config, tokenizer)
     tracker = Tracker(config, "sft", config.run_dir)
     demos_cfg = config.sft.demos
@@ -138,18 +140,20 @@ def rl_trainer_args(config: Config):
 def run_rl(config: Config) -> Path:
     """RL from the initial checkpoint with the configured algorithm; saves checkpoints/rl."""
     from rlft.grpo import build_grpo_trainer
-    from rlft.policy import save_policy
+    from rlft.policy import apply_lora, save_policy
     from rlft.rollout import RolloutEngine
 
     prepare_run(config)
     init = resolve_init(config)
-    _, tokenizer = load_checkpoint(init, config)
+    model, tokenizer = load_checkpoint(init, config)
+    if config.model.lora is not None:
+        model = apply_lora(model, config.model.lora)
     args = rl_trainer_args(config)
     engine = RolloutEngine(None, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
                            sampling_settings(config))
     train = config.env.train_seeds
     tracker = Tracker(config, "rl", config.run_dir)
-    trainer, _ = build_grpo_trainer(str(init), tokenizer, args, engine,
+    trainer, _ = build_grpo_trainer(model, tokenizer, args, engine,
                                     list(range(train.start, train.start + train.count)),
                                     batch_size=config.rollout.num_envs, callbacks=[TrackerCallback(tracker)])
     trainer.train()

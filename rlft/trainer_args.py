@@ -44,12 +44,36 @@ def check_trainer_overrides(key: str, overrides: dict[str, Any], kind: str) -> N
         if adapter is None:
             continue
         try:
-            adapter.validate_python(value)
+            validated = adapter.validate_python(value)
         except ValidationError as exc:
             msg = exc.errors()[0]["msg"]
             raise ConfigError(f"key '{key}.{name}' = {value!r}: {msg}") from None
+        if isinstance(value, bool) and not isinstance(validated, bool):
+            # pydantic's lax mode reads `true` as 1; TRL would train with a batch size of True.
+            raise ConfigError(f"key '{key}.{name}' = {value!r}: expected {type(validated).__name__}, got a boolean")
+        if isinstance(value, str) and isinstance(validated, (int, float)) and not isinstance(validated, bool):
+            value = overrides[name] = validated  # a quoted number ("1e-3"): hand TRL the number, not the string
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 and name in _POSITIVE:
             raise ConfigError(f"key '{key}.{name}' = {value!r}: expected a value > 0")
+
+
+def check_trainer_configs(config: Any) -> None:
+    """Build each stage's TRL config now, so TRL's own checks run before any model loads.
+
+    TRL checks relations between keys in `__post_init__` (the generation batch must hold whole groups of
+    `num_generations`, a scheduler name must exist, ...); building the configs is cheap and creates nothing
+    on disk. The RL config is built by the same function the rl stage uses, with its defaults.
+    """
+    from rlft.stages import rl_trainer_args
+
+    output_dir = str(config.run_dir / "trainer")
+    builds = (("sft.trainer", lambda: build_trainer_config("sft", config.sft.trainer, output_dir, config.seed)),
+              ("rl.trainer", lambda: rl_trainer_args(config)))
+    for key, build in builds:
+        try:
+            build()
+        except ConfigError as exc:
+            raise ConfigError(f"key '{key}': {exc}") from None
 
 
 _POSITIVE = {

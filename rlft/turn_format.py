@@ -43,7 +43,17 @@ class ChatFormat:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
         self.stop_ids = _eos_ids(tokenizer)
-        self.end_of_action = tokenizer.eos_token_id
+        self.end_of_action = self._end_of_turn()
+
+    def _end_of_turn(self) -> int:
+        """The stop token the template itself closes an assistant turn with (e.g. <|im_end|>, not </s>)."""
+        user = [{"role": "user", "content": "x"}]
+        opened = self._template(user, add_generation_prompt=True)
+        closed = self._template(user + [{"role": "assistant", "content": "y"}], add_generation_prompt=False)
+        for token in closed[len(opened):]:
+            if token in self.stop_ids:
+                return token
+        return self.tokenizer.eos_token_id
 
     def _template(self, messages: list[dict], add_generation_prompt: bool) -> list[int]:
         out = self.tokenizer.apply_chat_template(

@@ -1,0 +1,39 @@
+"""Shared fixtures: a tiny policy for a text env, built locally (nothing downloaded)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("WANDB_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def tiny_config(env_id: str = "rlft/FrozenLakeRandom-v0", **sections):
+    from rlft.config import load_config
+
+    raw = {
+        "name": "test",
+        "model": {"tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
+                           "corpus_episodes": 40}},
+        "env": {"id": env_id, "max_turns": 8},
+        "rollout": {"max_action_tokens": 3},
+        "tracking": {"wandb": {"enabled": False}},
+    }
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value)
+    return load_config(raw=raw)
+
+
+@pytest.fixture(scope="session")
+def frozen_lake_policy():
+    """(config, model, tokenizer) for random 4x4 FrozenLake, random weights."""
+    from rlft.policy import load_policy
+    from rlft.stages import env_factory
+
+    config = tiny_config()
+    model, tokenizer = load_policy(config.model, seed=0, env_factory=env_factory(config), max_turns=8)
+    return config, model, tokenizer
