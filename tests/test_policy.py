@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from rlft.config import ModelConfig
-from rlft.policy import build_word_tokenizer, load_pretrained, load_policy, save_policy, uses_chat_template
+from rlft.policy import build_word_tokenizer, load_policy, load_pretrained, save_policy, uses_chat_template
 from rlft.rollout import RolloutEngine, SamplingSettings
 from rlft.stages import env_factory
 from rlft.turn_format import ChatFormat, PlainFormat, make_format
