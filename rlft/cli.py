@@ -58,9 +58,7 @@ def _run(command: str, config) -> int:
     elif command == "eval":
         print(stages.format_table(stages.run_eval(config)))
     elif command == "pipeline":
-        stages.run_sft(config)
-        stages.run_rl(config)
-        print(stages.format_table(stages.run_eval(config)))
+        print(stages.format_table(stages.run_pipeline(config)))
     print(f"run directory: {config.run_dir}  ({time.perf_counter() - start:.0f} s)")
     for command_line in stages.sync_commands():
         print(f"to upload the offline wandb run: {command_line}")

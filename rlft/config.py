@@ -136,7 +136,7 @@ class EvalConfig(_Section):
     episodes: int = Field(200, gt=0)
     seed_start: int = Field(10_000_000, ge=0, description="held-out seeds start here, far from train seeds")
     disjoint_tasks: bool = Field(True, description="skip held-out seeds whose task (map) appeared in training")
-    greedy: bool = True
+    greedy: bool = Field(True, description="headline numbers from greedy decoding; sampled ones are reported too")
     batch_size: int = Field(128, gt=0)
 
 

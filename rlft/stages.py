@@ -177,10 +177,15 @@ def run_eval(config: Config, policies: dict[str, Path] | None = None, expert: bo
         if torch.cuda.is_available():
             model = model.cuda()
         engine = RolloutEngine(model, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
-                               sampling_settings(config, greedy=config.eval.greedy))
-        summary, _ = evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)
-        results["policies"][label] = {**summary, "checkpoint": str(path)}
-        tracker.log({f"{label}/{k}": v for k, v in summary.items()})
+                               sampling_settings(config, greedy=True))
+        greedy, _ = evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)
+        engine.settings = sampling_settings(config, greedy=False)
+        sampled, _ = evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)
+        # The headline numbers are the policy as configured (eval.greedy); both are kept.
+        headline = greedy if config.eval.greedy else sampled
+        results["policies"][label] = {**headline, "greedy": greedy, "sampled": sampled, "checkpoint": str(path)}
+        tracker.log({f"{label}/{mode}/{k}": v for mode, summary in (("greedy", greedy), ("sampled", sampled))
+                     for k, v in summary.items()})
     if expert:
         try:
             results["policies"]["expert"] = evaluate_expert(env_factory(config), seeds, config.env.max_turns)
@@ -190,6 +195,13 @@ def run_eval(config: Config, policies: dict[str, Path] | None = None, expert: bo
     out.write_text(json.dumps(results, indent=2), encoding="utf-8")
     _print_sync(tracker.finish())
     return results
+
+
+def run_pipeline(config: Config) -> dict[str, Any]:
+    """sft -> rl -> eval of untrained, sft, rl and the expert on the same held-out seeds."""
+    run_sft(config)
+    run_rl(config)
+    return run_eval(config)
 
 
 def default_policies(config: Config) -> dict[str, Path]:
@@ -205,10 +217,18 @@ def default_policies(config: Config) -> dict[str, Path]:
 
 
 def format_table(results: dict[str, Any]) -> str:
-    rows = ["| policy | success (95% CI) | mean return (95% CI) | turns |", "|---|---|---|---|"]
+    """Markdown table: success and return with 95% CIs, greedy and sampled (at the rollout temperature)."""
+    def cell(r: dict[str, float], key: str) -> str:
+        return f"{r[key]:.3f} [{r[key + '_ci_low']:.3f}, {r[key + '_ci_high']:.3f}]"
+
+    count = results["seeds"]["count"]
+    rows = [f"held-out episodes: {count}",
+            "| policy | success, greedy (95% CI) | success, sampled (95% CI) | return, greedy | turns |",
+            "|---|---|---|---|---|"]
     for label, r in results["policies"].items():
-        rows.append(f"| {label} | {r['success']:.3f} [{r['success_ci_low']:.3f}, {r['success_ci_high']:.3f}] | "
-                    f"{r['return']:.3f} [{r['return_ci_low']:.3f}, {r['return_ci_high']:.3f}] | {r['turns']:.1f} |")
+        greedy, sampled = r.get("greedy", r), r.get("sampled", r)
+        rows.append(f"| {label} | {cell(greedy, 'success')} | {cell(sampled, 'success')} | "
+                    f"{cell(greedy, 'return')} | {greedy['turns']:.1f} |")
     return "\n".join(rows)
 
 
