@@ -76,8 +76,12 @@ class RolloutEngine:
         """Play one episode per seed; at most `batch_size` live at once (all of them by default)."""
         batch_size = batch_size or len(seeds)
         episodes: list[Episode] = []
+        totals: dict[str, float] = {}
         for start in range(0, len(seeds), batch_size):
             episodes.extend(self._play_batch(list(seeds[start:start + batch_size]), generator))
+            for key, value in self.stats.items():
+                totals[key] = totals.get(key, 0.0) + value
+        self.stats = totals
         return episodes
 
     def _start(self, seeds: list[int]) -> list[_Row]:
@@ -208,6 +212,7 @@ def play_one_at_a_time(model, tokenizer, turn_format, env: gym.Env, seed: int, s
         inputs = torch.tensor([context], device=next(model.parameters()).device)
         out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=settings.max_action_tokens,
                              do_sample=not settings.greedy, temperature=settings.temperature, top_p=settings.top_p,
+                             top_k=0,  # generate() would otherwise apply transformers' default top_k=50
                              eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
         action = out[0, inputs.shape[1]:].tolist()
         if action and action[-1] in turn_format.stop_ids:

@@ -24,7 +24,10 @@ def tiny_config(env_id: str = "rlft/FrozenLakeRandom-v0", **sections):
         "tracking": {"wandb": {"enabled": False}},
     }
     for key, value in sections.items():
-        raw.setdefault(key, {}).update(value)
+        if isinstance(value, dict):
+            raw.setdefault(key, {}).update(value)
+        else:
+            raw[key] = value
     return load_config(raw=raw)
 
 

@@ -1,0 +1,104 @@
+"""Smoke tests of the stages on a tiny run: sft -> rl (GRPO through TRL, with KL) -> eval, run directory, tracking."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlft import stages
+from rlft.tracking import Tracker, read_metrics
+from tests.conftest import tiny_config
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    # CliffWalking with a penalty for unparsable actions: returns differ within a GRPO group from the
+    # first step (-1 a step, -100 off the cliff, -0.5 for garbage), so advantages are never all zero.
+    config = tiny_config(
+        "rlft/CliffWalking-v0",
+        output_dir=str(out),
+        env={"kwargs": {"invalid_penalty": -0.5}, "max_turns": 16},
+        sft={"demos": {"source": "expert", "episodes": 8, "epsilon": 0.2},
+             "trainer": {"num_train_epochs": 1, "per_device_train_batch_size": 4}},
+        rl={"trainer": {"max_steps": 2, "num_generations": 4, "per_device_train_batch_size": 8,
+                        "beta": 0.04, "learning_rate": 1e-3}},
+        rollout={"num_envs": 8, "max_action_tokens": 3},
+        eval={"episodes": 8, "batch_size": 8},
+    )
+    sft_path = stages.run_sft(config)
+    rl_path = stages.run_rl(config)
+    results = stages.run_eval(config)
+    return config, sft_path, rl_path, results
+
+
+def test_run_directory_layout(tiny_run):
+    config, sft_path, rl_path, results = tiny_run
+    run_dir = config.run_dir
+    assert (run_dir / "config.yaml").is_file()
+    for stage in ("base", "sft", "rl"):
+        assert (run_dir / "checkpoints" / stage / "model.safetensors").is_file()
+    saved = json.loads((run_dir / "eval.json").read_text())
+    assert set(saved["policies"]) == {"untrained", "sft", "rl", "expert"}
+    assert saved["policies"]["expert"]["success"] == 1.0
+    stages_logged = {record["stage"] for record in read_metrics(run_dir)}
+    assert stages_logged == {"sft", "rl", "eval"}
+
+
+def test_grpo_step_changes_every_trainable_parameter(tiny_run):
+    _, sft_path, rl_path, _ = tiny_run
+    before, after = load_file(sft_path / "model.safetensors"), load_file(rl_path / "model.safetensors")
+    assert before.keys() == after.keys()
+    unchanged = [name for name in before if torch.equal(before[name], after[name])]
+    assert unchanged == []
+
+
+def test_grpo_logs_kl_episode_success_and_rewards(tiny_run):
+    config, *_ = tiny_run
+    rl_logs = [r for r in read_metrics(config.run_dir) if r["stage"] == "rl" and "loss" in r]
+    assert len(rl_logs) == 2
+    for record in rl_logs:
+        assert "kl" in record and record["kl"] >= 0.0
+        assert 0.0 <= record["episode/success"] <= 1.0
+        assert "rewards/episode_return/mean" in record
+
+
+def test_sft_loss_only_on_action_tokens():
+    """The SFT rows carry the Episode mask: labels exist only where the policy acts."""
+    from rlft.demos import episode_from_turns, sft_rows
+    from rlft.policy import build_word_tokenizer
+    from rlft.turn_format import PlainFormat
+
+    tokenizer = build_word_tokenizer(["obs one", "obs two", "left right"])
+    fmt = PlainFormat(tokenizer)
+    episode = episode_from_turns(fmt, "go", ["obs one", "obs two"], ["left", "right"])
+    (row,) = sft_rows([episode])
+    tokens = tokenizer.convert_ids_to_tokens(row["input_ids"])
+    trained = [t for t, m in zip(tokens, row["assistant_masks"]) if m]
+    assert trained == ["left", "</s>", "right", "</s>"]
+
+
+def test_wandb_failure_never_stops_tracking(tmp_path, monkeypatch):
+    import wandb
+
+    def broken_init(*args, **kwargs):
+        raise RuntimeError("no network")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    config = tiny_config(tracking={"wandb": {"enabled": True, "mode": "online"}})
+    tracker = Tracker(config, "rl", tmp_path)
+    tracker.log({"loss": 1.5}, step=1)
+    assert tracker.finish() is None
+    assert read_metrics(tmp_path)[0]["loss"] == 1.5
+
+
+def test_wandb_offline_run_and_sync_command(tmp_path):
+    config = tiny_config(tracking={"wandb": {"enabled": True, "mode": "offline"}})
+    tracker = Tracker(config, "eval", tmp_path)
+    tracker.log({"success": 0.5}, step=0)
+    command = tracker.finish()
+    assert command is not None and command.startswith("wandb sync ")
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
