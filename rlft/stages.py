@@ -76,20 +76,27 @@ def load_checkpoint(path: str | Path, config: Config):
     return load_pretrained(str(path), config.model.model_copy(update={"name_or_path": str(path), "tiny": None}))
 
 
+def load_trainable(path: Path, config: Config):
+    """A checkpoint to train from, with the configured LoRA adapter applied (a no-op if it has one)."""
+    from rlft.policy import apply_lora
+
+    model, tokenizer = load_checkpoint(path, config)
+    if config.model.lora is not None:
+        model = apply_lora(model, config.model.lora)
+    return model, tokenizer
+
+
 def run_sft(config: Config) -> Path:
     """Supervised fine-tuning on demonstrations with TRL's SFTTrainer; loss on action tokens only."""
     from datasets import Dataset
     from trl import SFTTrainer
 
     from rlft.demos import expert_demos, jsonl_demos, sft_rows
-    from rlft.policy import apply_lora, save_policy
+    from rlft.policy import save_policy
     from rlft.trainer_args import build_trainer_config
 
     prepare_run(config)
-    base = ensure_base_checkpoint(config)
-    model, tokenizer = load_checkpoint(base, config)
-    if config.model.lora is not None:
-        model = apply_lora(model, config.model.lora)
+    model, tokenizer = load_trainable(ensure_base_checkpoint(config), config)
     fmt = turn_format_for(config, tokenizer)
     tracker = Tracker(config, "sft", config.run_dir)
     demos_cfg = config.sft.demos
@@ -114,7 +121,7 @@ def run_sft(config: Config) -> Path:
 def resolve_init(config: Config) -> Path:
     if config.rl.init_from == "sft":
         path = checkpoint_dir(config, "sft")
-        if not (path / "config.json").is_file():
+        if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
             raise CheckpointError(f"rl.init_from = 'sft' but {path} has no checkpoint; run `rlft sft` first "
                                   "or set rl.init_from=base")
         return path
@@ -140,14 +147,11 @@ def rl_trainer_args(config: Config):
 def run_rl(config: Config) -> Path:
     """RL from the initial checkpoint with the configured algorithm; saves checkpoints/rl."""
     from rlft.grpo import build_grpo_trainer
-    from rlft.policy import apply_lora, save_policy
+    from rlft.policy import save_policy
     from rlft.rollout import RolloutEngine
 
     prepare_run(config)
-    init = resolve_init(config)
-    model, tokenizer = load_checkpoint(init, config)
-    if config.model.lora is not None:
-        model = apply_lora(model, config.model.lora)
+    model, tokenizer = load_trainable(resolve_init(config), config)
     args = rl_trainer_args(config)
     engine = RolloutEngine(None, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
                            sampling_settings(config))

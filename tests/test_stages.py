@@ -102,3 +102,28 @@ def test_wandb_offline_run_and_sync_command(tmp_path):
     command = tracker.finish()
     assert command is not None and command.startswith("wandb sync ")
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+def test_lora_policy_through_sft_and_grpo(tmp_path):
+    """model.lora: SFT and GRPO train only the adapter; the saved adapter reloads on its own."""
+    config = tiny_config(
+        "rlft/CliffWalking-v0",
+        output_dir=str(tmp_path),
+        model={"lora": {"r": 4, "alpha": 8}},
+        env={"kwargs": {"invalid_penalty": -0.5}, "max_turns": 6},
+        sft={"demos": {"source": "expert", "episodes": 4, "epsilon": 0.0},
+             "trainer": {"num_train_epochs": 1, "per_device_train_batch_size": 4}},
+        rl={"trainer": {"max_steps": 1, "num_generations": 4, "per_device_train_batch_size": 8,
+                        "learning_rate": 1e-2}},
+        rollout={"num_envs": 8},
+    )
+    sft_path = stages.run_sft(config)
+    rl_path = stages.run_rl(config)
+    for path in (sft_path, rl_path):
+        assert (path / "adapter_model.safetensors").is_file()
+        assert not (path / "model.safetensors").exists()
+    before = load_file(sft_path / "adapter_model.safetensors")
+    after = load_file(rl_path / "adapter_model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    model, _ = stages.load_checkpoint(rl_path, config)
+    assert any("lora_" in name for name, _ in model.named_parameters())
