@@ -127,9 +127,10 @@ class SftConfig(_Section):
 
 
 class RlConfig(_Section):
-    algorithm: Literal["grpo"] = "grpo"
+    algorithm: Literal["grpo", "ppo"] = "grpo"
     init_from: str = Field("sft", description="'sft' (this run's SFT checkpoint), 'base', or a checkpoint path")
-    trainer: dict[str, Any] = Field(default_factory=dict, description="passed to trl.GRPOConfig")
+    trainer: dict[str, Any] = Field(default_factory=dict,
+                                    description="passed to trl.GRPOConfig (grpo) or rlft.ppo.PPOConfig (ppo)")
 
 
 class EvalConfig(_Section):
@@ -346,7 +347,21 @@ def check_config_references(config: Config) -> None:
         _check_checkpoint_path(config.rl.init_from, "rl.init_from")
     check_trainer_overrides("sft.trainer", config.sft.trainer, "sft")
     check_trainer_overrides("rl.trainer", config.rl.trainer, config.rl.algorithm)
+    critic_init = config.rl.trainer.get("critic_init", "policy")
+    if config.rl.algorithm == "ppo" and critic_init != "policy":
+        _check_critic_path(str(critic_init))
     check_trainer_configs(config)
+
+
+def _check_critic_path(path: str) -> None:
+    """`rl.trainer.critic_init`: a saved critic (critic.json) or a reward model (config.json)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"key 'rl.trainer.critic_init' = '{path}': no such folder "
+                          "(expected 'policy', a saved critic folder or a reward-model folder)")
+    if not (folder / "critic.json").is_file() and not (folder / "config.json").is_file():
+        raise ConfigError(f"key 'rl.trainer.critic_init' = '{path}': neither a saved critic (critic.json) "
+                          "nor a reward model (config.json)")
 
 
 def _check_checkpoint_path(path: str, key: str) -> None:

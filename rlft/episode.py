@@ -33,6 +33,8 @@ class Episode:
         success: the env's `info["success"]` at the end.
         task_id: the env's task identity (e.g. the map) for held-out splits.
         invalid_actions: how many actions the env could not parse.
+        final_observation_ids: for a truncated episode, the tokens of the observation after its last action
+            (not trained on; PPO's critic bootstraps from the state they end). Empty when it terminated.
     """
 
     seed: int
@@ -50,6 +52,7 @@ class Episode:
     success: bool = False
     task_id: str = ""
     invalid_actions: int = 0
+    final_observation_ids: list[int] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -40,6 +40,7 @@ class EpisodeRollout:
         self.seed = seed
         self.batch_size = batch_size
         self.calls = 0
+        self.env_steps = 0  # env steps (turns) played so far, summed over processes
         self.last_episodes: list[Episode] = []
 
     def generator(self, process_index: int) -> torch.Generator:
@@ -53,6 +54,9 @@ class EpisodeRollout:
         self.calls += 1
         episodes = self.engine.play(seeds_of(prompts), generator=generator, batch_size=self.batch_size)
         self.last_episodes = episodes
+        turns = torch.tensor(float(sum(e.num_turns for e in episodes)), device=trainer.accelerator.device)
+        self.env_steps += int(trainer.accelerator.reduce(turns, reduction="sum").item())
+        trainer._metrics["train"]["episode/env_steps_total"].append(float(self.env_steps))
         return episodes_to_rollout(episodes)
 
 

@@ -184,11 +184,14 @@ class RolloutEngine:
         if terminated or truncated or out_of_turns:
             episode.terminated = bool(terminated)
             episode.truncated = not terminated
+            if episode.truncated:
+                episode.final_observation_ids = self.format.observation_ids(observation)
             return True
         segment = self.format.observation_ids(observation)
         length = len(episode.prompt_ids) + len(episode.completion_ids) + len(segment) + s.max_action_tokens
         if length > s.max_episode_tokens:
             episode.truncated = True
+            episode.final_observation_ids = segment
             return True
         episode.observations.append(observation)
         episode.add_env_tokens(segment)

@@ -140,6 +140,9 @@ def rl_trainer_args(config: Config):
                 "lr_scheduler_type": "constant", "beta": 0.0, "loss_type": "dapo",
                 "max_completion_length": config.rollout.max_episode_tokens,
                 "temperature": config.rollout.temperature, "top_p": config.rollout.top_p}
+    if config.rl.algorithm == "ppo":
+        # One episode per seed (the critic is the baseline); 2 epochs x 2 minibatches per rollout batch.
+        defaults.update({"num_generations": 1, "num_iterations": 2, "steps_per_generation": 2})
     return build_trainer_config(config.rl.algorithm, config.rl.trainer, str(config.run_dir / "trainer" / "rl"),
                                 config.seed, defaults=defaults)
 
@@ -157,11 +160,25 @@ def run_rl(config: Config) -> Path:
                            sampling_settings(config))
     train = config.env.train_seeds
     tracker = Tracker(config, "rl", config.run_dir)
-    trainer, _ = build_grpo_trainer(model, tokenizer, args, engine,
-                                    list(range(train.start, train.start + train.count)),
-                                    batch_size=config.rollout.num_envs, callbacks=[TrackerCallback(tracker)])
+    seeds = list(range(train.start, train.start + train.count))
+    callbacks = [TrackerCallback(tracker)]
+    if config.rl.algorithm == "ppo":
+        from rlft.ppo import build_ppo_trainer, detached_critic
+
+        trainer, _ = build_ppo_trainer(model, tokenizer, args, engine, seeds, batch_size=config.rollout.num_envs,
+                                       callbacks=callbacks)
+    else:
+        trainer, _ = build_grpo_trainer(model, tokenizer, args, engine, seeds, batch_size=config.rollout.num_envs,
+                                        callbacks=callbacks)
     trainer.train()
-    path = save_policy(trainer.model, tokenizer, checkpoint_dir(config, "rl"))
+    path = checkpoint_dir(config, "rl")
+    if config.rl.algorithm == "ppo":
+        policy = trainer.accelerator.unwrap_model(trainer.model)
+        with detached_critic(policy):
+            save_policy(policy, tokenizer, path)
+        trainer.save_critic(str(path / "critic"))  # beside the policy; reloads with rlft.critic.load_critic
+    else:
+        save_policy(trainer.model, tokenizer, path)
     _print_sync(tracker.finish())
     return path
 

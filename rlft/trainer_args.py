@@ -1,7 +1,7 @@
 """Pass-through of trainer hyperparameters to TRL's config classes, with rlft's defaults for small runs.
 
 rlft does not re-declare TRL's hyperparameters: `sft.trainer` goes to `trl.SFTConfig` and `rl.trainer` to
-`trl.GRPOConfig`. Keys and value types are checked against those dataclasses before any model loads.
+`trl.GRPOConfig` (or rlft's `PPOConfig`, a GRPOConfig subclass with PPO's keys). Keys and value types are checked against those dataclasses before any model loads.
 """
 
 from __future__ import annotations
@@ -26,7 +26,11 @@ def trainer_config_class(kind: str) -> type:
         from trl import GRPOConfig
 
         return GRPOConfig
-    raise ConfigError(f"no trainer config for '{kind}'{did_you_mean(kind, ['sft', 'grpo'])}")
+    if kind == "ppo":
+        from rlft.ppo import PPOConfig
+
+        return PPOConfig
+    raise ConfigError(f"no trainer config for '{kind}'{did_you_mean(kind, ['sft', 'grpo', 'ppo'])}")
 
 
 def check_trainer_overrides(key: str, overrides: dict[str, Any], kind: str) -> None:
@@ -39,7 +43,7 @@ def check_trainer_overrides(key: str, overrides: dict[str, Any], kind: str) -> N
         if name in _RESERVED:
             raise ConfigError(f"key '{key}.{name}' is set by rlft (output_dir/report_to from the run, seed from 'seed')")
         if name not in names:
-            raise ConfigError(f"unknown key '{key}.{name}' for trl.{cls.__name__}{did_you_mean(name, names)}")
+            raise ConfigError(f"unknown key '{key}.{name}' for {_qualified(cls)}{did_you_mean(name, names)}")
         adapter = dataclass_type_adapter(cls, name)
         if adapter is None:
             continue
@@ -79,7 +83,7 @@ def check_trainer_configs(config: Any) -> None:
 _POSITIVE = {
     "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
     "num_generations", "num_train_epochs", "max_completion_length", "steps_per_generation", "num_iterations",
-    "max_length", "generation_batch_size", "temperature",
+    "max_length", "generation_batch_size", "temperature", "kl_horizon", "critic_learning_rate",
 }
 
 
@@ -114,4 +118,8 @@ def build_trainer_config(kind: str, overrides: dict[str, Any], output_dir: str, 
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"trainer settings rejected by trl.{cls.__name__}: {exc}") from None
+        raise ConfigError(f"trainer settings rejected by {_qualified(cls)}: {exc}") from None
+
+
+def _qualified(cls: type) -> str:
+    return f"{cls.__module__.split('.')[0]}.{cls.__name__}"
