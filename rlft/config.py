@@ -139,6 +139,9 @@ class EvalConfig(_Section):
     disjoint_tasks: bool = Field(True, description="skip held-out seeds whose task (map) appeared in training")
     greedy: bool = Field(True, description="headline numbers from greedy decoding; sampled ones are reported too")
     batch_size: int = Field(128, gt=0)
+    every_steps: int | None = Field(None, gt=0, description="during RL, evaluate on held-out seeds every N steps "
+                                    "(learning curves against env steps); off by default")
+    during_episodes: int = Field(100, gt=0, description="held-out episodes per evaluation during RL")
 
 
 class WandbConfig(_Section):

@@ -165,11 +165,13 @@ def run_rl(config: Config) -> Path:
     if config.rl.algorithm == "ppo":
         from rlft.ppo import build_ppo_trainer, detached_critic
 
-        trainer, _ = build_ppo_trainer(model, tokenizer, args, engine, seeds, batch_size=config.rollout.num_envs,
-                                       callbacks=callbacks)
+        trainer, rollout = build_ppo_trainer(model, tokenizer, args, engine, seeds,
+                                             batch_size=config.rollout.num_envs, callbacks=callbacks)
     else:
-        trainer, _ = build_grpo_trainer(model, tokenizer, args, engine, seeds, batch_size=config.rollout.num_envs,
-                                        callbacks=callbacks)
+        trainer, rollout = build_grpo_trainer(model, tokenizer, args, engine, seeds,
+                                              batch_size=config.rollout.num_envs, callbacks=callbacks)
+    if config.eval.every_steps:
+        trainer.add_callback(held_out_eval_callback(config, tracker, trainer, rollout, tokenizer))
     trainer.train()
     path = checkpoint_dir(config, "rl")
     if config.rl.algorithm == "ppo":
@@ -181,6 +183,21 @@ def run_rl(config: Config) -> Path:
         save_policy(trainer.model, tokenizer, path)
     _print_sync(tracker.finish())
     return path
+
+
+def held_out_eval_callback(config: Config, tracker: Tracker, trainer, rollout, tokenizer):
+    """Periodic held-out evaluation during RL (`eval.every_steps`), on the first `eval.during_episodes` seeds."""
+    from rlft.evaluation import held_out_seeds
+    from rlft.rollout import RolloutEngine
+    from rlft.tracking import HeldOutEvalCallback
+
+    seeds = held_out_seeds(env_factory(config), config.env, config.eval)[: config.eval.during_episodes]
+    engine = RolloutEngine(None, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
+                           sampling_settings(config))
+    callback = HeldOutEvalCallback(tracker, engine, seeds, config.eval.every_steps, config.eval.batch_size, rollout,
+                                   greedy=config.eval.greedy, seed=config.seed)
+    callback.trainer = trainer
+    return callback
 
 
 def run_eval(config: Config, policies: dict[str, Path] | None = None, expert: bool = True) -> dict[str, Any]:

@@ -102,3 +102,44 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+class HeldOutEvalCallback(TrainerCallback):
+    """Every `every` optimizer steps, plays held-out seeds with the current policy and logs `eval/*`.
+
+    The same seeds every time, the policy as configured (greedy or sampled at the rollout temperature), and
+    the env steps consumed so far, so learning curves can be drawn against env steps.
+    """
+
+    def __init__(self, tracker: Tracker, engine, seeds: list[int], every: int, batch_size: int, rollout,
+                 greedy: bool, seed: int = 0):
+        self.tracker, self.engine, self.seeds, self.every = tracker, engine, seeds, every
+        self.batch_size, self.rollout, self.greedy, self.seed = batch_size, rollout, greedy, seed
+        self.trainer = None  # set by the stage once the trainer exists
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        from dataclasses import replace
+
+        from rlft.evaluation import evaluate_policy
+
+        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        engine = self.engine
+        engine.model = model
+        settings = engine.settings
+        engine.settings = replace(settings, greedy=self.greedy)
+        try:
+            summary, _ = evaluate_policy(engine, self.seeds, self.batch_size, seed=self.seed)
+        finally:
+            engine.settings = settings
+        logs = {f"eval/{k}": v for k, v in summary.items()}
+        logs["episode/env_steps_total"] = float(self.rollout.env_steps)
+        self.tracker.log(logs, step=step)
+        return logs
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.trainer is not None and state.global_step % self.every == 0 and state.is_world_process_zero:
+            self.evaluate(state.global_step)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.trainer is not None and state.is_world_process_zero and state.global_step == 0:
+            self.evaluate(0)
