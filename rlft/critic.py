@@ -164,7 +164,9 @@ def build_critic(kind: str, init: str, policy: nn.Module, trust_remote_code: boo
             head.load_state_dict(source.head.state_dict())
         return head.to(dtype)
     if init == "policy":
-        return ValueModel(_merged(copy.deepcopy(backbone_of(policy)))).to(dtype)
+        # A full copy, trained in full even when the policy trains a LoRA adapter (its frozen base weights
+        # are copied trainable); with a large model, `shared` is the memory-light choice.
+        return ValueModel(_merged(copy.deepcopy(backbone_of(policy)))).to(dtype).requires_grad_(True)
     if is_critic_dir(init):
         return load_critic(init, dtype=dtype)
     if (Path(init) / "config.json").is_file():

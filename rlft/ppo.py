@@ -13,7 +13,12 @@ checkpoints. This subclass adds what PPO needs on top:
 * in the loss: TRL's clipped policy loss plus `vf_coef` x the clipped value loss;
 * KL control: a per-token reward penalty (classic RLHF) or TRL's loss term, with a fixed or adaptive
   coefficient (`rlft/kl_control.py`). The logged `kl` is the KL in the objective: the mean per-token
-  `log pi_old - log pi_ref` in reward mode, TRL's k3 estimate of the loss term in loss mode.
+  `log pi_old - log pi_ref` in reward mode, TRL's k3 estimate of the loss term in loss mode (TRL's
+  `use_bias_correction_kl`, on by default, weights each token's k3 by the ratio in both the loss and the log).
+
+The policy and the critic share one optimizer and one `max_grad_norm` clip (as CleanRL's shared network
+does); returns are not rescaled, so with large rewards a separate `critic_learning_rate` or a smaller
+`vf_coef` keeps the value gradient from dominating the clipped norm.
 
 Where this differs from CleanRL / SB3, a comment says why.
 """
@@ -161,7 +166,14 @@ class PPOTrainer(GRPOTrainer):
     def _generate_and_score_completions(self, inputs):
         coef = self.kl_controller.value
         self.beta = coef  # so TRL computes reference log-probs for this batch when there is a KL term
-        out = super()._generate_and_score_completions(inputs)
+        # TRL recomputes "old" log-probs with a forward pass when one rollout batch serves several optimizer
+        # steps; PPO uses the behaviour log-probs instead, so that condition is made false for this call.
+        accumulation = self.args.gradient_accumulation_steps
+        self.args.gradient_accumulation_steps = self.args.steps_per_generation * self.num_iterations
+        try:
+            out = super()._generate_and_score_completions(inputs)
+        finally:
+            self.args.gradient_accumulation_steps = accumulation
         self.beta = coef if self.args.kl_penalty == "loss" else 0.0
         episodes = self.episode_rollout.last_episodes
         device = out["completion_ids"].device
