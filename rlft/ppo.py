@@ -86,6 +86,12 @@ class PPOConfig(GRPOConfig):
         self.beta = self.kl_coef
 
 
+def model_token_mask(batch: dict) -> torch.Tensor:
+    """1 on tokens the model sampled: TRL's completion mask times the env mask (`tool_mask`) when there is one."""
+    mask = batch["completion_mask"]
+    return mask * batch["tool_mask"] if "tool_mask" in batch else mask
+
+
 def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     mask = mask.to(x.dtype)
     return (x * mask).sum() / mask.sum().clamp(min=1.0)
@@ -177,7 +183,7 @@ class PPOTrainer(GRPOTrainer):
         self.beta = coef if self.args.kl_penalty == "loss" else 0.0
         episodes = self.episode_rollout.last_episodes
         device = out["completion_ids"].device
-        mask = out["completion_mask"] * out["tool_mask"] if "tool_mask" in out else out["completion_mask"]
+        mask = model_token_mask(out)
         batch, width = mask.shape
 
         rewards = torch.zeros((batch, width), device=device)
@@ -303,7 +309,7 @@ class PPOTrainer(GRPOTrainer):
             loss = super()._compute_loss(model, inputs)
         finally:
             self._capture = False
-        mask = inputs["completion_mask"] * inputs["tool_mask"] if "tool_mask" in inputs else inputs["completion_mask"]
+        mask = model_token_mask(inputs)
         prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
         start, width = prompt_ids.shape[1], completion_ids.shape[1]
         if self.args.critic == "shared":

@@ -193,9 +193,9 @@ def held_out_eval_callback(config: Config, tracker: Tracker, trainer, rollout, t
 
     seeds = held_out_seeds(env_factory(config), config.env, config.eval)[: config.eval.during_episodes]
     engine = RolloutEngine(None, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
-                           sampling_settings(config))
+                           sampling_settings(config, greedy=config.eval.greedy))
     callback = HeldOutEvalCallback(tracker, engine, seeds, config.eval.every_steps, config.eval.batch_size, rollout,
-                                   greedy=config.eval.greedy, seed=config.seed)
+                                   seed=config.seed)
     callback.trainer = trainer
     return callback
 

@@ -112,25 +112,17 @@ class HeldOutEvalCallback(TrainerCallback):
     """
 
     def __init__(self, tracker: Tracker, engine, seeds: list[int], every: int, batch_size: int, rollout,
-                 greedy: bool, seed: int = 0):
+                 seed: int = 0):
+        # `engine` is this callback's own, with the evaluation's sampling settings (greedy or not).
         self.tracker, self.engine, self.seeds, self.every = tracker, engine, seeds, every
-        self.batch_size, self.rollout, self.greedy, self.seed = batch_size, rollout, greedy, seed
+        self.batch_size, self.rollout, self.seed = batch_size, rollout, seed
         self.trainer = None  # set by the stage once the trainer exists
 
     def evaluate(self, step: int) -> dict[str, float]:
-        from dataclasses import replace
-
         from rlft.evaluation import evaluate_policy
 
-        model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        engine = self.engine
-        engine.model = model
-        settings = engine.settings
-        engine.settings = replace(settings, greedy=self.greedy)
-        try:
-            summary, _ = evaluate_policy(engine, self.seeds, self.batch_size, seed=self.seed)
-        finally:
-            engine.settings = settings
+        self.engine.model = self.trainer.accelerator.unwrap_model(self.trainer.model)
+        summary, _ = evaluate_policy(self.engine, self.seeds, self.batch_size, seed=self.seed)
         logs = {f"eval/{k}": v for k, v in summary.items()}
         logs["episode/env_steps_total"] = float(self.rollout.env_steps)
         self.tracker.log(logs, step=step)
