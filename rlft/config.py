@@ -97,6 +97,10 @@ class RolloutConfig(_Section):
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop_on_newline: bool = True
+    env_step_timeout_s: float | None = Field(30.0, gt=0.0, description="an env.step or env.reset slower than this "
+                                             "fails its episode (left out of the batch); null waits forever")
+    max_env_failure_rate: float = Field(0.1, ge=0.0, le=1.0, description="abort when more than this fraction of "
+                                        "a rollout batch's episodes fail (env raised, hung, malformed observation)")
 
 
 class ExpertDemos(_Section):
@@ -131,6 +135,8 @@ class RlConfig(_Section):
     init_from: str = Field("sft", description="'sft' (this run's SFT checkpoint), 'base', or a checkpoint path")
     trainer: dict[str, Any] = Field(default_factory=dict,
                                     description="passed to trl.GRPOConfig (grpo) or rlft.ppo.PPOConfig (ppo)")
+    max_nonfinite_steps: int = Field(3, gt=0, description="abort after this many optimizer steps in a row skipped "
+                                     "for a non-finite loss, reward, value or gradient")
 
 
 class EvalConfig(_Section):
