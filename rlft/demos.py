@@ -126,7 +126,9 @@ def _turns_from_messages(messages: Any, path: Path, line: int) -> tuple[str, lis
 def read_jsonl_demos(path: str | Path) -> list[tuple[str, list[str], list[str], int]]:
     """Parse and check every row; the first malformed row raises `DataError` naming `file:line`.
 
-    Blank lines are skipped and counted (they are not rows); a UTF-8 BOM is an error, not silently eaten.
+    A blank line is an error (in a file of one object per line it is a row lost in an edit, and skipping it would
+    shift every later row's number from what the author counts); so is a UTF-8 BOM, which is not silently eaten.
+    The newline that ends the last row is not a blank line.
     """
     path = Path(path)
     if not path.is_file():
@@ -142,9 +144,12 @@ def read_jsonl_demos(path: str | Path) -> list[tuple[str, list[str], list[str], 
         raise DataError(f"{path}:{line}: not valid UTF-8 ({exc.reason})") from None
     # split("\n"), not splitlines(): JSON strings may hold U+2028 / U+2029 unescaped, which splitlines() would
     # cut a row at; line numbers then match an editor's. A CRLF row keeps its "\r", which JSON reads as whitespace.
-    for number, line_text in enumerate(text.split("\n"), start=1):
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last row
+    for number, line_text in enumerate(lines, start=1):
         if not line_text.strip():
-            continue
+            raise _fail(path, number, f"line {number} is blank; expected one JSON object per line (remove blank lines)")
         try:
             row = json.loads(line_text)
         except json.JSONDecodeError as exc:
@@ -155,7 +160,7 @@ def read_jsonl_demos(path: str | Path) -> list[tuple[str, list[str], list[str], 
         instructions, observations, actions = _turns_from_row(row, path, number)
         rows.append((instructions, observations, actions, number))
     if not rows:
-        raise DataError(f"{path}: no rows (the file is empty or only blank lines)")
+        raise DataError(f"{path}: no rows (the file is empty); expected one JSON object per line")
     return rows
 
 

@@ -81,7 +81,8 @@ def test_batch_sizes_that_do_not_divide_fail_before_any_model(tmp_path: Path, ex
 
 def test_malformed_jsonl_fails_before_any_model(tmp_path: Path, existing_run) -> None:
     demos = tmp_path / "demos.jsonl"
-    demos.write_text('{"turns": [{"observation": "cell 0", "action": "right"}]}\n\n{"turns": [{"observ\n',
+    row = '{"turns": [{"observation": "cell 0", "action": "right"}]}\n'
+    demos.write_text(row + row + '{"turns": [{"observ\n',
                      encoding="utf-8")
     result, seconds = rlft("sft", "--config", str(QUICKSTART), f"sft.demos={{source: jsonl, path: {demos}}}",
                            cwd=tmp_path)

@@ -1,6 +1,6 @@
 """Tests of JSONL demonstrations (rlft/demos.py): every malformed row fails naming `file:line` and the problem,
 no row is dropped silently, and valid rows (`turns` and `messages` shapes) become token-exact Episodes whose
-mask is 1 exactly on action tokens and the end-of-action token."""
+mask is 1 exactly on action tokens and the end-of-action token. Blank lines and a UTF-8 BOM are errors too."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def write(tmp_path: Path, lines: list[str]) -> Path:
 
 # ---------------------------------------------------------------- malformed rows
 
-# Each bad row is written on line 3, after a good row and a blank line (which still counts as a line).
+# Each bad row is written on line 3, after two good rows.
 BAD_ROWS: list[tuple[str, str, str]] = [
     ("truncated", '{"turns": [{"observation": "cell 0", "action": "ri', "invalid JSON"),
     ("two-objects-one-line", GOOD_ROW + " " + GOOD_ROW, "invalid JSON"),
@@ -65,7 +65,7 @@ BAD_ROWS: list[tuple[str, str, str]] = [
 
 @pytest.mark.parametrize(("bad_row", "problem"), [c[1:] for c in BAD_ROWS], ids=[c[0] for c in BAD_ROWS])
 def test_malformed_row_names_file_line_and_problem(bad_row: str, problem: str, tmp_path: Path) -> None:
-    path = write(tmp_path, [GOOD_ROW, "", bad_row, GOOD_ROW])
+    path = write(tmp_path, [GOOD_ROW, GOOD_ROW, bad_row, GOOD_ROW])
     with pytest.raises(DataError) as info:
         read_jsonl_demos(path)
     assert str(info.value).startswith(f"{path}:3: ")
@@ -80,19 +80,40 @@ def test_byte_order_mark_is_an_error(tmp_path: Path) -> None:
         read_jsonl_demos(path)
 
 
+@pytest.mark.parametrize(("lines", "number"), [([GOOD_ROW, "", GOOD_ROW], 2), ([GOOD_ROW, "  \t", GOOD_ROW], 2),
+                                               ([GOOD_ROW, "\r", GOOD_ROW], 2), ([GOOD_ROW, GOOD_ROW, ""], 3),
+                                               (["", GOOD_ROW], 1)],
+                         ids=["empty", "whitespace", "crlf", "trailing", "leading"])
+def test_blank_line_is_an_error(lines: list[str], number: int, tmp_path: Path) -> None:
+    # write() ends the file with one newline, which ends the last row and is not a blank line.
+    path = write(tmp_path, lines)
+    with pytest.raises(DataError, match=rf"^{path}:{number}: line {number} is blank; expected one JSON object"):
+        read_jsonl_demos(path)
+
+
+def test_final_newline_is_optional(tmp_path: Path) -> None:
+    path = tmp_path / "demos.jsonl"
+    path.write_text(GOOD_ROW + "\n" + GOOD_ROW, encoding="utf-8")
+    assert [row[3] for row in read_jsonl_demos(path)] == [1, 2]
+
+
 def test_invalid_utf8_names_its_line(tmp_path: Path) -> None:
     path = tmp_path / "demos.jsonl"
-    path.write_bytes(GOOD_ROW.encode() + b"\n\n" + b'{"turns": [{"observation": "\xff", "action": "a"}]}\n')
+    path.write_bytes((GOOD_ROW + "\n" + GOOD_ROW + "\n").encode() + b'{"turns": [{"observation": "\xff", "action": "a"}]}\n')
     with pytest.raises(DataError, match=rf"^{path}:3: not valid UTF-8"):
         read_jsonl_demos(path)
 
 
-@pytest.mark.parametrize("content", ["", "\n\n  \n"], ids=["empty", "blank-lines-only"])
-def test_no_rows_is_an_error(content: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("content", "problem"), [("", "no rows (the file is empty)"),
+                                                  ("\n", ":1: line 1 is blank"),
+                                                  ("\n\n  \n", ":1: line 1 is blank")],
+                         ids=["empty", "one-newline", "blank-lines-only"])
+def test_no_rows_is_an_error(content: str, problem: str, tmp_path: Path) -> None:
     path = tmp_path / "demos.jsonl"
     path.write_text(content, encoding="utf-8")
-    with pytest.raises(DataError, match="no rows"):
+    with pytest.raises(DataError) as info:
         read_jsonl_demos(path)
+    assert problem in str(info.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -118,8 +139,8 @@ MESSAGES_ROWS = [
 
 @pytest.fixture
 def demos_file(tmp_path: Path) -> Path:
-    # Blank lines (and CRLF endings) are skipped, and line numbers still count them.
-    lines = [json.dumps(TURNS_ROWS[0]), "", json.dumps(TURNS_ROWS[1]), "   ",
+    # A CRLF line ending is read as the row's trailing whitespace.
+    lines = [json.dumps(TURNS_ROWS[0]), json.dumps(TURNS_ROWS[1]) + "\r",
              json.dumps(MESSAGES_ROWS[0]) + "\r", json.dumps(MESSAGES_ROWS[1])]
     return write(tmp_path, lines)
 
@@ -128,9 +149,9 @@ def test_valid_rows_parse_into_episodes(demos_file: Path) -> None:
     rows = read_jsonl_demos(demos_file)
     assert rows == [
         ("Reach G.", ["cell 0", "cell 1", "cell 5"], ["right", "down", "down"], 1),
-        ("", ["cell 14"], ["right"], 3),
-        ("Reach G.", ["cell 0", "cell 4"], ["down", "right"], 5),
-        ("", ["cell 2"], ["left"], 6),
+        ("", ["cell 14"], ["right"], 2),
+        ("Reach G.", ["cell 0", "cell 4"], ["down", "right"], 3),
+        ("", ["cell 2"], ["left"], 4),
     ]
 
 
