@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(command: str, config) -> int:
     from rlft import stages
 
+    _check_earlier_stages(command, config)
     start = time.perf_counter()
     if command == "sft":
         print(f"sft checkpoint: {stages.run_sft(config)}")
@@ -63,6 +64,16 @@ def _run(command: str, config) -> int:
     for command_line in stages.sync_commands():
         print(f"to upload the offline wandb run: {command_line}")
     return 0
+
+
+def _check_earlier_stages(command: str, config) -> None:
+    """What a stage needs from this run's earlier stages, checked before the stage writes into the run directory."""
+    from rlft import stages
+
+    if command == "train" and config.rl.init_from == "sft":
+        stages.resolve_init(config)  # no SFT checkpoint yet: CheckpointError naming the command to run first
+    elif command == "eval":
+        stages.default_policies(config)  # no checkpoint at all: CheckpointError
 
 
 if __name__ == "__main__":

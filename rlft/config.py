@@ -188,7 +188,22 @@ class Config(_Section):
 
 
 class _YamlLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, except that `1e-3` is a float (YAML 1.1 wants `1.0e-3`; TRL would get a string)."""
+    """PyYAML's safe loader, except that `1e-3` is a float (YAML 1.1 wants `1.0e-3`; TRL would get a string)
+    and a key written twice in one mapping is an error (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_line: dict[str, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *anchor` merges are overridden by design
+            key = key_node.value
+            if key in first_line:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"duplicate key '{key}' (first on line {first_line[key]}); expected each key once",
+                    key_node.start_mark)
+            first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.add_implicit_resolver(
@@ -237,7 +252,12 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file '{path}' does not exist")
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 ({exc.reason}); save the config as UTF-8") from None
     try:
         raw = _load_yaml(text)
     except yaml.YAMLError as exc:
@@ -356,10 +376,30 @@ def check_config_references(config: Config) -> None:
         _check_checkpoint_path(config.rl.init_from, "rl.init_from")
     check_trainer_overrides("sft.trainer", config.sft.trainer, "sft")
     check_trainer_overrides("rl.trainer", config.rl.trainer, config.rl.algorithm)
+    _check_reward_weights(config.rl.trainer.get("reward_weights"))
     critic_init = config.rl.trainer.get("critic_init", "policy")
     if config.rl.algorithm == "ppo" and critic_init != "policy":
         _check_critic_path(str(critic_init))
     check_trainer_configs(config)
+
+
+# rlft's reward has one source today: the env's per-turn rewards, summed into the episode return
+# (`reward_funcs=[episode_return]` in rlft/grpo.py and rlft/ppo.py). TRL compares `reward_weights` with its
+# reward functions only when the trainer is built, after the model has loaded.
+REWARD_SOURCES = ("env",)
+
+
+def _check_reward_weights(weights: list[float] | None) -> None:
+    if weights is None:
+        return
+    count = len(REWARD_SOURCES)
+    if len(weights) != count:
+        raise ConfigError(f"key 'rl.trainer.reward_weights' = {weights!r}: {len(weights)} weights for {count} "
+                          f"reward source(s) ({', '.join(REWARD_SOURCES)}); expected a list of {count} or leave it "
+                          "unset")
+    if not any(weights):
+        raise ConfigError(f"key 'rl.trainer.reward_weights' = {weights!r}: no reward source has a non-zero weight, "
+                          "so there is no reward to learn from; expected at least one non-zero weight")
 
 
 def _check_critic_path(path: str) -> None:

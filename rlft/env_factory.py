@@ -84,9 +84,13 @@ def _instantiate(cfg: EnvConfig) -> gym.Env:
     env_id = _registered_id(cfg.id)
     make = partial(gym.make, env_id) if env_id else import_entry_point(cfg.id, "env.id")
     try:
-        return make(**cfg.kwargs)
+        env = make(**cfg.kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"key 'env.kwargs': {cfg.id} rejected {cfg.kwargs}: {exc}") from None
+    if not isinstance(env, gym.Env):
+        raise ConfigError(f"key 'env.id' = '{cfg.id}': made a {type(env).__name__}, not a gymnasium.Env; expected a "
+                          "registered env id or 'module:Class' of a gymnasium.Env subclass")
+    return env
 
 
 def make_env(cfg: EnvConfig) -> gym.Env:
