@@ -1,0 +1,306 @@
+"""Checkpoints that cannot be half-written, exact resume, non-finite steps that never reach the weights.
+
+An RL checkpoint lives under the trainer's output dir (`runs/<name>/trainer/rl/`):
+
+    checkpoint-<step>/          HF Trainer's files (weights as safetensors, optimizer.pt, scheduler.pt,
+                                rng_state*.pth, trainer_state.json), a PPO critic in critic/, and rlft's own:
+        rlft_state.json         rollout position (calls, env steps), TRL's micro-step counter, the KL
+                                controller, metrics not yet logged
+        rollout_buffer_<rank>.pt  the part of the current rollout batch not yet trained on (when there is one)
+        COMPLETE                written last; a checkpoint without it is never resumed from
+    .staging/checkpoint-<step>/ where a checkpoint is written; renamed into place once complete
+
+Rotation (`save_total_limit`) runs after the rename and only ever deletes older checkpoints, so at least one
+complete checkpoint always exists once the first one has been written.
+
+The order in which env seeds are drawn is a function of (seed, epoch) (`EpochSeededRepeatSampler`), and
+each rollout's sampling stream a function of (seed, process, rollout call), so restoring the step, the
+epoch and the rollout call count restores the seed stream exactly; HF restores python / numpy / torch RNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from trl.trainer.utils import RepeatSampler
+
+from rlft.errors import CheckpointError, RlftError
+
+logger = logging.getLogger(__name__)
+
+COMPLETE = "COMPLETE"
+STATE_FILE = "rlft_state.json"
+STAGING = ".staging"
+PREFIX = "checkpoint-"
+
+
+class NonFiniteError(RlftError):
+    """Too many optimizer steps in a row were skipped for a non-finite loss, reward, value or gradient."""
+
+    exit_code = 4
+
+
+# ------------------------------------------------------------------------------------------- finding checkpoints
+def checkpoint_step(path: Path) -> int | None:
+    name = path.name
+    if not name.startswith(PREFIX) or not name[len(PREFIX):].isdigit():
+        return None
+    return int(name[len(PREFIX):])
+
+
+def is_complete(path: str | Path) -> bool:
+    return (Path(path) / COMPLETE).is_file()
+
+
+def list_checkpoints(output_dir: str | Path) -> list[Path]:
+    """Every `checkpoint-<step>` folder under `output_dir`, oldest first (complete or not)."""
+    output_dir = Path(output_dir)
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
+    return sorted(found, key=checkpoint_step)
+
+
+def latest_complete(output_dir: str | Path) -> Path | None:
+    complete = [p for p in list_checkpoints(output_dir) if is_complete(p)]
+    return complete[-1] if complete else None
+
+
+def resolve_resume(output_dir: str | Path, resume: str | bool) -> Path:
+    """The checkpoint to resume from: the newest complete one (`resume=True`) or a given complete folder."""
+    output_dir = Path(output_dir)
+    if resume is True:
+        found = latest_complete(output_dir)
+        if found is None:
+            incomplete = [p.name for p in list_checkpoints(output_dir)]
+            detail = f"; incomplete (never resumed from): {', '.join(incomplete)}" if incomplete else ""
+            raise CheckpointError(f"--resume: no complete checkpoint under {output_dir}{detail}. "
+                                  "Start without --resume, or pass --resume <checkpoint folder>")
+        return found
+    path = Path(resume)
+    if not path.is_dir():
+        choices = [str(p) for p in list_checkpoints(output_dir) if is_complete(p)]
+        hint = f" (complete checkpoints: {', '.join(choices)})" if choices else ""
+        raise CheckpointError(f"--resume {path}: no such folder{hint}")
+    if not is_complete(path):
+        raise CheckpointError(f"--resume {path}: the checkpoint is incomplete (no {COMPLETE} marker; it was being "
+                              "written when the run stopped). Resume from an older one or pass --resume alone")
+    return path
+
+
+def rotate(output_dir: Path, keep: int | None) -> None:
+    """Keep the newest `keep` complete checkpoints; drop incomplete ones older than the newest complete one."""
+    checkpoints = list_checkpoints(output_dir)
+    complete = [p for p in checkpoints if is_complete(p)]
+    if not complete:
+        return
+    newest = checkpoint_step(complete[-1])
+    doomed = [p for p in checkpoints if not is_complete(p) and checkpoint_step(p) < newest]
+    if keep is not None and keep > 0:
+        doomed += complete[:-keep]
+    for path in doomed:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------------- sampler
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler whose shuffle order is a function of (seed, epoch), not of how many epochs ran.
+
+    TRL's sampler draws each epoch's permutation from one generator that advances epoch by epoch; a run resumed
+    in epoch e would replay epoch 0's order. The Trainer calls `set_epoch(e)` before each epoch (also when it
+    resumes), so seeding from (seed, e) gives a resumed run the same order as an uninterrupted one.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.shuffle:
+            mixed = np.random.SeedSequence([int(self.seed or 0), int(epoch)]).generate_state(1)[0]
+            self.generator.manual_seed(int(mixed))
+
+
+# ----------------------------------------------------------------------------------------------------- mixin
+class ResumableTrainerMixin:
+    """Mixed into rlft's GRPO and PPO trainers (before TRL's GRPOTrainer in the MRO).
+
+    Needs `self.episode_rollout` (an `EpisodeRollout`) and `self.rlft_max_nonfinite_steps`.
+    """
+
+    rlft_max_nonfinite_steps: int = 3
+
+    def _rlft_init(self, episode_rollout, max_nonfinite_steps: int) -> None:
+        self.episode_rollout = episode_rollout
+        self.rlft_max_nonfinite_steps = max_nonfinite_steps
+        self._bad_batch: str | None = None  # why the current rollout batch cannot be trained on
+        self._bad_loss: str | None = None
+        self._nonfinite_streak = 0
+        self._nonfinite_total = 0
+
+    # --------------------------------------------------------------------------------- seed stream order
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        if type(sampler) is RepeatSampler:
+            sampler.__class__ = EpochSeededRepeatSampler
+            sampler.set_epoch(0)
+        return sampler
+
+    # ------------------------------------------------------------------------------------ state to carry
+    def _rlft_state(self) -> dict[str, Any]:
+        metrics = {mode: {k: list(v) for k, v in values.items()} for mode, values in self._metrics.items()}
+        return {"version": 1, "global_step": self.state.global_step, "trl_step": self._step,
+                "rollout": self.episode_rollout.state_dict(), "pending_metrics": metrics,
+                "nonfinite": {"streak": self._nonfinite_streak, "total": self._nonfinite_total}}
+
+    def _load_rlft_state(self, state: dict[str, Any]) -> None:
+        self._step = int(state["trl_step"])
+        self.episode_rollout.load_state_dict(state["rollout"])
+        for mode, values in state.get("pending_metrics", {}).items():
+            self._metrics[mode].clear()
+            for key, value in values.items():
+                self._metrics[mode][key] = list(value)
+        self._nonfinite_streak = int(state["nonfinite"]["streak"])
+        self._nonfinite_total = int(state["nonfinite"]["total"])
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
+        if resume_from_checkpoint:
+            path = resolve_resume(self.args.output_dir, resume_from_checkpoint)
+            state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
+            self._load_rlft_state(state)
+            buffer = path / f"rollout_buffer_{self.accelerator.process_index}.pt"
+            self._buffered_inputs = torch.load(buffer, map_location=self.accelerator.device,
+                                               weights_only=True) if buffer.is_file() else None
+            resume_from_checkpoint = str(path)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+
+    # ------------------------------------------------------------------------------------ atomic saving
+    def _save_checkpoint(self, model, trial) -> None:
+        bad = nonfinite_parameters(self.accelerator.unwrap_model(self.model))
+        if bad:
+            raise NonFiniteError(f"refusing to save a checkpoint at step {self.state.global_step}: non-finite "
+                                 f"weights in {', '.join(bad[:5])}")
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"{PREFIX}{self.state.global_step}"
+        staging_root = run_dir / STAGING
+        staging, final = staging_root / name, run_dir / name
+        if self.args.should_save and staging.exists():
+            shutil.rmtree(staging)
+        self.accelerator.wait_for_everyone()
+        saved = (self.args.output_dir, self.args.save_total_limit)
+        self.args.output_dir, self.args.save_total_limit = str(staging_root), None
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self.args.output_dir, self.args.save_total_limit = saved
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        if self._buffered_inputs is not None and self._step % generate_every != 0:
+            torch.save(self._buffered_inputs, staging / f"rollout_buffer_{self.accelerator.process_index}.pt")
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            _write_synced(staging / STATE_FILE, json.dumps(self._rlft_state(), indent=1))
+            _write_synced(staging / COMPLETE, json.dumps({"step": self.state.global_step}))
+            if final.exists():  # an incomplete leftover of a run that stopped while renaming
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            _fsync_dir(run_dir)
+            rotate(run_dir, self.args.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+    # ------------------------------------------------------------------------------- non-finite steps
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        self._bad_batch = self._nonfinite_batch(out)
+        return out
+
+    def _nonfinite_batch(self, batch: dict[str, Any]) -> str | None:
+        for episode in getattr(self.episode_rollout, "last_episodes", []):
+            if getattr(episode, "failure", None):
+                continue  # a failed episode is left out of the batch, not a non-finite reward
+            if not all(math.isfinite(r) for r in episode.turn_rewards):
+                return f"non-finite reward in the episode of env seed {episode.seed}"
+        for key, value in batch.items():
+            if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+                return f"non-finite {key} in the rollout batch"
+        return None
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            self._bad_loss = "non-finite loss"
+        return loss
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if not getattr(optimizer, "_rlft_guarded", False):
+            optimizer.step = self._guarded_step(optimizer.step)
+            optimizer._rlft_guarded = True
+        return optimizer
+
+    def _guarded_step(self, step):
+        def guarded(*args, **kwargs):
+            reason = self._bad_batch or self._bad_loss or self._nonfinite_gradient()
+            flag = torch.tensor(0.0 if reason is None else 1.0, device=self.accelerator.device)
+            if self.accelerator.num_processes > 1:  # every rank skips, or none does
+                flag = self.accelerator.reduce(flag, reduction="max")
+            self._bad_loss = None
+            if flag.item() == 0.0:
+                self._nonfinite_streak = 0
+                self._log_nonfinite(skipped=False)
+                return step(*args, **kwargs)
+            self._skip_step(reason or "non-finite values on another process")
+            return None
+        return guarded
+
+    def _nonfinite_gradient(self) -> str | None:
+        for name, param in self.accelerator.unwrap_model(self.model).named_parameters():
+            if param.grad is not None and not torch.isfinite(param.grad).all():
+                return f"non-finite gradient in {name}"
+        return None
+
+    def _skip_step(self, reason: str) -> None:
+        self.accelerator.unwrap_model(self.model).zero_grad(set_to_none=True)
+        self._nonfinite_streak += 1
+        self._nonfinite_total += 1
+        self._log_nonfinite(skipped=True)
+        step = self.state.global_step + 1
+        logger.warning("step %d skipped, weights unchanged: %s (%d in a row; rl.max_nonfinite_steps = %d)",
+                       step, reason, self._nonfinite_streak, self.rlft_max_nonfinite_steps)
+        if self._nonfinite_streak >= self.rlft_max_nonfinite_steps:
+            raise NonFiniteError(f"{self._nonfinite_streak} optimizer steps in a row skipped (last, step {step}: "
+                                 f"{reason}); aborting. The last complete checkpoint is in {self.args.output_dir}. "
+                                 "Lower the learning rate, check the reward functions for NaN/inf, or raise "
+                                 "rl.max_nonfinite_steps")
+
+    def _log_nonfinite(self, skipped: bool) -> None:
+        metrics = self._metrics["train"]
+        metrics["nonfinite/skipped_step"].append(float(skipped))
+        metrics["nonfinite/skipped_total"].append(float(self._nonfinite_total))
+
+
+def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
+    return [name for name, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
+
+
+def _write_synced(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
