@@ -122,7 +122,9 @@ def load_critic(path: str | Path, dtype: torch.dtype | None = None) -> ValueMode
     path = Path(path)
     if not is_critic_dir(path):
         raise CheckpointError(f"'{path}' is not a saved critic (no {CRITIC_FILE})")
-    backbone = AutoModel.from_pretrained(path, use_safetensors=True, dtype=dtype)
+    # bandit B615 is a false positive: a local folder (it holds critic.json, checked above), not a hub id, so
+    # there is no revision to pin.
+    backbone = AutoModel.from_pretrained(path, use_safetensors=True, dtype=dtype)  # nosec B615
     head = ValueHead(hidden_size_of(backbone))
     head.load_state_dict(load_file(str(path / HEAD_FILE)))
     return ValueModel(backbone, head).to(dtype or backbone.dtype)
@@ -133,7 +135,9 @@ def critic_from_reward_model(path: str | Path, dtype: torch.dtype | None = None,
     """A ValueModel whose backbone and head are a one-label sequence classifier's (a Bradley-Terry RM)."""
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, dtype=dtype,
+    # bandit B615 is a false positive: `rl.trainer.critic_init` is checked to be a local folder (rlft/config.py),
+    # not a hub id.
+    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, dtype=dtype,  # nosec B615
                                                                trust_remote_code=trust_remote_code)
     if model.config.num_labels != 1:
         raise CheckpointError(f"'{path}': a reward model has one label, this one has {model.config.num_labels}")

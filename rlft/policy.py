@@ -144,8 +144,9 @@ def load_pretrained(name_or_path: str, cfg: ModelConfig | None = None):
     path = Path(name_or_path)
     if path.exists() and not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise CheckpointError(f"'{name_or_path}' has no config.json: not a saved model")
+    revision = None if path.exists() else cfg.revision  # a hub id may be pinned; a local folder has no revisions
     try:
-        tokenizer = load_tokenizer(name_or_path, cfg.trust_remote_code)
+        tokenizer = load_tokenizer(name_or_path, cfg.trust_remote_code, revision)
         if (path / "adapter_config.json").is_file():
             from peft import AutoPeftModelForCausalLM
 
@@ -154,7 +155,8 @@ def load_pretrained(name_or_path: str, cfg: ModelConfig | None = None):
             )
         else:
             model = AutoModelForCausalLM.from_pretrained(
-                name_or_path, dtype=_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code, use_safetensors=True
+                name_or_path, dtype=_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
+                revision=revision,
             )
     except OSError as exc:
         raise CheckpointError(f"cannot load model '{name_or_path}': {exc}") from None
@@ -164,7 +166,7 @@ def load_pretrained(name_or_path: str, cfg: ModelConfig | None = None):
     return model, tokenizer
 
 
-def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False, revision: str | None = None):
     """AutoTokenizer, except for a generic `tokenizer.json` (rlft's word-level tokenizers among them).
 
     transformers 5 maps some model types (qwen2, ...) to their own tokenizer class even when the folder's
@@ -178,8 +180,8 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     if config_file.is_file() and (path / "tokenizer.json").is_file():
         declared = json.loads(config_file.read_text(encoding="utf-8")).get("tokenizer_class")
         if declared in ("TokenizersBackend", "PreTrainedTokenizerFast"):
-            return PreTrainedTokenizerFast.from_pretrained(name_or_path)
-    return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+            return PreTrainedTokenizerFast.from_pretrained(name_or_path, revision=revision)
+    return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision)
 
 
 def apply_lora(model: PreTrainedModel, lora: LoraSettings) -> PreTrainedModel:
