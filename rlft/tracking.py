@@ -30,14 +30,24 @@ def _clean(value: Any) -> Any:
 
 
 class Tracker:
-    """Writes one stage's metrics to `metrics.jsonl` and, guarded, to a wandb run (job_type = stage)."""
+    """Writes one stage's metrics to `metrics.jsonl` and, guarded, to a wandb run (job_type = stage).
+
+    Under `accelerate launch` only the main process writes (one metrics.jsonl, one wandb run); on the other
+    ranks the tracker does nothing. Metrics are gathered across ranks before they are logged (TRL does it for
+    its own; rlft's rollout and PPO reduce theirs), so rank 0's record stands for the whole job.
+    """
 
     def __init__(self, config: Config, stage: str, run_dir: Path):
+        from rlft.distributed import is_main_process
+
         self.stage = stage
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / "metrics.jsonl"
+        self.enabled = is_main_process()
         self._wandb = None
+        if not self.enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         settings = config.tracking.wandb
         if settings.enabled and settings.mode != "disabled":
             self._start_wandb(config, stage)
@@ -59,6 +69,8 @@ class Tracker:
             self._wandb = None
 
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        if not self.enabled:
+            return
         record = {"stage": self.stage, "step": step, "time": time.time(), **{k: _clean(v) for k, v in metrics.items()}}
         with self.metrics_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
