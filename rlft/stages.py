@@ -17,11 +17,14 @@ from typing import Any
 import torch
 
 from rlft.config import Config, ExpertDemos, save_config
+from rlft.distributed import ddp_timeout_s, process_state
 from rlft.env_factory import make_env
 from rlft.errors import CheckpointError, ConfigError
 from rlft.tracking import Tracker, TrackerCallback
 
 logger = logging.getLogger(__name__)
+
+MAIN_PROCESS_EVAL = "evaluation runs on the main process (rank 0), which prints the table and writes eval.json"
 
 
 def checkpoint_dir(config: Config, stage: str) -> Path:
@@ -33,8 +36,10 @@ def env_factory(config: Config):
 
 
 def prepare_run(config: Config) -> Path:
+    """The run directory on every rank (a race-free mkdir); config.yaml from the main process only."""
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(config, config.run_dir / "config.yaml")
+    if process_state(ddp_timeout_s(config)).is_main_process:
+        save_config(config, config.run_dir / "config.yaml")
     return config.run_dir
 
 
@@ -60,10 +65,27 @@ def ensure_base_checkpoint(config: Config) -> Path:
     from rlft.policy import load_policy, save_policy
 
     path = checkpoint_dir(config, "base")
-    if (path / "config.json").is_file():
-        return path
-    model, tokenizer = load_policy(config.model, config.seed, env_factory(config), config.env.max_turns)
-    save_policy(model, tokenizer, path)
+    # Under `accelerate launch` the main process builds and saves it while the other ranks wait, then they
+    # find it saved: one writer, and every rank starts from the same weights.
+    with process_state(ddp_timeout_s(config)).main_process_first():
+        if (path / "config.json").is_file():
+            return path
+        model, tokenizer = load_policy(config.model, config.seed, env_factory(config), config.env.max_turns)
+        save_policy(model, tokenizer, path)
+    return path
+
+
+def save_trained(trainer, path: Path) -> Path:
+    """Save a trained policy (PPO: with its critic in `critic/`, by `PPOTrainer._save`) on every launch.
+
+    `Trainer.save_model` gathers the full weights under FSDP and DeepSpeed ZeRO-3 (a collective: every rank
+    calls it) and writes from the main process only; the barrier keeps other ranks from reading a folder
+    still being written (the next stage loads it).
+    """
+    trainer.save_model(str(path))
+    if trainer.accelerator.is_main_process:
+        (path / "training_args.bin").unlink(missing_ok=True)  # a pickle of the trainer's args; config.yaml says it
+    trainer.accelerator.wait_for_everyone()
     return path
 
 
@@ -92,7 +114,6 @@ def run_sft(config: Config) -> Path:
     from trl import SFTTrainer
 
     from rlft.demos import expert_demos, jsonl_demos, sft_rows
-    from rlft.policy import save_policy
     from rlft.trainer_args import build_trainer_config
 
     prepare_run(config)
@@ -113,7 +134,7 @@ def run_sft(config: Config) -> Path:
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(demos)),
                          processing_class=tokenizer, callbacks=[TrackerCallback(tracker)])
     trainer.train()
-    path = save_policy(trainer.model, tokenizer, checkpoint_dir(config, "sft"))
+    path = save_trained(trainer, checkpoint_dir(config, "sft"))
     _print_sync(tracker.finish())
     return path
 
@@ -150,7 +171,6 @@ def rl_trainer_args(config: Config):
 def run_rl(config: Config) -> Path:
     """RL from the initial checkpoint with the configured algorithm; saves checkpoints/rl."""
     from rlft.grpo import build_grpo_trainer
-    from rlft.policy import save_policy
     from rlft.rollout import RolloutEngine
 
     prepare_run(config)
@@ -163,7 +183,7 @@ def run_rl(config: Config) -> Path:
     seeds = list(range(train.start, train.start + train.count))
     callbacks = [TrackerCallback(tracker)]
     if config.rl.algorithm == "ppo":
-        from rlft.ppo import build_ppo_trainer, detached_critic
+        from rlft.ppo import build_ppo_trainer
 
         trainer, rollout = build_ppo_trainer(model, tokenizer, args, engine, seeds,
                                              batch_size=config.rollout.num_envs, callbacks=callbacks)
@@ -173,14 +193,8 @@ def run_rl(config: Config) -> Path:
     if config.eval.every_steps:
         trainer.add_callback(held_out_eval_callback(config, tracker, trainer, rollout, tokenizer))
     trainer.train()
-    path = checkpoint_dir(config, "rl")
-    if config.rl.algorithm == "ppo":
-        policy = trainer.accelerator.unwrap_model(trainer.model)
-        with detached_critic(policy):
-            save_policy(policy, tokenizer, path)
-        trainer.save_critic(str(path / "critic"))  # beside the policy; reloads with rlft.critic.load_critic
-    else:
-        save_policy(trainer.model, tokenizer, path)
+    # PPO: the policy alone, and the critic beside it in critic/ (reloads with rlft.critic.load_critic).
+    path = save_trained(trainer, checkpoint_dir(config, "rl"))
     _print_sync(tracker.finish())
     return path
 
@@ -205,6 +219,9 @@ def run_eval(config: Config, policies: dict[str, Path] | None = None, expert: bo
     from rlft.evaluation import evaluate_expert, evaluate_policy, held_out_seeds
     from rlft.rollout import RolloutEngine
 
+    if not process_state(ddp_timeout_s(config)).is_main_process:
+        # Under `accelerate launch` the main process evaluates alone (no collectives, so nothing to wait for).
+        return {"seeds": {"first": None, "count": 0}, "policies": {}, "note": MAIN_PROCESS_EVAL}
     prepare_run(config)
     policies = policies if policies is not None else default_policies(config)
     seeds = held_out_seeds(env_factory(config), config.env, config.eval)
@@ -259,6 +276,8 @@ def format_table(results: dict[str, Any]) -> str:
     def cell(r: dict[str, float], key: str) -> str:
         return f"{r[key]:.3f} [{r[key + '_ci_low']:.3f}, {r[key + '_ci_high']:.3f}]"
 
+    if not results["policies"] and results.get("note"):
+        return results["note"]
     count = results["seeds"]["count"]
     rows = [f"held-out episodes: {count}",
             "| policy | success, greedy (95% CI) | success, sampled (95% CI) | return, greedy | turns |",
