@@ -72,6 +72,15 @@ class PPOConfig(GRPOConfig):
             raise ValueError(f"gamma = {self.gamma}, lam = {self.lam}: expected values in [0, 1]")
         if self.kl_coef < 0 or (self.target_kl is not None and self.target_kl <= 0):
             raise ValueError("kl_coef must be >= 0 and target_kl > 0")
+        # The critic is a submodule of the policy (so DDP all-reduces its gradients) but runs outside the
+        # policy's forward. DDP's unused-parameter search (transformers turns it on by default) would mark the
+        # critic's parameters ready at the end of that forward and again when the value loss's gradient reaches
+        # them: "Expected to mark a variable ready only once". Every parameter gets a gradient in each
+        # backward, so PPO needs no search.
+        if self.ddp_find_unused_parameters:
+            raise ValueError("ddp_find_unused_parameters must be false for PPO: its critic runs outside the "
+                             "policy's forward, which DDP's unused-parameter search cannot handle")
+        self.ddp_find_unused_parameters = False
         # PPO's baseline is the critic, so unlike GRPO it needs no group of episodes per seed: allow 1.
         single = self.num_generations == 1
         if single:
