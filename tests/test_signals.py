@@ -1,0 +1,86 @@
+"""SIGTERM / SIGINT during a rollout or a save: a complete checkpoint at the last complete step, exit code
+128 + signal, and a resume from it equals a run that was never interrupted."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from rlft import stages
+from rlft.checkpointing import COMPLETE, STAGING, latest_complete
+from rlft.config import save_config
+from tests.test_resume import make_config, per_step_metrics, scramble_rngs, straight_run, weights
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs `rlft train` with a slow rollout (0.4 s) and, at step 2, a slow save (1.5 s), so the signal can be
+# delivered while either is under way.
+SCRIPT = textwrap.dedent("""
+    import os, sys, time
+    import torch
+    from transformers import Trainer
+    from rlft.grpo import EpisodeRollout
+    from rlft.cli import main
+
+    rollout, save_rng = EpisodeRollout.__call__, Trainer._save_rng_state
+    def slow_rollout(self, prompts, trainer):
+        time.sleep(0.4)
+        return rollout(self, prompts, trainer)
+    def slow_save(self, output_dir):
+        if self.state.global_step == 2:
+            time.sleep(1.5)
+        return save_rng(self, output_dir)
+    EpisodeRollout.__call__, Trainer._save_rng_state = slow_rollout, slow_save
+    torch.set_num_threads(int(os.environ["RLFT_TEST_THREADS"]))  # as in this process: same float sums
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def wait_for(predicate, timeout: float = 120.0) -> None:
+    start = time.monotonic()
+    while not predicate():
+        if time.monotonic() - start > timeout:
+            raise TimeoutError
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize(("signum", "during"), [(signal.SIGTERM, "rollout"), (signal.SIGINT, "save")])
+def test_signal_saves_a_checkpoint_exits_128_plus_signal_and_resumes_exactly(signum, during, tmp_path,
+                                                                             tmp_path_factory):
+    straight = straight_run(tmp_path_factory, "grpo")
+    config = make_config(tmp_path, "grpo")
+    config_path = tmp_path / "config.yaml"
+    save_config(config, config_path)
+    output_dir = config.run_dir / "trainer" / "rl"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RLFT_TEST_THREADS": str(torch.get_num_threads())}
+    process = subprocess.Popen([sys.executable, "-c", SCRIPT, "train", "--config", str(config_path)],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if during == "rollout":  # checkpoint 1 is written; the next rollout is sleeping
+            wait_for(lambda: (output_dir / "checkpoint-1" / COMPLETE).is_file())
+        else:  # checkpoint 2 is being written
+            wait_for(lambda: (output_dir / STAGING / "checkpoint-2" / "model.safetensors").is_file())
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signum, stderr[-2000:]
+    assert f"stopped by {signal.Signals(signum).name}" in stderr and "--resume" in stderr
+    stopped = latest_complete(output_dir)
+    assert stopped.name == "checkpoint-2"  # the step in flight finished and was saved, nothing later
+    assert not (config.run_dir / "checkpoints" / "rl").exists()  # no final policy from an interrupted run
+
+    scramble_rngs()
+    stages.run_rl(config, resume=True)
+    _, metrics_a, weights_a, _ = straight
+    assert per_step_metrics(config.run_dir) == metrics_a
+    weights_b = weights(config.run_dir)
+    assert all((weights_a[k] == weights_b[k]).all() for k in weights_a)
