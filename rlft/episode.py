@@ -35,6 +35,10 @@ class Episode:
         invalid_actions: how many actions the env could not parse.
         final_observation_ids: for a truncated episode, the tokens of the observation after its last action
             (not trained on; PPO's critic bootstraps from the state they end). Empty when it terminated.
+        failure: None for a healthy episode; for one whose env raised, hung past `rollout.env_step_timeout_s`
+            or returned a malformed result, why (e.g. "env.step raised ValueError('boom') on turn 3", turns
+            counted from 1). The episode ended there; its tokens are kept as played, but algorithms leave it
+            out of the batch and metrics leave it out of success and return.
     """
 
     seed: int
@@ -54,6 +58,7 @@ class Episode:
     invalid_actions: int = 0
     final_observation_ids: list[int] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    failure: str | None = None
 
     @property
     def num_turns(self) -> int:
@@ -99,5 +104,5 @@ class Episode:
         return {
             "seed": self.seed, "return": self.episode_return, "success": self.success, "turns": self.num_turns,
             "terminated": self.terminated, "truncated": self.truncated, "invalid_actions": self.invalid_actions,
-            "task_id": self.task_id,
+            "task_id": self.task_id, "failure": self.failure,
         }

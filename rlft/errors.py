@@ -24,6 +24,22 @@ class CheckpointError(RlftError):
     """A checkpoint or model path is missing or unreadable."""
 
 
+class EnvFailureError(RlftError):
+    """Too many episodes of a rollout batch failed (env raised, hung, malformed output); exit code 3.
+
+    The message says how many of how many failed, the first reasons with their seeds, and the key that sets
+    the threshold (`rollout.max_env_failure_rate`).
+    """
+
+    exit_code = 3
+
+
+class ResourceError(RlftError):
+    """Out of memory in generation, update or evaluation; exit code 5. The message names the knobs to turn."""
+
+    exit_code = 5
+
+
 def closest(name: str, choices: Iterable[str]) -> str | None:
     """Return the choice closest to `name`, or None when nothing is close.
 

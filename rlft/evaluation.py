@@ -3,6 +3,12 @@
 Held-out seeds start at `eval.seed_start`, far from the training seed range. For envs whose task changes
 with the seed (random maps), seeds whose task also occurs in the training range are skipped, so the maps
 evaluated are disjoint from the maps trained on.
+
+An episode whose env failed (raised, hung past `rollout.env_step_timeout_s`, malformed output; see
+`Episode.failure`) is not a loss of the policy's: it is counted in `failed` / `failure_rate` and left out of
+success and return, which are over the healthy `episodes`. More than `rollout.max_env_failure_rate` of the
+held-out episodes failing aborts the evaluation with EnvFailureError, since the numbers would not describe
+the policy on the held-out tasks.
 """
 
 from __future__ import annotations
@@ -43,6 +49,10 @@ def mean_interval(values: Sequence[float], z: float = 1.96) -> tuple[float, floa
 
 
 def summarize(episodes: Sequence[Episode]) -> dict[str, float]:
+    """Success and return with 95% CIs over the healthy episodes; failed ones counted apart."""
+    failed = sum(e.failure is not None for e in episodes)
+    total = len(episodes)
+    episodes = [e for e in episodes if e.failure is None]
     n = len(episodes)
     wins = sum(e.success for e in episodes)
     lo, hi = wilson_interval(wins, n)
@@ -50,6 +60,7 @@ def summarize(episodes: Sequence[Episode]) -> dict[str, float]:
     return {
         "episodes": n, "success": wins / n if n else 0.0, "success_ci_low": lo, "success_ci_high": hi,
         "return": mean, "return_ci_low": r_lo, "return_ci_high": r_hi,
+        "failed": failed, "failure_rate": failed / total if total else 0.0,
         "turns": float(np.mean([e.num_turns for e in episodes])) if n else 0.0,
         "invalid_actions": float(np.mean([e.invalid_actions for e in episodes])) if n else 0.0,
     }
@@ -90,8 +101,11 @@ def evaluate_policy(engine, seeds: Sequence[int], batch_size: int, seed: int = 0
     """Play the policy on `seeds` (greedy or sampled per the engine's settings) and summarise."""
     import torch
 
+    from rlft.rollout import check_env_failures
+
     generator = torch.Generator().manual_seed(seed)
     episodes = engine.play(list(seeds), generator=generator, batch_size=batch_size)
+    check_env_failures(episodes, engine.settings.max_env_failure_rate, where="held-out evaluation")
     return summarize(episodes), episodes
 
 
