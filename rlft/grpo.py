@@ -18,7 +18,7 @@ import torch
 from datasets import Dataset
 
 from rlft.episode import Episode
-from rlft.rollout import RolloutEngine
+from rlft.rollout import RolloutEngine, check_env_failures
 
 
 def task_dataset(seeds: list[int]) -> Dataset:
@@ -41,6 +41,7 @@ class EpisodeRollout:
         self.batch_size = batch_size
         self.calls = 0
         self.env_steps = 0  # env steps (turns) played so far, summed over processes
+        self.env_failures = 0  # failed episodes so far, summed over processes
         self.last_episodes: list[Episode] = []
 
     def generator(self, process_index: int) -> torch.Generator:
@@ -54,39 +55,63 @@ class EpisodeRollout:
         self.calls += 1
         episodes = self.engine.play(seeds_of(prompts), generator=generator, batch_size=self.batch_size)
         self.last_episodes = episodes
-        turns = torch.tensor(float(sum(e.num_turns for e in episodes)), device=trainer.accelerator.device)
-        self.env_steps += int(trainer.accelerator.reduce(turns, reduction="sum").item())
-        trainer._metrics["train"]["episode/env_steps_total"].append(float(self.env_steps))
-        return episodes_to_rollout(episodes)
+        # Counts summed over processes, so that every process logs the same rate and takes the same decision.
+        local = [sum(e.num_turns for e in episodes), sum(e.failure is not None for e in episodes), len(episodes)]
+        counts = trainer.accelerator.reduce(torch.tensor(local, dtype=torch.float, device=trainer.accelerator.device),
+                                            reduction="sum")
+        turns, failed, total = (int(v) for v in counts.tolist())
+        self.env_steps += turns
+        self.env_failures += failed
+        metrics = trainer._metrics["train"]
+        metrics["episode/env_steps_total"].append(float(self.env_steps))
+        metrics["episode/failure_rate"].append(failed / max(total, 1))
+        metrics["episode/failures_total"].append(float(self.env_failures))
+        check_env_failures(episodes, self.engine.settings.max_env_failure_rate, failed, total)
+        return episodes_to_rollout(episodes, filler_id=self.engine.tokenizer.pad_token_id)
 
 
-def episodes_to_rollout(episodes: list[Episode]) -> dict[str, list]:
+def episodes_to_rollout(episodes: list[Episode], filler_id: int = 0) -> dict[str, list]:
+    """TRL's rollout fields, and per-episode values its reward functions receive as keyword arguments.
+
+    A failed episode (`Episode.failure`) keeps its row, because TRL's groups need every row, but carries no
+    learning signal: its env_mask is all 0 (none of its tokens enters the loss or the token count) and its
+    per-episode values are None, so the reward function returns None for it and TRL treats it as
+    unscorable (NaN reward, left out of the group's mean and std, advantage 0). One that failed before
+    producing a token (at reset) gets `filler_id` as a one-token prompt / completion,
+    so that TRL's padding and its end-of-sequence check have something to read.
+    """
+    def per_episode(value) -> list:
+        return [None if e.failure is not None else value(e) for e in episodes]
+
     return {
-        "prompt_ids": [e.prompt_ids for e in episodes],
-        "completion_ids": [e.completion_ids for e in episodes],
-        "logprobs": [e.logprobs for e in episodes],
-        "env_mask": [e.mask for e in episodes],
-        "episode_return": [e.episode_return for e in episodes],
-        "success": [float(e.success) for e in episodes],
-        "turns": [float(e.num_turns) for e in episodes],
-        "invalid_actions": [float(e.invalid_actions) for e in episodes],
+        "prompt_ids": [e.prompt_ids or [filler_id] for e in episodes],
+        "completion_ids": [e.completion_ids or [filler_id] for e in episodes],
+        "logprobs": [e.logprobs or [0.0] for e in episodes],
+        "env_mask": [[0] * max(len(e.mask), 1) if e.failure is not None else e.mask for e in episodes],
+        "episode_return": per_episode(lambda e: e.episode_return),
+        "success": per_episode(lambda e: float(e.success)),
+        "turns": per_episode(lambda e: float(e.num_turns)),
+        "invalid_actions": per_episode(lambda e: float(e.invalid_actions)),
     }
 
 
-def episode_return(completions: list, episode_return: list[float], success: list[float] | None = None,
-                   turns: list[float] | None = None, invalid_actions: list[float] | None = None,
-                   log_metric=None, **kwargs) -> list[float]:
-    """Reward function for TRL: the episode's return (sum of its per-turn env rewards).
+def episode_return(completions: list, episode_return: list[float | None], success: list[float | None] | None = None,
+                   turns: list[float | None] | None = None, invalid_actions: list[float | None] | None = None,
+                   log_metric=None, **kwargs) -> list[float | None]:
+    """Reward function for TRL: the episode's return (sum of its per-turn env rewards); None for a failed one.
 
-    >>> episode_return(["a", "b"], episode_return=[1.0, 0.0])
-    [1.0, 0.0]
+    Logged episode metrics are means over the healthy episodes only.
+
+    >>> episode_return(["a", "b", "c"], episode_return=[1.0, 0.0, None])
+    [1.0, 0.0, None]
     """
     if log_metric is not None:
         for name, values in (("episode/success", success), ("episode/turns", turns),
                              ("episode/invalid_actions", invalid_actions), ("episode/return", episode_return)):
-            if values:
-                log_metric(name, float(np.mean(values)))
-    return [float(r) for r in episode_return]
+            healthy = [v for v in values or [] if v is not None]
+            if healthy:
+                log_metric(name, float(np.mean(healthy)))
+    return [None if r is None else float(r) for r in episode_return]
 
 
 def build_grpo_trainer(model, tokenizer, args, engine: RolloutEngine, train_seeds: list[int],

@@ -198,6 +198,8 @@ class PPOTrainer(GRPOTrainer):
         rewards = torch.zeros((batch, width), device=device)
         components: dict[str, list[float]] = {}
         for i, episode in enumerate(episodes):
+            if episode.failure is not None:
+                continue  # left out of the batch: no reward here, and its env_mask (so `mask`) is all 0
             token_rewards = episode.token_rewards()
             rewards[i, : len(token_rewards)] = torch.tensor(token_rewards, device=device)
             for name, values in episode.rewards.items():

@@ -20,6 +20,7 @@ from rlft.config import Config, ExpertDemos, save_config
 from rlft.distributed import ddp_timeout_s, process_state
 from rlft.env_factory import make_env
 from rlft.errors import CheckpointError, ConfigError
+from rlft.faults import out_of_memory_guard
 from rlft.tracking import Tracker, TrackerCallback
 
 logger = logging.getLogger(__name__)
@@ -49,7 +50,8 @@ def sampling_settings(config: Config, greedy: bool = False):
     r = config.rollout
     return SamplingSettings(max_turns=config.env.max_turns, max_action_tokens=r.max_action_tokens,
                             max_episode_tokens=r.max_episode_tokens, temperature=r.temperature, top_p=r.top_p,
-                            greedy=greedy)
+                            greedy=greedy, env_step_timeout_s=r.env_step_timeout_s,
+                            max_env_failure_rate=r.max_env_failure_rate)
 
 
 def turn_format_for(config: Config, tokenizer):
@@ -133,7 +135,8 @@ def run_sft(config: Config) -> Path:
                                           "lr_scheduler_type": "cosine", "warmup_steps": 0.05})
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(demos)),
                          processing_class=tokenizer, callbacks=[TrackerCallback(tracker)])
-    trainer.train()
+    with out_of_memory_guard(config, "sft", trainer.args):
+        trainer.train()
     path = save_trained(trainer, checkpoint_dir(config, "sft"))
     _print_sync(tracker.finish())
     return path
@@ -192,7 +195,8 @@ def run_rl(config: Config) -> Path:
                                               batch_size=config.rollout.num_envs, callbacks=callbacks)
     if config.eval.every_steps:
         trainer.add_callback(held_out_eval_callback(config, tracker, trainer, rollout, tokenizer))
-    trainer.train()
+    with out_of_memory_guard(config, "rl", trainer.args):
+        trainer.train()
     # PPO: the policy alone, and the critic beside it in critic/ (reloads with rlft.critic.load_critic).
     path = save_trained(trainer, checkpoint_dir(config, "rl"))
     _print_sync(tracker.finish())
@@ -233,9 +237,10 @@ def run_eval(config: Config, policies: dict[str, Path] | None = None, expert: bo
             model = model.cuda()
         engine = RolloutEngine(model, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
                                sampling_settings(config, greedy=True))
-        greedy, _ = evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)
-        engine.settings = sampling_settings(config, greedy=False)
-        sampled, _ = evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)
+        with out_of_memory_guard(config, "eval"):
+            greedy, _ = evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)
+            engine.settings = sampling_settings(config, greedy=False)
+            sampled, _ = evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)
         # The headline numbers are the policy as configured (eval.greedy); both are kept.
         headline = greedy if config.eval.greedy else sampled
         results["policies"][label] = {**headline, "greedy": greedy, "sampled": sampled, "checkpoint": str(path)}
