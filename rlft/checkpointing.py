@@ -96,6 +96,16 @@ def resolve_resume(output_dir: str | Path, resume: str | bool) -> Path:
     return path
 
 
+def refuse_to_overwrite(output_dir: Path) -> None:
+    """A fresh RL run must not start over an earlier run's checkpoints (rotation would delete the new ones)."""
+    found = list_checkpoints(output_dir)
+    if found:
+        names = ", ".join(p.name for p in found[-3:])
+        raise CheckpointError(f"{output_dir} already holds checkpoints of an earlier RL run ({names}). Continue "
+                              "it with `rlft train --resume`, or start a new run under another `name` "
+                              "(or move that folder away)")
+
+
 def rotate(output_dir: Path, keep: int | None) -> None:
     """Keep the newest `keep` complete checkpoints; drop incomplete ones older than the newest complete one."""
     checkpoints = list_checkpoints(output_dir)

@@ -147,3 +147,24 @@ def test_checkpoint_with_nonfinite_weights_is_refused(tmp_path, monkeypatch):
     output_dir = config.run_dir / "trainer" / "rl"
     assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-1"]
     assert not (output_dir / ".staging" / "checkpoint-2").exists()
+
+
+def test_ppo_nan_value_skips_every_step_its_rollout_batch_serves(tmp_path, monkeypatch):
+    from rlft.ppo import PPOTrainer
+
+    config = make_config(tmp_path, "ppo")  # a rollout batch serves 4 steps (2 epochs x 2 minibatches)
+    config.rl.trainer.update({"max_steps": 8, "save_steps": 100})
+    config.rl.max_nonfinite_steps = 5
+    snapshots = Snapshots()
+    original = PPOTrainer._rollout_values
+    calls = {"n": 0}
+
+    def nan_values(self, out, episodes, width):
+        values, bootstrap = original(self, out, episodes, width)
+        calls["n"] += 1
+        return (values * float("nan"), bootstrap) if calls["n"] == 1 else (values, bootstrap)
+
+    monkeypatch.setattr(PPOTrainer, "_rollout_values", nan_values)
+    stages.run_rl(config, callbacks=[snapshots])
+    assert_only_step_skipped(snapshots, {1, 2, 3, 4}, 8)
+    assert logged(config, "nonfinite/skipped_total")[-1] == 4.0

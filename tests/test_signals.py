@@ -15,30 +15,41 @@ import pytest
 import torch
 
 from rlft import stages
-from rlft.checkpointing import COMPLETE, STAGING, latest_complete
+from rlft.checkpointing import latest_complete
 from rlft.config import save_config
 from tests.test_resume import make_config, per_step_metrics, scramble_rngs, straight_run, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Runs `rlft train` with a slow rollout (0.4 s) and, at step 2, a slow save (1.5 s), so the signal can be
-# delivered while either is under way.
+# Runs `rlft train` where, in step 2, the rollout, the update and the save each announce themselves with a
+# file and take 1.5 s, so the signal can be delivered while the chosen one is under way.
 SCRIPT = textwrap.dedent("""
     import os, sys, time
+    from pathlib import Path
     import torch
     from transformers import Trainer
+    from trl import GRPOTrainer
     from rlft.grpo import EpisodeRollout
     from rlft.cli import main
 
-    rollout, save_rng = EpisodeRollout.__call__, Trainer._save_rng_state
-    def slow_rollout(self, prompts, trainer):
-        time.sleep(0.4)
-        return rollout(self, prompts, trainer)
-    def slow_save(self, output_dir):
-        if self.state.global_step == 2:
+    phases = Path(os.environ["RLFT_TEST_PHASES"])
+    def slow(phase, step):
+        if step == 2:
+            (phases / phase).touch()
             time.sleep(1.5)
+
+    rollout, update, save_rng = EpisodeRollout.__call__, GRPOTrainer._compute_loss, Trainer._save_rng_state
+    def slow_rollout(self, prompts, trainer):
+        slow("rollout", trainer.state.global_step + 1)
+        return rollout(self, prompts, trainer)
+    def slow_update(self, *args, **kwargs):
+        slow("update", self.state.global_step + 1)
+        return update(self, *args, **kwargs)
+    def slow_save(self, output_dir):
+        slow("save", self.state.global_step)
         return save_rng(self, output_dir)
-    EpisodeRollout.__call__, Trainer._save_rng_state = slow_rollout, slow_save
+    EpisodeRollout.__call__, GRPOTrainer._compute_loss = slow_rollout, slow_update
+    Trainer._save_rng_state = slow_save
     torch.set_num_threads(int(os.environ["RLFT_TEST_THREADS"]))  # as in this process: same float sums
     sys.exit(main(sys.argv[1:]))
 """)
@@ -52,7 +63,8 @@ def wait_for(predicate, timeout: float = 120.0) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize(("signum", "during"), [(signal.SIGTERM, "rollout"), (signal.SIGINT, "save")])
+@pytest.mark.parametrize(("signum", "during"), [(signal.SIGTERM, "rollout"), (signal.SIGTERM, "update"),
+                                               (signal.SIGINT, "save")])
 def test_signal_saves_a_checkpoint_exits_128_plus_signal_and_resumes_exactly(signum, during, tmp_path,
                                                                              tmp_path_factory):
     straight = straight_run(tmp_path_factory, "grpo")
@@ -60,14 +72,14 @@ def test_signal_saves_a_checkpoint_exits_128_plus_signal_and_resumes_exactly(sig
     config_path = tmp_path / "config.yaml"
     save_config(config, config_path)
     output_dir = config.run_dir / "trainer" / "rl"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RLFT_TEST_THREADS": str(torch.get_num_threads())}
+    phases = tmp_path / "phases"
+    phases.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RLFT_TEST_THREADS": str(torch.get_num_threads()),
+           "RLFT_TEST_PHASES": str(phases)}
     process = subprocess.Popen([sys.executable, "-c", SCRIPT, "train", "--config", str(config_path)],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        if during == "rollout":  # checkpoint 1 is written; the next rollout is sleeping
-            wait_for(lambda: (output_dir / "checkpoint-1" / COMPLETE).is_file())
-        else:  # checkpoint 2 is being written
-            wait_for(lambda: (output_dir / STAGING / "checkpoint-2" / "model.safetensors").is_file())
+        wait_for(lambda: (phases / during).exists())
         process.send_signal(signum)
         _, stderr = process.communicate(timeout=120)
     finally:
