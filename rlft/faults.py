@@ -34,12 +34,14 @@ class EnvCallTimeout(Exception):
 class EnvWorker:
     """Makes one env's calls on a long-lived daemon thread, so that the caller can stop waiting for one.
 
-    Starting a thread per call cost ~80 us against ~8 us for a hand-off to a waiting thread (idle 2-core
-    machine), and in a quickstart rollout on a loaded one it added ~460 us per env step against ~120 us
-    (7.7% against 2.0% of the rollout's CPU time), so each env gets one thread for its lifetime. A call that
-    times out is abandoned: Python cannot kill a thread, so the worker (and its env, which may be half-way
-    through a step) is never used again and the engine makes a fresh env. A hang that holds the GIL (a C
-    extension spinning without releasing it) cannot be timed out this way.
+    Starting a thread per call cost ~80 us against ~8 us for a hand-off to a waiting thread, and in a
+    quickstart rollout (`benchmarks/env_guard_overhead.py`, shared 2-core CPU machine) a thread per call
+    added 125-460 us per env step (2.3-7.7% of the rollout's CPU time) against 31-120 us (0.6-2.0%) for a
+    worker per env, the range being the machine's load; so each env gets one thread for its lifetime.
+
+    A call that times out is abandoned: Python cannot kill a thread, so the worker (and its env, which may
+    be half-way through a step) is never used again and the engine makes a fresh env. A hang that holds the
+    GIL (a C extension spinning without releasing it) cannot be timed out this way.
     """
 
     def __init__(self, env: Any):
