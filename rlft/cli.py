@@ -27,6 +27,10 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", required=True, help="YAML experiment file")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+        if name == "train":
+            p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
+                           help="continue exactly from the newest complete checkpoint of this run "
+                                "(or from CHECKPOINT, a trainer/rl/checkpoint-<step> folder)")
     return parser
 
 
@@ -41,21 +45,25 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             print(f"{args.config}: ok ({config.name}, env {config.env.id}, algorithm {config.rl.algorithm})")
             return 0
-        return _run(args.command, config)
+        return _run(args.command, config, getattr(args, "resume", None))
     except RlftError as exc:
         print(f"rlft: error: {exc}", file=sys.stderr)
         return exc.exit_code
 
 
-def _run(command: str, config) -> int:
+def _run(command: str, config, resume=None) -> int:
     from rlft import stages
 
     _check_earlier_stages(command, config)
+    if command == "pipeline" or (command == "train" and not resume):
+        from rlft.checkpointing import refuse_to_overwrite
+
+        refuse_to_overwrite(config.run_dir / "trainer" / "rl")  # before SFT, so a pipeline fails fast
     start = time.perf_counter()
     if command == "sft":
         print(f"sft checkpoint: {stages.run_sft(config)}")
     elif command == "train":
-        print(f"rl checkpoint: {stages.run_rl(config)}")
+        print(f"rl checkpoint: {stages.run_rl(config, resume=resume)}")
     elif command == "eval":
         print(stages.format_table(stages.run_eval(config)))
     elif command == "pipeline":

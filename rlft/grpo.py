@@ -11,12 +11,15 @@ A second algorithm (PPO with a critic) consumes the same `EpisodeRollout` output
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import numpy as np
 import torch
 from datasets import Dataset
+from trl import GRPOTrainer
 
+from rlft.checkpointing import ResumableTrainerMixin
 from rlft.episode import Episode
 from rlft.rollout import RolloutEngine, check_env_failures
 
@@ -43,6 +46,14 @@ class EpisodeRollout:
         self.env_steps = 0  # env steps (turns) played so far, summed over processes
         self.env_failures = 0  # failed episodes so far, summed over processes
         self.last_episodes: list[Episode] = []
+
+    def state_dict(self) -> dict[str, int]:
+        """What an exact resume needs: the sampling stream position and the env-step count."""
+        return {"calls": self.calls, "env_steps": self.env_steps, "env_failures": self.env_failures}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.calls, self.env_steps = int(state["calls"]), int(state["env_steps"])
+        self.env_failures = int(state.get("env_failures", 0))
 
     def generator(self, process_index: int) -> torch.Generator:
         # One independent, reproducible stream per (run seed, process, rollout call).
@@ -114,26 +125,34 @@ def episode_return(completions: list, episode_return: list[float | None], succes
     return [None if r is None else float(r) for r in episode_return]
 
 
+class RlftGRPOTrainer(ResumableTrainerMixin, GRPOTrainer):
+    """TRL's GRPOTrainer with atomic checkpoints, exact resume and non-finite step skipping (rlft.checkpointing).
+
+    The algorithm is TRL's, unchanged.
+    """
+
+    def __init__(self, *args, episode_rollout: EpisodeRollout, max_nonfinite_steps: int = 3, **kwargs):
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental
+        self._rlft_init(episode_rollout, max_nonfinite_steps)
+        super().__init__(*args, rollout_func=episode_rollout, **kwargs)
+
+
 def build_grpo_trainer(model, tokenizer, args, engine: RolloutEngine, train_seeds: list[int],
-                       batch_size: int, callbacks: list | None = None):
+                       batch_size: int, callbacks: list | None = None, max_nonfinite_steps: int = 3):
     """TRL's GRPOTrainer on a policy loaded from a saved checkpoint.
 
     With `beta > 0` TRL loads the reference policy from `model.config._name_or_path`, the same checkpoint
     (or, for a LoRA policy, disables the adapter).
     """
-    import os
-
-    from trl import GRPOTrainer
-
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     rollout = EpisodeRollout(engine, seed=args.seed, batch_size=batch_size)
-    trainer = GRPOTrainer(
+    trainer = RlftGRPOTrainer(
         model=model,
         reward_funcs=[episode_return],
         args=args,
         train_dataset=task_dataset(train_seeds),
         processing_class=tokenizer,
-        rollout_func=rollout,
+        episode_rollout=rollout,
+        max_nonfinite_steps=max_nonfinite_steps,
         callbacks=callbacks,
     )
     return trainer, rollout

@@ -30,10 +30,12 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from safetensors.torch import load_file
 from trl import GRPOConfig, GRPOTrainer
 
 from rlft.advantages import explained_variance, masked_whiten, token_gae, turn_gae
-from rlft.critic import ATTRIBUTE, ValueModel, backbone_of, build_critic, save_critic
+from rlft.checkpointing import ResumableTrainerMixin
+from rlft.critic import ATTRIBUTE, HEAD_FILE, ValueModel, backbone_of, build_critic, load_critic, save_critic
 from rlft.grpo import EpisodeRollout, episode_return, task_dataset
 from rlft.kl_control import kl_controller
 
@@ -125,7 +127,7 @@ def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: 
     return loss, fraction
 
 
-class PPOTrainer(GRPOTrainer):
+class PPOTrainer(ResumableTrainerMixin, GRPOTrainer):
     """TRL's GRPOTrainer with a critic and GAE. Consumes the same `EpisodeRollout` as GRPO.
 
     Args (beyond GRPOTrainer's): `episode_rollout`, the rollout function (its `last_episodes` carry the
@@ -133,12 +135,13 @@ class PPOTrainer(GRPOTrainer):
     `args.critic` / `args.critic_init` when None).
     """
 
-    def __init__(self, model, args: PPOConfig, episode_rollout: EpisodeRollout, critic=None, **kwargs):
+    def __init__(self, model, args: PPOConfig, episode_rollout: EpisodeRollout, critic=None,
+                 max_nonfinite_steps: int = 3, **kwargs):
+        self._rlft_init(episode_rollout, max_nonfinite_steps)
         if critic is None:
             critic = build_critic(args.critic, args.critic_init, model, trust_remote_code=args.trust_remote_code)
         self._check_critic(critic, args.critic)
         model.add_module(ATTRIBUTE, critic)
-        self.episode_rollout = episode_rollout
         super().__init__(model=model, args=args, rollout_func=episode_rollout, **kwargs)
         self.kl_controller = kl_controller(args.kl_coef, args.target_kl, args.kl_horizon)
         self._capture = False
@@ -366,6 +369,28 @@ class PPOTrainer(GRPOTrainer):
         if self.args.should_save:
             self.save_critic(os.path.join(output_dir, "critic"))
 
+    # ----------------------------------------------------------------------------------------------- resume
+    def _rlft_state(self) -> dict:
+        # beta: the KL coefficient the loss uses for the rollout batch in flight (0 in reward-penalty mode)
+        return {**super()._rlft_state(), "kl_controller": self.kl_controller.state_dict(), "beta": self.beta}
+
+    def _load_rlft_state(self, state: dict) -> None:
+        super()._load_rlft_state(state)
+        self.kl_controller.load_state_dict(state["kl_controller"])
+        self.beta = float(state["beta"])
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        """The policy (HF's loader, which skips the critic's keys as missing), then the critic from `critic/`."""
+        policy = self.accelerator.unwrap_model(model if model is not None else self.model)
+        with detached_critic(policy) as critic:
+            super()._load_from_checkpoint(resume_from_checkpoint, policy)
+        path = os.path.join(resume_from_checkpoint, "critic")
+        if isinstance(critic, ValueModel):
+            state = load_critic(path).state_dict()
+        else:
+            state = load_file(os.path.join(path, HEAD_FILE))
+        critic.load_state_dict(state)
+
     def save_critic(self, path: str) -> str:
         policy = self.accelerator.unwrap_model(self.model)
         with detached_critic(policy) as critic:
@@ -384,11 +409,12 @@ def detached_critic(policy: torch.nn.Module):
 
 
 def build_ppo_trainer(model, tokenizer, args: PPOConfig, engine, train_seeds: list[int], batch_size: int,
-                      callbacks: list | None = None, critic=None):
+                      callbacks: list | None = None, critic=None, max_nonfinite_steps: int = 3):
     """PPOTrainer on a loaded policy, its critic built from `args.critic` / `args.critic_init`."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     rollout = EpisodeRollout(engine, seed=args.seed, batch_size=batch_size)
     trainer = PPOTrainer(model=model, args=args, episode_rollout=rollout, critic=critic,
+                         max_nonfinite_steps=max_nonfinite_steps,
                          reward_funcs=[episode_return], train_dataset=task_dataset(train_seeds),
                          processing_class=tokenizer, callbacks=callbacks)
     return trainer, rollout

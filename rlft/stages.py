@@ -163,7 +163,9 @@ def rl_trainer_args(config: Config):
     defaults = {"learning_rate": 5e-5, "num_generations": 8, "per_device_train_batch_size": 32, "max_steps": 50,
                 "lr_scheduler_type": "constant", "beta": 0.0, "loss_type": "dapo",
                 "max_completion_length": config.rollout.max_episode_tokens,
-                "temperature": config.rollout.temperature, "top_p": config.rollout.top_p}
+                "temperature": config.rollout.temperature, "top_p": config.rollout.top_p,
+                # A complete checkpoint every 10 steps, the last 2 kept (`rlft train --resume` continues from it).
+                "save_strategy": "steps", "save_steps": 10, "save_total_limit": 2}
     if config.rl.algorithm == "ppo":
         # One episode per seed (the critic is the baseline); 2 epochs x 2 minibatches per rollout batch.
         defaults.update({"num_generations": 1, "num_iterations": 2, "steps_per_generation": 2})
@@ -171,36 +173,63 @@ def rl_trainer_args(config: Config):
                                 config.seed, defaults=defaults)
 
 
-def run_rl(config: Config) -> Path:
-    """RL from the initial checkpoint with the configured algorithm; saves checkpoints/rl."""
+def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | None = None) -> Path:
+    """RL from the initial checkpoint with the configured algorithm; saves checkpoints/rl.
+
+    `resume`: True for the newest complete checkpoint under `trainer/rl`, or a checkpoint folder; the run
+    continues exactly where that checkpoint left it (see rlft.checkpointing). On SIGTERM / SIGINT the step in
+    flight finishes, a checkpoint is written and `Interrupted` (exit code 128 + signal) is raised.
+    """
+    from rlft.checkpointing import refuse_to_overwrite, resolve_resume
     from rlft.grpo import build_grpo_trainer
     from rlft.rollout import RolloutEngine
+    from rlft.signals import GracefulStop, Interrupted
 
+    args = rl_trainer_args(config)
+    if resume:
+        resume = resolve_resume(args.output_dir, resume)  # before any model is loaded
+    else:
+        refuse_to_overwrite(Path(args.output_dir))
     prepare_run(config)
     model, tokenizer = load_trainable(resolve_init(config), config)
-    args = rl_trainer_args(config)
     engine = RolloutEngine(None, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
                            sampling_settings(config))
     train = config.env.train_seeds
-    tracker = Tracker(config, "rl", config.run_dir)
+    tracker = Tracker(config, "rl", config.run_dir, resume=bool(resume))
     seeds = list(range(train.start, train.start + train.count))
-    callbacks = [TrackerCallback(tracker)]
+    callbacks = [TrackerCallback(tracker), *(callbacks or [])]
+    build_kwargs = {"batch_size": config.rollout.num_envs, "callbacks": callbacks,
+                    "max_nonfinite_steps": config.rl.max_nonfinite_steps}
     if config.rl.algorithm == "ppo":
         from rlft.ppo import build_ppo_trainer
 
-        trainer, rollout = build_ppo_trainer(model, tokenizer, args, engine, seeds,
-                                             batch_size=config.rollout.num_envs, callbacks=callbacks)
+        trainer, rollout = build_ppo_trainer(model, tokenizer, args, engine, seeds, **build_kwargs)
     else:
-        trainer, rollout = build_grpo_trainer(model, tokenizer, args, engine, seeds,
-                                              batch_size=config.rollout.num_envs, callbacks=callbacks)
+        trainer, rollout = build_grpo_trainer(model, tokenizer, args, engine, seeds, **build_kwargs)
     if config.eval.every_steps:
         trainer.add_callback(held_out_eval_callback(config, tracker, trainer, rollout, tokenizer))
-    with out_of_memory_guard(config, "rl", trainer.args):
-        trainer.train()
+    stop = GracefulStop(trainer.accelerator)
+    trainer.add_callback(stop)
+    try:
+        with out_of_memory_guard(config, "rl", trainer.args):
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    finally:
+        stop.uninstall()
+    if stop.signum is not None:
+        _print_sync(tracker.finish())
+        name = signal_name(stop.signum)
+        raise Interrupted(f"stopped by {name} after step {stop.stopped_at}; checkpoint written under "
+                          f"{args.output_dir}. Continue with: rlft train --config <config> --resume", stop.signum)
     # PPO: the policy alone, and the critic beside it in critic/ (reloads with rlft.critic.load_critic).
     path = save_trained(trainer, checkpoint_dir(config, "rl"))
     _print_sync(tracker.finish())
     return path
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
 
 
 def held_out_eval_callback(config: Config, tracker: Tracker, trainer, rollout, tokenizer):

@@ -37,7 +37,8 @@ class Tracker:
     its own; rlft's rollout and PPO reduce theirs), so rank 0's record stands for the whole job.
     """
 
-    def __init__(self, config: Config, stage: str, run_dir: Path):
+    def __init__(self, config: Config, stage: str, run_dir: Path, resume: bool = False):
+        """`resume`: continue this stage's wandb run (its id is kept in `wandb_ids.json` in the run dir)."""
         from rlft.distributed import is_main_process
 
         self.stage = stage
@@ -50,10 +51,21 @@ class Tracker:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         settings = config.tracking.wandb
         if settings.enabled and settings.mode != "disabled":
-            self._start_wandb(config, stage)
+            self._start_wandb(config, stage, resume)
 
-    def _start_wandb(self, config: Config, stage: str) -> None:
+    @property
+    def ids_path(self) -> Path:
+        return self.run_dir / "wandb_ids.json"
+
+    def _run_ids(self) -> dict[str, str]:
+        try:
+            return json.loads(self.ids_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+
+    def _start_wandb(self, config: Config, stage: str, resume: bool = False) -> None:
         settings = config.tracking.wandb
+        previous = self._run_ids().get(stage) if resume else None
         try:
             import wandb
 
@@ -63,7 +75,10 @@ class Tracker:
                 group=settings.group or config.name, job_type=stage, name=f"{config.name}-{stage}",
                 tags=[*settings.tags, config.rl.algorithm, config.env.id], config=config_to_dict(config),
                 dir=str(self.run_dir), reinit="create_new",
+                **({"id": previous, "resume": "allow"} if previous else {}),
             )
+            self.ids_path.write_text(json.dumps({**self._run_ids(), stage: self._wandb.id}, indent=1),
+                                     encoding="utf-8")
         except Exception as exc:  # noqa: BLE001 - tracking must never stop training
             logger.warning("wandb could not start (%s); continuing with metrics.jsonl only", exc)
             self._wandb = None

@@ -143,7 +143,7 @@ CASES = [  # (algorithm, kill step, after its checkpoint was written)
     ("grpo", 5, True),    # at N - 1
     ("ppo", 3, True),     # mid-epoch and mid rollout batch: the unconsumed minibatches come from the checkpoint
     ("ppo", 4, True),     # epoch boundary
-    ("ppo", 7, False),    # resumes from N - 2
+    ("ppo", 7, True),     # at N - 1
 ]
 
 
@@ -203,3 +203,33 @@ def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path_factory):
     found = list_checkpoints(config.run_dir / "trainer" / "rl")
     assert [p.name for p in found] == ["checkpoint-4", "checkpoint-5", "checkpoint-6"]  # save_total_limit 3
     assert all(is_complete(p) for p in found)
+
+
+@pytest.mark.parametrize(("resume", "expected"), [
+    ("--resume", "no complete checkpoint under"),
+    (None, "already holds checkpoints of an earlier RL run (checkpoint-3)"),  # a fresh start over them
+    ("--resume=missing/checkpoint-3", "no such folder"),
+    ("--resume=INCOMPLETE", "the checkpoint is incomplete"),
+])
+def test_bad_resume_fails_before_any_model_loads(resume, expected, tmp_path, monkeypatch, capsys):
+    from rlft import cli
+    from rlft.config import save_config
+
+    config = make_config(tmp_path, "grpo")
+    save_config(config, tmp_path / "config.yaml")
+    incomplete = config.run_dir / "trainer" / "rl" / "checkpoint-3"
+    incomplete.mkdir(parents=True)
+    (incomplete / "model.safetensors").write_bytes(b"half")
+
+    def trap(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(stages, "load_trainable", trap)
+    monkeypatch.setattr(stages, "ensure_base_checkpoint", trap)
+    monkeypatch.chdir(tmp_path)
+    flag = resume and resume.replace("INCOMPLETE", str(incomplete))
+    flags = [flag] if flag else []
+    code = cli.main(["train", "--config", str(tmp_path / "config.yaml"), *flags])
+    assert code == 2
+    assert expected in capsys.readouterr().err
+    assert sorted(p.name for p in incomplete.iterdir()) == ["model.safetensors"]  # left as it was

@@ -127,3 +127,19 @@ def test_lora_policy_through_sft_and_grpo(tmp_path):
     assert any(not torch.equal(before[k], after[k]) for k in before)
     model, _ = stages.load_checkpoint(rl_path, config)
     assert any("lora_" in name for name, _ in model.named_parameters())
+
+
+def test_resumed_stage_continues_the_same_wandb_run(tmp_path):
+    config = tiny_config(tracking={"wandb": {"enabled": True, "mode": "offline"}})
+    first = Tracker(config, "rl", tmp_path)
+    run_id = first._wandb.id
+    first.log({"loss": 1.0}, step=1)
+    first.finish()
+    resumed = Tracker(config, "rl", tmp_path, resume=True)
+    assert resumed._wandb.id == run_id
+    resumed.finish()
+    fresh = Tracker(config, "rl", tmp_path)  # a new run, not a resume: a new id
+    fresh_id = fresh._wandb.id
+    fresh.finish()
+    assert fresh_id != run_id
+    assert json.loads((tmp_path / "wandb_ids.json").read_text())["rl"] == fresh_id
