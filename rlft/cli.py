@@ -1,6 +1,6 @@
 """`rlft <command> --config configs/x.yaml key.sub=value ...`
 
-Commands: sft, train, eval, pipeline (sft -> train -> eval), validate. The config is loaded and checked
+Commands: sft, train, eval, pipeline (sft -> train -> eval), rm (reward model), validate. The config is loaded and checked
 (keys, types, env ids, paths, trainer keys) before any model is loaded; a bad one exits with code 2.
 """
 
@@ -23,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
                             ("sft", "supervised fine-tuning on demonstrations"),
                             ("train", "reinforcement learning (rl.algorithm)"),
                             ("eval", "held-out evaluation of this run's checkpoints and the expert"),
-                            ("pipeline", "sft -> train -> eval, with a table at the end")):
+                            ("pipeline", "sft -> train -> eval, with a table at the end"),
+                            ("rm", "train a reward model (or an ensemble) on preference pairs")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", required=True, help="YAML experiment file")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
@@ -68,6 +69,10 @@ def _run(command: str, config, resume=None) -> int:
         print(stages.format_table(stages.run_eval(config)))
     elif command == "pipeline":
         print(stages.format_table(stages.run_pipeline(config)))
+    elif command == "rm":
+        from rlft.rm_stage import run_rm
+
+        print(f"reward model: {run_rm(config)}")
     print(f"run directory: {config.run_dir}  ({time.perf_counter() - start:.0f} s)")
     for command_line in stages.sync_commands():
         print(f"to upload the offline wandb run: {command_line}")

@@ -141,6 +141,64 @@ class RlConfig(_Section):
                                      "for a non-finite loss, reward, value or gradient")
 
 
+class JsonlPreferences(_Section):
+    """Preference pairs from a JSONL file of {prompt, chosen, rejected} rows (text or chat messages)."""
+
+    source: Literal["jsonl"] = "jsonl"
+    path: str
+    eval_path: str | None = Field(None, description="held-out pairs; unset: eval_fraction of the file's pairs are "
+                                  "held out, whole prompts at a time")
+    eval_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class EnvPreferences(_Section):
+    """Preference pairs built from env episodes ranked by a gold signal, with Bradley-Terry label noise."""
+
+    source: Literal["env"] = "env"
+    episodes: int = Field(400, ge=2, description="training episodes, episodes_per_task from each train seed")
+    episodes_per_task: int = Field(4, ge=2, description="episodes from one reset seed; pairs compare these")
+    eval_episodes: int = Field(200, ge=0, description="held-out episodes, on seeds from eval.seed_start")
+    budget: int = Field(1000, gt=0, description="at most this many training pairs")
+    eval_budget: int = Field(500, gt=0, description="at most this many held-out pairs")
+    noise: float = Field(0.0, ge=0.0, description="Bradley-Terry temperature in gold units: P(a preferred to b) = "
+                         "sigmoid((gold_a - gold_b) / noise); 0 always prefers the higher gold")
+    gold: str = Field("return", description="'return' (the episode's summed env reward) or 'module:function' "
+                      "called with the played-episode record (envs.experts.play_expert_episode) -> float")
+    policy: Literal["expert", "random"] = Field("expert", description="who plays: the env's expert with epsilon "
+                                                "random actions, or uniformly random actions")
+    epsilon: float = Field(0.5, ge=0.0, le=1.0)
+    seed: int = Field(0, description="seeds the players, the pair sample and the labels")
+
+
+class RmEnsembleConfig(_Section):
+    size: int = Field(1, ge=1, description="members; member i trains with seed + i into checkpoints/rm_<i>")
+    data: Literal["same", "bootstrap", "disjoint"] = Field("same", description="each member's training pairs: all "
+                                                           "of them, a bootstrap resample, or a 1/size shard")
+    aggregate: Literal["mean", "min", "mean_minus_std"] = "mean"
+    k: float = Field(1.0, ge=0.0, description="mean_minus_std: mean - k * std over members")
+    normalize: bool = Field(True, description="standardise each member by its training-score mean and std first")
+
+
+class RmConfig(_Section):
+    """`rlft rm`: a Bradley-Terry reward model (reward_models/) trained with TRL's RewardTrainer."""
+
+    data: EnvPreferences | JsonlPreferences = Field(default_factory=EnvPreferences, discriminator="source")
+    model: ModelConfig | None = Field(None, description="unset: the policy's model section (tiny or name_or_path) "
+                                      "with a one-label score head")
+    trainer: dict[str, Any] = Field(default_factory=dict, description="passed to trl.RewardConfig")
+    ensemble: RmEnsembleConfig = Field(default_factory=RmEnsembleConfig)
+    batch_size: int = Field(32, gt=0, description="texts per forward pass when scoring held-out pairs")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_data_source(cls, data: Any) -> Any:
+        # As for sft.demos: `rm.data.budget=100` without `source` means the default (env) source.
+        pairs = data.get("data") if isinstance(data, dict) else None
+        if isinstance(pairs, dict) and "source" not in pairs:
+            data = {**data, "data": {"source": "jsonl" if "path" in pairs else "env", **pairs}}
+        return data
+
+
 class EvalConfig(_Section):
     episodes: int = Field(200, gt=0)
     seed_start: int = Field(10_000_000, ge=0, description="held-out seeds start here, far from train seeds")
@@ -176,6 +234,7 @@ class Config(_Section):
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     sft: SftConfig = Field(default_factory=SftConfig)
     rl: RlConfig = Field(default_factory=RlConfig)
+    rm: RmConfig = Field(default_factory=RmConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
@@ -381,6 +440,7 @@ def check_config_references(config: Config) -> None:
     check_trainer_overrides("sft.trainer", config.sft.trainer, "sft")
     check_trainer_overrides("rl.trainer", config.rl.trainer, config.rl.algorithm)
     _check_reward_weights(config.rl.trainer.get("reward_weights"))
+    _check_rm(config)
     critic_init = config.rl.trainer.get("critic_init", "policy")
     if config.rl.algorithm == "ppo" and critic_init != "policy":
         _check_critic_path(str(critic_init))
@@ -417,6 +477,35 @@ def _check_critic_path(path: str) -> None:
                           "nor a reward model (config.json)")
 
 
+def _check_rm(config: Config) -> None:
+    """The `rm` section's references: preference files (every row, file:line), the gold entry point, the model."""
+    from rlft.env_factory import import_entry_point
+    from rlft.trainer_args import check_trainer_overrides
+
+    data = config.rm.data
+    if isinstance(data, JsonlPreferences):
+        from reward_models.preferences import read_preferences
+
+        for key, path in (("rm.data.path", data.path), ("rm.data.eval_path", data.eval_path)):
+            if path is not None and not Path(path).is_file():
+                raise ConfigError(f"key '{key}' = '{path}': file does not exist")
+            if path is not None:
+                read_preferences(path)  # a malformed row fails here (file:line), not after a model loads
+    elif data.gold != "return" and not callable(import_entry_point(data.gold, "rm.data.gold")):
+        raise ConfigError(f"key 'rm.data.gold' = '{data.gold}': not callable; expected 'return' or "
+                          "'module:function' (played episode -> float)")
+    model = config.rm.model
+    if model is not None and model.name_or_path is not None:
+        _check_model_path(model.name_or_path, "rm.model.name_or_path")
+    if model is not None and model.lora is not None:  # (the policy's lora is not used: see rlft.rm_stage)
+        raise ConfigError("key 'rm.model.lora': LoRA is not supported for reward models yet; remove it")
+    for name in ("trust_remote_code", "model_init_kwargs"):
+        if name in config.rm.trainer:
+            raise ConfigError(f"key 'rm.trainer.{name}' is set by rlft from rm.model (trust_remote_code, revision, "
+                              "dtype); set it there")
+    check_trainer_overrides("rm.trainer", config.rm.trainer, "rm")
+
+
 def _check_checkpoint_path(path: str, key: str) -> None:
     """A checkpoint is a `save_pretrained` folder: full weights (config.json) or a LoRA adapter (adapter_config.json)."""
     folder = Path(path).expanduser()
@@ -426,17 +515,17 @@ def _check_checkpoint_path(path: str, key: str) -> None:
         raise ConfigError(f"key '{key}' = '{path}': folder is not a saved checkpoint (no config.json)")
 
 
-def _check_model_path(name_or_path: str) -> None:
+def _check_model_path(name_or_path: str, key: str = "model.name_or_path") -> None:
     """A local path must exist; a hub id (`org/name`) is accepted as long as it looks like one."""
     looks_local = name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").split("/", 1)[-1]
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
-            raise ConfigError(f"key 'model.name_or_path' = '{name_or_path}': folder has no config.json")
+            raise ConfigError(f"key '{key}' = '{name_or_path}': folder has no config.json")
         return
     if looks_local or name_or_path.count("/") > 1:
         raise ConfigError(
-            f"key 'model.name_or_path' = '{name_or_path}': no such folder, and it is not a hub id ('org/name')"
+            f"key '{key}' = '{name_or_path}': no such folder, and it is not a hub id ('org/name')"
         )
 
 

@@ -58,8 +58,12 @@ def build_word_tokenizer(texts: Iterable[str], chat_template: bool = False) -> P
     return tokenizer
 
 
-def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int) -> PreTrainedModel:
-    """A randomly initialised causal LM of the configured architecture, sized by `cfg`."""
+def tiny_model_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, **extra):
+    """The transformers config of the embedded model (Qwen2Config or LlamaConfig), sized by `cfg`.
+
+    One builder for every head on the tiny backbone: the policy's LM head here, a reward model's one-label
+    score head in reward_models/train.py (`num_labels=1`).
+    """
     from transformers import LlamaConfig, Qwen2Config
 
     common = dict(
@@ -74,8 +78,14 @@ def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, s
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         tie_word_embeddings=True,
+        **extra,
     )
-    model_config = Qwen2Config(**common) if cfg.architecture == "qwen2" else LlamaConfig(**common)
+    return Qwen2Config(**common) if cfg.architecture == "qwen2" else LlamaConfig(**common)
+
+
+def build_tiny_model(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast, seed: int) -> PreTrainedModel:
+    """A randomly initialised causal LM of the configured architecture, sized by `cfg`."""
+    model_config = tiny_model_config(cfg, tokenizer)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(model_config, dtype=torch.float32)
     model.generation_config.pad_token_id = tokenizer.pad_token_id

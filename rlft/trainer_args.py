@@ -30,7 +30,11 @@ def trainer_config_class(kind: str) -> type:
         from rlft.ppo import PPOConfig
 
         return PPOConfig
-    raise ConfigError(f"no trainer config for '{kind}'{did_you_mean(kind, ['sft', 'grpo', 'ppo'])}")
+    if kind == "rm":
+        from trl import RewardConfig
+
+        return RewardConfig
+    raise ConfigError(f"no trainer config for '{kind}'{did_you_mean(kind, ['sft', 'grpo', 'ppo', 'rm'])}")
 
 
 def check_trainer_overrides(key: str, overrides: dict[str, Any], kind: str) -> None:
@@ -68,11 +72,13 @@ def check_trainer_configs(config: Any) -> None:
     `num_generations`, a scheduler name must exist, ...); building the configs is cheap and creates nothing
     on disk. The RL config is built by the same function the rl stage uses, with its defaults.
     """
+    from rlft.rm_stage import rm_trainer_args
     from rlft.stages import rl_trainer_args
 
     output_dir = str(config.run_dir / "trainer")
     builds = (("sft.trainer", lambda: build_trainer_config("sft", config.sft.trainer, output_dir, config.seed)),
-              ("rl.trainer", lambda: rl_trainer_args(config)))
+              ("rl.trainer", lambda: rl_trainer_args(config)),
+              ("rm.trainer", lambda: rm_trainer_args(config)))
     for key, build in builds:
         try:
             build()
