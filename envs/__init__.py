@@ -15,16 +15,19 @@ import gymnasium
 from envs.cliff_walking import TextCliffWalking
 from envs.experts import TabularExpert, expert_for, play_expert_episode, value_iteration
 from envs.frozen_lake import TextFrozenLake
+from envs.preference_text import PreferenceText, gold_score
 from envs.taxi import TextTaxi
 from envs.text_adapter import DiscreteTextEnv, make_parser
 
 __all__ = [
     "DiscreteTextEnv",
+    "PreferenceText",
     "TabularExpert",
     "TextCliffWalking",
     "TextFrozenLake",
     "TextTaxi",
     "expert_for",
+    "gold_score",
     "make_parser",
     "play_expert_episode",
     "value_iteration",
@@ -64,4 +67,12 @@ register(
     id="rlft/CliffWalking-v0",
     entry_point="envs.cliff_walking:TextCliffWalking",
     max_episode_steps=50,
+)
+
+# Text generation
+# ----------------------------------------
+
+register(
+    id="rlft/PreferenceText-v0",
+    entry_point="envs.preference_text:PreferenceText",
 )

@@ -8,7 +8,7 @@ terminated), ...]``, the table every Gymnasium toy-text env exposes.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium
 import numpy as np
@@ -172,22 +172,34 @@ def _tabular_text_env(env: gymnasium.Env) -> DiscreteTextEnv:
     return text_env
 
 
-def expert_for(env: gymnasium.Env, epsilon: float = 0.0, seed: int = 0) -> TabularExpert:
+class Expert(Protocol):
+    """What SFT demonstrations and evaluation need of an expert: the action text for the env's current state."""
+
+    def act(self, env: gymnasium.Env) -> str: ...
+
+
+def expert_for(env: gymnasium.Env, epsilon: float = 0.0, seed: int = 0) -> Expert:
     """The expert for a text env of this package (or any ``DiscreteTextEnv`` over a toy-text env).
+
+    An env that knows its own expert (a writing task has no transition table to plan on) exposes
+    ``make_expert(epsilon, seed)``; every other env gets value iteration's :class:`TabularExpert`.
 
     Args:
         env: the text env, as made by ``gymnasium.make("rlft/...")`` or constructed directly.
-        epsilon: probability of a uniformly random action.
+        epsilon: probability of a noisy action (uniformly random for the tabular expert).
         seed: seed of the expert's generator.
 
     Raises:
         TypeError: if the env has no expert.
     """
+    make_expert = getattr(env.unwrapped, "make_expert", None)
+    if callable(make_expert):
+        return make_expert(epsilon=epsilon, seed=seed)
     return TabularExpert(env, epsilon=epsilon, seed=seed)
 
 
 def play_expert_episode(
-    env: gymnasium.Env, expert: TabularExpert, seed: int, max_turns: int
+    env: gymnasium.Env, expert: Expert, seed: int, max_turns: int
 ) -> dict[str, Any]:
     """Plays one episode with ``expert`` from ``env.reset(seed=seed)``.
 
