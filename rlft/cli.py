@@ -32,6 +32,9 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                            help="continue exactly from the newest complete checkpoint of this run "
                                 "(or from CHECKPOINT, a trainer/rl/checkpoint-<step> folder)")
+    from rlft.compare import add_compare_parser
+
+    add_compare_parser(sub)  # `rlft compare RUN_OR_DIR ... --out report.html`: run paths, not --config
     return parser
 
 
@@ -40,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
+        if args.command == "compare":
+            from rlft.compare import run_compare
+
+            return run_compare(args)
         from rlft.config import load_config
 
         config = load_config(args.config, args.overrides)
