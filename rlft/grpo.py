@@ -38,22 +38,29 @@ class EpisodeRollout:
     Extra fields (episode return, success, turns) reach TRL's reward functions as keyword arguments.
     """
 
-    def __init__(self, engine: RolloutEngine, seed: int, batch_size: int):
+    def __init__(self, engine: RolloutEngine, seed: int, batch_size: int, reward_design=None):
         self.engine = engine
         self.seed = seed
         self.batch_size = batch_size
+        self.reward_design = reward_design  # rlft.rewards.RewardDesign; None: the env reward as it is
         self.calls = 0
         self.env_steps = 0  # env steps (turns) played so far, summed over processes
         self.env_failures = 0  # failed episodes so far, summed over processes
         self.last_episodes: list[Episode] = []
 
-    def state_dict(self) -> dict[str, int]:
-        """What an exact resume needs: the sampling stream position and the env-step count."""
-        return {"calls": self.calls, "env_steps": self.env_steps, "env_failures": self.env_failures}
+    def state_dict(self) -> dict[str, Any]:
+        """What an exact resume needs: the sampling stream position, the env-step count, the reward design's
+        normalisers and alarm."""
+        state: dict[str, Any] = {"calls": self.calls, "env_steps": self.env_steps, "env_failures": self.env_failures}
+        if self.reward_design is not None:
+            state["reward"] = self.reward_design.state_dict()
+        return state
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         self.calls, self.env_steps = int(state["calls"]), int(state["env_steps"])
         self.env_failures = int(state.get("env_failures", 0))
+        if self.reward_design is not None and "reward" in state:
+            self.reward_design.load_state_dict(state["reward"])
 
     def generator(self, process_index: int) -> torch.Generator:
         # One independent, reproducible stream per (run seed, process, rollout call).
@@ -78,6 +85,9 @@ class EpisodeRollout:
         metrics["episode/failure_rate"].append(failed / max(total, 1))
         metrics["episode/failures_total"].append(float(self.env_failures))
         check_env_failures(episodes, self.engine.settings.max_env_failure_rate, failed, total)
+        if self.reward_design is not None:  # composes episode.rewards in place, before anything reads them
+            for key, value in self.reward_design.apply(episodes, trainer.accelerator).items():
+                metrics[key].append(value)
         return episodes_to_rollout(episodes, filler_id=self.engine.tokenizer.pad_token_id)
 
 

@@ -285,8 +285,9 @@ class PPOTrainer(ResumableTrainerMixin, GRPOTrainer):
 
     def _log_rollout(self, episodes, components, values, returns, advantages, value_mask, mask, rollout_kl, coef):
         metrics = self._metrics["train"]
-        for name, totals in components.items():
-            metrics[f"episode/reward/{name}"].append(sum(totals) / max(len(totals), 1))
+        if getattr(self.episode_rollout, "reward_design", None) is None:  # a design logs them, over all processes
+            for name, totals in components.items():
+                metrics[f"episode/reward/{name}"].append(sum(totals) / max(len(totals), 1))
         vm = value_mask.bool()
         metrics["ppo/values"].append(self._global_mean(values, vm.float()))
         metrics["ppo/returns"].append(self._global_mean(returns, vm.float()))

@@ -271,6 +271,10 @@ class RolloutEngine:
             return True
         episode.end_action(text, {"env": reward})
         episode.invalid_actions = int(info.get("invalid_actions", episode.invalid_actions))
+        # For reward designs (rlft/rewards): the env's per-step parse signal and the latest observation.
+        flag = info.get("invalid_action")
+        episode.info.setdefault("invalid_action", []).append(None if flag is None else bool(flag))
+        episode.info["last_observation"] = observation
         episode.success = bool(info.get("success", False))
         last_token = row.action_tokens[-1]
         row.action_tokens = []
