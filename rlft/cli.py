@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     from rlft.compare import add_compare_parser
 
     add_compare_parser(sub)  # `rlft compare RUN_OR_DIR ... --out report.html`: run paths, not --config
+    from rlft.sweep import add_parser as add_sweep_parser
+
+    add_sweep_parser(sub)  # `rlft sweep --config sweeps/x.yaml [--n-trials N] [--storage URL]`: a sweep file
     return parser
 
 
@@ -47,6 +50,10 @@ def main(argv: list[str] | None = None) -> int:
             from rlft.compare import run_compare
 
             return run_compare(args)
+        if args.command == "sweep":
+            from rlft import sweep
+
+            return sweep.main(args)
         from rlft.config import load_config
 
         config = load_config(args.config, args.overrides)
