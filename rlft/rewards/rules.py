@@ -93,8 +93,8 @@ def length_penalty(actions: list[str], budget: int = 16, coef: float = 0.01, uni
 
     >>> length_penalty(["up", "go up now please", "   "], budget=4, coef=0.5, unit="char")
     [0.0, -6.0, -0.5]
-    >>> length_penalty(["up", "up up up"], budget=2, coef=0.1, action_tokens=[2, 5])
-    [0.0, -0.3]
+    >>> length_penalty(["up", "up up up"], budget=2, coef=0.25, action_tokens=[2, 5])
+    [0.0, -0.75]
     """
     if unit not in ("token", "char"):
         raise ValueError(f"length_penalty: unit = {unit!r}; expected 'token' or 'char'")
