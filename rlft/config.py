@@ -220,6 +220,11 @@ class WandbConfig(_Section):
 
 
 class TrackingConfig(_Section):
+    experiment: str | None = Field(None, description="the experiment this run belongs to (wandb group unless "
+                                   "wandb.group is set; `rlft launch` sets it); unset: the run name")
+    transcripts_every: int | None = Field(None, gt=0, description="during RL, log a sample of episode transcripts "
+                                          "every N steps (wandb table + transcripts.jsonl); unset: logging_steps")
+    transcript_samples: int = Field(4, ge=0, description="episodes per transcript sample; 0 turns them off")
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
 

@@ -21,7 +21,7 @@ from rlft.distributed import ddp_timeout_s, process_state
 from rlft.env_factory import make_env
 from rlft.errors import CheckpointError, ConfigError
 from rlft.faults import out_of_memory_guard
-from rlft.tracking import Tracker, TrackerCallback
+from rlft.tracking import Tracker, TrackerCallback, attach_tracking, trainer_tracking_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -132,9 +132,11 @@ def run_sft(config: Config) -> Path:
         tracker.log({"demos/episodes": len(demos)}, step=0)
     args = build_trainer_config("sft", config.sft.trainer, str(config.run_dir / "trainer" / "sft"), config.seed,
                                 defaults={"num_train_epochs": 3, "learning_rate": 1e-3, "per_device_train_batch_size": 16,
-                                          "lr_scheduler_type": "cosine", "warmup_steps": 0.05})
+                                          "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
+                                          **trainer_tracking_defaults(config, "sft")})
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(demos)),
                          processing_class=tokenizer, callbacks=[TrackerCallback(tracker)])
+    attach_tracking(trainer, tracker, config)  # tensorboard (report_to) under the run dir
     with out_of_memory_guard(config, "sft", trainer.args):
         trainer.train()
     path = save_trained(trainer, checkpoint_dir(config, "sft"))
@@ -165,7 +167,8 @@ def rl_trainer_args(config: Config):
                 "max_completion_length": config.rollout.max_episode_tokens,
                 "temperature": config.rollout.temperature, "top_p": config.rollout.top_p,
                 # A complete checkpoint every 10 steps, the last 2 kept (`rlft train --resume` continues from it).
-                "save_strategy": "steps", "save_steps": 10, "save_total_limit": 2}
+                "save_strategy": "steps", "save_steps": 10, "save_total_limit": 2,
+                **trainer_tracking_defaults(config, "rl")}
     if config.rl.algorithm == "ppo":
         # One episode per seed (the critic is the baseline); 2 epochs x 2 minibatches per rollout batch.
         defaults.update({"num_generations": 1, "num_iterations": 2, "steps_per_generation": 2})
@@ -208,6 +211,7 @@ def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | N
         trainer, rollout = build_grpo_trainer(model, tokenizer, args, engine, seeds, **build_kwargs)
     if config.eval.every_steps:
         trainer.add_callback(held_out_eval_callback(config, tracker, trainer, rollout, tokenizer))
+    attach_tracking(trainer, tracker, config, rollout)  # tensorboard (report_to) and episode transcripts
     stop = GracefulStop(trainer.accelerator)
     trainer.add_callback(stop)
     try:

@@ -2,6 +2,12 @@
 
 Tracking must never stop training: every wandb call is guarded, and the first failure turns wandb off for
 the rest of the stage with one warning. metrics.jsonl is the record of truth.
+
+wandb runs are laid out the way wandb users expect: one run per stage (`job_type` sft / rm / rl / eval), grouped
+by experiment (`tracking.experiment`, which `rlft launch` sets; the run name otherwise), tagged with the
+algorithm, env id, reward design and seed, the full resolved config attached, and during RL a sample of episode
+transcripts as a table every log interval (also appended to `runs/<name>/transcripts.jsonl`). TRL's own
+`report_to` integrations (tensorboard, trackio) write beside it: tensorboard under `runs/<name>/tensorboard/`.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +53,7 @@ class Tracker:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.enabled = is_main_process()
         self._wandb = None
+        self._tables = True  # off after a failed table log; scalar metrics carry on
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -72,8 +80,8 @@ class Tracker:
             os.environ.setdefault("WANDB_SILENT", "true")
             self._wandb = wandb.init(
                 project=settings.project, entity=settings.entity, mode=settings.mode,
-                group=settings.group or config.name, job_type=stage, name=f"{config.name}-{stage}",
-                tags=[*settings.tags, config.rl.algorithm, config.env.id], config=config_to_dict(config),
+                group=experiment_group(config), job_type=stage, name=f"{config.name}-{stage}",
+                tags=run_tags(config), config=config_to_dict(config),
                 dir=str(self.run_dir), reinit="create_new",
                 **({"id": previous, "resume": "allow"} if previous else {}),
             )
@@ -96,6 +104,29 @@ class Tracker:
             except Exception as exc:  # noqa: BLE001
                 logger.warning("wandb log failed (%s); wandb is off for the rest of this stage", exc)
                 self._wandb = None
+
+    def log_transcripts(self, rows: list[dict[str, Any]], step: int) -> None:
+        """Append a transcript sample (one row per turn, `transcript_rows`) to transcripts.jsonl, and log it to
+        wandb as a table `<stage>/transcripts`. A failure of either is reported once and never stops training."""
+        if not self.enabled or not rows:
+            return
+        try:
+            with (self.run_dir / "transcripts.jsonl").open("a", encoding="utf-8") as handle:
+                for row in rows:
+                    handle.write(json.dumps({"stage": self.stage, "step": step, **row}) + "\n")
+        except OSError as exc:
+            logger.warning("could not write transcripts.jsonl (%s)", exc)
+        if self._wandb is None or not self._tables:
+            return
+        try:
+            import wandb
+
+            columns = ["step", *rows[0]]
+            table = wandb.Table(columns=columns, data=[[step, *row.values()] for row in rows])
+            self._wandb.log({f"{self.stage}/transcripts": table}, step=step)
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+            logger.warning("wandb could not log a transcript table (%s); tables are off for this stage", exc)
+            self._tables = False
 
     def finish(self) -> str | None:
         """Close the wandb run; return the `wandb sync` command for an offline run."""
@@ -122,6 +153,100 @@ class TrackerCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and state.is_world_process_zero:
             self.tracker.log(dict(logs), step=state.global_step)
+
+
+def experiment_group(config: Config) -> str:
+    """The wandb group: `tracking.wandb.group` if set, else the experiment (`tracking.experiment`), else the run."""
+    return config.tracking.wandb.group or config.tracking.experiment or config.name
+
+
+def reward_design_name(config: Config) -> str:
+    """The reward design's name: its `name` where the section has one, else its components joined ('env')."""
+    reward = getattr(config, "reward", None)
+    if reward is None:
+        return "env"
+    return getattr(reward, "name", None) or "+".join(reward.components)
+
+
+def run_tags(config: Config) -> list[str]:
+    """wandb tags: the user's, then algorithm, env id, `reward:<design>` and `seed:<n>` (wandb caps a tag at 64)."""
+    tags = [*config.tracking.wandb.tags, config.rl.algorithm, config.env.id,
+            f"reward:{reward_design_name(config)}", f"seed:{config.seed}"]
+    return list(dict.fromkeys(tag[:64] for tag in tags))
+
+
+def transcript_rows(episodes: list, count: int, rng: random.Random) -> list[dict[str, Any]]:
+    """A sample of `count` episodes as rows, one per turn: the observation the action answered, the action, the
+    turn's reward per component (`reward/<name>`) and in total, and the episode's return, success and failure.
+
+    An episode that failed before its first action is one row with `turn` None. Every row has the same keys.
+    """
+    if not episodes or count <= 0:
+        return []
+    chosen = sorted(rng.sample(range(len(episodes)), min(count, len(episodes))))
+    components = sorted({name for i in chosen for name in episodes[i].rewards})
+    rows = []
+    for index in chosen:
+        episode = episodes[index]
+        seen = [episode.first_observation, *episode.observations]
+        for turn in range(episode.num_turns) or [None]:
+            rows.append({
+                "episode": index, "seed": episode.seed, "turn": turn,
+                "observation": seen[turn] if turn is not None and turn < len(seen) else episode.first_observation,
+                "action": episode.actions[turn] if turn is not None else "",
+                **{f"reward/{name}": _turn_value(episode.rewards.get(name), turn) for name in components},
+                "reward": episode.turn_rewards[turn] if turn is not None else 0.0,
+                "return": episode.episode_return, "success": bool(episode.success), "failure": episode.failure,
+            })
+    return rows
+
+
+def _turn_value(values: list[float] | None, turn: int | None) -> float | None:
+    return None if values is None or turn is None or turn >= len(values) else _clean(values[turn])
+
+
+class TranscriptCallback(TrainerCallback):
+    """Every `every` steps (unset: the trainer's logging_steps), logs a sample of the rollout's latest episodes
+    (`EpisodeRollout.last_episodes`) with `Tracker.log_transcripts`, on the main process (its own episodes).
+
+    The sample is drawn with its own RNG, seeded by (run seed, step), so it never moves the training RNGs (exact
+    resume). A batch already logged is not logged again (several optimizer steps can share a rollout batch).
+    """
+
+    def __init__(self, tracker: Tracker, rollout, samples: int, every: int | None = None, seed: int = 0):
+        self.tracker, self.rollout, self.samples, self.every, self.seed = tracker, rollout, samples, every, seed
+        self._logged_call: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        every = max(1, int(self.every or state.logging_steps or 1))
+        if not state.is_world_process_zero or self.samples <= 0 or state.global_step % every:
+            return
+        episodes, call = self.rollout.last_episodes, self.rollout.calls
+        if not episodes or call == self._logged_call:
+            return
+        self._logged_call = call
+        try:
+            rows = transcript_rows(episodes, self.samples, random.Random(self.seed * 1_000_003 + state.global_step))
+            self.tracker.log_transcripts(rows, step=state.global_step)
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+            logger.warning("transcripts could not be logged (%s); they are off for the rest of the stage", exc)
+            self.samples = 0
+
+
+def trainer_tracking_defaults(config: Config, stage: str) -> dict[str, Any]:
+    """TRL settings for its `report_to` integrations: the run's name (trackio) and project (trackio)."""
+    return {"run_name": f"{config.name}-{stage}", "project": config.tracking.wandb.project}
+
+
+def attach_tracking(trainer, tracker: Tracker, config: Config, rollout=None) -> None:
+    """After a stage builds its trainer: tensorboard (if in `report_to`) writes under `runs/<name>/tensorboard/
+    <stage>` (unless TENSORBOARD_LOGGING_DIR says otherwise), and with a rollout, transcripts are sampled."""
+    for callback in trainer.callback_handler.callbacks:
+        if type(callback).__name__ == "TensorBoardCallback" and getattr(callback, "logging_dir", None) is None:
+            callback.logging_dir = str(tracker.run_dir / "tensorboard" / tracker.stage)
+    if rollout is not None and config.tracking.transcript_samples > 0:
+        trainer.add_callback(TranscriptCallback(tracker, rollout, config.tracking.transcript_samples,
+                                                config.tracking.transcripts_every, seed=config.seed))
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

@@ -13,7 +13,12 @@ from pydantic import ValidationError
 from rlft.errors import ConfigError, did_you_mean
 
 # Keys rlft owns: set from other sections of the config (or per stage), not by the user in `*.trainer`.
-_RESERVED = {"output_dir", "report_to", "seed"}
+_RESERVED = {"output_dir", "seed"}
+# `report_to` adds TRL's own integrations (tensorboard, trackio, ...) beside rlft's tracking; wandb is rlft's.
+_REPORT_TO_OWNED = {"wandb": "rlft logs every stage to wandb itself (tracking.wandb: grouped, tagged, with "
+                             "transcripts); remove 'wandb' from report_to",
+                    "all": "'all' includes wandb, which rlft logs itself; list the integrations, e.g. [tensorboard]"}
+_REPORT_TO_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio"}
 
 
 def trainer_config_class(kind: str) -> type:
@@ -45,7 +50,9 @@ def check_trainer_overrides(key: str, overrides: dict[str, Any], kind: str) -> N
     names = dataclass_field_names(cls)
     for name, value in overrides.items():
         if name in _RESERVED:
-            raise ConfigError(f"key '{key}.{name}' is set by rlft (output_dir/report_to from the run, seed from 'seed')")
+            raise ConfigError(f"key '{key}.{name}' is set by rlft (output_dir from the run, seed from 'seed')")
+        if name == "report_to":
+            _check_report_to(f"{key}.{name}", value)
         if name not in names:
             raise ConfigError(f"unknown key '{key}.{name}' for {_qualified(cls)}{did_you_mean(name, names)}")
         adapter = dataclass_type_adapter(cls, name)
@@ -63,6 +70,23 @@ def check_trainer_overrides(key: str, overrides: dict[str, Any], kind: str) -> N
             value = overrides[name] = validated  # a quoted number ("1e-3"): hand TRL the number, not the string
         if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 and name in _POSITIVE:
             raise ConfigError(f"key '{key}.{name}' = {value!r}: expected a value > 0")
+
+
+def _check_report_to(key: str, value: Any) -> None:
+    """TRL's integrations are allowed beside rlft's tracking, except wandb (rlft's own); the package must exist."""
+    from importlib.util import find_spec
+
+    names = [value] if isinstance(value, str) else value if isinstance(value, list) else None
+    if names is None or not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"key '{key}' = {value!r}: expected an integration name or a list of them "
+                          "(e.g. [tensorboard, trackio])")
+    for name in names:
+        if name in _REPORT_TO_OWNED:
+            raise ConfigError(f"key '{key}' = {value!r}: {_REPORT_TO_OWNED[name]}")
+        package = _REPORT_TO_PACKAGES.get(name)
+        if package is not None and find_spec(package) is None:
+            raise ConfigError(f"key '{key}' = {value!r}: '{name}' needs the {package} package "
+                              f"(pip install {package}, or pip install -e '.[tracking]')")
 
 
 def check_trainer_configs(config: Any) -> None:

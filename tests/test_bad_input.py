@@ -98,7 +98,7 @@ CASES: list[Case] = [
                                                 "did you mean 'learning_rate'"),
          command="train", overrides=("rl.trainer.learning_rte=1e-3",)),
     Case("trainer-key-set-by-rlft", "unknown key", ("key 'sft.trainer.output_dir' is set by rlft",
-                                                    "output_dir/report_to from the run"),
+                                                    "output_dir from the run"),
          overrides=("sft.trainer.output_dir=elsewhere",)),
     # ---------------------------------------------------------------- config: wrong types
     Case("int-is-a-word", "wrong type", ("key 'rollout.num_envs' = 'many'", "should be a valid integer"),
