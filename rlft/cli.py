@@ -2,6 +2,7 @@
 
 Commands: sft, train, eval, pipeline (sft -> train -> eval), rm (reward model), validate. The config is loaded and checked
 (keys, types, env ids, paths, trainer keys) before any model is loaded; a bad one exits with code 2.
+`rlft launch --grid configs/grids/x.yaml` runs a grid of configs x overrides x seeds (rlft/launch.py).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     from rlft.sweep import add_parser as add_sweep_parser
 
     add_sweep_parser(sub)  # `rlft sweep --config sweeps/x.yaml [--n-trials N] [--storage URL]`: a sweep file
+    from rlft import launch
+
+    launch.add_parser(sub)  # `rlft launch --grid configs/grids/x.yaml [--parallel N] [--dry-run]`: a grid file
     return parser
 
 
@@ -54,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
             from rlft import sweep
 
             return sweep.main(args)
+        if args.command == "launch":
+            from rlft import launch
+
+            return launch.run(args)
         from rlft.config import load_config
 
         config = load_config(args.config, args.overrides)

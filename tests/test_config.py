@@ -21,9 +21,10 @@ from rlft.errors import ConfigError, RlftError
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
-# configs/accelerate/ holds `accelerate launch --config_file` files, configs/sweeps/ `rlft sweep` files
-# (tests/test_sweep.py checks those), not rlft experiments.
-NOT_EXPERIMENTS = {"accelerate", "sweeps"}
+# configs/accelerate/ holds `accelerate launch --config_file` files, configs/grids/ `rlft launch --grid` files
+# (tests/test_launch.py checks those), configs/sweeps/ `rlft sweep` files (tests/test_sweep.py checks those),
+# not rlft experiments.
+NOT_EXPERIMENTS = {"accelerate", "grids", "sweeps"}
 EXPERIMENT_CONFIGS = sorted(
     p for p in CONFIGS.rglob("*.y*ml") if not NOT_EXPERIMENTS & set(p.relative_to(CONFIGS).parts[:-1])
 )
