@@ -185,6 +185,7 @@ def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | N
     """
     from rlft.checkpointing import refuse_to_overwrite, resolve_resume
     from rlft.grpo import build_grpo_trainer
+    from rlft.rewards import build_reward_design
     from rlft.rollout import RolloutEngine
     from rlft.signals import GracefulStop, Interrupted
 
@@ -194,13 +195,16 @@ def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | N
     else:
         refuse_to_overwrite(Path(args.output_dir))
     prepare_run(config)
+    design = build_reward_design(config)  # None for the default (the env reward alone); loads reward models
     model, tokenizer = load_trainable(resolve_init(config), config)
     engine = RolloutEngine(None, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
                            sampling_settings(config))
     train = config.env.train_seeds
     tracker = Tracker(config, "rl", config.run_dir, resume=bool(resume))
     seeds = list(range(train.start, train.start + train.count))
-    callbacks = [TrackerCallback(tracker), *(callbacks or [])]
+    # The over-optimisation alarm adds its event to the logs, so it reads them before the tracker writes them.
+    alarm = [design.alarm] if design is not None and design.alarm is not None else []
+    callbacks = [*alarm, TrackerCallback(tracker), *(callbacks or [])]
     build_kwargs = {"batch_size": config.rollout.num_envs, "callbacks": callbacks,
                     "max_nonfinite_steps": config.rl.max_nonfinite_steps}
     if config.rl.algorithm == "ppo":
@@ -209,6 +213,7 @@ def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | N
         trainer, rollout = build_ppo_trainer(model, tokenizer, args, engine, seeds, **build_kwargs)
     else:
         trainer, rollout = build_grpo_trainer(model, tokenizer, args, engine, seeds, **build_kwargs)
+    rollout.reward_design = design
     if config.eval.every_steps:
         trainer.add_callback(held_out_eval_callback(config, tracker, trainer, rollout, tokenizer))
     attach_tracking(trainer, tracker, config, rollout)  # tensorboard (report_to) and episode transcripts
