@@ -17,6 +17,7 @@ import random
 import shutil
 import struct
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -69,6 +70,17 @@ def read_wandb_records(run_dir: Path) -> list:
             records.append(record)
             pending = b""
     return records
+
+
+def finished_wandb_records(run_dir: Path, timeout_s: float = 60.0) -> list:
+    """The records once the run's `exit` record is on disk: wandb's service writes the file asynchronously, and
+    right after `finish()` returns it can still be empty."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = read_wandb_records(run_dir)
+        if any(r.WhichOneof("record_type") == "exit" for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.25)
 
 
 def make_episode(seed: int, actions: list[str], env: list[float], shaping: list[float] | None = None,
@@ -222,7 +234,7 @@ def tracked_run(tmp_path_factory):
 def test_offline_wandb_run_is_grouped_tagged_and_holds_the_transcript_tables(tracked_run):
     config = tracked_run
     (offline,) = (config.run_dir / "wandb").glob("offline-run-*")
-    records = read_wandb_records(offline)
+    records = finished_wandb_records(offline)
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
     assert (run.run_group, run.job_type, run.display_name) == ("exp-A", "rl", "tracked-rl")
     assert list(run.tags) == ["grpo", "rlft/CliffWalking-v0", "reward:env", "seed:0"]
