@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import atexit
 import glob
 import json
 import os
@@ -40,6 +41,7 @@ from tests.conftest import tiny_config
 # so its local store is pointed at a temporary folder before any test here runs.
 TRACKIO_DIR = Path(tempfile.mkdtemp(prefix="rlft-test-trackio-"))
 os.environ["TRACKIO_DIR"] = str(TRACKIO_DIR)
+atexit.register(shutil.rmtree, TRACKIO_DIR, True)
 
 
 def read_wandb_records(run_dir: Path) -> list:
@@ -227,8 +229,7 @@ def tracked_run(tmp_path_factory):
     if Path(trackio.utils.TRACKIO_DIR) != TRACKIO_DIR:
         pytest.fail(f"trackio was imported before this module set TRACKIO_DIR; it writes to {trackio.utils.TRACKIO_DIR}")
     stages.run_rl(config)
-    yield config
-    shutil.rmtree(TRACKIO_DIR, ignore_errors=True)
+    return config
 
 
 def test_offline_wandb_run_is_grouped_tagged_and_holds_the_transcript_tables(tracked_run):
