@@ -341,8 +341,9 @@ def test_two_workers_share_a_study_prune_record_a_failure_write_the_best_config_
         crashed = crashing.ask()
     Objective(sweep).suggest(crashed)
     storage.record_heartbeat(crashed._trial_id)
-    write_sweep(tmp_path, changed(heartbeat={"interval_s": 1, "grace_period_s": 1}))
-    time.sleep(1.5)
+    # grace 4 s = 4 heartbeats: the live retry must never look stale, even when a loaded machine delays a beat
+    write_sweep(tmp_path, changed(heartbeat={"interval_s": 1, "grace_period_s": 4}))
+    time.sleep(4.5)
     assert cli.main(["sweep", "--config", str(path), "--n-trials", "6"]) == 0
 
     trials = optuna.load_study(study_name="coin", storage=sweep.storage_url).get_trials()
