@@ -411,7 +411,12 @@ def play_scored_episodes(env_factory: Callable, task_seeds: Sequence[int], per_t
             env.close()
             raise DataError(f"rm.data.policy = 'expert': {exc}; use policy: random") from None
     else:
-        actor = RandomActor(getattr(env.unwrapped, "action_names", []), seed=seed)
+        names = list(getattr(env.unwrapped, "action_names", []) or [])
+        if not names:
+            env.close()
+            raise DataError("rm.data.policy = 'random': the env lists no action_names to choose from; "
+                            "use policy: expert")
+        actor = RandomActor(names, seed=seed)
     items, returns, successes = [], [], []
     try:
         for task_seed in task_seeds:
