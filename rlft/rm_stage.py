@@ -151,7 +151,8 @@ def run_rm(config: Config) -> Path:
     tracker.log({f"data/{k}": v for k, v in data_info.items() if isinstance(v, (int, float, str))}, step=0)
     corpus = None
     if model_cfg.tiny is not None:  # the policy's vocabulary first (same ids), then the preference texts
-        corpus = env_corpus(env_factory(config), model_cfg.tiny.corpus_episodes, config.env.max_turns, config.seed)
+        episodes = (config.model.tiny or model_cfg.tiny).corpus_episodes  # as rlft.policy.load_policy builds it
+        corpus = env_corpus(env_factory(config), episodes, config.env.max_turns, config.seed)
         corpus += pair_corpus(train + held_out)
     tokenizer = reward_model_tokenizer(model_cfg, corpus or ())
     ensemble = config.rm.ensemble
