@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 import torch
 
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# trackio reads TRACKIO_DIR once, on first import (by whichever test gets there first): a session-wide temporary
+# store, never the user's ~/.cache/huggingface/trackio.
+_TRACKIO_DIR = tempfile.mkdtemp(prefix="rlft-test-trackio-")
+os.environ["TRACKIO_DIR"] = _TRACKIO_DIR
+atexit.register(shutil.rmtree, _TRACKIO_DIR, True)
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 

@@ -10,14 +10,11 @@
 
 from __future__ import annotations
 
-import atexit
 import glob
 import json
 import os
 import random
-import shutil
 import struct
-import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -37,11 +34,9 @@ from rlft.tracking import (
 )
 from tests.conftest import tiny_config
 
-# trackio reads TRACKIO_DIR once, when it is first imported (TRL imports it as soon as a trainer config names it),
-# so its local store is pointed at a temporary folder before any test here runs.
-TRACKIO_DIR = Path(tempfile.mkdtemp(prefix="rlft-test-trackio-"))
-os.environ["TRACKIO_DIR"] = str(TRACKIO_DIR)
-atexit.register(shutil.rmtree, TRACKIO_DIR, True)
+# trackio reads TRACKIO_DIR once, when it is first imported (TRL imports it as soon as a trainer config names it,
+# and other test modules may do that first), so tests/conftest.py points it at a temporary folder for the session.
+TRACKIO_DIR = Path(os.environ["TRACKIO_DIR"])
 
 
 def read_wandb_records(run_dir: Path) -> list:
