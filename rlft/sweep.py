@@ -405,6 +405,8 @@ def open_study(sweep: Sweep):
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        if url.startswith("sqlite"):
+            _serialize_sqlite_transactions(storage.engine)
         study = optuna.create_study(storage=storage, study_name=sweep.study, direction=sweep.file.direction,
                                     sampler=_build_optuna("sampler", sweep.file.sampler, sweep.path),
                                     pruner=_build_optuna("pruner", sweep.file.pruner, sweep.path),
@@ -415,6 +417,26 @@ def open_study(sweep: Sweep):
         raise ConfigError(f"{sweep.path}: key 'direction' = {sweep.file.direction!r}, but study '{sweep.study}' in "
                           f"{redact(url)} was created to {study.direction.name.lower()}")
     return study
+
+
+def _serialize_sqlite_transactions(engine) -> None:
+    """Make every SQLite transaction take the write lock when it begins (SQLAlchemy's pysqlite recipe).
+
+    pysqlite defers BEGIN to the first write, and SQLite ignores `SELECT ... FOR UPDATE`, so two workers could
+    both read a queued trial as WAITING and both claim it ("Cannot tell a PRUNED trial" when the second one
+    finishes it). With BEGIN IMMEDIATE the second worker waits for the first and then sees it RUNNING.
+    """
+    from sqlalchemy import event
+
+    @event.listens_for(engine, "connect")
+    def _manual_transactions(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # pysqlite leaves BEGIN to SQLAlchemy's "begin" event
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the listeners are dropped
 
 
 def redact(url: str) -> str:

@@ -341,9 +341,10 @@ def test_two_workers_share_a_study_prune_record_a_failure_write_the_best_config_
         crashed = crashing.ask()
     Objective(sweep).suggest(crashed)
     storage.record_heartbeat(crashed._trial_id)
-    # grace 4 s = 4 heartbeats: the live retry must never look stale, even when a loaded machine delays a beat
-    write_sweep(tmp_path, changed(heartbeat={"interval_s": 1, "grace_period_s": 4}))
-    time.sleep(4.5)
+    # grace 3 s = 3 heartbeats, so the live retry never looks stale when a loaded machine delays a beat; the
+    # crashed trial's last beat is 5 s old (2 s of margin: heartbeat times are stored to the second).
+    write_sweep(tmp_path, changed(heartbeat={"interval_s": 1, "grace_period_s": 3}))
+    time.sleep(5)
     assert cli.main(["sweep", "--config", str(path), "--n-trials", "6"]) == 0
 
     trials = optuna.load_study(study_name="coin", storage=sweep.storage_url).get_trials()
