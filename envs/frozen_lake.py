@@ -166,3 +166,24 @@ class TextFrozenLake(DiscreteTextEnv):
         desc = generate_random_map(self.random_map_size, p=self.p, seed=map_seed)
         self.inner = FrozenLakeEnv(desc=desc, is_slippery=self.is_slippery)
         return self.inner.reset(seed=inner_seed, options=options)
+
+
+def goal_distance_potential(observation: str) -> float:
+    """A shaping potential for FrozenLake text observations: minus the Manhattan distance from @ to G, in [-1, 0].
+
+    Used as `potential: envs.frozen_lake:goal_distance_potential` by the `potential_shaping` rule (Ng et al. 1999:
+    shaping by gamma * Phi(s') - Phi(s) leaves the optimal policy unchanged). An observation without both @ and
+    G (the agent stands on the goal) has potential 0.
+
+    >>> goal_distance_potential("@ F\\nF G\\nrow 0 col 0")
+    -1.0
+    >>> goal_distance_potential("S F\\n@ G\\nrow 1 col 0")
+    -0.5
+    """
+    grid = [line.split() for line in observation.splitlines() if line and not line.startswith(("row", "left"))]
+    cells = {cell: (r, c) for r, row in enumerate(grid) for c, cell in enumerate(row) if cell in ("@", "G")}
+    if "@" not in cells or "G" not in cells:
+        return 0.0
+    (ar, ac), (gr, gc) = cells["@"], cells["G"]
+    span = max(1, (len(grid) - 1) + (max(len(row) for row in grid) - 1))
+    return -(abs(ar - gr) + abs(ac - gc)) / span

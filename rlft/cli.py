@@ -13,7 +13,7 @@ import os
 import sys
 import time
 
-from rlft.errors import RlftError
+from rlft.errors import CheckpointError, RlftError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -107,6 +107,15 @@ def _check_earlier_stages(command: str, config) -> None:
 
     if command == "train" and config.rl.init_from == "sft":
         stages.resolve_init(config)  # no SFT checkpoint yet: CheckpointError naming the command to run first
+    if command == "train":
+        from rlft.config import RmRewardComponent
+        from rlft.rewards.design import run_reward_model
+
+        rm_path = run_reward_model(config)
+        if any(isinstance(c, RmRewardComponent) and c.path is None for c in config.reward.components.values()) \
+                and not rm_path.is_dir():
+            raise CheckpointError(f"the reward design uses this run's reward model but {rm_path} does not exist; "
+                                  "run `rlft rm` first (or `rlft pipeline`, which trains it)")
     elif command == "eval":
         stages.default_policies(config)  # no checkpoint at all: CheckpointError
 

@@ -271,7 +271,9 @@ class RmRewardComponent(_RewardComponentBase):
     """A learned reward model's score of the transcript (reward_models.scoring.load_reward_model)."""
 
     kind: Literal["rm"]
-    path: str | list[str] = Field(..., description="a reward-model folder, or several (an ensemble)")
+    path: str | list[str] | None = Field(None, description="a reward-model folder, or several (an ensemble); null: "
+                                         "this run's checkpoints/rm, trained by `rlft rm` (which `rlft pipeline` "
+                                         "runs before RL when the config has an `rm` section)")
     level: Literal["episode", "turn"] = Field("episode", description="episode: the whole transcript's score on the "
                                               "last turn; turn: each turn the change in score its action made")
     aggregate: Literal["mean", "min", "mean_minus_std"] | None = Field(

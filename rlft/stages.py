@@ -296,8 +296,13 @@ def run_eval(config: Config, policies: dict[str, Path] | None = None, expert: bo
 
 
 def run_pipeline(config: Config) -> dict[str, Any]:
-    """sft -> rl -> eval of untrained, sft, rl and the expert on the same held-out seeds."""
+    """sft -> rm (when the config has an `rm` section) -> rl -> eval of untrained, sft, rl and the expert on the
+    same held-out seeds."""
     run_sft(config)
+    if "rm" in config.model_fields_set:
+        from rlft.rm_stage import run_rm
+
+        run_rm(config)
     run_rl(config)
     return run_eval(config)
 

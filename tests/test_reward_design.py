@@ -628,3 +628,64 @@ def test_the_alarm_fires_in_a_run_logs_its_event_and_stops_it_with_a_checkpoint(
     assert steps[-1]["alarm/proxy_slope"] > 0 > steps[-1]["alarm/gold_slope"]
     assert latest_complete(config.run_dir / "trainer" / "rl").name == "checkpoint-4"
     assert any("over-optimisation alarm at step 4" in r.getMessage() for r in caplog.records)
+
+
+# --------------------------------------------------------------------------------- this run's reward model
+def rm_design_config(tmp_path, with_rm_section: bool):
+    sections = {"reward": {"name": "rm_only", "components": {"rm": {"kind": "rm"}}, "gold": "env"}}
+    if with_rm_section:
+        sections["rm"] = {"data": {"source": "env", "episodes": 8, "budget": 10}}
+    return tiny_config(output_dir=str(tmp_path / "runs"), **sections)
+
+
+def test_rm_component_without_path_needs_an_rm_section_or_the_runs_reward_model(tmp_path):
+    with pytest.raises(ConfigError, match=r"reward.components.rm.path' is null .* no `rm` section"):
+        rm_design_config(tmp_path, with_rm_section=False)
+    config = rm_design_config(tmp_path, with_rm_section=True)  # `rlft pipeline` trains it before RL
+    assert config.reward.components["rm"].path is None
+
+
+def test_train_with_this_runs_reward_model_missing_fails_before_any_model_loads(tmp_path, monkeypatch, capsys,
+                                                                                model_loads):  # noqa: F811
+    from rlft import cli
+    from rlft.config import save_config
+
+    config = rm_design_config(tmp_path, with_rm_section=True)
+    save_config(config, tmp_path / "config.yaml")
+    assert cli.main(["train", "--config", str(tmp_path / "config.yaml"), "rl.init_from=base"]) == 2
+    assert "run `rlft rm` first" in capsys.readouterr().err
+    assert model_loads == []
+
+
+@pytest.mark.parametrize("with_rm_section", [True, False])
+def test_pipeline_trains_the_reward_model_between_sft_and_rl(with_rm_section, tmp_path, monkeypatch):
+    from rlft import rm_stage, stages
+
+    calls = []
+    for name, module in (("run_sft", stages), ("run_rl", stages), ("run_eval", stages), ("run_rm", rm_stage)):
+        monkeypatch.setattr(module, name, lambda config, name=name: calls.append(name))
+    config = rm_design_config(tmp_path, True) if with_rm_section else tiny_config(output_dir=str(tmp_path))
+    stages.run_pipeline(config)
+    assert calls == (["run_sft", "run_rm", "run_rl", "run_eval"] if with_rm_section
+                     else ["run_sft", "run_rl", "run_eval"])
+
+
+def test_the_built_design_loads_this_runs_reward_model(tmp_path, monkeypatch):
+    from rlft.rewards import design
+
+    loaded = []
+    monkeypatch.setattr(design, "load_scorer", lambda cfg, name: loaded.append(cfg.path) or (lambda texts: []))
+    config = rm_design_config(tmp_path, with_rm_section=True)
+    design.build_reward_design(config)
+    assert loaded == [str(config.run_dir / "checkpoints" / "rm")]
+
+
+def test_frozen_lake_goal_distance_potential():
+    from envs.frozen_lake import goal_distance_potential
+
+    env = gym.make("rlft/FrozenLakeRandom-v0", random_map_size=4, is_slippery=False)
+    observation, _ = env.reset(seed=3)  # @ at (0, 0), G at (3, 3)
+    assert goal_distance_potential(observation) == -1.0
+    observation, *_ = env.step("right")
+    assert goal_distance_potential(observation) == pytest.approx(-5 / 6)
+    assert goal_distance_potential("no map here") == 0.0

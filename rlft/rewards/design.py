@@ -38,6 +38,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -373,6 +374,11 @@ def check_reward_references(config: Config) -> None:
         if isinstance(cfg, RuleRewardComponent):
             resolve_rule(cfg, key)
         elif isinstance(cfg, RmRewardComponent):
+            if cfg.path is None:
+                if "rm" not in config.model_fields_set and not run_reward_model(config).is_dir():
+                    raise ConfigError(f"key '{key}.path' is null (this run's reward model) but the config has no "
+                                      f"`rm` section to train one and {run_reward_model(config)} does not exist")
+                continue
             paths = [cfg.path] if isinstance(cfg.path, str) else cfg.path
             if not paths:
                 raise ConfigError(f"key '{key}.path' = []: expected a reward-model folder or a list of them")
@@ -382,6 +388,11 @@ def check_reward_references(config: Config) -> None:
                                       "(train one with `rlft rm`, or give the folder of a saved one)")
     if reward.gold not in ("env", "none"):
         resolve_entry_point(reward.gold, "reward.gold")
+
+
+def run_reward_model(config: Config) -> Path:
+    """Where `rlft rm` saves this run's reward model (an rm component with `path: null` loads it)."""
+    return config.run_dir / "checkpoints" / "rm"
 
 
 def is_default(config: RewardConfig) -> bool:
@@ -402,4 +413,8 @@ def build_reward_design(config: Config, scorers: dict[str, Scorer] | None = None
         instructions = str(getattr(unwrapped, "instructions", ""))
     finally:
         env.close()
-    return RewardDesign(config.reward, action_names=names, instructions=instructions, scorers=scorers)
+    resolved = {name: cfg.model_copy(update={"path": str(run_reward_model(config))})
+                for name, cfg in config.reward.components.items()
+                if isinstance(cfg, RmRewardComponent) and cfg.path is None}
+    reward = config.reward.model_copy(update={"components": {**config.reward.components, **resolved}})
+    return RewardDesign(reward, action_names=names, instructions=instructions, scorers=scorers)
