@@ -1,13 +1,11 @@
-"""Reward designs compared over seeds: held-out gold success after RL, per design, mean and spread.
+"""Reward designs compared over seeds: held-out gold success after RL, per design, mean and spread; report.html.
 
 For each seed: one SFT policy and one learned reward model (both shared by every design of that seed, so the
 designs differ only in their reward), then RL with each design from that SFT policy, then held-out evaluation.
-On FrozenLake the env's success is the gold signal. Prints a table and writes `<out>/reward_designs.json`;
-the run directories are ordinary ones, so `rlft compare <out>` draws the curves and the rliable statistics.
+On FrozenLake the env's success is the gold signal. Prints a table, writes `<out>/reward_designs.json` and
+`<out>/report.html` (`rlft compare` of the RL runs: curves, IQM with stratified-bootstrap CIs, profiles).
 
     python benchmarks/reward_designs.py --seeds 0 1 2 --out runs/reward_designs
-    rlft compare runs/reward_designs --out runs/reward_designs/report.html --ignore rl.init_from \
-        --ignore reward.components.rm.path
 """
 
 from __future__ import annotations
@@ -35,11 +33,11 @@ def config_for(design: str, seed: int, out: Path, name: str, extra: list[str]):
                                          "tracking.wandb.mode=offline", *extra])
 
 
-def run_seed(seed: int, out: Path, extra: list[str]) -> dict[str, dict]:
+def run_seed(seed: int, out: Path, extra: list[str], sft: Path | None = None) -> dict[str, dict]:
     from rlft.rm_stage import run_rm
 
     shared = config_for("rm_only", seed, out / "shared", f"seed{seed}", extra)
-    sft = stages.run_sft(shared)  # the same SFT policy for every design of this seed
+    sft = sft or stages.run_sft(shared)  # the same SFT policy for every design of this seed
     sft_eval = stages.run_eval(shared, policies={"sft": sft}, expert=True)["policies"]
     reward_model = run_rm(shared)
     results = {"sft": sft_eval["sft"], "expert": sft_eval["expert"]}
@@ -73,12 +71,29 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/reward_designs"))
     parser.add_argument("--set", nargs="*", default=[], help="key=value overrides for every config")
+    parser.add_argument("--sft", type=Path, default=None,
+                        help="one SFT checkpoint for every seed (seeds then vary the RM and RL only); default: "
+                             "an SFT run per seed")
     args = parser.parse_args()
-    per_seed = {}
+    results = args.out / "reward_designs.json"
+    per_seed = {int(k): v for k, v in json.loads(results.read_text()).items()} if results.is_file() else {}
     for seed in args.seeds:
-        per_seed[seed] = run_seed(seed, args.out, args.set)
-        (args.out / "reward_designs.json").write_text(json.dumps(per_seed, indent=1))
+        if seed in per_seed:
+            continue  # done by an earlier invocation
+        per_seed[seed] = run_seed(seed, args.out, args.set, args.sft)
+        results.write_text(json.dumps(per_seed, indent=1))
     print(table(per_seed))
+    write_report(args.out)
+
+
+def write_report(out: Path) -> Path:
+    """`rlft compare` over the designs' RL runs (each seed's SFT path and RM path are not design differences)."""
+    from rlft.compare import compare
+
+    runs = [out / f"{design}-s{seed}" for design in DESIGNS for seed in range(100) if (out / f"{design}-s{seed}").is_dir()]
+    compare(runs, out / "report.html", ignore=("rl.init_from", "reward.components.rm.path"))
+    print(f"report: {out / 'report.html'}")
+    return out / "report.html"
 
 
 if __name__ == "__main__":

@@ -127,6 +127,16 @@ def episode_gold(episode: Mapping[str, Any]) -> float:
     return gold_score(episode["observations"][0], " ".join(episode["actions"]))
 
 
+def gold_reward(actions: list[str], observations: list[str], **kwargs) -> list[float]:
+    """The gold score of each turn's answer to its task, as a reward-design rule (``reward.gold:
+    envs.preference_text:gold_reward``), so training logs gold next to the learned proxy.
+
+    >>> gold_reward(["nice crowded noisy cheap"], ["describe the market in Sydney in 3 to 5 words"])
+    [1.0]
+    """
+    return [gold_score(observation, action) for observation, action in zip(observations, actions, strict=True)]
+
+
 # ---------------------------------------------------------------- answers with known gold
 
 
