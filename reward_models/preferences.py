@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from rlft.errors import DataError
+from rlft.jsonl import json_objects, row_error
 
 Text = str | list[dict[str, str]]  # standard text, or a conversation of {role, content} messages
 ROLES = ("system", "user", "assistant", "tool")
@@ -87,8 +88,7 @@ def pair_texts(pair: PreferencePair) -> tuple[Text, Text]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _fail(path: Path, line: int, problem: str) -> DataError:
-    return DataError(f"{path}:{line}: {problem}")
+_fail = row_error
 
 
 def _check_messages(value: Any, name: str, path: Path, line: int, allow_empty: bool) -> list[dict[str, str]]:
@@ -145,38 +145,14 @@ def read_preferences(path: str | Path) -> list[PreferencePair]:
     conversational.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file does not exist")
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raise DataError(f"{path}:1: file starts with a UTF-8 byte-order mark; save it as UTF-8 without BOM")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 ({exc.reason})") from None
-    lines = text.split("\n")  # not splitlines(): see rlft/demos.py (U+2028 inside JSON strings)
-    if lines[-1] == "":
-        lines.pop()
     pairs: list[PreferencePair] = []
-    for number, line_text in enumerate(lines, start=1):
-        if not line_text.strip():
-            raise _fail(path, number, f"line {number} is blank; expected one JSON object per line (remove blank lines)")
-        try:
-            row = json.loads(line_text)
-        except json.JSONDecodeError as exc:
-            raise _fail(path, number, f"invalid JSON ({exc.msg} at column {exc.colno}); "
-                                      "each line must be one complete JSON object") from None
-        if not isinstance(row, dict):
-            raise _fail(path, number, f"expected a JSON object with 'chosen' and 'rejected', got {type(row).__name__}")
+    for number, row in json_objects(path, expected="a JSON object with 'chosen' and 'rejected'"):
         pair = _pair_from_row(row, path, number)
         if pairs and pair.conversational != pairs[0].conversational:
             kinds = ("text", "conversational")
             raise _fail(path, number, f"row is {kinds[pair.conversational]} but line 1 is "
                                       f"{kinds[pairs[0].conversational]}; expected one format in a file")
         pairs.append(pair)
-    if not pairs:
-        raise DataError(f"{path}: no rows (the file is empty); expected one JSON object per line")
     return pairs
 
 

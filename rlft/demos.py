@@ -13,7 +13,6 @@ JSONL rows take one of two shapes (one JSON object per line)::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import gymnasium as gym
 
 from rlft.episode import Episode
-from rlft.errors import DataError
+from rlft.jsonl import json_objects, row_error
 
 
 def episode_from_turns(turn_format, instructions: str, observations: list[str], actions: list[str],
@@ -63,8 +62,7 @@ def expert_demos(env_factory: Callable[[], gym.Env], turn_format, episodes: int,
                    "demos/return": returns / episodes, "demos/epsilon": epsilon}
 
 
-def _fail(path: Path, line: int, problem: str) -> DataError:
-    return DataError(f"{path}:{line}: {problem}")
+_fail = row_error
 
 
 def _turns_from_row(row: dict[str, Any], path: Path, line: int) -> tuple[str, list[str], list[str]]:
@@ -124,43 +122,13 @@ def _turns_from_messages(messages: Any, path: Path, line: int) -> tuple[str, lis
 
 
 def read_jsonl_demos(path: str | Path) -> list[tuple[str, list[str], list[str], int]]:
-    """Parse and check every row; the first malformed row raises `DataError` naming `file:line`.
-
-    A blank line is an error (in a file of one object per line it is a row lost in an edit, and skipping it would
-    shift every later row's number from what the author counts); so is a UTF-8 BOM, which is not silently eaten.
-    The newline that ends the last row is not a blank line.
-    """
+    """Parse and check every row; the first malformed row raises `DataError` naming `file:line` (rlft.jsonl: a
+    blank line and a UTF-8 BOM are errors too)."""
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file does not exist")
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raise DataError(f"{path}:1: file starts with a UTF-8 byte-order mark; save it as UTF-8 without BOM")
     rows = []
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 ({exc.reason})") from None
-    # split("\n"), not splitlines(): JSON strings may hold U+2028 / U+2029 unescaped, which splitlines() would
-    # cut a row at; line numbers then match an editor's. A CRLF row keeps its "\r", which JSON reads as whitespace.
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()  # the newline that ends the last row
-    for number, line_text in enumerate(lines, start=1):
-        if not line_text.strip():
-            raise _fail(path, number, f"line {number} is blank; expected one JSON object per line (remove blank lines)")
-        try:
-            row = json.loads(line_text)
-        except json.JSONDecodeError as exc:
-            raise _fail(path, number, f"invalid JSON ({exc.msg} at column {exc.colno}); "
-                                      "each line must be one complete JSON object") from None
-        if not isinstance(row, dict):
-            raise _fail(path, number, f"expected a JSON object, got {type(row).__name__}")
+    for number, row in json_objects(path):
         instructions, observations, actions = _turns_from_row(row, path, number)
         rows.append((instructions, observations, actions, number))
-    if not rows:
-        raise DataError(f"{path}: no rows (the file is empty); expected one JSON object per line")
     return rows
 
 
