@@ -494,25 +494,41 @@ def _resolve_loc(loc: tuple[Any, ...]) -> tuple[str, type[BaseModel] | None]:
     return ".".join(parts) or "<top level>", owner
 
 
-def _format_validation_error(exc: ValidationError, source: str) -> str:
+def validation_error_lines(exc: ValidationError, locate, special=None, strip_value_error: bool = False) -> list[str]:
+    """One line per key of a pydantic error, naming the key and what was expected; shared by configs and sweeps.
+
+    `locate(loc)` gives the dotted key and the valid names an unknown key is compared with (or None);
+    `special(err, key)` may word an error type of its own (None: the default wording). The alternatives of a
+    union (`list[str] | str`) are joined with "or".
+    """
     problems: dict[str, list[str]] = {}
     for err in exc.errors():
-        key, owner = _resolve_loc(tuple(err["loc"]))
-        if err["type"] == "extra_forbidden":
-            hint = did_you_mean(key.rsplit(".", 1)[-1], owner.model_fields) if owner else ""
-            line = f"unknown key '{key}'{hint}"
+        key, names = locate(tuple(err["loc"]))
+        line = special(err, key) if special else None
+        if line is not None:
+            pass
+        elif err["type"] == "extra_forbidden":
+            line = f"unknown key '{key}'{did_you_mean(key.rsplit('.', 1)[-1], names) if names else ''}"
         elif err["type"] == "missing":
             line = f"missing required key '{key}'"
         else:
             value = err.get("input")
             shown = repr(value) if not isinstance(value, dict) else "{...}"
-            line = f"key '{key}' = {shown}: {err['msg']}"
-        # One line per key: the alternatives of a union (`list[str] | str`) are joined with "or".
+            message = err["msg"].removeprefix("Value error, ") if strip_value_error else err["msg"]
+            line = f"key '{key}' = {shown}: {message}"
         if problems.get(key) and line.startswith(f"key '{key}' = "):
             problems[key].append(err["msg"])
         else:
             problems.setdefault(key, []).append(line)
-    lines = [" or ".join(parts) for parts in problems.values()]
+    return [" or ".join(parts) for parts in problems.values()]
+
+
+def _format_validation_error(exc: ValidationError, source: str) -> str:
+    def locate(loc: tuple[Any, ...]) -> tuple[str, Any]:
+        key, owner = _resolve_loc(loc)
+        return key, owner.model_fields if owner else None
+
+    lines = validation_error_lines(exc, locate)
     return f"{source}: invalid configuration:\n  - " + "\n  - ".join(lines)
 
 

@@ -35,7 +35,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rlft.config import Config, load_config, read_yaml
+from rlft.config import Config, load_config, read_yaml, validation_error_lines
 from rlft.errors import ConfigError, did_you_mean
 
 STAGES = ("sft", "rl", "eval")
@@ -192,29 +192,19 @@ def _key_of(loc: tuple[Any, ...]) -> str:
 
 
 def _format_errors(exc: ValidationError, source: Path) -> str:
-    lines: dict[str, str] = {}
-    for err in exc.errors():
-        key = _key_of(tuple(err["loc"]))
-        if err["type"] == "extra_forbidden":
-            owner = {"heartbeat": HeartbeatSettings}.get(key.split(".")[0], SweepFile)
-            if key.startswith("params["):
-                owner = {FloatParam, IntParam, CategoricalParam}
-            names = (set().union(*(m.model_fields for m in owner)) if isinstance(owner, set)
-                     else owner.model_fields)
-            line = f"unknown key '{key}'{did_you_mean(key.rsplit('.', 1)[-1], names)}"
-        elif err["type"] == "missing":
-            line = f"missing required key '{key}'"
-        elif err["type"] == "union_tag_not_found":
-            line = f"key '{key}': missing 'type' (float, int or categorical)"
-        else:
-            value = err.get("input")
-            shown = repr(value) if not isinstance(value, dict) else "{...}"
-            line = f"key '{key}' = {shown}: {err['msg'].removeprefix('Value error, ')}"
-        if key in lines and line.startswith(f"key '{key}' = "):
-            lines[key] += f" or {err['msg']}"
-        else:
-            lines.setdefault(key, line)
-    return f"{source}: invalid sweep file:\n  - " + "\n  - ".join(lines.values())
+    def locate(loc: tuple[Any, ...]) -> tuple[str, set[str]]:
+        key = _key_of(loc)
+        owners = ({FloatParam, IntParam, CategoricalParam} if key.startswith("params[")
+                  else {{"heartbeat": HeartbeatSettings}.get(key.split(".")[0], SweepFile)})
+        return key, set().union(*(owner.model_fields for owner in owners))
+
+    def missing_type(err: dict[str, Any], key: str) -> str | None:
+        if err["type"] == "union_tag_not_found":
+            return f"key '{key}': missing 'type' (float, int or categorical)"
+        return None
+
+    lines = validation_error_lines(exc, locate, special=missing_type, strip_value_error=True)
+    return f"{source}: invalid sweep file:\n  - " + "\n  - ".join(lines)
 
 
 def _build_optuna(kind: str, spec: dict[str, dict[str, Any] | None] | None, source: Path):
