@@ -267,10 +267,12 @@ class ResumableTrainerMixin:
         return guarded
 
     def _nonfinite_gradient(self) -> str | None:
-        for name, param in self.accelerator.unwrap_model(self.model).named_parameters():
-            if param.grad is not None and not torch.isfinite(param.grad).all():
-                return f"non-finite gradient in {name}"
-        return None
+        named = [(n, p.grad) for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
+                 if p.grad is not None]
+        # One device-to-host sync per step; the parameter is named only when something is wrong.
+        if not named or torch.stack([torch.isfinite(g).all() for _, g in named]).all():
+            return None
+        return next(f"non-finite gradient in {n}" for n, g in named if not torch.isfinite(g).all())
 
     def _skip_step(self, reason: str) -> None:
         self.accelerator.unwrap_model(self.model).zero_grad(set_to_none=True)
