@@ -20,12 +20,12 @@ import time
 
 import torch
 
-import rlft.rollout as rollout_module
-from rlft.config import load_config
-from rlft.faults import EnvCallTimeout, EnvWorker
-from rlft.policy import load_policy
-from rlft.rollout import RolloutEngine
-from rlft.stages import env_factory, sampling_settings, turn_format_for
+import rlft.rollout.engine as rollout_module
+from rlft.config.schema import load_config
+from rlft.models.policy import load_policy
+from rlft.rollout.engine import RolloutEngine
+from rlft.runtime.faults import EnvCallTimeout, EnvWorker
+from rlft.stages.common import env_factory, sampling_settings, turn_format_for
 
 
 class ThreadPerCall:

@@ -16,8 +16,8 @@ import json
 from pathlib import Path
 
 from rlft import stages
-from rlft.config import load_config
-from rlft.tracking import read_metrics
+from rlft.config.schema import load_config
+from rlft.runtime.tracking import read_metrics
 
 CONFIG = "configs/preference_text.yaml"
 REWARD_MODELS = {  # rm.data overrides: how much preference data, how noisy
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--set", nargs="*", default=[], help="key=value overrides for every config")
     args = parser.parse_args()
-    from rlft.rm_stage import run_rm
+    from rlft.stages.rm import run_rm
 
     sft = stages.run_sft(config_for(args.out, "sft", args.seed, args.set))
     results = {}
@@ -71,7 +71,7 @@ def main() -> None:
         print("| step | proxy/return | gold/return |\n|---|---|---|")
         for i in range(0, len(r["step"]), 5):
             print(f"| {r['step'][i]} | {r['proxy'][i]:+.3f} | {r['gold'][i]:+.3f} |")
-    from rlft.compare import compare
+    from rlft.tools.compare import compare
 
     compare([args.out / f"rl_{s}" for s in REWARD_MODELS], args.out / "report.html",
             ignore=("rl.init_from", "reward.components.rm.path"))

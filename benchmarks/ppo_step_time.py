@@ -48,17 +48,11 @@ def wrap(obj, method: str, totals: dict, name: str, when=None):
 def measure(config, steps: int, kl_coef: float) -> dict[str, float]:
     import torch
 
-    from rlft.grpo import build_grpo_trainer
-    from rlft.ppo import build_ppo_trainer
-    from rlft.rollout import RolloutEngine
-    from rlft.stages import (
-        env_factory,
-        load_trainable,
-        resolve_init,
-        rl_trainer_args,
-        sampling_settings,
-        turn_format_for,
-    )
+    from rlft.algorithms.grpo import build_grpo_trainer
+    from rlft.algorithms.ppo import build_ppo_trainer
+    from rlft.rollout.engine import RolloutEngine
+    from rlft.stages.common import env_factory, load_trainable, sampling_settings, turn_format_for
+    from rlft.stages.rl import resolve_init, rl_trainer_args
 
     model, tokenizer = load_trainable(resolve_init(config), config)
     args = rl_trainer_args(config)
@@ -104,7 +98,7 @@ def main() -> None:
 
     import torch
 
-    from rlft.config import load_config
+    from rlft.config.schema import load_config
 
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -30,14 +30,14 @@ def steps_to_target(curve: list[dict], target: float) -> float | None:
 
 
 def held_out_curve(run_dir: Path) -> list[dict]:
-    from rlft.tracking import read_metrics
+    from rlft.runtime.tracking import read_metrics
 
     return [r for r in read_metrics(run_dir) if r.get("stage") == "rl" and "eval/success" in r]
 
 
 def run_one(config_path: str, seed: int, out: Path, every: int, sft_from: Path | None, overrides: list[str]):
     from rlft import stages
-    from rlft.config import load_config
+    from rlft.config.schema import load_config
 
     name = Path(config_path).stem + f"_s{seed}"
     items = [f"name={name}", f"output_dir={out}", f"seed={seed}", f"eval.every_steps={every}",
@@ -64,9 +64,9 @@ def main() -> None:
     parser.add_argument("--set", nargs="*", default=[], help="key=value overrides applied to every run")
     args = parser.parse_args()
 
-    from rlft.config import load_config
-    from rlft.evaluation import evaluate_expert, held_out_seeds
-    from rlft.stages import env_factory
+    from rlft.config.schema import load_config
+    from rlft.rollout.evaluation import evaluate_expert, held_out_seeds
+    from rlft.stages.common import env_factory
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from rlft import stages
-from rlft.config import load_config
+from rlft.config.schema import load_config
 
 DESIGNS = {
     "sparse": "configs/reward_designs/frozen_lake_sparse.yaml",
@@ -34,7 +34,7 @@ def config_for(design: str, seed: int, out: Path, name: str, extra: list[str]):
 
 
 def run_seed(seed: int, out: Path, extra: list[str], sft: Path | None = None) -> dict[str, dict]:
-    from rlft.rm_stage import run_rm
+    from rlft.stages.rm import run_rm
 
     shared = config_for("rm_only", seed, out / "shared", f"seed{seed}", extra)
     sft = sft or stages.run_sft(shared)  # the same SFT policy for every design of this seed
@@ -88,7 +88,7 @@ def main() -> None:
 
 def write_report(out: Path) -> Path:
     """`rlft compare` over the designs' RL runs (each seed's SFT path and RM path are not design differences)."""
-    from rlft.compare import compare
+    from rlft.tools.compare import compare
 
     runs = [out / f"{design}-s{seed}" for design in DESIGNS for seed in range(100) if (out / f"{design}-s{seed}").is_dir()]
     compare(runs, out / "report.html", ignore=("rl.init_from", "reward.components.rm.path"))

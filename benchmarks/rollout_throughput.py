@@ -5,7 +5,7 @@ and sampled tokens per second of
 
   engine    `RolloutEngine.play(seeds, generator, batch_size)`: every live episode is a row of one batch,
             one forward per generated token, one shared KV cache;
-  baseline  `rlft.rollout.play_one_at_a_time` over the episodes one by one: the LlamaGym pattern, which
+  baseline  `rlft.rollout.engine.play_one_at_a_time` over the episodes one by one: the LlamaGym pattern, which
             calls `model.generate` once per turn and recomputes the whole context each time.
 
 Both use the same model, env, sampling settings, device and thread count, in the same process and run.
@@ -39,11 +39,11 @@ from pathlib import Path
 import torch
 import transformers
 
-from rlft.config import Config, load_config
-from rlft.episode import Episode
-from rlft.policy import load_policy
-from rlft.rollout import RolloutEngine, play_one_at_a_time
-from rlft.stages import env_factory, load_checkpoint, sampling_settings, turn_format_for
+from rlft.config.schema import Config, load_config
+from rlft.core.episode import Episode
+from rlft.models.policy import load_policy
+from rlft.rollout.engine import RolloutEngine, play_one_at_a_time
+from rlft.stages.common import env_factory, load_checkpoint, sampling_settings, turn_format_for
 
 # The project's goal for the engine against the per-turn `generate` baseline.
 TARGET_SPEEDUP = 20.0

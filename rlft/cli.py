@@ -2,7 +2,7 @@
 
 Commands: sft, train, eval, pipeline (sft -> train -> eval), rm (reward model), validate. The config is loaded and checked
 (keys, types, env ids, paths, trainer keys) before any model is loaded; a bad one exits with code 2.
-`rlft launch --grid configs/grids/x.yaml` runs a grid of configs x overrides x seeds (rlft/launch.py).
+`rlft launch --grid configs/grids/x.yaml` runs a grid of configs x overrides x seeds (rlft/tools/launch.py).
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                            help="continue exactly from the newest complete checkpoint of this run "
                                 "(or from CHECKPOINT, a trainer/rl/checkpoint-<step> folder)")
-    from rlft.compare import add_compare_parser
+    from rlft.tools.compare import add_compare_parser
 
     add_compare_parser(sub)  # `rlft compare RUN_OR_DIR ... --out report.html`: run paths, not --config
-    from rlft.sweep import add_parser as add_sweep_parser
+    from rlft.tools.sweep import add_parser as add_sweep_parser
 
     add_sweep_parser(sub)  # `rlft sweep --config sweeps/x.yaml [--n-trials N] [--storage URL]`: a sweep file
-    from rlft import launch
+    from rlft.tools import launch
 
     launch.add_parser(sub)  # `rlft launch --grid configs/grids/x.yaml [--parallel N] [--dry-run]`: a grid file
     return parser
@@ -51,18 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if args.command == "compare":
-            from rlft.compare import run_compare
+            from rlft.tools.compare import run_compare
 
             return run_compare(args)
         if args.command == "sweep":
-            from rlft import sweep
+            from rlft.tools import sweep
 
             return sweep.main(args)
         if args.command == "launch":
-            from rlft import launch
+            from rlft.tools import launch
 
             return launch.run(args)
-        from rlft.config import load_config
+        from rlft.config.schema import load_config
 
         config = load_config(args.config, args.overrides)
         if args.command == "validate":
@@ -76,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(command: str, config, resume=None) -> int:
     from rlft import stages
+    from rlft.stages import common as stage_common
 
     _check_earlier_stages(command, config)
     if command == "pipeline" or (command == "train" and not resume):
-        from rlft.checkpointing import refuse_to_overwrite
+        from rlft.algorithms.checkpointing import refuse_to_overwrite
 
         refuse_to_overwrite(config.run_dir / "trainer" / "rl")  # before SFT, so a pipeline fails fast
     start = time.perf_counter()
@@ -92,23 +93,24 @@ def _run(command: str, config, resume=None) -> int:
     elif command == "pipeline":
         print(stages.format_table(stages.run_pipeline(config)))
     elif command == "rm":
-        from rlft.rm_stage import run_rm
+        from rlft.stages.rm import run_rm
 
         print(f"reward model: {run_rm(config)}")
     print(f"run directory: {config.run_dir}  ({time.perf_counter() - start:.0f} s)")
-    for command_line in stages.sync_commands():
+    for command_line in stage_common.sync_commands():
         print(f"to upload the offline wandb run: {command_line}")
     return 0
 
 
 def _check_earlier_stages(command: str, config) -> None:
     """What a stage needs from this run's earlier stages, checked before the stage writes into the run directory."""
-    from rlft import stages
+    from rlft.stages import eval as stage_eval
+    from rlft.stages import rl as stage_rl
 
     if command == "train" and config.rl.init_from == "sft":
-        stages.resolve_init(config)  # no SFT checkpoint yet: CheckpointError naming the command to run first
+        stage_rl.resolve_init(config)  # no SFT checkpoint yet: CheckpointError naming the command to run first
     if command == "train":
-        from rlft.config import RmRewardComponent
+        from rlft.config.schema import RmRewardComponent
         from rlft.rewards.design import run_reward_model
 
         rm_path = run_reward_model(config)
@@ -117,7 +119,7 @@ def _check_earlier_stages(command: str, config) -> None:
             raise CheckpointError(f"the reward design uses this run's reward model but {rm_path} does not exist; "
                                   "run `rlft rm` first (or `rlft pipeline`, which trains it)")
     elif command == "eval":
-        stages.default_policies(config)  # no checkpoint at all: CheckpointError
+        stage_eval.default_policies(config)  # no checkpoint at all: CheckpointError
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""One rank of tests/test_accelerate.py: a tiny sft -> GRPO -> eval run and a PPO run, through `rlft.stages`.
+"""One rank of tests/test_accelerate.py: a tiny sft -> GRPO -> eval run and a PPO run, through `rlft.stages.common`.
 
     accelerate launch --cpu --num_processes 2 -m tests.accelerate_worker OUTPUT_DIR
 
@@ -56,13 +56,11 @@ def write(path: Path, record: dict) -> None:
 
 def train(config, rank_file: Path) -> None:
     """`stages.run_rl`, with the trainer's builder wrapped to record the parameters and each rollout."""
-    import rlft.grpo
-    import rlft.ppo
     from rlft import stages
-    from rlft.grpo import seeds_of
+    from rlft.algorithms.grpo import seeds_of
+    from rlft.stages import rl as module
 
-    algorithm = config.rl.algorithm
-    module, name = (rlft.ppo if algorithm == "ppo" else rlft.grpo), f"build_{algorithm}_trainer"
+    name = f"build_{config.rl.algorithm}_trainer"
     build = getattr(module, name)
     record: dict = {"rollouts": []}
 
@@ -94,7 +92,8 @@ def train(config, rank_file: Path) -> None:
 
 def main(argv: list[str]) -> int:
     from rlft import stages
-    from rlft.distributed import process_state
+    from rlft.runtime.distributed import process_state
+    from rlft.stages import common as stage_common
 
     torch.set_num_threads(1)  # two ranks share two cores
     output_dir = Path(argv[0])
@@ -103,7 +102,7 @@ def main(argv: list[str]) -> int:
     stages.run_sft(grpo)
     train(grpo, output_dir / "ranks" / "grpo" / f"rank{rank}.json")
     write(output_dir / "ranks" / "eval" / f"rank{rank}.json", stages.run_eval(grpo))
-    ppo = make_config(output_dir, "ppo", init_from=str(stages.checkpoint_dir(grpo, "sft")))
+    ppo = make_config(output_dir, "ppo", init_from=str(stage_common.checkpoint_dir(grpo, "sft")))
     train(ppo, output_dir / "ranks" / "ppo" / f"rank{rank}.json")
     return 0
 

@@ -21,7 +21,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def tiny_config(env_id: str = "rlft/FrozenLakeRandom-v0", **sections):
-    from rlft.config import load_config
+    from rlft.config.schema import load_config
 
     raw = {
         "name": "test",
@@ -42,8 +42,8 @@ def tiny_config(env_id: str = "rlft/FrozenLakeRandom-v0", **sections):
 @pytest.fixture(scope="session")
 def frozen_lake_policy():
     """(config, model, tokenizer) for random 4x4 FrozenLake, random weights."""
-    from rlft.policy import load_policy
-    from rlft.stages import env_factory
+    from rlft.models.policy import load_policy
+    from rlft.stages.common import env_factory
 
     config = tiny_config()
     model, tokenizer = load_policy(config.model, seed=0, env_factory=env_factory(config), max_turns=8)

@@ -300,13 +300,13 @@ TRAPS = [
     ("transformers", "PreTrainedModel.from_pretrained"),
     ("transformers", "PreTrainedTokenizerFast.from_pretrained"),
     ("peft", "AutoPeftModelForCausalLM.from_pretrained"),
-    ("rlft.policy", "load_policy"),
-    ("rlft.policy", "load_pretrained"),
-    ("rlft.policy", "load_tokenizer"),
-    ("rlft.policy", "build_tiny_model"),
-    ("rlft.stages", "ensure_base_checkpoint"),
-    ("rlft.stages", "load_checkpoint"),
-    ("rlft.stages", "load_trainable"),
+    ("rlft.models.policy", "load_policy"),
+    ("rlft.models.policy", "load_pretrained"),
+    ("rlft.models.policy", "load_tokenizer"),
+    ("rlft.models.policy", "build_tiny_model"),
+    ("rlft.stages.common", "ensure_base_checkpoint"),
+    ("rlft.stages.common", "load_checkpoint"),
+    ("rlft.stages.common", "load_trainable"),
 ]
 
 
@@ -460,7 +460,7 @@ def test_bad_input_exit_code_in_a_subprocess(case_id: str, tmp_path: Path) -> No
 
 def test_yaml_merge_keys_still_override(tmp_path: Path) -> None:
     """The duplicate-key check leaves YAML merges alone: a key given beside `<<: *anchor` overrides it."""
-    from rlft.config import read_yaml
+    from rlft.config.schema import read_yaml
 
     path = tmp_path / "merge.yaml"
     path.write_text("base: &base {a: 1, b: 2}\nchild:\n  <<: *base\n  b: 3\n", encoding="utf-8")

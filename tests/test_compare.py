@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from rlft.cli import main
-from rlft.compare import FIGURE_NAMES, compare
+from rlft.tools.compare import FIGURE_NAMES, compare
 
 REPS = 300  # bootstrap replications: enough for the checks, fast on a shared CPU
 VARIANTS = {
@@ -133,7 +133,7 @@ def test_iqm_and_intervals_match_rliable(report):
 def test_performance_profile_is_rliables_score_distribution():
     from rliable import library as rly
 
-    from rlft.report.stats import score_distribution
+    from rlft.tools.report.stats import score_distribution
 
     scores = np.array([[0.05], [0.55], [0.6], [0.6], [1.0]])
     taus = np.linspace(-0.1, 1.1, 49)
@@ -142,8 +142,8 @@ def test_performance_profile_is_rliables_score_distribution():
 
 
 def test_curves_are_interpolated_onto_the_common_range():
-    from rlft.report.runs import Run
-    from rlft.report.stats import Series, band, series
+    from rlft.tools.report.runs import Run
+    from rlft.tools.report.stats import Series, band, series
 
     # seed 1 reaches env step 10, seed 2 env step 20: the grid stops at 10, where seed 2 interpolates to 2
     curve = band([Series(np.array([0.0, 10.0]), np.array([0.0, 1.0])),

@@ -1,4 +1,4 @@
-"""Tests of rlft/config.py: every YAML in configs/ validates, bad configs fail with a message naming the key,
+"""Tests of rlft/config/schema.py: every YAML in configs/ validates, bad configs fail with a message naming the key,
 `key.sub=value` overrides, YAML file errors, trainer pass-through to TRL, and the env section.
 
 The bad-config table runs in-process (`load_config`); tests/test_cli_errors.py runs a few through the CLI.
@@ -15,9 +15,9 @@ import gymnasium
 import pytest
 import trl
 
-from rlft.config import apply_overrides, load_config, parse_overrides, read_yaml, save_config
-from rlft.env_factory import make_env
+from rlft.config.schema import apply_overrides, load_config, parse_overrides, read_yaml, save_config
 from rlft.errors import ConfigError, RlftError
+from rlft.rollout.env_factory import make_env
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -269,8 +269,8 @@ def test_demo_source_defaults_to_expert() -> None:
 
 
 def test_trainer_keys_reach_trl_configs() -> None:
-    from rlft.stages import rl_trainer_args
-    from rlft.trainer_args import build_trainer_config
+    from rlft.config.trainer_args import build_trainer_config
+    from rlft.stages.rl import rl_trainer_args
 
     config = load_config(raw=base(), overrides=[
         "rl.trainer.learning_rate=3e-4", "rl.trainer.num_generations=4", "rl.trainer.per_device_train_batch_size=8",

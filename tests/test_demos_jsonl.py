@@ -1,4 +1,4 @@
-"""Tests of JSONL demonstrations (rlft/demos.py): every malformed row fails naming `file:line` and the problem,
+"""Tests of JSONL demonstrations (rlft/rollout/demos.py): every malformed row fails naming `file:line` and the problem,
 no row is dropped silently, and valid rows (`turns` and `messages` shapes) become token-exact Episodes whose
 mask is 1 exactly on action tokens and the end-of-action token. Blank lines and a UTF-8 BOM are errors too."""
 
@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from rlft.demos import jsonl_demos, read_jsonl_demos, sft_rows
 from rlft.errors import DataError
-from rlft.policy import build_word_tokenizer
-from rlft.turn_format import PlainFormat
+from rlft.models.policy import build_word_tokenizer
+from rlft.rollout.demos import jsonl_demos, read_jsonl_demos, sft_rows
+from rlft.rollout.turn_format import PlainFormat
 
 GOOD_ROW = json.dumps({"instructions": "Go to G.", "turns": [{"observation": "cell 0", "action": "right"}]})
 

@@ -15,12 +15,14 @@ import pytest
 import torch
 
 from rlft import stages
+from rlft.algorithms.grpo import build_grpo_trainer, episode_return, episodes_to_rollout
+from rlft.algorithms.ppo import build_ppo_trainer, model_token_mask
 from rlft.errors import EnvFailureError, ResourceError
-from rlft.faults import is_out_of_memory, out_of_memory_guard
-from rlft.grpo import build_grpo_trainer, episode_return, episodes_to_rollout
-from rlft.ppo import build_ppo_trainer, model_token_mask
-from rlft.rollout import RolloutEngine, SamplingSettings
-from rlft.turn_format import PlainFormat
+from rlft.rollout.engine import RolloutEngine, SamplingSettings
+from rlft.rollout.turn_format import PlainFormat
+from rlft.runtime.faults import is_out_of_memory, out_of_memory_guard
+from rlft.stages import common as stage_common
+from rlft.stages import rl as stage_rl
 from tests.conftest import tiny_config
 from tests.faulty_env import FaultyEnv
 
@@ -38,10 +40,10 @@ REASONS = {
 @pytest.fixture(scope="module")
 def corridor_policy():
     """(config, model, tokenizer) for the well-behaved corridor; a sharpened copy for greedy comparisons."""
-    from rlft.policy import load_policy
+    from rlft.models.policy import load_policy
 
     config = tiny_config(ENV)
-    model, tokenizer = load_policy(config.model, seed=0, env_factory=stages.env_factory(config), max_turns=8)
+    model, tokenizer = load_policy(config.model, seed=0, env_factory=stage_common.env_factory(config), max_turns=8)
     sharp = copy.deepcopy(model)
     with torch.no_grad():  # well-separated logits: greedy choices do not flip with batch composition
         sharp.get_input_embeddings().weight.mul_(30.0)
@@ -142,7 +144,7 @@ def test_an_env_that_raises_is_replaced_and_the_engine_carries_on(corridor_polic
 
 
 def test_failed_episodes_carry_no_signal_and_stay_out_of_the_episode_metrics():
-    from rlft.episode import Episode
+    from rlft.core.episode import Episode
 
     healthy = Episode(seed=0, prompt_ids=[5, 6])
     healthy.add_sampled(7, -0.5)
@@ -174,11 +176,11 @@ def build(tmp_path, algorithm: str, factory, rl: dict, rollout: dict):
     config = tiny_config(ENV, output_dir=str(tmp_path), name=algorithm,
                          rl={"algorithm": algorithm, "init_from": "base", "trainer": {"max_steps": 1, **rl}},
                          rollout=rollout)
-    model, tokenizer = stages.load_trainable(stages.ensure_base_checkpoint(config), config)
-    engine = RolloutEngine(None, tokenizer, stages.turn_format_for(config, tokenizer), factory,
-                           stages.sampling_settings(config))
+    model, tokenizer = stage_common.load_trainable(stage_common.ensure_base_checkpoint(config), config)
+    engine = RolloutEngine(None, tokenizer, stage_common.turn_format_for(config, tokenizer), factory,
+                           stage_common.sampling_settings(config))
     build_trainer = build_ppo_trainer if algorithm == "ppo" else build_grpo_trainer
-    trainer, episode_rollout = build_trainer(model, tokenizer, stages.rl_trainer_args(config), engine,
+    trainer, episode_rollout = build_trainer(model, tokenizer, stage_rl.rl_trainer_args(config), engine,
                                              list(range(100)), batch_size=config.rollout.num_envs)
     trainer.model.train()
     return trainer, episode_rollout
@@ -275,7 +277,7 @@ def test_ppo_failed_episodes_give_finite_zero_advantages_and_no_loss_tokens(tmp_
 # ====================================================================================== evaluation
 
 def test_evaluation_counts_failed_episodes_apart_and_aborts_above_the_threshold(corridor_policy):
-    from rlft.evaluation import evaluate_policy
+    from rlft.rollout.evaluation import evaluate_policy
 
     _, model, _, tokenizer = corridor_policy
     engine = engine_for(model, tokenizer, faulty(fault="raise", fault_seeds=[3], fault_turn=1),
@@ -293,7 +295,7 @@ def test_evaluation_counts_failed_episodes_apart_and_aborts_above_the_threshold(
 
 def run_cli(tmp_path, capsys, config) -> tuple[int, str]:
     from rlft.cli import main
-    from rlft.config import save_config
+    from rlft.config.schema import save_config
 
     path = tmp_path / "faulty.yaml"
     save_config(config, path)

@@ -15,11 +15,11 @@ import pytest
 import yaml
 
 from rlft import cli
-from rlft.checkpointing import COMPLETE
-from rlft.config import load_config
+from rlft.algorithms.checkpointing import COMPLETE
+from rlft.config.schema import load_config
 from rlft.errors import ConfigError
-from rlft.launch import expand, job_environment, prepare, read_grid, read_marker
-from rlft.tracking import experiment_group, read_metrics
+from rlft.runtime.tracking import experiment_group, read_metrics
+from rlft.tools.launch import expand, job_environment, prepare, read_grid, read_marker
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from rlft.config import load_config
+from rlft.config.schema import load_config
 from rlft.stages import run_eval, run_pipeline, run_rl
 
 

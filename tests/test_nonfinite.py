@@ -12,8 +12,8 @@ import torch
 from transformers import TrainerCallback
 
 from rlft import stages
-from rlft.checkpointing import NonFiniteError, ResumableTrainerMixin, list_checkpoints
-from rlft.episode import Episode
+from rlft.algorithms.checkpointing import NonFiniteError, ResumableTrainerMixin, list_checkpoints
+from rlft.core.episode import Episode
 from tests.test_resume import make_config
 
 
@@ -150,7 +150,7 @@ def test_checkpoint_with_nonfinite_weights_is_refused(tmp_path, monkeypatch):
 
 
 def test_ppo_nan_value_skips_every_step_its_rollout_batch_serves(tmp_path, monkeypatch):
-    from rlft.ppo import PPOTrainer
+    from rlft.algorithms.ppo import PPOTrainer
 
     config = make_config(tmp_path, "ppo")  # a rollout batch serves 4 steps (2 epochs x 2 minibatches)
     config.rl.trainer.update({"max_steps": 8, "save_steps": 100})

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from rlft.config import ModelConfig
-from rlft.policy import build_word_tokenizer, load_policy, load_pretrained, save_policy, uses_chat_template
-from rlft.rollout import RolloutEngine, SamplingSettings
-from rlft.stages import env_factory
-from rlft.turn_format import ChatFormat, PlainFormat, make_format
+from rlft.config.schema import ModelConfig
+from rlft.models.policy import (
+    build_word_tokenizer,
+    load_policy,
+    load_pretrained,
+    save_policy,
+    uses_chat_template,
+)
+from rlft.rollout.engine import RolloutEngine, SamplingSettings
+from rlft.rollout.turn_format import ChatFormat, PlainFormat, make_format
+from rlft.stages.common import env_factory
 from tests.conftest import tiny_config
 
 
@@ -80,8 +86,8 @@ def test_plain_format_when_no_template(frozen_lake_policy):
 
 def test_lora_adapter_trains_saves_and_reloads(tmp_path, frozen_lake_policy):
     config, model, tokenizer = frozen_lake_policy
-    from rlft.config import LoraSettings
-    from rlft.policy import apply_lora
+    from rlft.config.schema import LoraSettings
+    from rlft.models.policy import apply_lora
 
     save_policy(model, tokenizer, tmp_path / "base")
     base, _ = load_pretrained(str(tmp_path / "base"))

@@ -1,7 +1,7 @@
 """Exact-math tests of PPO's pieces against numbers worked out by hand (in the manner of SB3's tests/test_gae.py).
 
 Every expected number below is written out from the literal inputs, step by step in the comments; nothing is
-recomputed by a second implementation. Recursion used (rlft/advantages.py), over model tokens only:
+recomputed by a second implementation. Recursion used (rlft/core/advantages.py), over model tokens only:
 
     delta_t = r_t + gamma * V_next - V_t,   A_t = delta_t + gamma * lam * A_next,   R_t = A_t + V_t
 """
@@ -13,9 +13,9 @@ import math
 import pytest
 import torch
 
-from rlft.advantages import action_starts, explained_variance, masked_whiten, token_gae, turn_gae
-from rlft.kl_control import AdaptiveKLController, FixedKLController, kl_controller
-from rlft.ppo import clipped_value_loss
+from rlft.algorithms.kl_control import AdaptiveKLController, FixedKLController, kl_controller
+from rlft.algorithms.ppo import clipped_value_loss
+from rlft.core.advantages import action_starts, explained_variance, masked_whiten, token_gae, turn_gae
 
 ATOL = 1e-6
 

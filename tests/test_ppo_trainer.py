@@ -16,12 +16,14 @@ from safetensors.torch import load_file
 from trl import GRPOTrainer
 
 from rlft import stages
-from rlft.critic import ATTRIBUTE, ValueModel, build_critic, load_critic
+from rlft.algorithms.kl_control import FixedKLController
+from rlft.algorithms.ppo import PPOTrainer, build_ppo_trainer
 from rlft.errors import ConfigError
-from rlft.kl_control import FixedKLController
-from rlft.ppo import PPOTrainer, build_ppo_trainer
-from rlft.rollout import RolloutEngine
-from rlft.tracking import read_metrics
+from rlft.models.critic import ATTRIBUTE, ValueModel, build_critic, load_critic
+from rlft.rollout.engine import RolloutEngine
+from rlft.runtime.tracking import read_metrics
+from rlft.stages import common as stage_common
+from rlft.stages import rl as stage_rl
 from tests.conftest import tiny_config
 
 ENV = "rlft/CliffWalking-v0"
@@ -41,10 +43,10 @@ def ppo_config(out: Path, name: str, trainer: dict | None = None, rollout: dict 
 
 def build_trainer(config):
     """A PPOTrainer on the run's base checkpoint, built as run_rl builds it (nothing trained)."""
-    model, tokenizer = stages.load_trainable(stages.ensure_base_checkpoint(config), config)
-    engine = RolloutEngine(None, tokenizer, stages.turn_format_for(config, tokenizer), stages.env_factory(config),
-                           stages.sampling_settings(config))
-    trainer, _ = build_ppo_trainer(model, tokenizer, stages.rl_trainer_args(config), engine, list(range(100)),
+    model, tokenizer = stage_common.load_trainable(stage_common.ensure_base_checkpoint(config), config)
+    engine = RolloutEngine(None, tokenizer, stage_common.turn_format_for(config, tokenizer), stage_common.env_factory(config),
+                           stage_common.sampling_settings(config))
+    trainer, _ = build_ppo_trainer(model, tokenizer, stage_rl.rl_trainer_args(config), engine, list(range(100)),
                                    batch_size=config.rollout.num_envs)
     return trainer
 
@@ -261,7 +263,7 @@ BOOTSTRAP = 2.0
 
 
 def score_episodes():
-    from rlft.episode import Episode
+    from rlft.core.episode import Episode
 
     return [
         Episode(seed=0, prompt_ids=[5, 6], completion_ids=[8, 9, 10, 11], mask=[1, 1, 0, 1],
@@ -354,7 +356,7 @@ def test_rollout_scoring_turn_gae(scoring, monkeypatch):
 
 
 def test_rollout_scoring_kl_reward_penalty_whitening_and_adaptive_coefficient(scoring, monkeypatch):
-    from rlft.kl_control import AdaptiveKLController
+    from rlft.algorithms.kl_control import AdaptiveKLController
 
     trainer, out, seen = scoring
     out["ref_per_token_logps"] = t(SAMPLING_LOGPS) - 1.0  # log pi_behaviour - log pi_ref = 1 on every model token
@@ -418,10 +420,10 @@ def train_ppo(out: Path, kind: str) -> dict:
                                             "kl_penalty": spec["kl_penalty"],
                                             "advantage_level": spec["advantage_level"]},
                         rollout={"temperature": spec["temperature"]})
-    import rlft.ppo
+    from rlft.stages import rl as stage_rl
 
     captured: dict = {"ratios": []}
-    build = rlft.ppo.build_ppo_trainer
+    build = stage_rl.build_ppo_trainer
     compute_loss = PPOTrainer._compute_loss
 
     def capturing_build(*args, **kwargs):
@@ -439,7 +441,7 @@ def train_ppo(out: Path, kind: str) -> dict:
         return loss
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(rlft.ppo, "build_ppo_trainer", capturing_build)
+        mp.setattr(stage_rl, "build_ppo_trainer", capturing_build)
         mp.setattr(PPOTrainer, "_compute_loss", capturing_loss)
         path = stages.run_rl(config)
     return {"config": config, "path": path, **captured}
@@ -598,13 +600,13 @@ def ppo_raw_config(tmp_path: Path, **trainer):
     ({"critic_init": "{tmp}"}, ["key 'rl.trainer.critic_init'", "neither a saved critic"]),
 ], ids=["beta", "critic-type", "advantage-level", "gamma-typo", "critic-init-missing", "critic-init-not-a-critic"])
 def test_ppo_config_errors_before_any_model_loads(trainer, expected, tmp_path, monkeypatch):
-    import rlft.policy
+    import rlft.models.policy
 
     def no_model(*args, **kwargs):
         raise AssertionError("a model was loaded during validation")
 
-    monkeypatch.setattr(rlft.policy, "load_policy", no_model)
-    monkeypatch.setattr(rlft.policy, "load_pretrained", no_model)
+    monkeypatch.setattr(rlft.models.policy, "load_policy", no_model)
+    monkeypatch.setattr(rlft.models.policy, "load_pretrained", no_model)
     trainer = {k: v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v for k, v in trainer.items()}
     with pytest.raises(ConfigError) as info:
         ppo_raw_config(tmp_path, **trainer)
@@ -615,7 +617,7 @@ def test_ppo_config_errors_before_any_model_loads(trainer, expected, tmp_path, m
 
 def test_ppo_config_accepts_its_own_keys(tmp_path):
     config = ppo_raw_config(tmp_path, critic="shared", gamma=0.99, lam=0.9, kl_coef=0.1, target_kl=0.02)
-    args = stages.rl_trainer_args(config)
+    args = stage_rl.rl_trainer_args(config)
     assert (args.critic, args.gamma, args.lam, args.kl_coef, args.target_kl) == ("shared", 0.99, 0.9, 0.1, 0.02)
     # One episode per seed and TRL's beta carrying the KL coefficient (so TRL builds the reference policy).
     assert args.num_generations == 1 and args.beta == 0.1

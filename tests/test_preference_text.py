@@ -247,9 +247,9 @@ def test_noisy_answers_spread_gold_and_epsilon_is_reproducible() -> None:
 
 
 def test_expert_demos_for_sft() -> None:
-    from rlft.demos import expert_demos
-    from rlft.policy import build_word_tokenizer, env_corpus
-    from rlft.turn_format import PlainFormat
+    from rlft.models.policy import build_word_tokenizer, env_corpus
+    from rlft.rollout.demos import expert_demos
+    from rlft.rollout.turn_format import PlainFormat
 
     def factory() -> gymnasium.Env:
         return gymnasium.make(ENV_ID)

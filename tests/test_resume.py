@@ -20,8 +20,8 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from rlft import stages
-from rlft.checkpointing import COMPLETE, STAGING, is_complete, latest_complete, list_checkpoints
-from rlft.grpo import EpisodeRollout, seeds_of
+from rlft.algorithms.checkpointing import COMPLETE, STAGING, is_complete, latest_complete, list_checkpoints
+from rlft.algorithms.grpo import EpisodeRollout, seeds_of
 from tests.conftest import tiny_config
 
 COMPARED = ("loss", "reward", "kl", "learning_rate", "episode/env_steps_total")
@@ -213,7 +213,7 @@ def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path_factory):
 ])
 def test_bad_resume_fails_before_any_model_loads(resume, expected, tmp_path, monkeypatch, capsys):
     from rlft import cli
-    from rlft.config import save_config
+    from rlft.config.schema import save_config
 
     config = make_config(tmp_path, "grpo")
     save_config(config, tmp_path / "config.yaml")
@@ -224,8 +224,10 @@ def test_bad_resume_fails_before_any_model_loads(resume, expected, tmp_path, mon
     def trap(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    monkeypatch.setattr(stages, "load_trainable", trap)
-    monkeypatch.setattr(stages, "ensure_base_checkpoint", trap)
+    from rlft.stages import rl as stage_rl
+
+    monkeypatch.setattr(stage_rl, "load_trainable", trap)
+    monkeypatch.setattr(stage_rl, "ensure_base_checkpoint", trap)
     monkeypatch.chdir(tmp_path)
     flag = resume and resume.replace("INCOMPLETE", str(incomplete))
     flags = [flag] if flag else []

@@ -1,4 +1,4 @@
-"""Reward designs (rlft/rewards) and the over-optimisation alarm (rlft/reward_alarm.py).
+"""Reward designs (rlft/rewards) and the over-optimisation alarm (rlft/rewards/alarm.py).
 
 Composition with weights, normalisation and clipping against hand-computed numbers; the normaliser's
 parallel merge and its state round trip; potential shaping telescoping; the alarm on synthetic curves;
@@ -19,11 +19,10 @@ import numpy as np
 import pytest
 from transformers import TrainerControl, TrainerState
 
-from rlft.config import RewardAlarmConfig, RewardConfig
-from rlft.episode import Episode
+from rlft.algorithms.grpo import EpisodeRollout
+from rlft.config.schema import RewardAlarmConfig, RewardConfig
+from rlft.core.episode import Episode
 from rlft.errors import ConfigError
-from rlft.grpo import EpisodeRollout
-from rlft.reward_alarm import OverOptimizationAlarm, trend
 from rlft.rewards import (
     BUILTIN_RULES,
     RewardDesign,
@@ -32,6 +31,7 @@ from rlft.rewards import (
     potential_shaping,
     valid_action,
 )
+from rlft.rewards.alarm import OverOptimizationAlarm, trend
 from rlft.rewards.design import episode_fields
 from tests.conftest import tiny_config
 from tests.test_bad_input import model_loads  # noqa: F401  (the fixture that booby-traps every model load)
@@ -90,8 +90,8 @@ def make_episode(seed: int, actions: list[str], env_rewards: list[float], observ
         episode.add_sampled(10 + k, -0.5)
         episode.add_sampled(2, -0.1)
         episode.end_action(action, {"env": reward})
-        episode.info.setdefault("invalid_action", []).append(False)
-        episode.info["last_observation"] = observations[k + 1]
+        episode.invalid_action_flags.append(False)
+        episode.last_observation = observations[k + 1]
         if k < len(actions) - 1:
             episode.observations.append(observations[k + 1])
             episode.add_env_tokens([5, 6])
@@ -149,10 +149,10 @@ def test_composition_equals_hand_computed_values():
             assert episode.rewards[name] == pytest.approx(values, abs=1e-9), name
         assert episode.turn_rewards == pytest.approx([sum(v[k] for v in expected.values())
                                                       for k in range(episode.num_turns)])
-    assert first.info["raw_rewards"] == {"env": [0.0, 0.0, 1.0], "steps": [1.0, 2.0, 3.0], "rm": [0.0, 0.0, 2.0],
+    assert first.raw_rewards == {"env": [0.0, 0.0, 1.0], "steps": [1.0, 2.0, 3.0], "rm": [0.0, 0.0, 2.0],
                                          "rm_turn": [1.0, 0.0, 1.0]}
-    assert second.info["env_rewards"] == [-1.0, 2.0]
-    assert failed.rewards == {"env": [5.0]} and "raw_rewards" not in failed.info  # left out, untouched
+    assert second.env_rewards == [-1.0, 2.0]
+    assert failed.rewards == {"env": [5.0]} and failed.raw_rewards == {}  # left out, untouched
     # Token rewards (what PPO's GAE reads) put each turn's composed total on the action's last token.
     assert [first.token_rewards()[end] for end in first.action_ends] == pytest.approx(first.turn_rewards)
 
@@ -210,7 +210,7 @@ def test_normaliser_and_alarm_state_survive_a_save_and_load_exactly():
     original.reward_design.apply([make_episode(3, ["right"] * 4, [0.1, 0.2, 0.3, 0.4], ["w"] * 5)])
     for step in range(5):
         original.reward_design.alarm.observe(step, 0.1 * step, 1.0 / (step + 3))
-    state = json.loads(json.dumps(original.state_dict()))  # rlft_state.json is JSON (rlft/checkpointing.py)
+    state = json.loads(json.dumps(original.state_dict()))  # rlft_state.json is JSON (rlft/algorithms/checkpointing.py)
     assert set(state["reward"]["normalizers"]) == {"env", "steps"}
 
     restored = EpisodeRollout(engine=None, seed=0, batch_size=4, reward_design=design(components))
@@ -267,8 +267,8 @@ def play(actions: list[str], seed: int = 0) -> Episode:
         episode.add_sampled(7, -0.3)
         observation, reward, terminated, truncated, info = env.step(action)
         episode.end_action(action, {"env": reward})
-        episode.info.setdefault("invalid_action", []).append(info["invalid_action"])
-        episode.info["last_observation"] = observation
+        episode.invalid_action_flags.append(info["invalid_action"])
+        episode.last_observation = observation
         if terminated or truncated:
             episode.terminated, episode.truncated = terminated, truncated
             return episode
@@ -290,7 +290,7 @@ def test_potential_shaping_telescopes_over_an_episode(actions, terminated, gamma
     shaped = potential_shaping(episode.actions, **fields, potential=grid_potential, gamma=gamma)
     discounted = sum(gamma ** t * f for t, f in enumerate(shaped))
     start = grid_potential(episode.first_observation)
-    end = 0.0 if episode.terminated else grid_potential(episode.info["last_observation"])
+    end = 0.0 if episode.terminated else grid_potential(episode.last_observation)
     assert discounted == pytest.approx(gamma ** episode.num_turns * end - start, abs=1e-12)
     if gamma == 1.0:
         assert sum(shaped) == pytest.approx(end - start)  # Phi(end) - Phi(start)
@@ -365,7 +365,7 @@ def test_alarm_callback_logs_the_event_warns_once_and_can_stop(stop, caplog):
     alarm = OverOptimizationAlarm.from_config(RewardAlarmConfig(window=5, min_t=2.0, stop=stop))
     state, control = TrainerState(), TrainerControl()
     logged = []
-    with caplog.at_level(logging.WARNING, logger="rlft.reward_alarm"):
+    with caplog.at_level(logging.WARNING, logger="rlft.rewards.alarm"):
         for step in range(1, 9):
             state.global_step = step
             logs = {"loss": 0.1, "proxy/return": 0.1 * step, "gold/return": 1.0 - 0.1 * step + 0.01 * (step % 2)}
@@ -442,7 +442,7 @@ def test_an_action_name_padded_or_repeated_is_caught_though_the_env_accepts_it()
 def test_rules_have_doctests_and_the_trl_shape():
     import doctest
 
-    from rlft import reward_alarm
+    from rlft.rewards import alarm as reward_alarm
     from rlft.rewards import rules
 
     for function in BUILTIN_RULES.values():
@@ -515,8 +515,8 @@ def test_bad_gold_and_alarm_settings_name_their_keys():
 
 # ------------------------------------------------------------------------------------------ a tiny run
 def test_rollout_records_what_rules_read(frozen_lake_policy):
-    from rlft.rollout import RolloutEngine
-    from rlft.stages import env_factory, sampling_settings, turn_format_for
+    from rlft.rollout.engine import RolloutEngine
+    from rlft.stages.common import env_factory, sampling_settings, turn_format_for
 
     config, model, tokenizer = frozen_lake_policy
     engine = RolloutEngine(model, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
@@ -525,10 +525,10 @@ def test_rollout_records_what_rules_read(frozen_lake_policy):
 
     for episode in engine.play([0, 1, 2, 3], generator=torch.Generator().manual_seed(0)):
         fields = episode_fields(episode, None, "")
-        assert len(episode.info["invalid_action"]) == episode.num_turns
-        assert all(isinstance(flag, bool) for flag in episode.info["invalid_action"])
+        assert len(episode.invalid_action_flags) == episode.num_turns
+        assert all(isinstance(flag, bool) for flag in episode.invalid_action_flags)
         assert fields["observations"][1:] == fields["next_observations"][:-1]
-        assert fields["next_observations"][-1] == episode.info["last_observation"] != ""
+        assert fields["next_observations"][-1] == episode.last_observation != ""
         assert sum(fields["action_tokens"]) == sum(episode.mask)
 
 
@@ -549,7 +549,7 @@ def design_run_config(out: Path):
 
 
 def logged_steps(run_dir: Path) -> dict[int, dict]:
-    from rlft.tracking import read_metrics
+    from rlft.runtime.tracking import read_metrics
 
     steps: dict[int, dict] = {}
     for m in read_metrics(run_dir):
@@ -568,7 +568,7 @@ def design_run(tmp_path_factory):
 
 
 def test_tiny_grpo_run_logs_every_component_and_the_reward_reaches_the_loss(design_run):
-    from rlft.checkpointing import STATE_FILE, latest_complete
+    from rlft.algorithms.checkpointing import STATE_FILE, latest_complete
 
     config, steps = design_run
     assert sorted(steps) == [1, 2, 3]
@@ -612,8 +612,8 @@ def test_a_killed_and_resumed_run_with_a_design_equals_the_straight_run(design_r
 
 def test_the_alarm_fires_in_a_run_logs_its_event_and_stops_it_with_a_checkpoint(tmp_path, caplog):
     from rlft import stages
-    from rlft.checkpointing import latest_complete
-    from rlft.tracking import read_metrics
+    from rlft.algorithms.checkpointing import latest_complete
+    from rlft.runtime.tracking import read_metrics
 
     config = design_run_config(tmp_path).model_copy(deep=True)
     config.rl.trainer.update({"max_steps": 8, "save_steps": 100})
@@ -621,7 +621,7 @@ def test_the_alarm_fires_in_a_run_logs_its_event_and_stops_it_with_a_checkpoint(
         "components": {"env": {"kind": "env"},
                        "bonus": {"kind": "rule", "function": "tests.test_reward_design:rising_bonus"}},
         "gold": "tests.test_reward_design:falling_gold", "alarm": {"window": 4, "stop": True}})
-    with caplog.at_level(logging.WARNING, logger="rlft.reward_alarm"):
+    with caplog.at_level(logging.WARNING, logger="rlft.rewards.alarm"):
         stages.run_rl(config)
     steps = [m for m in read_metrics(config.run_dir) if m["stage"] == "rl" and "loss" in m]
     assert [m["step"] for m in steps] == [1, 2, 3, 4]  # stopped at the first full window
@@ -649,7 +649,7 @@ def test_rm_component_without_path_needs_an_rm_section_or_the_runs_reward_model(
 def test_train_with_this_runs_reward_model_missing_fails_before_any_model_loads(tmp_path, monkeypatch, capsys,
                                                                                 model_loads):  # noqa: F811
     from rlft import cli
-    from rlft.config import save_config
+    from rlft.config.schema import save_config
 
     config = rm_design_config(tmp_path, with_rm_section=True)
     save_config(config, tmp_path / "config.yaml")
@@ -660,11 +660,12 @@ def test_train_with_this_runs_reward_model_missing_fails_before_any_model_loads(
 
 @pytest.mark.parametrize("with_rm_section", [True, False])
 def test_pipeline_trains_the_reward_model_between_sft_and_rl(with_rm_section, tmp_path, monkeypatch):
-    from rlft import rm_stage, stages
+    from rlft import stages
+    from rlft.stages import pipeline
 
     calls = []
-    for name, module in (("run_sft", stages), ("run_rl", stages), ("run_eval", stages), ("run_rm", rm_stage)):
-        monkeypatch.setattr(module, name, lambda config, name=name: calls.append(name))
+    for name in ("run_sft", "run_rl", "run_eval", "run_rm"):
+        monkeypatch.setattr(pipeline, name, lambda config, name=name: calls.append(name))
     config = rm_design_config(tmp_path, True) if with_rm_section else tiny_config(output_dir=str(tmp_path))
     stages.run_pipeline(config)
     assert calls == (["run_sft", "run_rm", "run_rl", "run_eval"] if with_rm_section

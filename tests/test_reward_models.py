@@ -1,4 +1,4 @@
-"""Reward models (reward_models/ and `rlft rm`): preference data, pairs from a gold signal, training, scoring.
+"""Reward models (rlft/rewards/models/ and `rlft rm`): preference data, pairs from a gold signal, training, scoring.
 
 * JSONL preference rows: every malformed row is an error naming `file:line`; the valid forms load in TRL's format.
 * The pair builder: budget, seeded sample, ties and identical texts skipped and counted, Bradley-Terry label
@@ -19,7 +19,10 @@ import numpy as np
 import pytest
 import torch
 
-from reward_models.preferences import (
+from rlft import cli
+from rlft.config.schema import ModelConfig, TinyModelConfig
+from rlft.errors import DataError
+from rlft.rewards.models.preferences import (
     PreferencePair,
     build_preference_pairs,
     load_preferences,
@@ -27,11 +30,8 @@ from reward_models.preferences import (
     split_by_prompt,
     transcript_text,
 )
-from reward_models.scoring import RewardEnsemble, RewardModelScorer, load_reward_model
-from reward_models.train import check_pair_lengths, preference_metrics, train_reward_model
-from rlft import cli
-from rlft.config import ModelConfig, TinyModelConfig
-from rlft.errors import DataError
+from rlft.rewards.models.scoring import RewardEnsemble, RewardModelScorer, load_reward_model
+from rlft.rewards.models.train import check_pair_lengths, preference_metrics, train_reward_model
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 ACCURACY_THRESHOLD = 0.8  # held-out accuracy the synthetic-pairs RM must reach (it reaches 1.0 on CPU, seed 0)
@@ -313,7 +313,7 @@ def test_ensemble_aggregates_by_hand(trained) -> None:
 
 
 def test_pairs_longer_than_max_length_are_refused_not_dropped() -> None:
-    from rlft.policy import build_word_tokenizer
+    from rlft.models.policy import build_word_tokenizer
 
     tokenizer = build_word_tokenizer(["a b c"])
     pairs = [PreferencePair("", "a", "b", source="f.jsonl:1"), PreferencePair("", "a b c a b c", "b", source="f.jsonl:2")]
@@ -347,10 +347,10 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def test_rlft_rm_env_pairs_ensemble_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
-    from rlft.config import load_config
-    from rlft.policy import load_policy
-    from rlft.stages import env_factory
-    from rlft.tracking import read_metrics
+    from rlft.config.schema import load_config
+    from rlft.models.policy import load_policy
+    from rlft.runtime.tracking import read_metrics
+    from rlft.stages.common import env_factory
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "exp.yaml").write_text(BASE, encoding="utf-8")
@@ -421,9 +421,9 @@ TRAPS = [("transformers", "AutoModelForSequenceClassification.from_pretrained"),
          ("transformers", "AutoModelForCausalLM.from_pretrained"),
          ("transformers", "AutoModelForCausalLM.from_config"),
          ("transformers", "PreTrainedModel.from_pretrained"),
-         ("reward_models.train", "build_reward_model"),
-         ("reward_models.train", "reward_model_tokenizer"),
-         ("rlft.policy", "load_tokenizer")]
+         ("rlft.rewards.models.train", "build_reward_model"),
+         ("rlft.rewards.models.train", "reward_model_tokenizer"),
+         ("rlft.models.policy", "load_tokenizer")]
 
 BAD_RM = [
     ("unknown-key", ["rm.dta={}"], ["unknown key 'rm.dta'", "did you mean 'data'"]),

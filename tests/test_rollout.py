@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from rlft.rollout import RolloutEngine, SamplingSettings, play_one_at_a_time
-from rlft.stages import env_factory
-from rlft.turn_format import PlainFormat
+from rlft.rollout.engine import RolloutEngine, SamplingSettings, play_one_at_a_time
+from rlft.rollout.turn_format import PlainFormat
+from rlft.stages.common import env_factory
 from tests.conftest import tiny_config
 
 
@@ -86,7 +86,7 @@ def test_temperature_scales_recorded_logprobs(frozen_lake_policy):
 def test_per_turn_rewards_sit_on_each_actions_last_token():
     """CliffWalking pays -1 a step (-100 off the cliff, -0.5 here for an unparsable action): each action's
     last token carries exactly its turn's reward."""
-    from rlft.policy import load_policy
+    from rlft.models.policy import load_policy
 
     config = tiny_config("rlft/CliffWalking-v0", env={"kwargs": {"invalid_penalty": -0.5}})
     model, tokenizer = load_policy(config.model, seed=0, env_factory=env_factory(config), max_turns=8)

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from rlft import stages
-from rlft.checkpointing import latest_complete
-from rlft.config import save_config
+from rlft.algorithms.checkpointing import latest_complete
+from rlft.config.schema import save_config
 from tests.test_resume import make_config, per_step_metrics, scramble_rngs, straight_run, weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ SCRIPT = textwrap.dedent("""
     import torch
     from transformers import Trainer
     from trl import GRPOTrainer
-    from rlft.grpo import EpisodeRollout
+    from rlft.algorithms.grpo import EpisodeRollout
     from rlft.cli import main
 
     phases = Path(os.environ["RLFT_TEST_PHASES"])

@@ -9,7 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from rlft import stages
-from rlft.tracking import Tracker, read_metrics
+from rlft.runtime.tracking import Tracker, read_metrics
+from rlft.stages import common as stage_common
 from tests.conftest import tiny_config
 
 
@@ -68,9 +69,9 @@ def test_grpo_logs_kl_episode_success_and_rewards(tiny_run):
 
 def test_sft_loss_only_on_action_tokens():
     """The SFT rows carry the Episode mask: labels exist only where the policy acts."""
-    from rlft.demos import episode_from_turns, sft_rows
-    from rlft.policy import build_word_tokenizer
-    from rlft.turn_format import PlainFormat
+    from rlft.models.policy import build_word_tokenizer
+    from rlft.rollout.demos import episode_from_turns, sft_rows
+    from rlft.rollout.turn_format import PlainFormat
 
     tokenizer = build_word_tokenizer(["obs one", "obs two", "left right"])
     fmt = PlainFormat(tokenizer)
@@ -125,7 +126,7 @@ def test_lora_policy_through_sft_and_grpo(tmp_path):
     before = load_file(sft_path / "adapter_model.safetensors")
     after = load_file(rl_path / "adapter_model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
-    model, _ = stages.load_checkpoint(rl_path, config)
+    model, _ = stage_common.load_checkpoint(rl_path, config)
     assert any("lora_" in name for name, _ in model.named_parameters())
 
 

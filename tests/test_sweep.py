@@ -1,4 +1,4 @@
-"""`rlft sweep` (rlft/sweep.py, rlft/sweep_run.py): sweep-file validation, and a small sweep run by two worker
+"""`rlft sweep` (rlft/tools/sweep.py, rlft/tools/sweep_run.py): sweep-file validation, and a small sweep run by two worker
 processes sharing one SQLite study that prunes, records a failing trial, writes the best config and resumes.
 
 The sweep's env is tests/sweep_env.py's CoinEnv, whose held-out success is set by `env.kwargs.success_rate`:
@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import yaml
 
-from rlft.config import load_config, parse_overrides
+from rlft.config.schema import load_config, parse_overrides
 from rlft.errors import ConfigError
-from rlft.sweep import load_sweep, open_study, override
+from rlft.tools.sweep import load_sweep, open_study, override
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = REPO / "configs" / "sweeps"
@@ -177,7 +177,8 @@ def test_sweep_yaml_errors(text: str, expected: str, tmp_path: Path) -> None:
 
 
 def test_bad_sweep_through_the_cli_exits_2_before_any_model_or_study(tmp_path: Path, monkeypatch, capsys) -> None:
-    from rlft import cli, policy
+    from rlft import cli
+    from rlft.models import policy
 
     def booby_trap(*args, **kwargs):
         raise AssertionError("a model was loaded")
@@ -234,7 +235,7 @@ class FakeTrial:
 def test_pruning_callback_reads_the_logged_metric_and_stops_training(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
-    from rlft.sweep_run import PruningCallback
+    from rlft.tools.sweep_run import PruningCallback
 
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text(json.dumps({"stage": "sft", "step": 0, "eval/success": 0.0}) + "\n")  # an earlier stage
@@ -272,7 +273,7 @@ def test_two_workers_share_a_study_prune_record_a_failure_write_the_best_config_
     import optuna
 
     from rlft import cli
-    from rlft.sweep_run import Objective
+    from rlft.tools.sweep_run import Objective
 
     monkeypatch.chdir(tmp_path)
     path = write_sweep(tmp_path)

@@ -22,9 +22,9 @@ from types import SimpleNamespace
 import pytest
 
 from rlft import stages
-from rlft.episode import Episode
+from rlft.core.episode import Episode
 from rlft.errors import ConfigError
-from rlft.tracking import (
+from rlft.runtime.tracking import (
     Tracker,
     TranscriptCallback,
     experiment_group,
@@ -194,7 +194,7 @@ def test_group_is_the_experiment_and_tags_name_algorithm_env_reward_and_seed():
     ("3", "expected an integration name or a list"),
 ])
 def test_report_to_refuses_wandb_and_all(value, expected):
-    from rlft.config import load_config
+    from rlft.config.schema import load_config
 
     raw = {"model": {"tiny": {"hidden_size": 32, "num_heads": 2}}, "env": {"id": "rlft/FrozenLake-v0"}}
     with pytest.raises(ConfigError, match="key 'rl.trainer.report_to'") as error:

@@ -8,7 +8,7 @@ into its composed value,
 
 and writes `episode.rewards[name] = composed` (one value per turn), so PPO's GAE and GRPO's episode return
 see the composed reward through `Episode.turn_rewards`. The raw values stay in
-`episode.info["raw_rewards"][name]` and the env's own rewards in `episode.info["env_rewards"]` (the gold
+`episode.raw_rewards[name]` and the env's own rewards in `episode.env_rewards` (the gold
 signal when the proxy is learned).
 
 Levels. The env and rule components are turn-level: a value per turn. A reward model is episode-level (the
@@ -43,8 +43,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from rlft.config import Config, EnvRewardComponent, RewardConfig, RmRewardComponent, RuleRewardComponent
-from rlft.episode import Episode
+from rlft.config.schema import (
+    Config,
+    EnvRewardComponent,
+    RewardConfig,
+    RmRewardComponent,
+    RuleRewardComponent,
+)
+from rlft.core.episode import Episode
 from rlft.errors import ConfigError, did_you_mean
 from rlft.rewards.rules import BUILTIN_RULES, ENTRY_POINT_KWARGS, FIELDS, RuleFunction, call_rule
 
@@ -52,7 +58,7 @@ EPSILON = 1e-8
 
 
 class Scorer(Protocol):
-    """A learned reward model as a reward: one score per text (reward_models.scoring.load_reward_model)."""
+    """A learned reward model as a reward: one score per text (rlft.rewards.models.scoring.load_reward_model)."""
 
     def score(self, texts: list[str]) -> list[float]: ...
 
@@ -101,10 +107,10 @@ class RunningMeanStd:
 # ------------------------------------------------------------------------------------------- episode text
 def transcript(instructions: str, observations: Sequence[str], actions: Sequence[str], turns: int) -> str:
     """The text a reward model scores for an episode's first `turns` turns: the layout its training pairs
-    had (reward_models.preferences.transcript_text, rlft's plain turn format), ending with the observation
+    had (rlft.rewards.models.preferences.transcript_text, rlft's plain turn format), ending with the observation
     that followed the last of those turns. `observations` are s_0 .. s_K, the final one included.
     """
-    from reward_models.preferences import transcript_text
+    from rlft.rewards.models.preferences import transcript_text
 
     prompt, completion = transcript_text(instructions, list(observations[:turns + 1]), list(actions[:turns]))
     return prompt + completion
@@ -121,16 +127,18 @@ def action_token_counts(episode: Episode) -> list[int]:
 
 def env_rewards(episode: Episode) -> list[float]:
     """The env's own per-turn rewards (kept in `info` once a design has replaced `rewards`)."""
-    return list(episode.info.get("env_rewards", episode.rewards.get("env", [0.0] * episode.num_turns)))
+    if episode.env_rewards is not None:
+        return list(episode.env_rewards)
+    return list(episode.rewards.get("env", [0.0] * episode.num_turns))
 
 
 def episode_fields(episode: Episode, action_names: Sequence[str] | None, instructions: str) -> dict[str, Any]:
     """The keyword arguments a rule function receives for this episode (rlft/rewards/rules.py)."""
     k = episode.num_turns
-    last = episode.info.get("last_observation", "")
+    last = episode.last_observation
     before = ([episode.first_observation] + list(episode.observations))[:k]
     after = (list(episode.observations) + [last])[:k]
-    flags = list(episode.info.get("invalid_action", [None] * k))
+    flags = list(episode.invalid_action_flags or [None] * k)
     return {
         "observations": before, "next_observations": after, "terminated": episode.terminated,
         "truncated": episode.truncated, "invalid_action": flags, "action_tokens": action_token_counts(episode),
@@ -184,7 +192,7 @@ class RewardDesign:
                               if config.gold not in ("env", "none") else None)
         self.alarm = None
         if config.alarm.enabled or (config.alarm.enabled is None and config.gold != "none"):
-            from rlft.reward_alarm import OverOptimizationAlarm
+            from rlft.rewards.alarm import OverOptimizationAlarm
 
             self.alarm = OverOptimizationAlarm.from_config(config.alarm)
 
@@ -228,8 +236,9 @@ class RewardDesign:
                 add(f"reward/{component.name}/{kind}mean", [v for turns in per_turn for v in turns])
                 add(f"episode/reward/{component.name}" + ("/raw" if kind else ""), [sum(t) for t in per_turn])
         for i, episode in enumerate(healthy):
-            episode.info.setdefault("env_rewards", fields[i]["env_rewards"])
-            episode.info["raw_rewards"] = {name: values[i] for name, values in raw.items()}
+            if episode.env_rewards is None:
+                episode.env_rewards = fields[i]["env_rewards"]
+            episode.raw_rewards = {name: values[i] for name, values in raw.items()}
             episode.rewards = {name: values[i] for name, values in composed.items()}
         add("proxy/return", [e.episode_return for e in healthy])
         if self.config.gold == "env":
@@ -314,7 +323,7 @@ def _gatherer(accelerator) -> Callable[[np.ndarray], np.ndarray]:
 
 # ------------------------------------------------------------------------------------ building, checking
 def resolve_entry_point(spec: str, key: str) -> Callable:
-    from rlft.env_factory import import_entry_point
+    from rlft.rollout.env_factory import import_entry_point
 
     function = import_entry_point(spec, key)
     if not callable(function):
@@ -357,9 +366,9 @@ def resolve_rule(cfg: RuleRewardComponent, key: str) -> tuple[RuleFunction, dict
 def load_scorer(cfg: RmRewardComponent, name: str) -> Scorer:
     """The reward model behind an rm component (a model load: only when the design is built for training)."""
     try:
-        from reward_models.scoring import load_reward_model
+        from rlft.rewards.models.scoring import load_reward_model
     except ImportError as exc:
-        raise ConfigError(f"key 'reward.components.{name}': kind 'rm' needs reward_models.scoring ({exc})") from None
+        raise ConfigError(f"key 'reward.components.{name}': kind 'rm' needs rlft.rewards.models.scoring ({exc})") from None
     return load_reward_model(cfg.path, aggregate=cfg.aggregate, k=cfg.k)
 
 
@@ -404,7 +413,7 @@ def build_reward_design(config: Config, scorers: dict[str, Scorer] | None = None
     """The run's design, or None for the default one. Builds one env for its action names and instructions."""
     if is_default(config.reward):
         return None
-    from rlft.env_factory import make_env
+    from rlft.rollout.env_factory import make_env
 
     env = make_env(config.env)
     try:

@@ -169,5 +169,5 @@ def call_rule(function: RuleFunction, actions: list[str], fields: dict[str, Any]
         raise ValueError(f"reward component '{name}': the rule returned {len(values)} values for "
                          f"{len(actions)} actions; expected one per action")
     # A NaN or inf is passed on, not raised: the trainer skips the step as it does for any non-finite reward
-    # (rlft/checkpointing.py), and the normaliser leaves it out of its statistics.
+    # (rlft/algorithms/checkpointing.py), and the normaliser leaves it out of its statistics.
     return values

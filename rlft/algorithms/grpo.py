@@ -1,0 +1,168 @@
+"""GRPO: TRL's `GRPOTrainer` as it is, driven by rlft's rollout engine through `rollout_func` and `env_mask`.
+
+The dataset holds task specs, not text: each prompt is `{"seed": s}` as JSON. TRL's sampler repeats each
+one `num_generations` times in a row, so a group is `num_generations` episodes of the same env seed (same
+map, same slippery dynamics) and GRPO's group baseline compares like with like. The rollout function plays
+them all at once and returns token-exact episodes; the reward function hands TRL each episode's return.
+
+A second algorithm (PPO with a critic) consumes the same `EpisodeRollout` output; only the trainer differs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import torch
+from datasets import Dataset
+from trl import GRPOTrainer
+
+from rlft.algorithms.checkpointing import ResumableTrainerMixin
+from rlft.core.episode import Episode
+from rlft.rollout.engine import RolloutEngine, check_env_failures
+
+
+def task_dataset(seeds: list[int]) -> Dataset:
+    return Dataset.from_dict({"prompt": [json.dumps({"seed": int(s)}) for s in seeds]})
+
+
+def seeds_of(prompts: list[Any]) -> list[int]:
+    return [int(json.loads(p)["seed"]) for p in prompts]
+
+
+class EpisodeRollout:
+    """A TRL `rollout_func`: plays the prompts' seeds with the engine, returns ids, log-probs and env_mask.
+
+    Extra fields (episode return, success, turns) reach TRL's reward functions as keyword arguments.
+    """
+
+    def __init__(self, engine: RolloutEngine, seed: int, batch_size: int, reward_design=None):
+        self.engine = engine
+        self.seed = seed
+        self.batch_size = batch_size
+        self.reward_design = reward_design  # rlft.rewards.RewardDesign; None: the env reward as it is
+        self.calls = 0
+        self.env_steps = 0  # env steps (turns) played so far, summed over processes
+        self.env_failures = 0  # failed episodes so far, summed over processes
+        self.last_episodes: list[Episode] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        """What an exact resume needs: the sampling stream position, the env-step count, the reward design's
+        normalisers and alarm."""
+        state: dict[str, Any] = {"calls": self.calls, "env_steps": self.env_steps, "env_failures": self.env_failures}
+        if self.reward_design is not None:
+            state["reward"] = self.reward_design.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.calls, self.env_steps = int(state["calls"]), int(state["env_steps"])
+        self.env_failures = int(state.get("env_failures", 0))
+        if self.reward_design is not None and "reward" in state:
+            self.reward_design.load_state_dict(state["reward"])
+
+    def generator(self, process_index: int) -> torch.Generator:
+        # One independent, reproducible stream per (run seed, process, rollout call).
+        mixed = np.random.SeedSequence([self.seed, process_index, self.calls]).generate_state(1)[0]
+        return torch.Generator().manual_seed(int(mixed))
+
+    def __call__(self, prompts: list[Any], trainer) -> dict[str, list]:
+        self.engine.model = trainer.accelerator.unwrap_model(trainer.model)
+        generator = self.generator(trainer.accelerator.process_index)
+        self.calls += 1
+        episodes = self.engine.play(seeds_of(prompts), generator=generator, batch_size=self.batch_size)
+        self.last_episodes = episodes
+        # Counts summed over processes, so that every process logs the same rate and takes the same decision.
+        local = [sum(e.num_turns for e in episodes), sum(e.failure is not None for e in episodes), len(episodes)]
+        counts = trainer.accelerator.reduce(torch.tensor(local, dtype=torch.float, device=trainer.accelerator.device),
+                                            reduction="sum")
+        turns, failed, total = (int(v) for v in counts.tolist())
+        self.env_steps += turns
+        self.env_failures += failed
+        metrics = trainer._metrics["train"]
+        metrics["episode/env_steps_total"].append(float(self.env_steps))
+        metrics["episode/failure_rate"].append(failed / max(total, 1))
+        metrics["episode/failures_total"].append(float(self.env_failures))
+        check_env_failures(episodes, self.engine.settings.max_env_failure_rate, failed, total)
+        if self.reward_design is not None:  # composes episode.rewards in place, before anything reads them
+            for key, value in self.reward_design.apply(episodes, trainer.accelerator).items():
+                metrics[key].append(value)
+        return episodes_to_rollout(episodes, filler_id=self.engine.tokenizer.pad_token_id)
+
+
+def episodes_to_rollout(episodes: list[Episode], filler_id: int = 0) -> dict[str, list]:
+    """TRL's rollout fields, and per-episode values its reward functions receive as keyword arguments.
+
+    A failed episode (`Episode.failure`) keeps its row, because TRL's groups need every row, but carries no
+    learning signal: its env_mask is all 0 (none of its tokens enters the loss or the token count) and its
+    per-episode values are None, so the reward function returns None for it and TRL treats it as
+    unscorable (NaN reward, left out of the group's mean and std, advantage 0). One that failed before
+    producing a token (at reset) gets `filler_id` as a one-token prompt / completion,
+    so that TRL's padding and its end-of-sequence check have something to read.
+    """
+    def per_episode(value) -> list:
+        return [None if e.failure is not None else value(e) for e in episodes]
+
+    return {
+        "prompt_ids": [e.prompt_ids or [filler_id] for e in episodes],
+        "completion_ids": [e.completion_ids or [filler_id] for e in episodes],
+        "logprobs": [e.logprobs or [0.0] for e in episodes],
+        "env_mask": [[0] * max(len(e.mask), 1) if e.failure is not None else e.mask for e in episodes],
+        "episode_return": per_episode(lambda e: e.episode_return),
+        "success": per_episode(lambda e: float(e.success)),
+        "turns": per_episode(lambda e: float(e.num_turns)),
+        "invalid_actions": per_episode(lambda e: float(e.invalid_actions)),
+    }
+
+
+def episode_return(completions: list, episode_return: list[float | None], success: list[float | None] | None = None,
+                   turns: list[float | None] | None = None, invalid_actions: list[float | None] | None = None,
+                   log_metric=None, **kwargs) -> list[float | None]:
+    """Reward function for TRL: the episode's return (sum of its per-turn env rewards); None for a failed one.
+
+    Logged episode metrics are means over the healthy episodes only.
+
+    >>> episode_return(["a", "b", "c"], episode_return=[1.0, 0.0, None])
+    [1.0, 0.0, None]
+    """
+    if log_metric is not None:
+        for name, values in (("episode/success", success), ("episode/turns", turns),
+                             ("episode/invalid_actions", invalid_actions), ("episode/return", episode_return)):
+            healthy = [v for v in values or [] if v is not None]
+            if healthy:
+                log_metric(name, float(np.mean(healthy)))
+    return [None if r is None else float(r) for r in episode_return]
+
+
+class RlftGRPOTrainer(ResumableTrainerMixin, GRPOTrainer):
+    """TRL's GRPOTrainer with atomic checkpoints, exact resume and non-finite step skipping (rlft.algorithms.checkpointing).
+
+    The algorithm is TRL's, unchanged.
+    """
+
+    def __init__(self, *args, episode_rollout: EpisodeRollout, max_nonfinite_steps: int = 3, **kwargs):
+        os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # rollout_func is marked experimental
+        self._rlft_init(episode_rollout, max_nonfinite_steps)
+        super().__init__(*args, rollout_func=episode_rollout, **kwargs)
+
+
+def build_grpo_trainer(model, tokenizer, args, engine: RolloutEngine, train_seeds: list[int],
+                       batch_size: int, callbacks: list | None = None, max_nonfinite_steps: int = 3):
+    """TRL's GRPOTrainer on a policy loaded from a saved checkpoint.
+
+    With `beta > 0` TRL loads the reference policy from `model.config._name_or_path`, the same checkpoint
+    (or, for a LoRA policy, disables the adapter).
+    """
+    rollout = EpisodeRollout(engine, seed=args.seed, batch_size=batch_size)
+    trainer = RlftGRPOTrainer(
+        model=model,
+        reward_funcs=[episode_return],
+        args=args,
+        train_dataset=task_dataset(train_seeds),
+        processing_class=tokenizer,
+        episode_rollout=rollout,
+        max_nonfinite_steps=max_nonfinite_steps,
+        callbacks=callbacks,
+    )
+    return trainer, rollout

@@ -1,0 +1,41 @@
+"""Which process writes: under `accelerate launch` (or torchrun) every rank runs the same stage code.
+
+Each rank plays its own episodes and trains a replica (DDP) or a shard (FSDP, DeepSpeed) of the policy; only
+the main process (global rank 0) writes run files: config.yaml, metrics.jsonl, wandb, checkpoints, eval.json.
+A plain `python` / `rlft` run is a world of one process, which is the main one.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+# transformers' `TrainingArguments.ddp_timeout` default. The first `PartialState` of a launched job creates
+# the process group, and with it the timeout of every collective (barriers included): rlft's stages create
+# it before the trainer does, so they pass the trainer's timeout, not torch's shorter NCCL default (10 min).
+DEFAULT_TIMEOUT_S = 1800
+
+
+def process_state(timeout_s: int | None = None) -> Any:
+    """accelerate's `PartialState` (a singleton): process index, main process, barriers.
+
+    Built as the trainers will build it (`use_cpu` where there is no CUDA device, or under `--cpu`): a
+    `PartialState()` without `cpu=True` on a CPU-only launch would be a world of one process on every rank.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    from rlft.config.trainer_args import cpu_only
+
+    cpu = cpu_only() or parse_flag_from_env("ACCELERATE_USE_CPU")
+    return PartialState(cpu=cpu, timeout=timedelta(seconds=timeout_s or DEFAULT_TIMEOUT_S))
+
+
+def is_main_process() -> bool:
+    return process_state().is_main_process
+
+
+def ddp_timeout_s(config: Any) -> int:
+    """The longest `ddp_timeout` the config gives its trainers (seconds), else transformers' default."""
+    values = [int(section.trainer.get("ddp_timeout", DEFAULT_TIMEOUT_S)) for section in (config.sft, config.rl)]
+    return max(values)

@@ -1,0 +1,103 @@
+"""What every stage shares: the run directory, checkpoints, the env factory, the turn format and sampling.
+
+    runs/<name>/config.yaml           the resolved configuration
+    runs/<name>/metrics.jsonl         every stage's logged metrics, one JSON object per line
+    runs/<name>/checkpoints/<stage>/  base, sft, rl: safetensors weights + tokenizer (save_pretrained)
+    runs/<name>/eval.json             held-out results per policy, the expert alongside
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from rlft.config.schema import Config, save_config
+from rlft.errors import CheckpointError
+from rlft.models.policy import apply_lora, load_policy, load_pretrained, save_policy, uses_chat_template
+from rlft.rollout.engine import SamplingSettings
+from rlft.rollout.env_factory import make_env
+from rlft.rollout.turn_format import make_format
+from rlft.runtime.distributed import ddp_timeout_s, process_state
+
+
+def checkpoint_dir(config: Config, stage: str) -> Path:
+    return config.run_dir / "checkpoints" / stage
+
+
+def env_factory(config: Config):
+    return partial(make_env, config.env)
+
+
+def prepare_run(config: Config) -> Path:
+    """The run directory on every rank (a race-free mkdir); config.yaml from the main process only."""
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    if process_state(ddp_timeout_s(config)).is_main_process:
+        save_config(config, config.run_dir / "config.yaml")
+    return config.run_dir
+
+
+def sampling_settings(config: Config, greedy: bool = False):
+    r = config.rollout
+    return SamplingSettings(max_turns=config.env.max_turns, max_action_tokens=r.max_action_tokens,
+                            max_episode_tokens=r.max_episode_tokens, temperature=r.temperature, top_p=r.top_p,
+                            greedy=greedy, env_step_timeout_s=r.env_step_timeout_s,
+                            max_env_failure_rate=r.max_env_failure_rate)
+
+
+def turn_format_for(config: Config, tokenizer):
+    return make_format(tokenizer, uses_chat_template(tokenizer, config.model.chat_template),
+                       config.rollout.stop_on_newline)
+
+
+def ensure_base_checkpoint(config: Config) -> Path:
+    """The starting policy saved under checkpoints/base (built for `model.tiny`, loaded otherwise)."""
+    path = checkpoint_dir(config, "base")
+    # Under `accelerate launch` the main process builds and saves it while the other ranks wait, then they
+    # find it saved: one writer, and every rank starts from the same weights.
+    with process_state(ddp_timeout_s(config)).main_process_first():
+        if (path / "config.json").is_file():
+            return path
+        model, tokenizer = load_policy(config.model, config.seed, env_factory(config), config.env.max_turns)
+        save_policy(model, tokenizer, path)
+    return path
+
+
+def save_trained(trainer, path: Path) -> Path:
+    """Save a trained policy (PPO: with its critic in `critic/`, by `PPOTrainer._save`) on every launch.
+
+    `Trainer.save_model` gathers the full weights under FSDP and DeepSpeed ZeRO-3 (a collective: every rank
+    calls it) and writes from the main process only; the barrier keeps other ranks from reading a folder
+    still being written (the next stage loads it).
+    """
+    trainer.save_model(str(path))
+    if trainer.accelerator.is_main_process:
+        (path / "training_args.bin").unlink(missing_ok=True)  # a pickle of the trainer's args; config.yaml says it
+    trainer.accelerator.wait_for_everyone()
+    return path
+
+
+def load_checkpoint(path: str | Path, config: Config):
+    path = Path(path)
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise CheckpointError(f"'{path}' is not a saved checkpoint (no config.json)")
+    return load_pretrained(str(path), config.model.model_copy(update={"name_or_path": str(path), "tiny": None}))
+
+
+def load_trainable(path: Path, config: Config):
+    """A checkpoint to train from, with the configured LoRA adapter applied (a no-op if it has one)."""
+    model, tokenizer = load_checkpoint(path, config)
+    if config.model.lora is not None:
+        model = apply_lora(model, config.model.lora)
+    return model, tokenizer
+
+
+_sync_commands: list[str] = []
+
+
+def _print_sync(command: str | None) -> None:
+    if command:
+        _sync_commands.append(command)
+
+
+def sync_commands() -> list[str]:
+    return list(_sync_commands)

@@ -1,0 +1,52 @@
+"""The sft stage: supervised fine-tuning on demonstrations with TRL's SFTTrainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from datasets import Dataset
+from trl import SFTTrainer
+
+from rlft.config.schema import Config, ExpertDemos
+from rlft.config.trainer_args import build_trainer_config
+from rlft.rollout.demos import expert_demos, jsonl_demos, sft_rows
+from rlft.runtime.faults import out_of_memory_guard
+from rlft.runtime.tracking import Tracker, TrackerCallback, attach_tracking, trainer_tracking_defaults
+from rlft.stages.common import (
+    _print_sync,
+    checkpoint_dir,
+    ensure_base_checkpoint,
+    env_factory,
+    load_trainable,
+    prepare_run,
+    save_trained,
+    turn_format_for,
+)
+
+
+def run_sft(config: Config) -> Path:
+    """Supervised fine-tuning on demonstrations with TRL's SFTTrainer; loss on action tokens only."""
+    prepare_run(config)
+    model, tokenizer = load_trainable(ensure_base_checkpoint(config), config)
+    fmt = turn_format_for(config, tokenizer)
+    tracker = Tracker(config, "sft", config.run_dir)
+    demos_cfg = config.sft.demos
+    if isinstance(demos_cfg, ExpertDemos):
+        demos, stats = expert_demos(env_factory(config), fmt, demos_cfg.episodes, demos_cfg.epsilon,
+                                    demos_cfg.seed, config.env.train_seeds.start, config.env.max_turns)
+        tracker.log(stats, step=0)
+    else:
+        demos = jsonl_demos(demos_cfg.path, fmt)
+        tracker.log({"demos/episodes": len(demos)}, step=0)
+    args = build_trainer_config("sft", config.sft.trainer, str(config.run_dir / "trainer" / "sft"), config.seed,
+                                defaults={"num_train_epochs": 3, "learning_rate": 1e-3, "per_device_train_batch_size": 16,
+                                          "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
+                                          **trainer_tracking_defaults(config, "sft")})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(demos)),
+                         processing_class=tokenizer, callbacks=[TrackerCallback(tracker)])
+    attach_tracking(trainer, tracker, config)  # tensorboard (report_to) under the run dir
+    with out_of_memory_guard(config, "sft", trainer.args):
+        trainer.train()
+    path = save_trained(trainer, checkpoint_dir(config, "sft"))
+    _print_sync(tracker.finish())
+    return path

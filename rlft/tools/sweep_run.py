@@ -1,0 +1,366 @@
+"""The trials of `rlft sweep` (rlft/tools/sweep.py): run each as ordinary stages, prune it from the metric the RL
+stage logs, record failures, and write the study's summary and its best config.
+
+    runs/<study>/study.db              the Optuna study (the default SQLite storage)
+    runs/<study>/trial-<n>/            an ordinary run directory, plus trial.json (state, params, value)
+    runs/<study>/summary.json, .csv    every trial: number, state, value, params, error
+    runs/<study>/best_config.yaml      the best trial's full resolved config, runnable as it is
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any
+
+import yaml
+from transformers import TrainerCallback
+
+from rlft.config.schema import Config, config_to_dict
+from rlft.errors import RlftError
+from rlft.tools.sweep import (
+    CategoricalParam,
+    FloatParam,
+    Sweep,
+    check_trial_dirs,
+    open_study,
+    redact,
+    trial_config,
+)
+
+FINISHED = ("COMPLETE", "PRUNED", "FAIL")
+COUNTED = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")  # toward n_trials; a queued (WAITING) trial is not yet
+
+
+class PruningCallback(TrainerCallback):
+    """Reports each value of `metric` the RL stage logs to the Optuna trial and stops training when the
+    pruner says so (the stage then saves its checkpoint as usual; the sweep marks the trial PRUNED).
+
+    The values are read back from the run's metrics.jsonl, the record every stage writes, so the pruner sees
+    exactly what the run logged: rlft's held-out `eval/*` (HeldOutEvalCallback, every `eval.every_steps`) or
+    TRL's training logs. The held-out evaluation of step k runs after this callback's `on_step_end` (the stage
+    adds it later), so a value is seen at the first event after it: `on_log` of the same step when step k is a
+    logging step, else `on_step_end` of step k + 1.
+    """
+
+    def __init__(self, trial, metrics_path: Path, metric: str, stage: str = "rl"):
+        self.trial, self.metrics_path, self.metric, self.stage = trial, metrics_path, metric, stage
+        self.offset = metrics_path.stat().st_size if metrics_path.is_file() else 0  # earlier stages' records
+        self.values: dict[int, float] = {}
+        self.pruned_at: int | None = None
+
+    def _read_new(self) -> list[tuple[int, float]]:
+        if not self.metrics_path.is_file():
+            return []
+        with self.metrics_path.open("rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read()
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
+        self.offset += len(complete)
+        found = []
+        for line in complete.decode("utf-8").splitlines():
+            record = json.loads(line) if line.strip() else {}
+            value = record.get(self.metric)
+            if record.get("stage") != self.stage or isinstance(value, bool) or record.get("step") is None:
+                continue
+            try:
+                found.append((int(record["step"]), float(value)))  # non-finite values are logged as strings
+            except (TypeError, ValueError):
+                continue
+        return found
+
+    def report_new(self) -> bool:
+        """Report values logged since the last call; True if there was one."""
+        new = [(step, value) for step, value in self._read_new() if step not in self.values]
+        for step, value in new:
+            self.values[step] = value
+            self.trial.report(value, step)
+        return bool(new)
+
+    def _check(self, state, control) -> None:
+        if not state.is_world_process_zero or self.pruned_at is not None:
+            return
+        if self.report_new() and self.trial.should_prune():
+            self.pruned_at = max(self.values)
+            control.should_training_stop = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._check(state, control)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        self._check(state, control)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero and self.pruned_at is None:
+            self.report_new()  # the held-out evaluation after the last step
+
+
+def final_value(sweep: Sweep, config: Config, pruning: PruningCallback) -> float:
+    """The objective: the held-out metric of the trained policy from eval.json when the trial ran `eval`,
+    else the last value the RL stage logged."""
+    if "eval" in sweep.stages and sweep.metric.startswith("eval/"):
+        results = json.loads((config.run_dir / "eval.json").read_text(encoding="utf-8"))
+        return float(results["policies"]["rl"][sweep.metric[len("eval/"):]])
+    if not pruning.values:
+        raise RlftError(f"metric '{sweep.metric}' was never logged by the rl stage (see "
+                        f"{config.run_dir / 'metrics.jsonl'} for the keys it logs); fix 'metric' in {sweep.path}")
+    return pruning.values[max(pruning.values)]
+
+
+def run_stages(sweep: Sweep, config: Config, trial) -> float:
+    """One trial's stages; raises optuna.TrialPruned when the pruner stopped its RL stage."""
+    import optuna
+
+    from rlft import stages
+
+    rl_path = None
+    for stage in sweep.stages:
+        if stage == "sft":
+            stages.run_sft(config)
+        elif stage == "rl":
+            pruning = PruningCallback(trial, config.run_dir / "metrics.jsonl", sweep.metric)
+            rl_path = stages.run_rl(config, callbacks=[pruning])
+            if pruning.pruned_at is not None:
+                trial.set_user_attr("pruned_at_step", pruning.pruned_at)
+                raise optuna.TrialPruned(f"{sweep.metric} = {pruning.values[pruning.pruned_at]:.4g} at step "
+                                         f"{pruning.pruned_at}")
+        else:  # the trained policy only: the base policy and the expert are the same in every trial
+            stages.run_eval(config, policies={"rl": rl_path}, expert=False)
+    return final_value(sweep, config, pruning)
+
+
+class Objective:
+    """`study.optimize`'s objective: a trial's config from its sampled params, its stages, its record."""
+
+    def __init__(self, sweep: Sweep):
+        self.sweep = sweep
+        self.interrupted: BaseException | None = None
+
+    def suggest(self, trial) -> dict[str, Any]:
+        params = {}
+        for key, p in self.sweep.file.params.items():
+            if isinstance(p, CategoricalParam):
+                params[key] = trial.suggest_categorical(key, p.choices)
+            elif isinstance(p, FloatParam):
+                params[key] = trial.suggest_float(key, p.low, p.high, log=p.log, step=p.step)
+            else:
+                params[key] = trial.suggest_int(key, p.low, p.high, step=p.step, log=p.log)
+        return params
+
+    def __call__(self, trial) -> float:
+        import optuna
+
+        from rlft.runtime.signals import Interrupted
+
+        params = self.suggest(trial)
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
+        run_dir = self.sweep.study_dir / f"trial-{trial.number}"
+        trial.set_user_attr("run_dir", str(run_dir))
+        print(f"trial {trial.number}: {', '.join(f'{k}={v}' for k, v in params.items())}  ({run_dir})", flush=True)
+        try:
+            config = trial_config(self.sweep, params, f"trial-{trial.number}")
+            write_trial_record(run_dir, trial, "RUNNING", params)
+            value = run_stages(self.sweep, config, trial)
+        except optuna.TrialPruned:
+            write_trial_record(run_dir, trial, "PRUNED", params, pruned_at=trial.user_attrs.get("pruned_at_step"))
+            raise
+        except (Exception, KeyboardInterrupt) as exc:
+            message = str(exc) if isinstance(exc, RlftError) else f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("error", message)
+            write_trial_record(run_dir, trial, "FAIL", params, error=message)
+            if isinstance(exc, (Interrupted, KeyboardInterrupt)):
+                self.interrupted = exc  # a signal stops the sweep, not just this trial
+                trial.study.stop()
+            elif not isinstance(exc, RlftError):
+                traceback.print_exc()  # a bug, not a bad hyperparameter: show where
+            raise
+        write_trial_record(run_dir, trial, "COMPLETE", params, value=value)
+        return value
+
+
+def write_trial_record(run_dir: Path, trial, state: str, params: dict[str, Any], value: float | None = None,
+                       error: str | None = None, pruned_at: int | None = None) -> None:
+    """trial.json in the trial's run directory, when the run got that far (a config error leaves none)."""
+    if state == "RUNNING":
+        run_dir.mkdir(parents=True, exist_ok=True)
+    elif not run_dir.is_dir():
+        return
+    record = {"study": trial.study.study_name, "trial": trial.number, "state": state, "params": params,
+              "value": value, "error": error, "pruned_at_step": pruned_at}
+    _write_atomic(run_dir / "trial.json", json.dumps(record, indent=2) + "\n")
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    # Several workers rewrite the study's files after each of their trials: readers never see half a file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The study's results
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _trial_row(trial) -> dict[str, Any]:
+    value = trial.value if trial.value is not None and math.isfinite(trial.value) else None
+    return {"trial": trial.number, "state": trial.state.name, "value": value, "params": trial.params,
+            "error": trial.user_attrs.get("error"), "pruned_at_step": trial.user_attrs.get("pruned_at_step"),
+            "host": trial.user_attrs.get("host"), "pid": trial.user_attrs.get("pid"),
+            "run_dir": trial.user_attrs.get("run_dir"),
+            "retry_of": (trial.system_attrs.get("retry_history") or [None])[-1],
+            "duration_s": trial.duration.total_seconds() if trial.duration is not None else None}
+
+
+def summarize_study(sweep: Sweep, study) -> dict[str, Any]:
+    frozen = study.get_trials(deepcopy=False)
+    retried = _retried(frozen)
+    trials = [_trial_row(t) for t in frozen]
+    for row in trials:
+        if row["state"] == "FAIL" and not row["error"] and row["trial"] in retried:
+            row["error"] = f"its worker stopped without recording it (no heartbeat); retried as trial {retried[row['trial']]}"
+    complete = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
+    best = None
+    if complete:
+        pick = max if sweep.file.direction == "maximize" else min
+        best = pick(complete, key=lambda t: t["value"])
+    return {"study": sweep.study, "storage": redact(sweep.storage_url), "direction": sweep.file.direction,
+            "metric": sweep.metric, "params": list(sweep.file.params), "best": best, "trials": trials}
+
+
+def write_results(sweep: Sweep, study) -> dict[str, Any]:
+    """summary.json, summary.csv and (once a trial completed) best_config.yaml, in runs/<study>/."""
+    summary = summarize_study(sweep, study)
+    out = sweep.study_dir
+    out.mkdir(parents=True, exist_ok=True)
+    _write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["trial", "state", "value", *summary["params"], "error"])
+    for t in summary["trials"]:
+        writer.writerow([t["trial"], t["state"], "" if t["value"] is None else t["value"],
+                         *(t["params"].get(k, "") for k in summary["params"]), t["error"] or ""])
+    _write_atomic(out / "summary.csv", buffer.getvalue())
+    if summary["best"] is not None:
+        _write_atomic(out / "best_config.yaml", best_config_text(sweep, summary["best"]))
+    for t in summary["trials"]:  # a killed worker's trial, failed since by its stale heartbeat
+        record = Path(t["run_dir"] or "/nonexistent") / "trial.json"
+        if t["state"] == "FAIL" and record.is_file() and json.loads(record.read_text())["state"] == "RUNNING":
+            _write_atomic(record, json.dumps({**json.loads(record.read_text()), "state": "FAIL",
+                                              "error": t["error"]}, indent=2) + "\n")
+    return summary
+
+
+def best_config_text(sweep: Sweep, best: dict[str, Any]) -> str:
+    """The best trial's config, rebuilt from the base and its params (so any worker, on any machine, writes
+    the same file), named `<study>-best` in the base's output_dir, with a header saying where it came from."""
+    config = trial_config(sweep, best["params"], f"{sweep.study}-best", sweep.base_config.output_dir)
+    params = ", ".join(f"{k}={v}" for k, v in best["params"].items())
+    path = sweep.study_dir / "best_config.yaml"
+    commands = ["pipeline"] if sweep.stages == ["sft", "rl", "eval"] else [
+        {"sft": "sft", "rl": "train", "eval": "eval"}[stage] for stage in sweep.stages]
+    header = (f"# The best trial of study '{sweep.study}' (rlft sweep --config {sweep.path}): trial {best['trial']}, "
+              f"{sweep.metric} = {best['value']:.4g}.\n# Params: {params}\n"
+              f"# Command:  {' && '.join(f'rlft {c} --config {path}' for c in commands)}\n\n")
+    return header + yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """A markdown table of the study's trials, then the best one."""
+    keys = summary["params"]
+    rows = [f"study {summary['study']} ({summary['storage']}): {summary['direction']} {summary['metric']}",
+            "| trial | state | value | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    for t in summary["trials"]:
+        value = "" if t["value"] is None else f"{t['value']:.4g}"
+        note = f" at step {t['pruned_at_step']}" if t["state"] == "PRUNED" and t["pruned_at_step"] is not None else ""
+        cells = [_short(t["params"].get(k, "")) for k in keys]
+        rows.append(f"| {t['trial']} | {t['state']}{note} | {value} | " + " | ".join(cells) + " |")
+    best = summary["best"]
+    rows.append(f"best: trial {best['trial']}, {summary['metric']} = {best['value']:.4g}" if best else
+                "best: none yet (no trial completed)")
+    return "\n".join(rows)
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _retried(trials) -> dict[int, int]:
+    """Trials failed for a stale heartbeat (their worker was killed) -> the trial that retries them."""
+    return {old: t.number for t in trials for old in t.system_attrs.get("retry_history", [])}
+
+
+def _counted(study) -> int:
+    """Trials toward n_trials: running or finished, except those a retry replaces (a crash costs no trial)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = _retried(trials)
+    return sum(t.state.name in COUNTED and t.number not in retried for t in trials)
+
+
+def run_sweep(sweep: Sweep) -> dict[str, Any]:
+    """Run trials until the study holds `n_trials` (every worker counts the same study), or `timeout`.
+
+    Returns the summary (as written to summary.json). A trial that raises is recorded as FAIL and the loop
+    goes on; SIGINT / SIGTERM stop it after the trial in flight is recorded (`Interrupted` is raised).
+    """
+    import optuna
+
+    study = open_study(sweep)
+    check_trial_dirs(sweep, study)
+    if sweep.file.heartbeat.interval_s:
+        # A trial left RUNNING by a killed worker is FAIL (and queued again) once its heartbeat is older than
+        # the grace period; optimize does this before each trial, and here it comes before the count.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+    for params in sweep.file.enqueue:  # the params of trials to run first, unless the study already has them
+        study.enqueue_trial(params, skip_if_exists=True)
+    remaining = sweep.n_trials - _counted(study)
+    if remaining <= 0:
+        print(f"study {sweep.study} already holds {_counted(study)} trials (n_trials = {sweep.n_trials}); "
+              "raise --n-trials to run more", file=sys.stderr)
+        return write_results(sweep, study)
+    objective = Objective(sweep)
+
+    def after_trial(study, frozen) -> None:
+        row = _trial_row(frozen)
+        shown = "" if row["value"] is None else f" {sweep.metric} = {row['value']:.4g}"
+        detail = f": {row['error']}" if row["error"] else ""
+        if row["state"] == "PRUNED":
+            detail = f" at step {row['pruned_at_step']}"
+        print(f"trial {frozen.number}: {row['state']}{shown}{detail}", flush=True)
+        write_results(sweep, study)
+        if _counted(study) >= sweep.n_trials:  # other workers' running trials count: the study's total
+            study.stop()
+
+    start = time.perf_counter()
+    try:
+        study.optimize(objective, n_trials=remaining, timeout=sweep.file.timeout, catch=(Exception,),
+                       callbacks=[after_trial])
+    except KeyboardInterrupt as exc:  # outside training (SFT, eval): optuna recorded the trial as FAIL
+        objective.interrupted = exc
+    summary = write_results(sweep, study)
+    print(f"study directory: {sweep.study_dir}  ({time.perf_counter() - start:.0f} s)")
+    if objective.interrupted is not None:
+        from rlft.runtime.signals import Interrupted
+
+        signum = getattr(objective.interrupted, "signum", signal.SIGINT)
+        raise Interrupted(f"sweep stopped by {signal.Signals(signum).name}; the trial in flight is recorded as FAIL. "
+                          "Run the same command again to continue the study", signum)
+    return summary
