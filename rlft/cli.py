@@ -111,7 +111,7 @@ def _check_earlier_stages(command: str, config) -> None:
         stage_rl.resolve_init(config)  # no SFT checkpoint yet: CheckpointError naming the command to run first
     if command == "train":
         from rlft.config.schema import RmRewardComponent
-        from rlft.rewards.design import run_reward_model
+        from rlft.rewards.references import run_reward_model
 
         rm_path = run_reward_model(config)
         if any(isinstance(c, RmRewardComponent) and c.path is None for c in config.reward.components.values()) \

@@ -35,11 +35,9 @@ return) and, with a gold signal, `gold/return` (and `gold/success` for the env's
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -51,57 +49,12 @@ from rlft.config.schema import (
     RuleRewardComponent,
 )
 from rlft.core.episode import Episode
-from rlft.errors import ConfigError, did_you_mean
-from rlft.rewards.rules import BUILTIN_RULES, ENTRY_POINT_KWARGS, FIELDS, RuleFunction, call_rule
-
-EPSILON = 1e-8
-
-
-class Scorer(Protocol):
-    """A learned reward model as a reward: one score per text (rlft.rewards.models.scoring.load_reward_model)."""
-
-    def score(self, texts: list[str]) -> list[float]: ...
-
-
-# --------------------------------------------------------------------------------------------- normaliser
-@dataclass
-class RunningMeanStd:
-    """Running mean and variance of a stream of values (population variance, m2 / count)."""
-
-    count: float = 0.0
-    mean: float = 0.0
-    m2: float = 0.0
-
-    @property
-    def std(self) -> float:
-        return math.sqrt(self.m2 / self.count) if self.count else 1.0
-
-    def merge(self, count: float, mean: float, m2: float) -> None:
-        """Chan, Golub & LeVeque (1979): combine these statistics with a batch's (count, mean, m2)."""
-        if count == 0:
-            return
-        total = self.count + count
-        delta = mean - self.mean
-        self.mean += delta * count / total
-        self.m2 += m2 + delta * delta * self.count * count / total
-        self.count = total
-
-    def update(self, values: Sequence[float], gather: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
-        """Add a batch; with `gather`, every process's batch, merged in process order."""
-        x = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
-        mean = float(x.mean()) if x.size else 0.0
-        local = np.array([x.size, mean, float(((x - mean) ** 2).sum()) if x.size else 0.0])
-        for count, batch_mean, m2 in (gather(local) if gather is not None else local[None]):
-            self.merge(float(count), float(batch_mean), float(m2))
-
-    def normalize(self, value: float) -> float:
-        return (value - self.mean) / (self.std + EPSILON)
-
-    def state_dict(self) -> dict[str, float]:
-        return {"count": self.count, "mean": self.mean, "m2": self.m2}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        self.count, self.mean, self.m2 = float(state["count"]), float(state["mean"]), float(state["m2"])
+from rlft.rewards.alarm import OverOptimizationAlarm
+from rlft.rewards.models.preferences import transcript_text
+from rlft.rewards.normalization import RunningMeanStd, gatherer
+from rlft.rewards.references import Scorer, load_scorer, resolve_entry_point, resolve_rule, run_reward_model
+from rlft.rewards.rules import RuleFunction, call_rule
+from rlft.rollout.env_factory import make_env
 
 
 # ------------------------------------------------------------------------------------------- episode text
@@ -110,8 +63,6 @@ def transcript(instructions: str, observations: Sequence[str], actions: Sequence
     had (rlft.rewards.models.preferences.transcript_text, rlft's plain turn format), ending with the observation
     that followed the last of those turns. `observations` are s_0 .. s_K, the final one included.
     """
-    from rlft.rewards.models.preferences import transcript_text
-
     prompt, completion = transcript_text(instructions, list(observations[:turns + 1]), list(actions[:turns]))
     return prompt + completion
 
@@ -192,8 +143,6 @@ class RewardDesign:
                               if config.gold not in ("env", "none") else None)
         self.alarm = None
         if config.alarm.enabled or (config.alarm.enabled is None and config.gold != "none"):
-            from rlft.rewards.alarm import OverOptimizationAlarm
-
             self.alarm = OverOptimizationAlarm.from_config(config.alarm)
 
     # ---------------------------------------------------------------------------------------- state
@@ -217,7 +166,7 @@ class RewardDesign:
 
         Every process must call it once per rollout batch (normalisation and metrics are collectives).
         """
-        gather = _gatherer(accelerator)
+        gather = gatherer(accelerator)
         healthy = [e for e in episodes if e.failure is None]
         fields = [episode_fields(e, self.action_names, self.instructions) for e in healthy]
         sums: dict[str, list[float]] = {}
@@ -308,100 +257,7 @@ class RewardDesign:
         return out
 
 
-def _gatherer(accelerator) -> Callable[[np.ndarray], np.ndarray]:
-    """`row -> rows`: every process's row, in process order (one process: just this one)."""
-    if accelerator is None or accelerator.num_processes == 1:
-        return lambda row: np.asarray(row, dtype=np.float64)[None]
-    import torch
-
-    def gather(row: np.ndarray) -> np.ndarray:
-        tensor = torch.tensor(np.asarray(row, dtype=np.float64)[None], device=accelerator.device)
-        return accelerator.gather(tensor).cpu().numpy()
-
-    return gather
-
-
-# ------------------------------------------------------------------------------------ building, checking
-def resolve_entry_point(spec: str, key: str) -> Callable:
-    from rlft.rollout.env_factory import import_entry_point
-
-    function = import_entry_point(spec, key)
-    if not callable(function):
-        raise ConfigError(f"key '{key}' = '{spec}': {type(function).__name__} is not callable; expected a function")
-    return function
-
-
-def resolve_rule(cfg: RuleRewardComponent, key: str) -> tuple[RuleFunction, dict[str, Any]]:
-    """The rule function and its kwargs (entry-point kwargs of built-ins resolved); ConfigError naming the key."""
-    if ":" in cfg.function:
-        function = resolve_entry_point(cfg.function, f"{key}.function")
-    elif cfg.function in BUILTIN_RULES:
-        function = BUILTIN_RULES[cfg.function]
-    else:
-        raise ConfigError(f"key '{key}.function' = '{cfg.function}': not a built-in rule and not "
-                          f"'module:function'{did_you_mean(cfg.function, BUILTIN_RULES)}")
-    kwargs = dict(cfg.kwargs)
-    for name in kwargs:
-        if name in FIELDS or name == "actions":
-            raise ConfigError(f"key '{key}.kwargs.{name}': '{name}' is an episode field the rule receives; "
-                              "choose another name")
-    if cfg.function in BUILTIN_RULES:
-        import inspect
-
-        own = [p.name for p in inspect.signature(function).parameters.values()
-               if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.name != "actions" and p.name not in FIELDS]
-        for name in kwargs:
-            if name not in own:
-                raise ConfigError(f"key '{key}.kwargs.{name}': {cfg.function} has no option '{name}'"
-                                  f"{did_you_mean(name, own)}")
-        for name in ENTRY_POINT_KWARGS.get(cfg.function, ()):
-            if name not in kwargs:
-                raise ConfigError(f"key '{key}.kwargs.{name}' is missing: {cfg.function} needs it "
-                                  "('module:function')")
-            if isinstance(kwargs[name], str):
-                kwargs[name] = resolve_entry_point(kwargs[name], f"{key}.kwargs.{name}")
-    return function, kwargs
-
-
-def load_scorer(cfg: RmRewardComponent, name: str) -> Scorer:
-    """The reward model behind an rm component (a model load: only when the design is built for training)."""
-    try:
-        from rlft.rewards.models.scoring import load_reward_model
-    except ImportError as exc:
-        raise ConfigError(f"key 'reward.components.{name}': kind 'rm' needs rlft.rewards.models.scoring ({exc})") from None
-    return load_reward_model(cfg.path, aggregate=cfg.aggregate, k=cfg.k)
-
-
-def check_reward_references(config: Config) -> None:
-    """Everything the `reward` section names, checked before any model loads: rule functions and their
-    kwargs, potentials, the gold function, reward-model folders."""
-    from pathlib import Path
-
-    reward = config.reward
-    for name, cfg in reward.components.items():
-        key = f"reward.components.{name}"
-        if isinstance(cfg, RuleRewardComponent):
-            resolve_rule(cfg, key)
-        elif isinstance(cfg, RmRewardComponent):
-            if cfg.path is None:
-                if "rm" not in config.model_fields_set and not run_reward_model(config).is_dir():
-                    raise ConfigError(f"key '{key}.path' is null (this run's reward model) but the config has no "
-                                      f"`rm` section to train one and {run_reward_model(config)} does not exist")
-                continue
-            paths = [cfg.path] if isinstance(cfg.path, str) else cfg.path
-            if not paths:
-                raise ConfigError(f"key '{key}.path' = []: expected a reward-model folder or a list of them")
-            for path in paths:
-                if not Path(path).expanduser().is_dir():
-                    raise ConfigError(f"key '{key}.path' = '{path}': no such reward-model folder "
-                                      "(train one with `rlft rm`, or give the folder of a saved one)")
-    if reward.gold not in ("env", "none"):
-        resolve_entry_point(reward.gold, "reward.gold")
-
-
-def run_reward_model(config: Config) -> Path:
-    """Where `rlft rm` saves this run's reward model (an rm component with `path: null` loads it)."""
-    return config.run_dir / "checkpoints" / "rm"
+# ------------------------------------------------------------------------------------------------ building
 
 
 def is_default(config: RewardConfig) -> bool:
@@ -413,8 +269,6 @@ def build_reward_design(config: Config, scorers: dict[str, Scorer] | None = None
     """The run's design, or None for the default one. Builds one env for its action names and instructions."""
     if is_default(config.reward):
         return None
-    from rlft.rollout.env_factory import make_env
-
     env = make_env(config.env)
     try:
         unwrapped = env.unwrapped
