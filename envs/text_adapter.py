@@ -75,6 +75,22 @@ def default_success(
     return bool(terminated) and float(reward) > 0
 
 
+def _check_arguments(env: gymnasium.Env, action_names: Sequence[str], invalid_action: str, invalid_penalty: float,
+                     max_observation_chars: int, render_mode: str | None, render_modes: Sequence[str]) -> None:
+    """ValueError, naming the argument, for a `DiscreteTextEnv` argument that cannot work."""
+    if not isinstance(env.action_space, spaces.Discrete):
+        raise ValueError(f"DiscreteTextEnv needs a Discrete action space, got {env.action_space}.")
+    _check_action_names(action_names, int(env.action_space.n))
+    if invalid_action not in INVALID_ACTION_MODES:
+        raise ValueError(f"invalid_action must be one of {INVALID_ACTION_MODES}, got {invalid_action!r}.")
+    if invalid_penalty > 0:
+        raise ValueError(f"invalid_penalty is the reward of an invalid action and must be <= 0, got {invalid_penalty}.")
+    if max_observation_chars < 1:
+        raise ValueError(f"max_observation_chars must be >= 1, got {max_observation_chars}.")
+    if render_mode is not None and render_mode not in render_modes:
+        raise ValueError(f"render_mode must be None or one of {list(render_modes)}.")
+
+
 class DiscreteTextEnv(gymnasium.Env[str, str]):
     """A text env around an env with a ``Discrete`` action space.
 
@@ -138,20 +154,8 @@ class DiscreteTextEnv(gymnasium.Env[str, str]):
         Raises:
             ValueError: on an argument that cannot work (see the messages).
         """
-        if not isinstance(env.action_space, spaces.Discrete):
-            raise ValueError(f"DiscreteTextEnv needs a Discrete action space, got {env.action_space}.")
-        _check_action_names(action_names, int(env.action_space.n))
-        if invalid_action not in INVALID_ACTION_MODES:
-            raise ValueError(f"invalid_action must be one of {INVALID_ACTION_MODES}, got {invalid_action!r}.")
-        if invalid_penalty > 0:
-            raise ValueError(
-                f"invalid_penalty is the reward of an invalid action and must be <= 0, got {invalid_penalty}."
-            )
-        if max_observation_chars < 1:
-            raise ValueError(f"max_observation_chars must be >= 1, got {max_observation_chars}.")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}.")
-
+        _check_arguments(env, action_names, invalid_action, invalid_penalty, max_observation_chars, render_mode,
+                         self.metadata["render_modes"])
         self.inner = env
         self.action_names: list[str] = list(action_names)
         self.instructions = instructions
