@@ -64,7 +64,10 @@ def main(argv: list[str] | None = None) -> int:
             return launch.run(args)
         from rlft.config.schema import load_config
 
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides)  # keys and types: a typo fails before torch loads
+        from rlft.stages.checks import check_config  # (imports the stages: torch, TRL)
+
+        check_config(config)  # what the config points at, before any model loads
         if args.command == "validate":
             print(f"{args.config}: ok ({config.name}, env {config.env.id}, algorithm {config.rl.algorithm})")
             return 0

@@ -21,7 +21,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
 def tiny_config(env_id: str = "rlft/FrozenLakeRandom-v0", **sections):
-    from rlft.config.schema import load_config
+    from rlft.stages.checks import load_checked_config
 
     raw = {
         "name": "test",
@@ -36,7 +36,7 @@ def tiny_config(env_id: str = "rlft/FrozenLakeRandom-v0", **sections):
             raw.setdefault(key, {}).update(value)
         else:
             raw[key] = value
-    return load_config(raw=raw)
+    return load_checked_config(raw=raw)
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
-"""Tests of rlft/config/schema.py: every YAML in configs/ validates, bad configs fail with a message naming the key,
-`key.sub=value` overrides, YAML file errors, trainer pass-through to TRL, and the env section.
+"""Tests of rlft/config/ and rlft/stages/checks.py: every YAML in configs/ validates, bad configs fail with a
+message naming the key, `key.sub=value` overrides, YAML file errors, trainer pass-through to TRL with rlft's
+defaults (rlft/config/defaults.py), and the env section.
 
-The bad-config table runs in-process (`load_config`); tests/test_cli_errors.py runs a few through the CLI.
+The bad-config table runs in-process (`load_checked_config`); tests/test_cli_errors.py runs a few through the CLI.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import trl
 from rlft.config.schema import apply_overrides, load_config, parse_overrides, read_yaml, save_config
 from rlft.errors import ConfigError, RlftError
 from rlft.rollout.env_factory import make_env
+from rlft.stages.checks import load_checked_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs"
@@ -54,7 +56,7 @@ def test_configs_folder_has_the_experiments() -> None:
 @pytest.mark.parametrize("path", EXPERIMENT_CONFIGS, ids=lambda p: str(p.relative_to(CONFIGS)))
 def test_every_config_validates(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(REPO)  # relative paths in a config (demos, checkpoints) are relative to the repo root
-    config = load_config(path)
+    config = load_checked_config(path)
     assert config.name
     # torchtune-style header: what it is, hardware, and the exact command, which names this very file.
     header = path.read_text(encoding="utf-8").split("\n\n", 1)[0]
@@ -143,7 +145,7 @@ BAD_CONFIGS: list[tuple[str, list[str], list[str]]] = [
 def test_bad_config_fails_with_clear_message(overrides: list[str], expected: list[str], tmp_path: Path) -> None:
     overrides = [o.replace("{tmp}", str(tmp_path)) for o in overrides]
     with pytest.raises(ConfigError) as info:
-        load_config(raw=base(), overrides=overrides)
+        load_checked_config(raw=base(), overrides=overrides)
     message = str(info.value)
     for part in expected:
         assert part in message, f"{part!r} not in {message!r}"
@@ -156,12 +158,12 @@ def test_bad_config_table_is_large_enough() -> None:
 
 def test_missing_required_section() -> None:
     with pytest.raises(ConfigError, match="missing required key 'env'"):
-        load_config(raw={"model": {"tiny": {}}})
+        load_checked_config(raw={"model": {"tiny": {}}})
 
 
 def test_all_problems_reported_at_once() -> None:
     with pytest.raises(ConfigError) as info:
-        load_config(raw=base(), overrides=["rollout.num_envs=0", "eval.episods=3"])
+        load_checked_config(raw=base(), overrides=["rollout.num_envs=0", "eval.episods=3"])
     assert "key 'rollout.num_envs' = 0" in str(info.value)
     assert "unknown key 'eval.episods' (did you mean 'episodes'?)" in str(info.value)
 
@@ -170,7 +172,7 @@ def test_malformed_jsonl_demos_fail_at_validation(tmp_path: Path) -> None:
     demos = tmp_path / "demos.jsonl"
     demos.write_text('{"turns": [{"observation": "o", "action": "left"}]}\n{"turns": [\n', encoding="utf-8")
     with pytest.raises(RlftError, match=r"demos\.jsonl:2: invalid JSON"):
-        load_config(raw=base(), overrides=[f"sft.demos={{source: jsonl, path: {demos}}}"])
+        load_checked_config(raw=base(), overrides=[f"sft.demos={{source: jsonl, path: {demos}}}"])
 
 
 # ---------------------------------------------------------------- YAML files
@@ -187,7 +189,7 @@ def test_yaml_file_errors(text: str, expected: str, tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError) as info:
-        load_config(path)
+        load_checked_config(path)
     assert expected.format(path=path) in str(info.value)
 
 
@@ -200,7 +202,7 @@ def test_error_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "x.yaml"
     path.write_text("model: {tiny: {}}\nenv: {id: rlft/FrozenLake-v0}\nseed: abc\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=rf"^{path}: invalid configuration:\n  - key 'seed' = 'abc'"):
-        load_config(path)
+        load_checked_config(path)
 
 
 def test_exponent_floats_are_floats(tmp_path: Path) -> None:
@@ -208,16 +210,16 @@ def test_exponent_floats_are_floats(tmp_path: Path) -> None:
     path = tmp_path / "x.yaml"
     path.write_text("model: {tiny: {}}\nenv: {id: rlft/FrozenLake-v0}\n"
                     "sft: {trainer: {learning_rate: 1e-3}}\nrl: {trainer: {learning_rate: 5E-5}}\n", encoding="utf-8")
-    config = load_config(path)
+    config = load_checked_config(path)
     assert config.sft.trainer["learning_rate"] == 0.001
     assert config.rl.trainer["learning_rate"] == 5e-5
     assert isinstance(config.sft.trainer["learning_rate"], float)
 
 
 def test_saved_config_reloads_identically(tmp_path: Path) -> None:
-    config = load_config(CONFIGS / "quickstart.yaml", ["rl.trainer.learning_rate=1e-4", "name=copy"])
+    config = load_checked_config(CONFIGS / "quickstart.yaml", ["rl.trainer.learning_rate=1e-4", "name=copy"])
     save_config(config, tmp_path / "config.yaml")
-    assert load_config(tmp_path / "config.yaml") == config
+    assert load_checked_config(tmp_path / "config.yaml") == config
 
 
 # ---------------------------------------------------------------- overrides
@@ -242,7 +244,7 @@ def test_overrides_create_nested_sections_and_leave_the_input_alone() -> None:
 
 
 def test_overrides_apply_to_a_file() -> None:
-    config = load_config(CONFIGS / "quickstart.yaml", [
+    config = load_checked_config(CONFIGS / "quickstart.yaml", [
         "rollout.num_envs=8", "rl.trainer.learning_rate=1e-3", "model.lora.r=4", "tracking.wandb.enabled=false",
         "env.kwargs.random_map_size=5", "eval.disjoint_tasks=off",
     ])
@@ -257,11 +259,11 @@ def test_overrides_apply_to_a_file() -> None:
 
 def test_override_of_an_unknown_key_is_caught() -> None:
     with pytest.raises(ConfigError, match=r"unknown key 'rollout\.temprature' \(did you mean 'temperature'\?\)"):
-        load_config(CONFIGS / "quickstart.yaml", ["rollout.temprature=0.5"])
+        load_checked_config(CONFIGS / "quickstart.yaml", ["rollout.temprature=0.5"])
 
 
 def test_demo_source_defaults_to_expert() -> None:
-    config = load_config(raw=base(), overrides=["sft.demos.episodes=7"])
+    config = load_checked_config(raw=base(), overrides=["sft.demos.episodes=7"])
     assert config.sft.demos.source == "expert" and config.sft.demos.episodes == 7
 
 
@@ -269,10 +271,10 @@ def test_demo_source_defaults_to_expert() -> None:
 
 
 def test_trainer_keys_reach_trl_configs() -> None:
-    from rlft.config.trainer_args import build_trainer_config
     from rlft.stages.rl import rl_trainer_args
+    from rlft.stages.sft import sft_trainer_args
 
-    config = load_config(raw=base(), overrides=[
+    config = load_checked_config(raw=base(), overrides=[
         "rl.trainer.learning_rate=3e-4", "rl.trainer.num_generations=4", "rl.trainer.per_device_train_batch_size=8",
         "rl.trainer.max_steps=7", "sft.trainer.num_train_epochs=2", "sft.trainer.learning_rate='2e-3'",
         "rollout.temperature=0.8", "seed=5",
@@ -281,14 +283,45 @@ def test_trainer_keys_reach_trl_configs() -> None:
     assert isinstance(rl, trl.GRPOConfig)
     assert (rl.learning_rate, rl.num_generations, rl.per_device_train_batch_size, rl.max_steps) == (3e-4, 4, 8, 7)
     assert rl.temperature == 0.8 and rl.seed == 5  # from `rollout` and `seed`, not from rl.trainer
-    sft = build_trainer_config("sft", config.sft.trainer, "unused", config.seed)
+    sft = sft_trainer_args(config)
     assert isinstance(sft, trl.SFTConfig)
     assert sft.num_train_epochs == 2
     assert sft.learning_rate == 0.002 and isinstance(sft.learning_rate, float)  # a quoted number becomes a number
 
 
+def test_stage_defaults_come_from_rlft_config_defaults() -> None:
+    from rlft.algorithms.ppo import PPOConfig
+    from rlft.config import defaults
+    from rlft.stages.rl import rl_trainer_args
+    from rlft.stages.sft import sft_trainer_args
+
+    config = load_checked_config(raw=base(), overrides=["rollout.max_episode_tokens=300", "name=d"])
+    sft = sft_trainer_args(config)
+    assert (sft.learning_rate, sft.num_train_epochs, sft.per_device_train_batch_size) == (1e-3, 3, 16)
+    assert sft.run_name == "d-sft" and sft.report_to == [] and sft.logging_steps == 1  # base: report_to none
+    grpo = rl_trainer_args(config)
+    assert (grpo.learning_rate, grpo.num_generations, grpo.max_steps, grpo.beta) == (5e-5, 8, 50, 0.0)
+    assert grpo.max_completion_length == 300 and grpo.run_name == "d-rl"  # a function of the rollout section
+    ppo = rl_trainer_args(config.model_copy(update={"rl": config.rl.model_copy(update={"algorithm": "ppo"})}))
+    assert isinstance(ppo, PPOConfig)
+    assert (ppo.num_generations, ppo.num_iterations, ppo.steps_per_generation) == (1, 2, 2)  # PPO's overrides
+    assert ppo.learning_rate == defaults.RL_DEFAULTS["learning_rate"]  # the common RL defaults stay under them
+    tiny = defaults.rm_defaults(config.model)
+    assert tiny["learning_rate"] == 1e-3 and tiny["center_rewards_coefficient"] == 0.01
+    assert "learning_rate" not in defaults.rm_defaults(config.model.model_copy(update={"tiny": None,
+                                                                                      "name_or_path": "org/m"}))
+
+
+def test_schema_load_checks_keys_only_and_checks_add_references() -> None:
+    # rlft.config imports nothing above it, so a reference (env id, entry point, file) is checked by the stages.
+    config = load_config(raw=base(), overrides=["env.id=rlft/NoSuchEnv-v0"])
+    assert config.env.id == "rlft/NoSuchEnv-v0"
+    with pytest.raises(ConfigError, match="key 'env.id' = 'rlft/NoSuchEnv-v0'"):
+        load_checked_config(raw=base(), overrides=["env.id=rlft/NoSuchEnv-v0"])
+
+
 def test_validation_creates_nothing_on_disk(tmp_path: Path) -> None:
-    load_config(raw=base(), overrides=[f"output_dir={tmp_path / 'runs'}"])
+    load_checked_config(raw=base(), overrides=[f"output_dir={tmp_path / 'runs'}"])
     assert not (tmp_path / "runs").exists()
 
 
@@ -298,7 +331,7 @@ def test_validation_creates_nothing_on_disk(tmp_path: Path) -> None:
 def test_custom_env_example_builds_and_steps_with_text() -> None:
     from envs.experts import expert_for
 
-    config = load_config(CONFIGS / "custom_env_example.yaml")
+    config = load_checked_config(CONFIGS / "custom_env_example.yaml")
     env = make_env(config.env)
     assert isinstance(env.action_space, gymnasium.spaces.Text)
     assert env.unwrapped.action_names == ["left", "down", "right", "up"]
@@ -334,16 +367,16 @@ def user_env_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_env_from_a_user_package(user_env_package: str) -> None:
-    config = load_config(raw=base(), overrides=[
+    config = load_checked_config(raw=base(), overrides=[
         f"env.id={user_env_package}:MyUserLake-v0", "env.adapter.action_names=[left, down, right, up]"])
     env = make_env(config.env)
     env.reset(seed=0)
     assert env.step("down")[0] == "4"
     with pytest.raises(ConfigError, match=r"did not register 'MyUserLake-v9' \(did you mean 'MyUserLake-v0'\?\)"):
-        load_config(raw=base(), overrides=[f"env.id={user_env_package}:MyUserLake-v9"])
+        load_checked_config(raw=base(), overrides=[f"env.id={user_env_package}:MyUserLake-v9"])
 
 
 def test_env_by_entry_point() -> None:
-    config = load_config(raw=base(), overrides=["env.id=envs.taxi:TextTaxi", "env.kwargs.show_map=false"])
+    config = load_checked_config(raw=base(), overrides=["env.id=envs.taxi:TextTaxi", "env.kwargs.show_map=false"])
     obs, _ = make_env(config.env).reset(seed=0)
     assert obs.startswith("taxi row")

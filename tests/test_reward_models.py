@@ -347,9 +347,9 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def test_rlft_rm_env_pairs_ensemble_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
-    from rlft.config.schema import load_config
     from rlft.models.policy import load_policy
     from rlft.runtime.tracking import read_metrics
+    from rlft.stages.checks import load_checked_config
     from rlft.stages.common import env_factory
 
     monkeypatch.chdir(tmp_path)
@@ -383,7 +383,7 @@ def test_rlft_rm_env_pairs_ensemble_end_to_end(tmp_path: Path, monkeypatch, caps
     assert np.isfinite(ensemble.score([prompt + completion])).all()
 
     # The tiny RM's vocabulary extends the policy's: every policy token keeps its id (an RM can seed a critic).
-    config = load_config(tmp_path / "exp.yaml")
+    config = load_checked_config(tmp_path / "exp.yaml")
     _, policy_tokenizer = load_policy(config.model, config.seed, env_factory(config), config.env.max_turns)
     rm_vocab = ensemble.scorers[0].tokenizer.get_vocab()
     assert all(rm_vocab.get(token) == index for token, index in policy_tokenizer.get_vocab().items())

@@ -221,7 +221,7 @@ def test_library_source_keeps_the_promises() -> None:
 def test_the_yaml_loader_is_a_safe_loader(tmp_path: Path) -> None:
     import yaml
 
-    from rlft.config.schema import _YamlLoader, parse_overrides, read_yaml
+    from rlft.config.yaml_io import _YamlLoader, parse_overrides, read_yaml
     from rlft.errors import ConfigError
 
     assert issubclass(_YamlLoader, yaml.SafeLoader)
@@ -307,7 +307,7 @@ def test_trust_remote_code_defaults_to_false() -> None:
     from rlft.config.schema import ModelConfig, load_config
 
     assert ModelConfig.model_fields["trust_remote_code"].default is False
-    config = load_config(raw={"model": {"tiny": {}}, "env": {"id": "rlft/FrozenLake-v0"}}, check_references=False)
+    config = load_config(raw={"model": {"tiny": {}}, "env": {"id": "rlft/FrozenLake-v0"}})  # keys and types only
     assert config.model.trust_remote_code is False
     for cls in (trl.SFTConfig, trl.GRPOConfig, PPOConfig):  # `*.trainer.trust_remote_code` (critic_init loads)
         assert {f.name: f.default for f in dataclasses.fields(cls)}["trust_remote_code"] is False

@@ -67,6 +67,45 @@ def test_grpo_logs_kl_episode_success_and_rewards(tiny_run):
         assert "rewards/episode_return/mean" in record
 
 
+def test_resolved_config_records_what_each_stage_trained_with(tiny_run):
+    """runs/<name>/resolved/<stage>.yaml: the config with its defaults, TRL's arguments as used, the versions."""
+    import trl
+
+    from rlft.config.resolved import PACKAGES, read_resolved
+    from rlft.stages.checks import check_config
+
+    config, sft_path, rl_path, _ = tiny_run
+    sft_config, sft_args, versions = read_resolved(config.run_dir / "resolved" / "sft.yaml")
+    assert sft_config == config  # the full config loads back, validates and is the one the run used
+    check_config(sft_config)
+    assert sft_args["learning_rate"] == 1e-3  # rlft's SFT default, not TRL's 5e-5
+    assert (sft_args["num_train_epochs"], sft_args["per_device_train_batch_size"]) == (1, 4)  # the user's keys
+    assert sft_args["output_dir"] == str(config.run_dir / "trainer" / "sft") and sft_args["seed"] == config.seed
+    assert set(versions) == set(PACKAGES) and versions["trl"] == trl.__version__
+    assert versions["torch"] == torch.__version__ and versions["rlft"]
+    rl_config, rl_args, _ = read_resolved(config.run_dir / "resolved" / "rl.yaml")
+    assert rl_config == config
+    assert (rl_args["learning_rate"], rl_args["beta"], rl_args["max_steps"]) == (1e-3, 0.04, 2)
+    assert rl_args["loss_type"] == "dapo" and rl_args["max_completion_length"] == config.rollout.max_episode_tokens
+    assert sorted(p.name for p in (config.run_dir / "resolved").iterdir()) == ["rl.yaml", "sft.yaml"]
+    for path in (sft_path, rl_path):
+        assert not (path / "training_args.bin").exists()  # a pickle; the resolved YAML replaces it
+
+
+def test_resolved_trainer_arguments_reach_the_wandb_config(tmp_path):
+    from rlft.stages.sft import sft_trainer_args
+
+    config = tiny_config(output_dir=str(tmp_path), tracking={"wandb": {"enabled": True, "mode": "offline"}},
+                         sft={"trainer": {"learning_rate": 2e-3}})
+    tracker = Tracker(config, "sft", config.run_dir)
+    tracker.record_resolved(sft_trainer_args(config))
+    assert tracker._wandb.config["trainer"]["learning_rate"] == 2e-3
+    assert tracker._wandb.config["versions"]["trl"]
+    assert tracker._wandb.config["env"]["id"] == config.env.id  # the rlft config, as before
+    tracker.finish()
+    assert (config.run_dir / "resolved" / "sft.yaml").is_file()
+
+
 def test_sft_loss_only_on_action_tokens():
     """The SFT rows carry the Episode mask: labels exist only where the policy acts."""
     from rlft.models.policy import build_word_tokenizer

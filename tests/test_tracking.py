@@ -194,13 +194,14 @@ def test_group_is_the_experiment_and_tags_name_algorithm_env_reward_and_seed():
     ("3", "expected an integration name or a list"),
 ])
 def test_report_to_refuses_wandb_and_all(value, expected):
-    from rlft.config.schema import load_config
+    from rlft.stages.checks import load_checked_config
 
     raw = {"model": {"tiny": {"hidden_size": 32, "num_heads": 2}}, "env": {"id": "rlft/FrozenLake-v0"}}
     with pytest.raises(ConfigError, match="key 'rl.trainer.report_to'") as error:
-        load_config(raw=raw, overrides=[f"rl.trainer.report_to={value}"])
+        load_checked_config(raw=raw, overrides=[f"rl.trainer.report_to={value}"])
     assert expected in str(error.value)
-    load_config(raw=raw, overrides=["rl.trainer.report_to=[tensorboard, trackio]", "sft.trainer.report_to=none"])
+    load_checked_config(raw=raw,
+                        overrides=["rl.trainer.report_to=[tensorboard, trackio]", "sft.trainer.report_to=none"])
 
 
 # ---------------------------------------------------------------- a real tiny RL run

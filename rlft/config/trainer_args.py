@@ -1,15 +1,22 @@
-"""Pass-through of trainer hyperparameters to TRL's config classes, with rlft's defaults for small runs.
+"""Pass-through of trainer hyperparameters to TRL's config classes: checks, and building them with rlft's defaults.
 
-rlft does not re-declare TRL's hyperparameters: `sft.trainer` goes to `trl.SFTConfig` and `rl.trainer` to
-`trl.GRPOConfig` (or rlft's `PPOConfig`, a GRPOConfig subclass with PPO's keys). Keys and value types are checked against those dataclasses before any model loads.
+rlft does not re-declare TRL's hyperparameters: `sft.trainer` goes to `trl.SFTConfig`, `rl.trainer` to
+`trl.GRPOConfig` (or rlft's `PPOConfig`, a GRPOConfig subclass with PPO's keys) and `rm.trainer` to
+`trl.RewardConfig`. Keys and value types are checked against those dataclasses before any model loads.
+
+The config layer never imports a trainer: whoever knows which TRL config a stage uses (the stage, or the
+algorithm registry) passes the class in. rlft's defaults come from rlft/config/defaults.py alone.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from importlib.util import find_spec
+from typing import Any, get_type_hints
 
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
+from rlft.config.defaults import base_defaults
 from rlft.errors import ConfigError, did_you_mean
 
 # Keys rlft owns: set from other sections of the config (or per stage), not by the user in `*.trainer`.
@@ -19,34 +26,18 @@ _REPORT_TO_OWNED = {"wandb": "rlft logs every stage to wandb itself (tracking.wa
                              "transcripts); remove 'wandb' from report_to",
                     "all": "'all' includes wandb, which rlft logs itself; list the integrations, e.g. [tensorboard]"}
 _REPORT_TO_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio"}
+_POSITIVE = {
+    "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+    "num_generations", "num_train_epochs", "max_completion_length", "steps_per_generation", "num_iterations",
+    "max_length", "generation_batch_size", "temperature", "kl_horizon", "critic_learning_rate",
+}
 
 
-def trainer_config_class(kind: str) -> type:
-    """The TRL config dataclass for a stage: 'sft' or an RL algorithm name."""
-    if kind == "sft":
-        from trl import SFTConfig
+def check_trainer_overrides(key: str, overrides: dict[str, Any], cls: type) -> None:
+    """Check every key of a `*.trainer` mapping exists on the TRL config class `cls` and has the right type.
 
-        return SFTConfig
-    if kind == "grpo":
-        from trl import GRPOConfig
-
-        return GRPOConfig
-    if kind == "ppo":
-        from rlft.algorithms.ppo import PPOConfig
-
-        return PPOConfig
-    if kind == "rm":
-        from trl import RewardConfig
-
-        return RewardConfig
-    raise ConfigError(f"no trainer config for '{kind}'{did_you_mean(kind, ['sft', 'grpo', 'ppo', 'rm'])}")
-
-
-def check_trainer_overrides(key: str, overrides: dict[str, Any], kind: str) -> None:
-    """Check every key of a `*.trainer` mapping exists on the TRL config class and its value has the right type."""
-    from rlft.config.schema import dataclass_field_names, dataclass_type_adapter
-
-    cls = trainer_config_class(kind)
+    A quoted number (`"1e-3"`) is replaced in `overrides` by the number, so TRL gets a float, not a string.
+    """
     names = dataclass_field_names(cls)
     for name, value in overrides.items():
         if name in _RESERVED:
@@ -74,8 +65,6 @@ def check_trainer_overrides(key: str, overrides: dict[str, Any], kind: str) -> N
 
 def _check_report_to(key: str, value: Any) -> None:
     """TRL's integrations are allowed beside rlft's tracking, except wandb (rlft's own); the package must exist."""
-    from importlib.util import find_spec
-
     names = [value] if isinstance(value, str) else value if isinstance(value, list) else None
     if names is None or not all(isinstance(n, str) for n in names):
         raise ConfigError(f"key '{key}' = {value!r}: expected an integration name or a list of them "
@@ -89,66 +78,30 @@ def _check_report_to(key: str, value: Any) -> None:
                               f"(pip install {package}, or pip install -e '.[tracking]')")
 
 
-def check_trainer_configs(config: Any) -> None:
-    """Build each stage's TRL config now, so TRL's own checks run before any model loads.
-
-    TRL checks relations between keys in `__post_init__` (the generation batch must hold whole groups of
-    `num_generations`, a scheduler name must exist, ...); building the configs is cheap and creates nothing
-    on disk. The RL config is built by the same function the rl stage uses, with its defaults.
-    """
-    from rlft.stages.rl import rl_trainer_args
-    from rlft.stages.rm import rm_trainer_args
-
-    output_dir = str(config.run_dir / "trainer")
-    builds = (("sft.trainer", lambda: build_trainer_config("sft", config.sft.trainer, output_dir, config.seed)),
-              ("rl.trainer", lambda: rl_trainer_args(config)),
-              ("rm.trainer", lambda: rm_trainer_args(config)))
-    for key, build in builds:
-        try:
-            build()
-        except ConfigError as exc:
-            raise ConfigError(f"key '{key}': {exc}") from None
-
-
-_POSITIVE = {
-    "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-    "num_generations", "num_train_epochs", "max_completion_length", "steps_per_generation", "num_iterations",
-    "max_length", "generation_batch_size", "temperature", "kl_horizon", "critic_learning_rate",
-}
-
-
-def cpu_only() -> bool:
-    import torch
-
-    return not torch.cuda.is_available()
-
-
-def base_defaults() -> dict[str, Any]:
-    """rlft's defaults for every TRL stage: small-model friendly, bf16 only where the hardware has it."""
-    import torch
-
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return {
-        "bf16": bf16,
-        "gradient_checkpointing": False,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",  # rlft's own callbacks write metrics.jsonl and wandb (failure-safe)
-        "disable_tqdm": False,
-        "dataloader_num_workers": 0,
-        "use_cpu": not torch.cuda.is_available(),
-    }
-
-
-def build_trainer_config(kind: str, overrides: dict[str, Any], output_dir: str, seed: int,
+def build_trainer_config(cls: type, overrides: dict[str, Any], output_dir: str, seed: int,
                          defaults: dict[str, Any] | None = None) -> Any:
-    """Instantiate the TRL config for a stage: rlft defaults < stage defaults < the user's `*.trainer` keys."""
-    cls = trainer_config_class(kind)
+    """Instantiate the TRL config class `cls` for a stage.
+
+    Precedence: `base_defaults()` < the stage's `defaults` (rlft/config/defaults.py) < the user's `*.trainer`
+    keys; `output_dir` and `seed` are always the run's.
+    """
     kwargs = {**base_defaults(), **(defaults or {}), **overrides, "output_dir": output_dir, "seed": seed}
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"trainer settings rejected by {_qualified(cls)}: {exc}") from None
+
+
+def dataclass_type_adapter(cls: type, name: str) -> TypeAdapter | None:
+    """A pydantic adapter for one field of a dataclass (the TRL pass-through checks)."""
+    hints = get_type_hints(cls)
+    if name not in hints:
+        return None
+    return TypeAdapter(hints[name])
+
+
+def dataclass_field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.init]
 
 
 def _qualified(cls: type) -> str:

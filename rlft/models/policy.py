@@ -142,7 +142,8 @@ def load_policy(cfg: ModelConfig, seed: int, env_factory=None, max_turns: int = 
     return model, tokenizer
 
 
-def _dtype(name: str) -> torch.dtype | str:
+def torch_dtype(name: str) -> torch.dtype | str:
+    """The torch dtype of `model.dtype`: 'auto' is bfloat16 where the GPU has it, float32 otherwise."""
     if name == "auto":
         return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
     return getattr(torch, name)
@@ -161,11 +162,11 @@ def load_pretrained(name_or_path: str, cfg: ModelConfig | None = None):
             from peft import AutoPeftModelForCausalLM
 
             model = AutoPeftModelForCausalLM.from_pretrained(
-                name_or_path, dtype=_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code, is_trainable=True
+                name_or_path, dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code, is_trainable=True
             )
         else:
             model = AutoModelForCausalLM.from_pretrained(
-                name_or_path, dtype=_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
+                name_or_path, dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
                 revision=revision,
             )
     except OSError as exc:

@@ -8,7 +8,10 @@ A plain `python` / `rlft` run is a world of one process, which is the main one.
 from __future__ import annotations
 
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
+
+import torch
 
 # transformers' `TrainingArguments.ddp_timeout` default. The first `PartialState` of a launched job creates
 # the process group, and with it the timeout of every collective (barriers included): rlft's stages create
@@ -25,10 +28,13 @@ def process_state(timeout_s: int | None = None) -> Any:
     from accelerate import PartialState
     from accelerate.utils import parse_flag_from_env
 
-    from rlft.config.trainer_args import cpu_only
-
     cpu = cpu_only() or parse_flag_from_env("ACCELERATE_USE_CPU")
     return PartialState(cpu=cpu, timeout=timedelta(seconds=timeout_s or DEFAULT_TIMEOUT_S))
+
+
+def cpu_only() -> bool:
+    """No CUDA device: the trainers run with `use_cpu` (rlft.config.defaults.base_defaults sets it so too)."""
+    return not torch.cuda.is_available()
 
 
 def is_main_process() -> bool:
@@ -39,3 +45,18 @@ def ddp_timeout_s(config: Any) -> int:
     """The longest `ddp_timeout` the config gives its trainers (seconds), else transformers' default."""
     values = [int(section.trainer.get("ddp_timeout", DEFAULT_TIMEOUT_S)) for section in (config.sft, config.rl)]
     return max(values)
+
+
+def save_trained(trainer, path: Path) -> Path:
+    """Save a trained model (PPO: with its critic in `critic/`, by `PPOTrainer._save`) on every launch.
+
+    `Trainer.save_model` gathers the full weights under FSDP and DeepSpeed ZeRO-3 (a collective: every rank
+    calls it) and writes from the main process only; the barrier keeps other ranks from reading a folder
+    still being written (the next stage loads it).
+    """
+    trainer.save_model(str(path))
+    if trainer.accelerator.is_main_process:
+        # A pickle of the trainer's args (unsafe to load); runs/<name>/resolved/<stage>.yaml records them as YAML.
+        (path / "training_args.bin").unlink(missing_ok=True)
+    trainer.accelerator.wait_for_everyone()
+    return path

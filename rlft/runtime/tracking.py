@@ -23,6 +23,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from rlft.config.resolved import resolved_record, write_resolved
 from rlft.config.schema import Config, config_to_dict
 
 logger = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Tracker:
         from rlft.runtime.distributed import is_main_process
 
         self.stage = stage
+        self.config = config
         self.run_dir = Path(run_dir)
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.enabled = is_main_process()
@@ -105,6 +107,23 @@ class Tracker:
                 logger.warning("wandb log failed (%s); wandb is off for the rest of this stage", exc)
                 self._wandb = None
 
+    def record_resolved(self, trainer_args: Any, name: str | None = None) -> None:
+        """Write `resolved/<name>.yaml` (the config with its defaults, every TRL argument the trainer uses, the
+        package versions; name: this stage's) and put the TRL arguments and versions into the wandb run config."""
+        if not self.enabled:
+            return
+        record = resolved_record(self.config, trainer_args)
+        write_resolved(self.run_dir, name or self.stage, record)
+        if self._wandb is None:
+            return
+        try:
+            key = "trainer" if name in (None, self.stage) else f"trainer/{name}"
+            self._wandb.config.update({key: record["trainer"], "versions": record["versions"]},
+                                      allow_val_change=True)
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+            logger.warning("wandb config update failed (%s); wandb is off for the rest of this stage", exc)
+            self._wandb = None
+
     def log_transcripts(self, rows: list[dict[str, Any]], step: int) -> None:
         """Append a transcript sample (one row per turn, `transcript_rows`) to transcripts.jsonl, and log it to
         wandb as a table `<stage>/transcripts`. A failure of either is reported once and never stops training."""
@@ -145,10 +164,20 @@ class Tracker:
 
 
 class TrackerCallback(TrainerCallback):
-    """Forwards a TRL trainer's logs to a `Tracker`."""
+    """Forwards a TRL trainer's logs to a `Tracker`, and records the arguments it trains with when it starts.
 
-    def __init__(self, tracker: Tracker):
+    `record_as`: the name of the resolved record (`resolved/<record_as>.yaml`); unset: the tracker's stage. A
+    stage that trains several models (an RM ensemble) names each member's, so no record overwrites another.
+    """
+
+    def __init__(self, tracker: Tracker, record_as: str | None = None):
         self.tracker = tracker
+        self.record_as = record_as
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # `args` is the trainer's own TrainingArguments: TRL's values with rlft's defaults and the user's keys.
+        if state.is_world_process_zero:
+            self.tracker.record_resolved(args, self.record_as)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if logs and state.is_world_process_zero:
@@ -231,11 +260,6 @@ class TranscriptCallback(TrainerCallback):
         except Exception as exc:  # noqa: BLE001 - tracking must never stop training
             logger.warning("transcripts could not be logged (%s); they are off for the rest of the stage", exc)
             self.samples = 0
-
-
-def trainer_tracking_defaults(config: Config, stage: str) -> dict[str, Any]:
-    """TRL settings for its `report_to` integrations: the run's name (trackio) and project (trackio)."""
-    return {"run_name": f"{config.name}-{stage}", "project": config.tracking.wandb.project}
 
 
 def attach_tracking(trainer, tracker: Tracker, config: Config, rollout=None) -> None:

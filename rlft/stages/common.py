@@ -1,6 +1,8 @@
 """What every stage shares: the run directory, checkpoints, the env factory, the turn format and sampling.
 
-    runs/<name>/config.yaml           the resolved configuration
+    runs/<name>/config.yaml           the configuration as given (validated, defaults of rlft's own sections in)
+    runs/<name>/resolved/<stage>.yaml the configuration a stage trained with: every default, every TRL argument,
+                                      package versions (rlft/config/resolved.py)
     runs/<name>/metrics.jsonl         every stage's logged metrics, one JSON object per line
     runs/<name>/checkpoints/<stage>/  base, sft, rl: safetensors weights + tokenizer (save_pretrained)
     runs/<name>/eval.json             held-out results per policy, the expert alongside
@@ -11,8 +13,11 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
+from trl import GRPOConfig, RewardConfig, SFTConfig
+
+from rlft.algorithms.ppo import PPOConfig
 from rlft.config.schema import Config, save_config
-from rlft.errors import CheckpointError
+from rlft.errors import CheckpointError, ConfigError, did_you_mean
 from rlft.models.policy import apply_lora, load_policy, load_pretrained, save_policy, uses_chat_template
 from rlft.rollout.engine import SamplingSettings
 from rlft.rollout.env_factory import make_env
@@ -22,6 +27,18 @@ from rlft.runtime.distributed import ddp_timeout_s, process_state
 
 def checkpoint_dir(config: Config, stage: str) -> Path:
     return config.run_dir / "checkpoints" / stage
+
+
+# The TRL config class each stage (and each RL algorithm) trains with; `*.trainer` keys are checked against it.
+TRAINER_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RewardConfig,
+                                     **{name: a.config_class for name, a in ALGORITHMS.items()}}
+
+
+def trainer_config_class(kind: str) -> type:
+    """The TRL config dataclass of a stage ('sft', 'rm') or an RL algorithm ('grpo', 'ppo')."""
+    if kind not in TRAINER_CONFIGS:
+        raise ConfigError(f"no trainer config for '{kind}'{did_you_mean(kind, list(TRAINER_CONFIGS))}")
+    return TRAINER_CONFIGS[kind]
 
 
 def env_factory(config: Config):
@@ -59,20 +76,6 @@ def ensure_base_checkpoint(config: Config) -> Path:
             return path
         model, tokenizer = load_policy(config.model, config.seed, env_factory(config), config.env.max_turns)
         save_policy(model, tokenizer, path)
-    return path
-
-
-def save_trained(trainer, path: Path) -> Path:
-    """Save a trained policy (PPO: with its critic in `critic/`, by `PPOTrainer._save`) on every launch.
-
-    `Trainer.save_model` gathers the full weights under FSDP and DeepSpeed ZeRO-3 (a collective: every rank
-    calls it) and writes from the main process only; the barrier keeps other ranks from reading a folder
-    still being written (the next stage loads it).
-    """
-    trainer.save_model(str(path))
-    if trainer.accelerator.is_main_process:
-        (path / "training_args.bin").unlink(missing_ok=True)  # a pickle of the trainer's args; config.yaml says it
-    trainer.accelerator.wait_for_everyone()
     return path
 
 

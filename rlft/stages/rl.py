@@ -8,12 +8,14 @@ from pathlib import Path
 from rlft.algorithms.checkpointing import refuse_to_overwrite, resolve_resume
 from rlft.algorithms.grpo import build_grpo_trainer
 from rlft.algorithms.ppo import build_ppo_trainer
+from rlft.config.defaults import rl_defaults
 from rlft.config.schema import Config
 from rlft.config.trainer_args import build_trainer_config
 from rlft.errors import CheckpointError, ConfigError
 from rlft.rewards import build_reward_design
 from rlft.rollout.engine import RolloutEngine
 from rlft.rollout.evaluation import held_out_seeds
+from rlft.runtime.distributed import save_trained
 from rlft.runtime.faults import out_of_memory_guard
 from rlft.runtime.signals import GracefulStop, Interrupted
 from rlft.runtime.tracking import (
@@ -21,7 +23,6 @@ from rlft.runtime.tracking import (
     Tracker,
     TrackerCallback,
     attach_tracking,
-    trainer_tracking_defaults,
 )
 from rlft.stages.common import (
     _print_sync,
@@ -31,7 +32,7 @@ from rlft.stages.common import (
     load_trainable,
     prepare_run,
     sampling_settings,
-    save_trained,
+    trainer_config_class,
     turn_format_for,
 )
 
@@ -49,21 +50,15 @@ def resolve_init(config: Config) -> Path:
 
 
 def rl_trainer_args(config: Config):
+    """The stage's `trl.GRPOConfig` (grpo) or `PPOConfig` (ppo), with rlft's defaults (rlft/config/defaults.py).
+
+    Also built at validation (rlft.stages.checks), so TRL's own checks run before a model loads.
+    """
     if "temperature" in config.rl.trainer or "top_p" in config.rl.trainer:
         raise ConfigError("set the sampling temperature / top_p under 'rollout', not 'rl.trainer' "
                           "(the rollout samples, and TRL must score with the same temperature)")
-    defaults = {"learning_rate": 5e-5, "num_generations": 8, "per_device_train_batch_size": 32, "max_steps": 50,
-                "lr_scheduler_type": "constant", "beta": 0.0, "loss_type": "dapo",
-                "max_completion_length": config.rollout.max_episode_tokens,
-                "temperature": config.rollout.temperature, "top_p": config.rollout.top_p,
-                # A complete checkpoint every 10 steps, the last 2 kept (`rlft train --resume` continues from it).
-                "save_strategy": "steps", "save_steps": 10, "save_total_limit": 2,
-                **trainer_tracking_defaults(config, "rl")}
-    if config.rl.algorithm == "ppo":
-        # One episode per seed (the critic is the baseline); 2 epochs x 2 minibatches per rollout batch.
-        defaults.update({"num_generations": 1, "num_iterations": 2, "steps_per_generation": 2})
-    return build_trainer_config(config.rl.algorithm, config.rl.trainer, str(config.run_dir / "trainer" / "rl"),
-                                config.seed, defaults=defaults)
+    return build_trainer_config(trainer_config_class(config.rl.algorithm), config.rl.trainer,
+                                str(config.run_dir / "trainer" / "rl"), config.seed, defaults=rl_defaults(config))
 
 
 def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | None = None) -> Path:

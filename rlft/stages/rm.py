@@ -21,6 +21,25 @@ import numpy as np
 
 from rlft.config.schema import Config, JsonlPreferences, ModelConfig
 from rlft.errors import DataError
+from rlft.models.policy import env_corpus
+from rlft.rewards.models.preferences import (
+    build_preference_pairs,
+    gold_return,
+    play_scored_episodes,
+    read_preferences,
+    split_by_prompt,
+    write_preferences,
+)
+from rlft.rewards.models.scoring import ENSEMBLE_FILE, load_reward_model
+from rlft.rewards.models.train import (
+    evaluate_preferences,
+    pair_corpus,
+    reward_config,
+    reward_model_tokenizer,
+    train_reward_model,
+)
+from rlft.rollout.env_factory import import_entry_point
+from rlft.runtime.distributed import ddp_timeout_s, process_state
 from rlft.runtime.tracking import Tracker, TrackerCallback
 from rlft.stages.common import _print_sync, checkpoint_dir, env_factory, prepare_run
 
@@ -32,15 +51,11 @@ def rm_model_config(config: Config) -> ModelConfig:
 
 def rm_trainer_args(config: Config):
     """The stage's `trl.RewardConfig` (also built at validation, so TRL's own checks run before a model loads)."""
-    from rlft.rewards.models.train import reward_config
-
     return reward_config(rm_model_config(config), config.rm.trainer, config.run_dir / "trainer" / "rm", config.seed)
 
 
 def preference_data(config: Config) -> tuple[list, list, dict[str, Any]]:
     """(training pairs, held-out pairs, a description for the model card and metrics)."""
-    from rlft.rewards.models.preferences import read_preferences, split_by_prompt
-
     data = config.rm.data
     if isinstance(data, JsonlPreferences):
         pairs = read_preferences(data.path)
@@ -56,9 +71,6 @@ def preference_data(config: Config) -> tuple[list, list, dict[str, Any]]:
 
 
 def _env_pairs(config: Config) -> tuple[list, list, dict[str, Any]]:
-    from rlft.rewards.models.preferences import build_preference_pairs, gold_return, play_scored_episodes
-    from rlft.rollout.env_factory import import_entry_point
-
     data = config.rm.data
     gold = gold_return if data.gold == "return" else import_entry_point(data.gold, "rm.data.gold")
     per_task = data.episodes_per_task
@@ -105,10 +117,10 @@ def member_pairs(pairs: list, mode: str, member: int, size: int, seed: int) -> l
 
 
 class _MemberCallback(TrackerCallback):
-    """TRL's training logs of one ensemble member, under `rm_<i>/` keys."""
+    """TRL's training logs of one ensemble member, under `rm_<i>/` keys; its arguments in resolved/<member>.yaml."""
 
-    def __init__(self, tracker: Tracker, prefix: str):
-        super().__init__(tracker)
+    def __init__(self, tracker: Tracker, prefix: str, member: str):
+        super().__init__(tracker, record_as=member)
         self.prefix = prefix
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -127,17 +139,6 @@ def _clear_earlier_reward_models(config: Config) -> None:
 
 def run_rm(config: Config) -> Path:
     """Train `rm.ensemble.size` reward models on the configured pairs; return the folder to load (checkpoints/rm)."""
-    from rlft.models.policy import env_corpus
-    from rlft.rewards.models.preferences import write_preferences
-    from rlft.rewards.models.scoring import ENSEMBLE_FILE, load_reward_model
-    from rlft.rewards.models.train import (
-        evaluate_preferences,
-        pair_corpus,
-        reward_model_tokenizer,
-        train_reward_model,
-    )
-    from rlft.runtime.distributed import ddp_timeout_s, process_state
-
     model_cfg = rm_model_config(config)
     train, held_out, data_info = preference_data(config)  # bad data fails here, before anything is written
     main = process_state(ddp_timeout_s(config)).is_main_process
@@ -167,7 +168,7 @@ def run_rm(config: Config) -> Path:
         result = train_reward_model(pairs, held_out, model_cfg=model_cfg,
                                     output_dir=config.run_dir / "trainer" / name, seed=config.seed + i,
                                     trainer=config.rm.trainer, tokenizer=tokenizer, data=member_info,
-                                    callbacks=[_MemberCallback(tracker, prefix)], save_to=checkpoint_dir(config, name),
+                                    callbacks=[_MemberCallback(tracker, prefix, name)], save_to=checkpoint_dir(config, name),
                                     batch_size=config.rm.batch_size)
         tracker.log(_held_out_logs(result.metrics, f"{prefix}held_out/"))
     path = checkpoint_dir(config, "rm")

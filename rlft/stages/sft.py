@@ -7,11 +7,13 @@ from pathlib import Path
 from datasets import Dataset
 from trl import SFTTrainer
 
+from rlft.config.defaults import sft_defaults
 from rlft.config.schema import Config, ExpertDemos
 from rlft.config.trainer_args import build_trainer_config
 from rlft.rollout.demos import expert_demos, jsonl_demos, sft_rows
+from rlft.runtime.distributed import save_trained
 from rlft.runtime.faults import out_of_memory_guard
-from rlft.runtime.tracking import Tracker, TrackerCallback, attach_tracking, trainer_tracking_defaults
+from rlft.runtime.tracking import Tracker, TrackerCallback, attach_tracking
 from rlft.stages.common import (
     _print_sync,
     checkpoint_dir,
@@ -19,9 +21,15 @@ from rlft.stages.common import (
     env_factory,
     load_trainable,
     prepare_run,
-    save_trained,
+    trainer_config_class,
     turn_format_for,
 )
+
+
+def sft_trainer_args(config: Config):
+    """The stage's `trl.SFTConfig` (also built at validation, so TRL's own checks run before a model loads)."""
+    return build_trainer_config(trainer_config_class("sft"), config.sft.trainer,
+                                str(config.run_dir / "trainer" / "sft"), config.seed, defaults=sft_defaults(config))
 
 
 def run_sft(config: Config) -> Path:
@@ -38,11 +46,8 @@ def run_sft(config: Config) -> Path:
     else:
         demos = jsonl_demos(demos_cfg.path, fmt)
         tracker.log({"demos/episodes": len(demos)}, step=0)
-    args = build_trainer_config("sft", config.sft.trainer, str(config.run_dir / "trainer" / "sft"), config.seed,
-                                defaults={"num_train_epochs": 3, "learning_rate": 1e-3, "per_device_train_batch_size": 16,
-                                          "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
-                                          **trainer_tracking_defaults(config, "sft")})
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(sft_rows(demos)),
+    # TrackerCallback records the arguments the trainer starts with in runs/<name>/resolved/sft.yaml and wandb.
+    trainer = SFTTrainer(model=model, args=sft_trainer_args(config), train_dataset=Dataset.from_list(sft_rows(demos)),
                          processing_class=tokenizer, callbacks=[TrackerCallback(tracker)])
     attach_tracking(trainer, tracker, config)  # tensorboard (report_to) under the run dir
     with out_of_memory_guard(config, "sft", trainer.args):

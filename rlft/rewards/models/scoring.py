@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from rlft.errors import CheckpointError
+from rlft.models import policy  # module attribute calls: tests trap policy.load_tokenizer
 
 RM_FILE = "rm.json"  # how the model was trained and how to score with it (written by rlft.rewards.models.train)
 ENSEMBLE_FILE = "ensemble.json"  # {"members": [relative folders], "aggregate", "k", "normalize"}
@@ -223,12 +224,10 @@ class RewardEnsemble:
 def _load_classifier(path: Path, trust_remote_code: bool = False):
     from transformers import AutoModelForSequenceClassification
 
-    from rlft.models.policy import load_tokenizer
-
     if not (path / "config.json").is_file():
         raise CheckpointError(f"'{path}' is not a saved reward model (no config.json)")
     try:
-        tokenizer = load_tokenizer(str(path), trust_remote_code=trust_remote_code)
+        tokenizer = policy.load_tokenizer(str(path), trust_remote_code=trust_remote_code)
         # bandit B615 is a false positive: a local folder (its config.json is checked above), not a hub id, so
         # there is no revision to pin.
         model = AutoModelForSequenceClassification.from_pretrained(  # nosec B615

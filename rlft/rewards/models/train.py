@@ -30,31 +30,24 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlft.config.defaults import rm_defaults
 from rlft.config.schema import ModelConfig
+from rlft.config.trainer_args import build_trainer_config
 from rlft.errors import ConfigError, DataError
+from rlft.models import policy  # module attribute calls: tests trap policy.load_tokenizer
 from rlft.rewards.models.preferences import PreferencePair, pair_texts, pairs_to_dataset
 from rlft.rewards.models.scoring import RM_FILE, RewardModelScorer, encode_conversations, encode_texts
+from rlft.runtime.distributed import save_trained
 
-# rlft's RewardConfig defaults (the user's `rm.trainer` keys override them, TRL's defaults fill the rest).
-RM_TRAINER_DEFAULTS: dict[str, Any] = {
-    "num_train_epochs": 3, "per_device_train_batch_size": 16, "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
-    "center_rewards_coefficient": 0.01,
-}
-# The embedded model starts from random weights and learns at the SFT stage's rate; a pretrained one keeps TRL's
-# 1e-4.
-TINY_LEARNING_RATE = 1e-3
 CALIBRATION_BINS = 5
 NORMALIZATION_TEXTS = 1024  # training texts whose scores give the mean and std saved for ensembles
 
 
 def reward_config(model_cfg: ModelConfig, overrides: dict[str, Any], output_dir: str | Path, seed: int):
-    """`trl.RewardConfig`: rlft's base defaults < RM_TRAINER_DEFAULTS (and the tiny rate) < the user's keys."""
-    from rlft.config.trainer_args import build_trainer_config
+    """`trl.RewardConfig`: rlft's defaults for this model (rlft.config.defaults.rm_defaults) < the user's keys."""
+    from trl import RewardConfig
 
-    defaults = dict(RM_TRAINER_DEFAULTS)
-    if model_cfg.tiny is not None:
-        defaults["learning_rate"] = TINY_LEARNING_RATE
-    return build_trainer_config("rm", dict(overrides), str(output_dir), seed, defaults=defaults)
+    return build_trainer_config(RewardConfig, dict(overrides), str(output_dir), seed, defaults=rm_defaults(model_cfg))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -78,12 +71,10 @@ def reward_model_tokenizer(model_cfg: ModelConfig, corpus: Sequence[str] = ()):
     the preference texts after it: the policy's words keep their ids, so a reward model trained here can seed a
     PPO critic that reads the policy's token ids (`rl.trainer.critic_init`).
     """
-    from rlft.models.policy import build_word_tokenizer, load_tokenizer
-
     if model_cfg.tiny is not None:
-        return build_word_tokenizer(corpus, chat_template=model_cfg.chat_template == "on")
+        return policy.build_word_tokenizer(corpus, chat_template=model_cfg.chat_template == "on")
     local = Path(model_cfg.name_or_path).expanduser().exists()
-    tokenizer = load_tokenizer(model_cfg.name_or_path, model_cfg.trust_remote_code,
+    tokenizer = policy.load_tokenizer(model_cfg.name_or_path, model_cfg.trust_remote_code,
                                None if local else model_cfg.revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -94,20 +85,18 @@ def build_reward_model(model_cfg: ModelConfig, tokenizer, seed: int) -> torch.nn
     """A one-label sequence classifier: the tiny config with a score head, or `from_pretrained` (fresh head)."""
     from transformers import AutoModelForSequenceClassification
 
-    from rlft.models.policy import _dtype, tiny_model_config
-
     if model_cfg.lora is not None:
         raise ConfigError("model.lora is not supported for reward models yet; train the full model")
     torch.manual_seed(seed)  # the score head (and the tiny backbone) start from this seed
     if model_cfg.tiny is not None:
-        config = tiny_model_config(model_cfg.tiny, tokenizer, num_labels=1)
+        config = policy.tiny_model_config(model_cfg.tiny, tokenizer, num_labels=1)
         return AutoModelForSequenceClassification.from_config(config, dtype=torch.float32)
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
     local = Path(model_cfg.name_or_path).expanduser().exists()
     with suppress_seqcls_warning():  # a causal LM checkpoint has no score head and an LM head the classifier drops
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_cfg.name_or_path, num_labels=1, dtype=_dtype(model_cfg.dtype), use_safetensors=True,
+            model_cfg.name_or_path, num_labels=1, dtype=policy.torch_dtype(model_cfg.dtype), use_safetensors=True,
             trust_remote_code=model_cfg.trust_remote_code, revision=None if local else model_cfg.revision)
     model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
     return model
@@ -253,8 +242,6 @@ def train_reward_model(train_pairs: Sequence[PreferencePair], eval_pairs: Sequen
         batch_size: scoring batch size for the held-out evaluation.
     """
     from trl import RewardTrainer
-
-    from rlft.stages.common import save_trained
 
     train_pairs, eval_pairs = list(train_pairs), list(eval_pairs)
     if not train_pairs:

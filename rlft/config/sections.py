@@ -1,0 +1,322 @@
+"""The sections of the experiment configuration (pydantic models); `rlft.config.schema.Config` holds them.
+
+Every field is documented once, here. Trainer hyperparameters are not re-declared: `sft.trainer`, `rl.trainer`
+and `rm.trainer` pass through to TRL's config classes (rlft.config.trainer_args checks them).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    """A config section: unknown keys are errors (a typo must not pass silently), assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(Section):
+    """A small randomly initialised transformers model with a tokenizer made locally from env text."""
+
+    architecture: Literal["qwen2", "llama"] = "qwen2"
+    hidden_size: int = Field(128, gt=0)
+    num_layers: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+    max_position_embeddings: int = Field(2048, gt=0)
+    corpus_episodes: int = Field(200, gt=0, description="random + expert episodes whose text builds the vocabulary")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        return self
+
+
+class LoraSettings(Section):
+    r: int = Field(8, gt=0)
+    alpha: int = Field(16, gt=0)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | str = "all-linear"
+
+
+class ModelConfig(Section):
+    """Which policy to start from: `name_or_path` (local folder or hub id) or the embedded `tiny` model."""
+
+    name_or_path: str | None = None
+    tiny: TinyModelConfig | None = None
+    chat_template: Literal["auto", "on", "off"] = "auto"
+    trust_remote_code: bool = False
+    revision: str | None = Field(None, description="hub revision of name_or_path; a commit hash pins the weights and "
+                                 "code to the ones you checked (unset: the hub's main branch); a local folder has none")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    lora: LoraSettings | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelConfig:
+        if (self.name_or_path is None) == (self.tiny is None):
+            raise ValueError("set exactly one of model.name_or_path (a folder or hub id) or model.tiny")
+        return self
+
+
+class AdapterConfig(Section):
+    """How a Gymnasium env with a Discrete action space becomes a text env."""
+
+    action_names: list[str] | None = None
+    renderer: str | None = Field(None, description="'module:function' (env, obs) -> str")
+    parser: str | None = Field(None, description="'module:function' (text) -> int | None")
+    instructions: str = ""
+    invalid_action: Literal["penalty", "terminate"] = "penalty"
+    invalid_penalty: float = 0.0
+
+
+class SeedRange(Section):
+    start: int = Field(0, ge=0)
+    count: int = Field(100_000, gt=0)
+
+
+class EnvConfig(Section):
+    id: str = Field(..., description="a registered gymnasium id (e.g. rlft/FrozenLake-v0) or 'module:Class'")
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    adapter: AdapterConfig | None = None
+    max_turns: int = Field(16, gt=0)
+    train_seeds: SeedRange = Field(default_factory=SeedRange)
+
+
+class RolloutConfig(Section):
+    num_envs: int = Field(64, gt=0, description="concurrent episodes in one batched rollout")
+    max_action_tokens: int = Field(4, gt=0)
+    max_episode_tokens: int = Field(1024, gt=0, description="prompt + completion cap; episodes past it truncate")
+    temperature: float = Field(1.0, gt=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    stop_on_newline: bool = True
+    env_step_timeout_s: float | None = Field(30.0, gt=0.0, description="an env.step or env.reset slower than this "
+                                             "fails its episode (left out of the batch); null waits forever")
+    max_env_failure_rate: float = Field(0.1, ge=0.0, le=1.0, description="abort when more than this fraction of "
+                                        "a rollout batch's episodes fail (env raised, hung, malformed observation)")
+
+
+class ExpertDemos(Section):
+    source: Literal["expert"] = "expert"
+    episodes: int = Field(300, gt=0)
+    epsilon: float = Field(0.1, ge=0.0, le=1.0)
+    seed: int = 0
+
+
+class JsonlDemos(Section):
+    source: Literal["jsonl"] = "jsonl"
+    path: str
+
+
+class SftConfig(Section):
+    demos: ExpertDemos | JsonlDemos = Field(default_factory=ExpertDemos, discriminator="source")
+    trainer: dict[str, Any] = Field(default_factory=dict, description="passed to trl.SFTConfig")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_demo_source(cls, data: Any) -> Any:
+        # The discriminator needs `source` in the input; without this, `sft.demos.episodes=100` (or a YAML
+        # `demos: {episodes: 100}`) fails with "unable to extract tag" although `expert` is the default.
+        demos = data.get("demos") if isinstance(data, dict) else None
+        if isinstance(demos, dict) and "source" not in demos:
+            data = {**data, "demos": {"source": "jsonl" if "path" in demos else "expert", **demos}}
+        return data
+
+
+# The RL algorithms a config may name: exactly the names in rlft.algorithms.registry (a test compares them).
+ALGORITHMS = ("grpo", "ppo")
+
+
+class RlConfig(Section):
+    algorithm: Literal[ALGORITHMS] = "grpo"
+    init_from: str = Field("sft", description="'sft' (this run's SFT checkpoint), 'base', or a checkpoint path")
+    trainer: dict[str, Any] = Field(default_factory=dict,
+                                    description="passed to trl.GRPOConfig (grpo) or rlft.algorithms.ppo.PPOConfig (ppo)")
+    max_nonfinite_steps: int = Field(3, gt=0, description="abort after this many optimizer steps in a row skipped "
+                                     "for a non-finite loss, reward, value or gradient")
+
+
+class JsonlPreferences(Section):
+    """Preference pairs from a JSONL file of {prompt, chosen, rejected} rows (text or chat messages)."""
+
+    source: Literal["jsonl"] = "jsonl"
+    path: str
+    eval_path: str | None = Field(None, description="held-out pairs; unset: eval_fraction of the file's pairs are "
+                                  "held out, whole prompts at a time")
+    eval_fraction: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class EnvPreferences(Section):
+    """Preference pairs built from env episodes ranked by a gold signal, with Bradley-Terry label noise."""
+
+    source: Literal["env"] = "env"
+    episodes: int = Field(400, ge=2, description="training episodes, episodes_per_task from each train seed")
+    episodes_per_task: int = Field(4, ge=2, description="episodes from one reset seed; pairs compare these")
+    eval_episodes: int = Field(200, ge=0, description="held-out episodes, on seeds from eval.seed_start")
+    budget: int = Field(1000, gt=0, description="at most this many training pairs")
+    eval_budget: int = Field(500, gt=0, description="at most this many held-out pairs")
+    noise: float = Field(0.0, ge=0.0, description="Bradley-Terry temperature in gold units: P(a preferred to b) = "
+                         "sigmoid((gold_a - gold_b) / noise); 0 always prefers the higher gold")
+    gold: str = Field("return", description="'return' (the episode's summed env reward) or 'module:function' "
+                      "called with the played-episode record (envs.experts.play_expert_episode) -> float")
+    policy: Literal["expert", "random"] = Field("expert", description="who plays: the env's expert with epsilon "
+                                                "random actions, or uniformly random actions")
+    epsilon: float = Field(0.5, ge=0.0, le=1.0)
+    seed: int = Field(0, description="seeds the players, the pair sample and the labels")
+
+
+class RmEnsembleConfig(Section):
+    size: int = Field(1, ge=1, description="members; member i trains with seed + i into checkpoints/rm_<i>")
+    data: Literal["same", "bootstrap", "disjoint"] = Field("same", description="each member's training pairs: all "
+                                                           "of them, a bootstrap resample, or a 1/size shard")
+    aggregate: Literal["mean", "min", "mean_minus_std"] = "mean"
+    k: float = Field(1.0, ge=0.0, description="mean_minus_std: mean - k * std over members")
+    normalize: bool = Field(True, description="standardise each member by its training-score mean and std first")
+
+
+class RmConfig(Section):
+    """`rlft rm`: a Bradley-Terry reward model (rlft/rewards/models/) trained with TRL's RewardTrainer."""
+
+    data: EnvPreferences | JsonlPreferences = Field(default_factory=EnvPreferences, discriminator="source")
+    model: ModelConfig | None = Field(None, description="unset: the policy's model section (tiny or name_or_path) "
+                                      "with a one-label score head")
+    trainer: dict[str, Any] = Field(default_factory=dict, description="passed to trl.RewardConfig")
+    ensemble: RmEnsembleConfig = Field(default_factory=RmEnsembleConfig)
+    batch_size: int = Field(32, gt=0, description="texts per forward pass when scoring held-out pairs")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_data_source(cls, data: Any) -> Any:
+        # As for sft.demos: `rm.data.budget=100` without `source` means the default (env) source.
+        pairs = data.get("data") if isinstance(data, dict) else None
+        if isinstance(pairs, dict) and "source" not in pairs:
+            data = {**data, "data": {"source": "jsonl" if "path" in pairs else "env", **pairs}}
+        return data
+
+
+class EvalConfig(Section):
+    episodes: int = Field(200, gt=0)
+    seed_start: int = Field(10_000_000, ge=0, description="held-out seeds start here, far from train seeds")
+    disjoint_tasks: bool = Field(True, description="skip held-out seeds whose task (map) appeared in training")
+    greedy: bool = Field(True, description="headline numbers from greedy decoding; sampled ones are reported too")
+    batch_size: int = Field(128, gt=0)
+    every_steps: int | None = Field(None, gt=0, description="during RL, evaluate on held-out seeds every N steps "
+                                    "(learning curves against env steps); off by default")
+    during_episodes: int = Field(100, gt=0, description="held-out episodes per evaluation during RL")
+
+
+class WandbConfig(Section):
+    enabled: bool = True
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "rlft"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = Field(default_factory=list)
+
+
+class TrackingConfig(Section):
+    experiment: str | None = Field(None, description="the experiment this run belongs to (wandb group unless "
+                                   "wandb.group is set; `rlft launch` sets it); unset: the run name")
+    transcripts_every: int | None = Field(None, gt=0, description="during RL, log a sample of episode transcripts "
+                                          "every N steps (wandb table + transcripts.jsonl); unset: logging_steps")
+    transcript_samples: int = Field(4, ge=0, description="episodes per transcript sample; 0 turns them off")
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+
+
+class _RewardComponentBase(Section):
+    """What every reward component has (rlft/rewards): composed value = weight x clip(normalise(raw))."""
+
+    weight: float = Field(1.0, description="multiplies the component after normalisation and clipping")
+    normalize: bool = Field(False, description="running mean / std normalisation of the values the component "
+                            "emits (each turn's for turn-level components, the episode's for episode-level ones)")
+    clip: tuple[float, float] | None = Field(None, description="[lo, hi] applied after normalisation")
+
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _weight_is_a_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"expected a number, got {type(value).__name__}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ValueError("expected a finite number")
+        return value
+
+    @field_validator("clip")
+    @classmethod
+    def _clip_is_a_range(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"expected [lo, hi] with lo < hi, got {list(value)}")
+        return value
+
+
+class EnvRewardComponent(_RewardComponentBase):
+    """The env's own per-turn reward."""
+
+    kind: Literal["env"]
+
+
+class RmRewardComponent(_RewardComponentBase):
+    """A learned reward model's score of the transcript (rlft.rewards.models.scoring.load_reward_model)."""
+
+    kind: Literal["rm"]
+    path: str | list[str] | None = Field(None, description="a reward-model folder, or several (an ensemble); null: "
+                                         "this run's checkpoints/rm, trained by `rlft rm` (which `rlft pipeline` "
+                                         "runs before RL when the config has an `rm` section)")
+    level: Literal["episode", "turn"] = Field("episode", description="episode: the whole transcript's score on the "
+                                              "last turn; turn: each turn the change in score its action made")
+    aggregate: Literal["mean", "min", "mean_minus_std"] | None = Field(
+        None, description="how an ensemble's scores combine; null: its ensemble.json's, else mean")
+    k: float | None = Field(None, ge=0.0, description="mean_minus_std: mean - k * std; null: ensemble.json's, else 1")
+
+
+class RuleRewardComponent(_RewardComponentBase):
+    """A rule function: a built-in name (valid_action, length_penalty, potential_shaping) or 'module:function'."""
+
+    kind: Literal["rule"]
+    function: str = Field(..., description="a built-in rule name or 'module:function' (rlft/rewards/rules.py)")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the function on every call")
+
+
+RewardComponent = Annotated[EnvRewardComponent | RmRewardComponent | RuleRewardComponent,
+                            Field(discriminator="kind")]
+
+
+class RewardAlarmConfig(Section):
+    """The over-optimisation alarm (rlft/rewards/alarm.py): proxy trending up while gold trends down."""
+
+    enabled: bool | None = Field(None, description="null: on whenever the design has a gold signal")
+    window: int = Field(20, ge=4, description="the last N logged steps that both trends are fitted over")
+    min_t: float = Field(3.0, gt=0.0, description="|t-statistic| each least-squares slope must exceed")
+    stop: bool = Field(False, description="stop training (a checkpoint is saved) when the alarm fires")
+    proxy: str = Field("proxy/return", description="the logged metric that is optimised")
+    gold: str = Field("gold/return", description="the logged metric that should rise with it")
+
+
+class RewardConfig(Section):
+    """The reward design (rlft/rewards). The default, the env reward alone with weight 1, is rlft without one."""
+
+    name: str | None = Field(None, description="a label for the design (wandb tag reward:<name>); unset: the "
+                             "component names joined by '+'")
+    components: dict[str, RewardComponent] = Field(
+        default_factory=lambda: {"env": EnvRewardComponent(kind="env")},
+        description="name -> component; the episode reward is their sum")
+    gold: str = Field("env", description="'env' (the env's own return and success), 'none', or 'module:function' "
+                      "(a rule function; its values summed per episode)")
+    alarm: RewardAlarmConfig = Field(default_factory=RewardAlarmConfig)
+
+    @field_validator("gold")
+    @classmethod
+    def _gold_source(cls, value: str) -> str:
+        if value not in ("env", "none") and ":" not in value:
+            raise ValueError("expected 'env', 'none' or 'module:function'")
+        return value
+
+    @model_validator(mode="after")
+    def _has_components(self) -> RewardConfig:
+        if not self.components:
+            raise ValueError("no reward components; expected at least one (e.g. env: {kind: env})")
+        if self.alarm.enabled and self.gold == "none":
+            raise ValueError("alarm.enabled is true but gold is 'none': the alarm compares the proxy with a gold "
+                             "signal")
+        return self
