@@ -10,6 +10,7 @@ what `run_eval` returned there.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sys
@@ -57,33 +58,28 @@ def write(path: Path, record: dict) -> None:
 def train(config, rank_file: Path) -> None:
     """`stages.run_rl`, with the trainer's builder wrapped to record the parameters and each rollout."""
     from rlft import stages
-    from rlft.algorithms.grpo import seeds_of
-    from rlft.stages import rl as module
+    from rlft.algorithms import registry
 
-    name = f"build_{config.rl.algorithm}_trainer"
-    build = getattr(module, name)
+    entry = registry.ALGORITHMS[config.rl.algorithm]
     record: dict = {"rollouts": []}
 
     def recording_build(*args, **kwargs):
-        trainer, rollout = build(*args, **kwargs)
+        trainer, rollout = entry.build(*args, **kwargs)
         record["trainer"], record["init"] = trainer, parameter_hashes(trainer.model)
-        play = trainer.rollout_func  # TRL calls `trainer.rollout_func(prompts, trainer)`
 
-        def recorded(prompts, trainer_):
-            out = play(prompts, trainer_)
-            record["rollouts"].append({"seeds": seeds_of(prompts), "turns": [int(t) for t in out["turns"]],
-                                       "returns": [float(r) for r in out["episode_return"]],
+        def recorded(batch):  # every RolloutBatch the rollout builds (GRPO and PPO alike)
+            record["rollouts"].append({"seeds": batch.seeds, "turns": [e.num_turns for e in batch.episodes],
+                                       "returns": [e.episode_return for e in batch.episodes],
                                        "env_steps_total": rollout.env_steps})
-            return out
 
-        trainer.rollout_func = recorded
+        rollout.add_listener(recorded)
         return trainer, rollout
 
-    setattr(module, name, recording_build)
+    registry.ALGORITHMS[config.rl.algorithm] = dataclasses.replace(entry, build=recording_build)
     try:
         stages.run_rl(config)
     finally:
-        setattr(module, name, build)
+        registry.ALGORITHMS[config.rl.algorithm] = entry
     trainer = record.pop("trainer")
     state = trainer.accelerator.state
     write(rank_file, {"rank": state.process_index, "world_size": state.num_processes,

@@ -15,8 +15,10 @@ import pytest
 import torch
 
 from rlft import stages
-from rlft.algorithms.grpo import build_grpo_trainer, episode_return, episodes_to_rollout
-from rlft.algorithms.ppo import build_ppo_trainer, model_token_mask
+from rlft.algorithms import trl_bridge
+from rlft.algorithms.grpo import build_grpo_trainer, episode_return
+from rlft.algorithms.ppo import build_ppo_trainer
+from rlft.core.batch import RolloutBatch
 from rlft.errors import EnvFailureError, ResourceError
 from rlft.rollout.engine import RolloutEngine, SamplingSettings
 from rlft.rollout.turn_format import PlainFormat
@@ -84,7 +86,7 @@ def test_a_fault_fails_its_episode_and_leaves_the_others_as_they_were(corridor_p
             assert after.completion_ids == before.completion_ids
             assert after.logprobs == pytest.approx(before.logprobs, abs=1e-4)
             assert after.rewards == before.rewards and after.success == before.success
-    rollout = episodes_to_rollout(broken, filler_id=tokenizer.pad_token_id)
+    rollout = RolloutBatch.from_episodes(broken, pad_id=tokenizer.pad_token_id).to_trl_rollout()
     for i, episode in enumerate(broken):
         failed = episode.failure is not None
         assert (sum(rollout["env_mask"][i]) == 0) == failed
@@ -157,7 +159,8 @@ def test_failed_episodes_carry_no_signal_and_stay_out_of_the_episode_metrics():
     mid.add_sampled(7, -0.2)
     mid.failure = "env.step raised ValueError('boom') on turn 2"
     at_reset = Episode(seed=2, prompt_ids=[], failure="env.reset raised ValueError('boom')")
-    rollout = episodes_to_rollout([healthy, mid, at_reset], filler_id=0)
+    batch = RolloutBatch.from_episodes([healthy, mid, at_reset], pad_id=0)
+    rollout = batch.to_trl_rollout()
     assert rollout["env_mask"] == [[1], [0, 0, 0, 0], [0]]
     assert rollout["completion_ids"] == [[7], [8, 9, 9, 7], [0]] and rollout["prompt_ids"][2] == [0]
     assert rollout["logprobs"][2] == [0.0]
@@ -207,14 +210,14 @@ def grpo(tmp_path_factory):
     trainer, rollout = build(tmp_path_factory.mktemp("grpo"), "grpo", failing_slots({1: 2, 6: 1}),
                              rl={"num_generations": 4, "per_device_train_batch_size": 8},
                              rollout={"num_envs": 8, "max_env_failure_rate": 0.25})
-    out = trainer._generate_and_score_completions(prompts([5] * 4 + [9] * 4))
+    out = trainer.score_generation_batch(prompts([5] * 4 + [9] * 4))
     return trainer, rollout, out
 
 
 def test_grpo_group_baseline_leaves_failed_episodes_out(grpo):
     """TRL's own scoring: a failed episode's advantage is 0 and its group's mean and std are over the others."""
     trainer, rollout, out = grpo
-    episodes = rollout.last_episodes
+    episodes = trainer.rollout_batch.episodes
     assert [e.failure is not None for e in episodes] == [False, True, False, False, False, False, True, False]
     returns = torch.tensor([e.episode_return for e in episodes])
     expected = torch.zeros(8)
@@ -224,7 +227,7 @@ def test_grpo_group_baseline_leaves_failed_episodes_out(grpo):
         expected[healthy] = (returns[healthy] - mean) / (std + 1e-4)
     assert returns[[0, 2, 3]].std() > 0  # the check below is not trivially 0 == 0
     torch.testing.assert_close(out["advantages"].cpu(), expected, atol=1e-5, rtol=1e-5)
-    mask = model_token_mask(out)
+    mask = out["completion_mask"] * out["tool_mask"]
     assert mask[1].sum() == 0 and mask[6].sum() == 0 and mask[0].sum() > 0
     healthy_tokens = sum(sum(e.mask) for e in episodes if e.failure is None)
     assert out["num_items_in_batch"].item() == healthy_tokens  # the loss is normalised over healthy tokens
@@ -232,10 +235,10 @@ def test_grpo_group_baseline_leaves_failed_episodes_out(grpo):
 
 def test_grpo_logs_the_failure_rate_and_healthy_episode_metrics(grpo):
     trainer, rollout, _ = grpo
-    metrics = trainer._metrics["train"]
+    metrics = trl_bridge.metrics(trainer)
     assert metrics["episode/failure_rate"] == [0.25]
     assert metrics["episode/failures_total"] == [2.0]
-    healthy = [e for e in rollout.last_episodes if e.failure is None]
+    healthy = [e for e in trainer.rollout_batch.episodes if e.failure is None]
     assert metrics["episode/return"][-1] == pytest.approx(sum(e.episode_return for e in healthy) / len(healthy))
     assert metrics["episode/turns"][-1] == pytest.approx(sum(e.num_turns for e in healthy) / len(healthy))
 
@@ -247,31 +250,31 @@ def test_above_the_threshold_the_rollout_aborts_naming_the_key(grpo):
     rollout.engine._envs, rollout.engine._workers = [], []  # a fresh pool from the new factory
     try:
         with pytest.raises(EnvFailureError) as info:
-            trainer._generate_and_score_completions(prompts([5] * 4 + [9] * 4))
+            trainer.score_generation_batch(prompts([5] * 4 + [9] * 4))
     finally:
         rollout.engine.settings.max_env_failure_rate = 0.25
     message = str(info.value)
     assert "3 of 8 episodes (38%)" in message and "rollout.max_env_failure_rate = 0.2" in message
     assert "seed 5: env.reset raised ValueError('boom'); seed 5: env.step raised ValueError('boom') on turn 2" in message
     assert info.value.exit_code == 3
-    assert trainer._metrics["train"]["episode/failures_total"][-1] == 5.0  # logged before the abort
+    assert trl_bridge.metrics(trainer)["episode/failures_total"][-1] == 5.0  # logged before the abort
 
 
 def test_ppo_failed_episodes_give_finite_zero_advantages_and_no_loss_tokens(tmp_path, monkeypatch):
     # 4 episodes, one per seed; the 2nd fails on its 2nd step, the 4th at reset
     trainer, rollout = build(tmp_path, "ppo", failing_slots({1: 2, 3: 0}),
                              rl={"per_device_train_batch_size": 2}, rollout={"num_envs": 4, "max_env_failure_rate": 0.5})
-    out = trainer._generate_and_score_completions(prompts([3, 4, 5, 6]))
-    assert [e.failure is not None for e in rollout.last_episodes] == [False, True, False, True]
-    mask = model_token_mask(out)
-    for key in ("advantages", "returns", "old_values", "old_per_token_logps"):
+    out = trainer.score_generation_batch(prompts([3, 4, 5, 6]))
+    assert [e.failure is not None for e in trainer.rollout_batch.episodes] == [False, True, False, True]
+    mask = out["completion_mask"] * out["env_mask"]
+    for key in ("advantages", "returns", "old_values", "old_logprobs"):
         assert torch.isfinite(out[key]).all(), key
     for row in (1, 3):
         assert mask[row].sum() == 0 and out["value_mask"][row].sum() == 0
         assert torch.all(out["advantages"][row] == 0) and torch.all(out["returns"][row] == 0)
     assert out["advantages"][[0, 2]].abs().sum() > 0
     monkeypatch.setattr(trainer, "current_gradient_accumulation_steps", 1, raising=False)
-    assert torch.isfinite(trainer._compute_loss(trainer.model, out))
+    assert torch.isfinite(trainer.compute_loss(trainer.model, out))
 
 
 # ====================================================================================== evaluation

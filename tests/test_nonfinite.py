@@ -156,15 +156,15 @@ def test_ppo_nan_value_skips_every_step_its_rollout_batch_serves(tmp_path, monke
     config.rl.trainer.update({"max_steps": 8, "save_steps": 100})
     config.rl.max_nonfinite_steps = 5
     snapshots = Snapshots()
-    original = PPOTrainer._rollout_values
+    original = PPOTrainer.rollout_values
     calls = {"n": 0}
 
-    def nan_values(self, out, episodes, width):
-        values, bootstrap = original(self, out, episodes, width)
+    def nan_values(self, batch):
+        values, bootstrap = original(self, batch)
         calls["n"] += 1
         return (values * float("nan"), bootstrap) if calls["n"] == 1 else (values, bootstrap)
 
-    monkeypatch.setattr(PPOTrainer, "_rollout_values", nan_values)
+    monkeypatch.setattr(PPOTrainer, "rollout_values", nan_values)
     stages.run_rl(config, callbacks=[snapshots])
     assert_only_step_skipped(snapshots, {1, 2, 3, 4}, 8)
     assert logged(config, "nonfinite/skipped_total")[-1] == 4.0

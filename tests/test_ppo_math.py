@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from rlft.algorithms.kl_control import AdaptiveKLController, FixedKLController, kl_controller
-from rlft.algorithms.ppo import clipped_value_loss
 from rlft.core.advantages import action_starts, explained_variance, masked_whiten, token_gae, turn_gae
+from rlft.core.losses import clipped_value_loss
 
 ATOL = 1e-6
 

@@ -1,23 +1,28 @@
-"""PPO through TRL on tiny runs: the loss against hand numbers, ratio 1 on a fresh rollout, every parameter
+"""PPO inside TRL's loop on tiny runs: the loss against hand numbers, ratio 1 on a fresh rollout, every parameter
 trained, the critic saved / reloaded / reused, critic init from a reward model, and config checks.
 
-The loss tests call `PPOTrainer._compute_loss` on small hand-made tensors with the policy's log-probs and the
-critic's values replaced by chosen numbers (torchtune's loss tests are the model).
+The loss tests call `PPOTrainer.compute_loss` on small hand-made tensors with the policy's log-probs (the TRL
+bridge's `per_token_logps_and_entropies`) and the critic's values replaced by chosen numbers (torchtune's loss
+tests are the model); the rollout-scoring tests hand `score_generation_batch` a RolloutBatch of chosen episodes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from trl import GRPOTrainer
 
 from rlft import stages
+from rlft.algorithms import ppo as ppo_module
+from rlft.algorithms import registry, trl_bridge
 from rlft.algorithms.kl_control import FixedKLController
-from rlft.algorithms.ppo import PPOTrainer, build_ppo_trainer
+from rlft.algorithms.ppo import build_ppo_trainer
+from rlft.core.batch import RolloutBatch
+from rlft.core.losses import entropy_from_logits, ppo_objective
 from rlft.errors import ConfigError
 from rlft.models.critic import ATTRIBUTE, ValueModel, build_critic, load_critic
 from rlft.rollout.engine import RolloutEngine
@@ -120,9 +125,9 @@ def t(rows, dtype=torch.float32) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def loss_trainer(tmp_path_factory):
     trainer = build_trainer(ppo_config(tmp_path_factory.mktemp("loss"), "loss"))
-    assert trainer.args.loss_type == "dapo" and trainer.epsilon_low == trainer.epsilon_high == 0.2
+    assert trainer.epsilon_low == trainer.epsilon_high == 0.2
     assert trainer.args.steps_per_generation == 2 and trainer.args.vf_coef == 0.5
-    assert trainer.args.cliprange_value == 0.2 and trainer.beta == 0.0
+    assert trainer.args.cliprange_value == 0.2 and trainer.args.entropy_coef == 0.0
     return trainer
 
 
@@ -134,9 +139,11 @@ def loss_inputs(loss_trainer, monkeypatch):
     entropies = torch.full((2, 4), 0.5)
     calls = {}
 
-    def fake_logps(self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs):
+    def fake_logps(trainer_, model, input_ids, attention_mask, logits_to_keep, compute_entropy=False,
+                   batch_size=None):
         calls["policy"] = (input_ids, attention_mask, logits_to_keep)
-        return logps.clone().requires_grad_(True), entropies, None
+        calls["logps"] = logps.clone().requires_grad_(True)
+        return calls["logps"], entropies
 
     full_values = torch.zeros(2, 6)  # (B, P + T): position P - 1 + t holds V before completion token t
     full_values[:, 1:5] = t(VALUES)
@@ -146,52 +153,52 @@ def loss_inputs(loss_trainer, monkeypatch):
         calls["critic"] = (input_ids, attention_mask)
         return full_values.clone().requires_grad_(True)
 
-    # Patch TRL's method (PPOTrainer's override wraps it and records the log-probs for its metrics).
-    monkeypatch.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", fake_logps)
+    # The seam through which PPO gets TRL's per-token log-probs (rlft/algorithms/trl_bridge.py).
+    monkeypatch.setattr(trl_bridge, "per_token_logps_and_entropies", fake_logps)
     monkeypatch.setattr(trainer.critic, "forward", fake_critic)
-    monkeypatch.setattr(trainer, "beta", 0.0)
     monkeypatch.setattr(trainer.args, "cliprange_value", 0.2)
     monkeypatch.setattr(trainer, "current_gradient_accumulation_steps", 1, raising=False)
     trainer.model.train()
     inputs = {
         "prompt_ids": t(PROMPT_IDS, torch.long), "prompt_mask": t(PROMPT_MASK, torch.long),
         "completion_ids": t(COMPLETION_IDS, torch.long), "completion_mask": t(COMPLETION_MASK, torch.long),
-        "tool_mask": t(TOOL_MASK, torch.long), "advantages": t(ADVANTAGES), "old_per_token_logps": t(OLD_LOGPS),
+        "env_mask": t(TOOL_MASK, torch.long), "advantages": t(ADVANTAGES), "old_logprobs": t(OLD_LOGPS),
         "returns": t(RETURNS), "old_values": t(OLD_VALUES), "value_mask": t(VALUE_MASK),
-        "num_items_in_batch": torch.tensor(NUM_ITEMS),
+        "num_items_in_batch": torch.tensor(NUM_ITEMS), "kl_coef": torch.tensor(0.0),
     }
     return trainer, inputs, calls
 
 
 def test_ppo_loss_equals_hand_numbers(loss_inputs):
     trainer, inputs, calls = loss_inputs
-    metrics = trainer._metrics["train"]
+    metrics = trl_bridge.metrics(trainer)
     metrics.clear()
-    loss = trainer._compute_loss(trainer.model, inputs)
-    # policy: -3.55 / (10 * 1 / 2) = -0.71; value: 0.5 * (0.5 * 6.23 / 6); total -0.71 + 0.25958333...
+    loss = trainer.compute_loss(trainer.model, inputs)
+    # policy: -3.55 / (10 / 2) = -0.71; value: 0.5 * (0.5 * 6.23 / 6); total -0.71 + 0.25958333...
     expected = POLICY_SUM / (NUM_ITEMS / 2) + 0.5 * VALUE_LOSS_CLIPPED
     assert loss.item() == pytest.approx(expected, abs=1e-5)
     assert expected == pytest.approx(-0.45041667, abs=1e-7)
-    # the policy and the critic saw prompt + completion, with TRL's attention mask
+    # the policy and the critic saw prompt + completion, with the padded attention mask
     ids, mask, keep = calls["policy"]
     assert keep == 4 and ids.tolist() == [[5, 6, 8, 9, 10, 11], [0, 7, 12, 13, 14, 0]]
     assert mask.tolist() == [[1, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 0]]
     assert torch.equal(calls["critic"][0], ids) and torch.equal(calls["critic"][1], mask)
-    # PPO's own metrics, by hand: the masked policy loss -3.55 / 6, value clip fraction 2 / 6 ((0,0) and (0,3)),
-    # the largest |ratio - 1| on loss tokens 0.5 (the 3.0s are masked out)
-    assert metrics["ppo/policy_loss"][-1] == pytest.approx(-3.55 / 6, abs=1e-5)
+    # The logged terms are the ones that train: the policy loss -3.55 / 5, the value loss; value clip fraction
+    # 2 / 6 ((0,0) and (0,3)); the largest |ratio - 1| on loss tokens 0.5 (the 3.0s are masked out)
+    assert metrics["ppo/policy_loss"][-1] == pytest.approx(POLICY_SUM / (NUM_ITEMS / 2), abs=1e-5)
     assert metrics["ppo/value_loss"][-1] == pytest.approx(VALUE_LOSS_CLIPPED, abs=1e-5)
     assert metrics["ppo/value_clipfrac"][-1] == pytest.approx(2 / 6, abs=1e-6)
     assert metrics["ppo/ratio_max_deviation"][-1] == pytest.approx(0.5, abs=1e-5)
-    # TRL's clip counters agree with the table: high-clipped (0,0); low-clipped (0,1) and (1,0), out of 6
+    # clip counters agree with the table: high-clipped (0,0); low-clipped (0,1) and (1,0), out of 6
     assert metrics["clip_ratio/high_mean"][-1] == pytest.approx(1 / 6, abs=1e-6)
     assert metrics["clip_ratio/low_mean"][-1] == pytest.approx(2 / 6, abs=1e-6)
+    assert "kl" not in metrics  # no KL term in this batch's loss
 
 
 def test_ppo_loss_without_value_clipping(loss_inputs, monkeypatch):
     trainer, inputs, _ = loss_inputs
     monkeypatch.setattr(trainer.args, "cliprange_value", None)
-    loss = trainer._compute_loss(trainer.model, inputs)
+    loss = trainer.compute_loss(trainer.model, inputs)
     expected = POLICY_SUM / (NUM_ITEMS / 2) + 0.5 * VALUE_LOSS_UNCLIPPED  # -0.71 + 0.5 * 0.43833...
     assert loss.item() == pytest.approx(expected, abs=1e-5)
     assert abs(VALUE_LOSS_CLIPPED - VALUE_LOSS_UNCLIPPED) > 0.04  # the two cases are told apart
@@ -200,27 +207,17 @@ def test_ppo_loss_without_value_clipping(loss_inputs, monkeypatch):
 def test_ppo_loss_with_gradient_accumulation(loss_inputs, monkeypatch):
     trainer, inputs, _ = loss_inputs
     monkeypatch.setattr(trainer, "current_gradient_accumulation_steps", 2)
-    loss = trainer._compute_loss(trainer.model, inputs)
-    # dapo divisor 10 * 2 / 2 = 10; the value loss is divided by the accumulation steps: -0.355 + 0.1297916...
+    loss = trainer.compute_loss(trainer.model, inputs)
+    # policy divisor 10 * 2 / 2 = 10; the value loss is divided by the accumulation steps: -0.355 + 0.1297916...
     expected = POLICY_SUM / 10 + 0.5 * VALUE_LOSS_CLIPPED / 2
     assert loss.item() == pytest.approx(expected, abs=1e-5)
 
 
 def test_ppo_loss_gradient_skips_clipped_tokens(loss_inputs):
-    """d loss / d log pi is 0 on clipped tokens and -r * A / 5 elsewhere (dapo divisor 5), 0 off the mask."""
+    """d loss / d log pi is 0 on clipped tokens and -r * A / 5 elsewhere (divisor 5), 0 off the mask."""
     trainer, inputs, calls = loss_inputs
-    captured = {}
-    original = GRPOTrainer._get_per_token_logps_and_entropies
-
-    def keep(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        captured["logps"] = out[0]
-        return out
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(GRPOTrainer, "_get_per_token_logps_and_entropies", keep)
-        loss = trainer._compute_loss(trainer.model, inputs)
-    (grad,) = torch.autograd.grad(loss, captured["logps"])
+    loss = trainer.compute_loss(trainer.model, inputs)
+    (grad,) = torch.autograd.grad(loss, calls["logps"])
     # unclipped: (0,3) -1.1 * 2 / 5 = -0.44; (1,1) -0.7 * 0.5 / 5 = -0.07; (1,2) -1.0 * 1 / 5 = -0.2
     expected = [[0.0, 0.0, 0.0, -0.44], [0.0, -0.07, -0.2, 0.0]]
     torch.testing.assert_close(grad, t(expected), atol=1e-6, rtol=0.0)
@@ -229,18 +226,18 @@ def test_ppo_loss_gradient_skips_clipped_tokens(loss_inputs):
 def test_kl_loss_mode_adds_beta_times_k3(loss_inputs, monkeypatch):
     trainer, inputs, _ = loss_inputs
     logps = t(OLD_LOGPS) + torch.log(t(RATIOS))
-    inputs["ref_per_token_logps"] = logps + t(REF_MINUS_LOGP)
-    monkeypatch.setattr(trainer, "beta", 0.1)
+    inputs["ref_logprobs"] = logps + t(REF_MINUS_LOGP)
+    inputs["kl_coef"] = torch.tensor(0.1)  # the batch's loss-mode coefficient, set at rollout time
     ppo = POLICY_SUM / (NUM_ITEMS / 2) + 0.5 * VALUE_LOSS_CLIPPED
-    # Plain k3: beta * (masked sum of k3) / dapo divisor = 0.1 * 1.0 / 5 = 0.02 on top of the PPO loss.
+    # Plain k3: beta * (masked sum of k3) / divisor = 0.1 * 1.0 / 5 = 0.02 on top of the PPO loss.
     monkeypatch.setattr(trainer.args, "use_bias_correction_kl", False)
-    loss = trainer._compute_loss(trainer.model, inputs)
+    loss = trainer.compute_loss(trainer.model, inputs)
     assert loss.item() == pytest.approx(ppo + 0.1 * KL_SUM / (NUM_ITEMS / 2), abs=1e-5)
-    assert trainer._metrics["train"]["kl"][-1] == pytest.approx(KL_SUM / 6, abs=1e-5)  # TRL logs the masked mean
+    assert trl_bridge.metrics(trainer)["kl"][-1] == pytest.approx(KL_SUM / 5, abs=1e-5)  # the term as it trains
     # TRL's default (use_bias_correction_kl=True) weighs each token's k3 by its ratio:
     #   1.5 (1 - ln 2) + 1.1 (ln 2 - 1/2) + 0.7 (1 - ln 2) + 1.0 (ln 2 - 1/2) = 1.15 - 0.1 ln 2
     monkeypatch.setattr(trainer.args, "use_bias_correction_kl", True)
-    loss = trainer._compute_loss(trainer.model, inputs)
+    loss = trainer.compute_loss(trainer.model, inputs)
     assert loss.item() == pytest.approx(ppo + 0.1 * (1.15 - 0.1 * LN2) / (NUM_ITEMS / 2), abs=1e-5)
 
 
@@ -267,30 +264,20 @@ def score_episodes():
 
     return [
         Episode(seed=0, prompt_ids=[5, 6], completion_ids=[8, 9, 10, 11], mask=[1, 1, 0, 1],
-                action_ends=[1, 3], rewards={"env": [0.0, 1.0]}, terminated=True),
+                logprobs=SAMPLING_LOGPS[0][:4], action_ends=[1, 3], rewards={"env": [0.0, 1.0]}, terminated=True),
         Episode(seed=1, prompt_ids=[7], completion_ids=[12, 13, 14, 15, 16], mask=[1, 0, 0, 1, 1],
-                action_ends=[0, 4], rewards={"env": [-1.0, 0.5]}, truncated=True, final_observation_ids=[20, 21]),
+                logprobs=SAMPLING_LOGPS[1], action_ends=[0, 4], rewards={"env": [-1.0, 0.5]}, truncated=True,
+                final_observation_ids=[20, 21]),
     ]
 
 
 @pytest.fixture
 def scoring(loss_trainer, monkeypatch):
-    """`_generate_and_score_completions` with TRL's part replaced by the hand-made rollout above."""
+    """`score_generation_batch` with the rollout replaced by the hand-made episodes above (a RolloutBatch built
+    from them, as `EpisodeRollout.play` builds it), the critic by the value table, and the reference policy's
+    log-probs by `seen["ref"]` when a test sets it."""
     trainer = loss_trainer
     seen = {}
-    out = {
-        "prompt_ids": t(SCORE_PROMPT, torch.long), "prompt_mask": t([[1, 1], [0, 1]], torch.long),
-        "completion_ids": t(SCORE_COMPLETION, torch.long), "completion_mask": t(SCORE_COMPLETION_MASK, torch.long),
-        "tool_mask": t(SCORE_TOOL_MASK, torch.long), "sampling_per_token_logps": t(SAMPLING_LOGPS),
-        "advantages": torch.zeros(2), "num_items_in_batch": torch.tensor(6.0),
-        # TRL's own recomputed log-probs (it makes them when num_iterations > 1): PPO must use the behaviour ones
-        "old_per_token_logps": torch.full((2, 5), -5.0),
-    }
-
-    def fake_super(self, inputs):
-        seen["beta"] = self.beta
-        return dict(out)
-
     full = torch.full((2, 9), 50.0)
     full[:, 1:6] = t(SCORE_VALUES)
     full[1, 8] = BOOTSTRAP
@@ -299,21 +286,25 @@ def scoring(loss_trainer, monkeypatch):
         seen["critic"] = (input_ids, attention_mask)
         return full.clone()
 
-    monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", fake_super)
+    def fake_reference(trainer_, input_ids, attention_mask, logits_to_keep, batch_size=None):
+        seen["reference_called"] = True
+        return seen["ref"]
+
+    monkeypatch.setattr(trainer.episode_rollout, "play",
+                        lambda prompts, trainer_: RolloutBatch.from_episodes(score_episodes(), pad_id=0))
+    monkeypatch.setattr(trl_bridge, "reference_logps", fake_reference)
     monkeypatch.setattr(trainer.critic, "forward", fake_critic)
-    monkeypatch.setattr(trainer.episode_rollout, "last_episodes", score_episodes())
     for key, value in {"gamma": 0.9, "lam": 0.8, "whiten_advantages": False, "advantage_level": "token",
                        "kl_penalty": "reward"}.items():
         monkeypatch.setattr(trainer.args, key, value)
     monkeypatch.setattr(trainer, "kl_controller", FixedKLController(0.0))
-    monkeypatch.setattr(trainer, "beta", 0.0)
-    trainer._metrics["train"].clear()
-    return trainer, out, seen
+    trl_bridge.metrics(trainer).clear()
+    return trainer, seen
 
 
 def test_rollout_scoring_token_gae_skips_env_tokens_and_bootstraps_truncated_episodes(scoring):
-    trainer, _, seen = scoring
-    scored = trainer._generate_and_score_completions([{"prompt": "unused"}])
+    trainer, seen = scoring
+    scored = trainer.score_generation_batch([{"prompt": "unused"}])
     # The critic saw prompt + completion, with row 1's final observation appended right after its completion.
     ids, att = seen["critic"]
     assert ids.tolist() == [[5, 6, 8, 9, 10, 11, 0, 0, 0], [0, 7, 12, 13, 14, 15, 16, 20, 21]]
@@ -335,15 +326,16 @@ def test_rollout_scoring_token_gae_skips_env_tokens_and_bootstraps_truncated_epi
     torch.testing.assert_close(scored["old_values"], t(SCORE_VALUES), **close)
     assert scored["value_mask"].tolist() == SCORE_MASK
     # the behaviour log-probs are the ratio's "old" log-probs, 0 off the model tokens
-    torch.testing.assert_close(scored["old_per_token_logps"], t(SAMPLING_LOGPS) * t(SCORE_MASK), **close)
-    assert seen["beta"] == 0.0 and trainer.beta == 0.0
-    assert trainer._metrics["train"]["ppo/truncated_bootstrapped"][-1] == 0.5
+    torch.testing.assert_close(scored["old_logprobs"], t(SAMPLING_LOGPS) * t(SCORE_MASK), **close)
+    assert "reference_called" not in seen and scored["kl_coef"].item() == 0.0  # no KL anywhere
+    assert "ref_logprobs" not in scored
+    assert trl_bridge.metrics(trainer)["ppo/truncated_bootstrapped"][-1] == 0.5
 
 
 def test_rollout_scoring_turn_gae(scoring, monkeypatch):
-    trainer, _, _ = scoring
+    trainer, _ = scoring
     monkeypatch.setattr(trainer.args, "advantage_level", "turn")
-    scored = trainer._generate_and_score_completions([{"prompt": "unused"}])
+    scored = trainer.score_generation_batch([{"prompt": "unused"}])
     # One step per action, V at each action's first token:
     # row 0: actions {0, 1} (reward 0, V 0.2) and {3} (reward 1, V 0.1), terminated:
     #   turn 2: A = 1 - 0.1 = 0.9;  turn 1: delta = 0 + 0.9 * 0.1 - 0.2 = -0.11, A = -0.11 + 0.72 * 0.9 = 0.538
@@ -358,13 +350,13 @@ def test_rollout_scoring_turn_gae(scoring, monkeypatch):
 def test_rollout_scoring_kl_reward_penalty_whitening_and_adaptive_coefficient(scoring, monkeypatch):
     from rlft.algorithms.kl_control import AdaptiveKLController
 
-    trainer, out, seen = scoring
-    out["ref_per_token_logps"] = t(SAMPLING_LOGPS) - 1.0  # log pi_behaviour - log pi_ref = 1 on every model token
+    trainer, seen = scoring
+    seen["ref"] = t(SAMPLING_LOGPS) - 1.0  # log pi_behaviour - log pi_ref = 1 on every model token
     monkeypatch.setattr(trainer.args, "whiten_advantages", True)
     monkeypatch.setattr(trainer, "kl_controller", AdaptiveKLController(0.1, target=0.5, horizon=100))
-    scored = trainer._generate_and_score_completions([{"prompt": "unused"}])
-    assert seen["beta"] == 0.1  # TRL is asked for reference log-probs ...
-    assert trainer.beta == 0.0  # ... but in reward mode the loss has no KL term
+    scored = trainer.score_generation_batch([{"prompt": "unused"}])
+    assert seen["reference_called"]  # the reference policy's log-probs are computed ...
+    assert scored["kl_coef"].item() == 0.0 and "ref_logprobs" not in scored  # ... but the loss has no KL term
     # Every model token's reward gets -0.1 * 1 = -0.1:
     # row 0: r = [-0.1, -0.1, ., 0.9]
     #   pos 3: A = 0.9 - 0.1 = 0.8;  pos 1: delta = -0.1 + 0.09 - 0.4 = -0.41, A = -0.41 + 0.576 = 0.166
@@ -381,24 +373,25 @@ def test_rollout_scoring_kl_reward_penalty_whitening_and_adaptive_coefficient(sc
     # returns are not whitened: R = A + V
     torch.testing.assert_close(scored["returns"], t([[0.37952, 0.566, 0, 0.9, 0], [0.10024, 0, 0, 1.592, 2.2]]),
                                atol=1e-6, rtol=0.0)
-    metrics = trainer._metrics["train"]
+    metrics = trl_bridge.metrics(trainer)
     assert metrics["kl"][-1] == pytest.approx(1.0, abs=1e-6) and metrics["kl_coef"][-1] == 0.1
     # KL 1.0 vs target 0.5: error 1.0 clipped to 0.2; 2 episodes: 0.1 * (1 + 0.2 * 2 / 100) = 0.1004
     assert trainer.kl_controller.value == pytest.approx(0.1004, abs=1e-12)
 
 
 def test_rollout_scoring_kl_loss_mode_leaves_rewards_alone(scoring, monkeypatch):
-    trainer, out, _ = scoring
-    out["ref_per_token_logps"] = t(SAMPLING_LOGPS) - 1.0
+    trainer, seen = scoring
+    seen["ref"] = t(SAMPLING_LOGPS) - 1.0
     monkeypatch.setattr(trainer.args, "kl_penalty", "loss")
     monkeypatch.setattr(trainer, "kl_controller", FixedKLController(0.1))
-    scored = trainer._generate_and_score_completions([{"prompt": "unused"}])
-    assert trainer.beta == 0.1  # the loss carries the KL term
+    scored = trainer.score_generation_batch([{"prompt": "unused"}])
+    assert scored["kl_coef"].item() == pytest.approx(0.1)  # the loss carries the KL term ...
+    torch.testing.assert_close(scored["ref_logprobs"], seen["ref"])  # ... against these reference log-probs
     # the same advantages as without any KL
     torch.testing.assert_close(scored["advantages"], t([[0.40336, 0.338, 0, 0.9, 0], [-0.17592, 0, 0, 1.464, 1.7]]),
                                atol=1e-6, rtol=0.0)
     # logged rollout KL: TRL's k3 with log pi_ref - log pi = -1: e^-1 + 1 - 1 = e^-1
-    assert trainer._metrics["train"]["ppo/rollout_kl"][-1] == pytest.approx(math.exp(-1.0), abs=1e-6)
+    assert trl_bridge.metrics(trainer)["ppo/rollout_kl"][-1] == pytest.approx(math.exp(-1.0), abs=1e-6)
 
 
 # ============================================================================ tiny PPO runs
@@ -420,29 +413,25 @@ def train_ppo(out: Path, kind: str) -> dict:
                                             "kl_penalty": spec["kl_penalty"],
                                             "advantage_level": spec["advantage_level"]},
                         rollout={"temperature": spec["temperature"]})
-    from rlft.stages import rl as stage_rl
-
     captured: dict = {"ratios": []}
-    build = stage_rl.build_ppo_trainer
-    compute_loss = PPOTrainer._compute_loss
+    entry = registry.ALGORITHMS["ppo"]
 
     def capturing_build(*args, **kwargs):
-        trainer, rollout = build(*args, **kwargs)
+        trainer, rollout = entry.build(*args, **kwargs)
         captured["trainer"] = trainer
         captured["before"] = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
         return trainer, rollout
 
-    def capturing_loss(self, model, inputs):
-        loss = compute_loss(self, model, inputs)
-        mask = (inputs["completion_mask"] * inputs["tool_mask"]).bool()
-        ratio = torch.exp(self._captured["logps"].detach() - inputs["old_per_token_logps"])
-        fresh = self._step % (self.args.steps_per_generation * self.num_iterations) == 0
-        captured["ratios"].append((self._step, fresh, ratio[mask]))
-        return loss
+    def capturing_objective(logprobs, old_logprobs, advantages, mask, *args, **kwargs):
+        # The ratio of every minibatch, as the objective computes it, and whether it is a fresh rollout's first.
+        trainer = captured["trainer"]
+        ratio = torch.exp(logprobs.detach() - old_logprobs)[mask.bool()]
+        captured["ratios"].append((trl_bridge.micro_step(trainer), trl_bridge.fresh_rollout(trainer), ratio))
+        return ppo_objective(logprobs, old_logprobs, advantages, mask, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(stage_rl, "build_ppo_trainer", capturing_build)
-        mp.setattr(PPOTrainer, "_compute_loss", capturing_loss)
+        mp.setitem(registry.ALGORITHMS, "ppo", dataclasses.replace(entry, build=capturing_build))
+        mp.setattr(ppo_module, "ppo_objective", capturing_objective)
         path = stages.run_rl(config)
     return {"config": config, "path": path, **captured}
 
@@ -478,6 +467,24 @@ def test_ratio_is_one_on_the_first_minibatch_of_a_fresh_rollout(ppo_run):
     # The logged metric of the first step says the same.
     first = next(r for r in read_metrics(ppo_run["config"].run_dir) if r["stage"] == "rl" and "ppo/ratio_mean" in r)
     assert first["ppo/ratio_max_deviation"] < 1e-5
+
+
+def test_trainer_log_probs_are_the_temperature_scaled_log_softmax(ppo_run):
+    """The log-probs PPO trains on (TRL's, through the bridge) are log_softmax(logits / temperature) of the
+    sampled tokens, as the rollout's behaviour log-probs are: the temperature is 1.0 in one run, 0.7 in the other."""
+    trainer = ppo_run["trainer"]
+    temperature = trainer.args.temperature
+    policy = trainer.accelerator.unwrap_model(trainer.model)
+    ids, mask = some_ids(policy.config.vocab_size)
+    width = 4
+    trainer.model.eval()
+    with torch.no_grad():
+        logps, entropy = trl_bridge.per_token_logps_and_entropies(trainer, trainer.model, ids, mask, width,
+                                                                  compute_entropy=True)
+        logits = policy(input_ids=ids, attention_mask=mask).logits[:, -width - 1:-1].float() / temperature
+        expected = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, -width:].unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(logps.float(), expected, atol=1e-5, rtol=0.0)
+    torch.testing.assert_close(entropy.float(), entropy_from_logits(logits), atol=1e-4, rtol=0.0)
 
 
 def test_every_trainable_parameter_of_policy_and_critic_changes(ppo_run):
@@ -517,7 +524,7 @@ def test_saved_critic_reloads_with_identical_values(ppo_run):
     ids, mask = some_ids(trainer.model.config.vocab_size)
     trainer.model.eval()
     with torch.no_grad():
-        trained = trainer._critic_values(ids, mask)
+        trained = trainer.critic_values(ids, mask)
         again = reloaded(ids, mask)
     assert trained.shape == (2, 10)
     torch.testing.assert_close(again, trained, atol=1e-6, rtol=0.0)

@@ -66,13 +66,13 @@ def make_config(out: Path, algorithm: str):
 def seed_log(monkeypatch):
     """Every rollout: (global step when it was played, its env seeds)."""
     log: list[tuple[int, list[int]]] = []
-    original = EpisodeRollout.__call__
+    original = EpisodeRollout.play
 
     def recording(self, prompts, trainer):
         log.append((trainer.state.global_step, seeds_of(prompts)))
         return original(self, prompts, trainer)
 
-    monkeypatch.setattr(EpisodeRollout, "__call__", recording)
+    monkeypatch.setattr(EpisodeRollout, "play", recording)
     return log
 
 
@@ -107,18 +107,18 @@ def straight_run(tmp_path_factory, algorithm: str):
     """Run A: straight to N steps (computed once per algorithm)."""
     if algorithm not in _straight:
         log: list = []
-        original = EpisodeRollout.__call__
+        original = EpisodeRollout.play
 
         def recording(self, prompts, trainer):
             log.append((trainer.state.global_step, seeds_of(prompts)))
             return original(self, prompts, trainer)
 
-        EpisodeRollout.__call__ = recording
+        EpisodeRollout.play = recording
         try:
             config = make_config(tmp_path_factory.mktemp(f"straight_{algorithm}"), algorithm)
             stages.run_rl(config)
         finally:
-            EpisodeRollout.__call__ = original
+            EpisodeRollout.play = original
         _straight[algorithm] = (config, per_step_metrics(config.run_dir), weights(config.run_dir), log)
     return _straight[algorithm]
 

@@ -133,18 +133,20 @@ class _RecordingTracker:
 
 
 def test_transcript_callback_logs_every_n_steps_each_batch_once():
-    rollout = SimpleNamespace(last_episodes=[make_episode(1, ["a"], [1.0])], calls=1)
+    batch = SimpleNamespace(episodes=[make_episode(1, ["a"], [1.0])])  # a RolloutBatch as far as it reads
     tracker = _RecordingTracker()
-    callback = TranscriptCallback(tracker, rollout, samples=2, every=2)
+    callback = TranscriptCallback(tracker, samples=2, every=2)
+    callback.on_rollout_batch(batch)
     for step in range(1, 7):
-        if step == 3:
-            rollout.calls += 1  # a new rollout batch before step 3 serves steps 3 to 6
+        if step == 3:  # a new rollout batch before step 3 serves steps 3 to 6
+            callback.on_rollout_batch(SimpleNamespace(episodes=list(batch.episodes)))
         callback.on_step_end(None, SimpleNamespace(global_step=step, is_world_process_zero=True,
                                                    logging_steps=1), None)
     assert [step for step, _ in tracker.logged] == [2, 4]  # step 6 would repeat step 4's batch
     # unset `every`: the trainer's logging_steps; not on other ranks
     tracker = _RecordingTracker()
-    callback = TranscriptCallback(tracker, rollout, samples=2)
+    callback = TranscriptCallback(tracker, samples=2)
+    callback.on_rollout_batch(batch)
     callback.on_step_end(None, SimpleNamespace(global_step=3, is_world_process_zero=True, logging_steps=3), None)
     callback.on_step_end(None, SimpleNamespace(global_step=6, is_world_process_zero=False, logging_steps=3), None)
     assert [step for step, _ in tracker.logged] == [3]

@@ -13,7 +13,7 @@ An RL checkpoint lives under the trainer's output dir (`runs/<name>/trainer/rl/`
 Rotation (`save_total_limit`) runs after the rename and only ever deletes older checkpoints, so at least one
 complete checkpoint always exists once the first one has been written.
 
-The order in which env seeds are drawn is a function of (seed, epoch) (`EpochSeededRepeatSampler`), and
+The order in which env seeds are drawn is a function of (seed, epoch) (`trl_bridge.EpochSeededRepeatSampler`), and
 each rollout's sampling stream a function of (seed, process, rollout call), so restoring the step, the
 epoch and the rollout call count restores the seed stream exactly; HF restores python / numpy / torch RNGs.
 """
@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from trl.trainer.utils import RepeatSampler
 
+from rlft.algorithms import trl_bridge
 from rlft.errors import CheckpointError, RlftError
 
 logger = logging.getLogger(__name__)
@@ -120,26 +118,12 @@ def rotate(output_dir: Path, keep: int | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-# --------------------------------------------------------------------------------------------------- sampler
-class EpochSeededRepeatSampler(RepeatSampler):
-    """TRL's RepeatSampler whose shuffle order is a function of (seed, epoch), not of how many epochs ran.
-
-    TRL's sampler draws each epoch's permutation from one generator that advances epoch by epoch; a run resumed
-    in epoch e would replay epoch 0's order. The Trainer calls `set_epoch(e)` before each epoch (also when it
-    resumes), so seeding from (seed, e) gives a resumed run the same order as an uninterrupted one.
-    """
-
-    def set_epoch(self, epoch: int) -> None:
-        if self.shuffle:
-            mixed = np.random.SeedSequence([int(self.seed or 0), int(epoch)]).generate_state(1)[0]
-            self.generator.manual_seed(int(mixed))
-
-
 # ----------------------------------------------------------------------------------------------------- mixin
 class ResumableTrainerMixin:
-    """Mixed into rlft's GRPO and PPO trainers (before TRL's GRPOTrainer in the MRO).
+    """Mixed into rlft's GRPO and PPO trainers, before `trl_bridge.BridgedGRPOTrainer` in the MRO.
 
-    Needs `self.episode_rollout` (an `EpisodeRollout`) and `self.rlft_max_nonfinite_steps`.
+    Needs `self.episode_rollout` (an `EpisodeRollout`) and `self.rlft_max_nonfinite_steps`. Keeps
+    `self.rollout_batch`, the `RolloutBatch` its rollout function built last (it subscribes to the rollout).
     """
 
     rlft_max_nonfinite_steps: int = 3
@@ -147,33 +131,32 @@ class ResumableTrainerMixin:
     def _rlft_init(self, episode_rollout, max_nonfinite_steps: int) -> None:
         self.episode_rollout = episode_rollout
         self.rlft_max_nonfinite_steps = max_nonfinite_steps
+        self.rollout_batch = None  # the RolloutBatch in flight (rlft.core.batch)
+        episode_rollout.add_listener(self._receive_rollout_batch)
         self._bad_batch: str | None = None  # why the current rollout batch cannot be trained on
         self._bad_loss: str | None = None
         self._nonfinite_streak = 0
         self._nonfinite_total = 0
 
-    # --------------------------------------------------------------------------------- seed stream order
-    def _get_train_sampler(self, dataset=None):
-        sampler = super()._get_train_sampler(dataset)
-        if type(sampler) is RepeatSampler:
-            sampler.__class__ = EpochSeededRepeatSampler
-            sampler.set_epoch(0)
-        return sampler
+    def _receive_rollout_batch(self, batch) -> None:
+        self.rollout_batch = batch
 
     # ------------------------------------------------------------------------------------ state to carry
     def _rlft_state(self) -> dict[str, Any]:
-        metrics = {mode: {k: list(v) for k, v in values.items()} for mode, values in self._metrics.items()}
-        return {"version": 1, "global_step": self.state.global_step, "trl_step": self._step,
+        metrics = {mode: {k: list(v) for k, v in values.items()}
+                   for mode, values in trl_bridge.all_metrics(self).items()}
+        return {"version": 1, "global_step": self.state.global_step, "trl_step": trl_bridge.micro_step(self),
                 "rollout": self.episode_rollout.state_dict(), "pending_metrics": metrics,
                 "nonfinite": {"streak": self._nonfinite_streak, "total": self._nonfinite_total}}
 
     def _load_rlft_state(self, state: dict[str, Any]) -> None:
-        self._step = int(state["trl_step"])
+        trl_bridge.set_micro_step(self, int(state["trl_step"]))
         self.episode_rollout.load_state_dict(state["rollout"])
         for mode, values in state.get("pending_metrics", {}).items():
-            self._metrics[mode].clear()
+            pending = trl_bridge.metrics(self, mode)
+            pending.clear()
             for key, value in values.items():
-                self._metrics[mode][key] = list(value)
+                pending[key] = list(value)
         self._nonfinite_streak = int(state["nonfinite"]["streak"])
         self._nonfinite_total = int(state["nonfinite"]["total"])
 
@@ -183,18 +166,18 @@ class ResumableTrainerMixin:
             state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
             self._load_rlft_state(state)
             buffer = path / f"rollout_buffer_{self.accelerator.process_index}.pt"
-            self._buffered_inputs = torch.load(buffer, map_location=self.accelerator.device,
-                                               weights_only=True) if buffer.is_file() else None
+            trl_bridge.set_buffered_inputs(self, torch.load(buffer, map_location=self.accelerator.device,
+                                                            weights_only=True) if buffer.is_file() else None)
             resume_from_checkpoint = str(path)
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
 
     # ------------------------------------------------------------------------------------ atomic saving
-    def _save_checkpoint(self, model, trial) -> None:
+    def write_checkpoint(self, model, trial) -> None:
         bad = nonfinite_parameters(self.accelerator.unwrap_model(self.model))
         if bad:
             raise NonFiniteError(f"refusing to save a checkpoint at step {self.state.global_step}: non-finite "
                                  f"weights in {', '.join(bad[:5])}")
-        run_dir = Path(self._get_output_dir(trial=trial))
+        run_dir = Path(self.checkpoint_run_dir(trial))
         name = f"{PREFIX}{self.state.global_step}"
         staging_root = run_dir / STAGING
         staging, final = staging_root / name, run_dir / name
@@ -204,12 +187,12 @@ class ResumableTrainerMixin:
         saved = (self.args.output_dir, self.args.save_total_limit)
         self.args.output_dir, self.args.save_total_limit = str(staging_root), None
         try:
-            super()._save_checkpoint(model, trial)
+            super().write_checkpoint(model, trial)
         finally:
             self.args.output_dir, self.args.save_total_limit = saved
-        generate_every = self.args.steps_per_generation * self.num_iterations
-        if self._buffered_inputs is not None and self._step % generate_every != 0:
-            torch.save(self._buffered_inputs, staging / f"rollout_buffer_{self.accelerator.process_index}.pt")
+        buffered = trl_bridge.buffered_inputs(self)
+        if buffered is not None and not trl_bridge.fresh_rollout(self):
+            torch.save(buffered, staging / f"rollout_buffer_{self.accelerator.process_index}.pt")
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             _write_synced(staging / STATE_FILE, json.dumps(self._rlft_state(), indent=1))
@@ -222,18 +205,17 @@ class ResumableTrainerMixin:
         self.accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------------------- non-finite steps
-    def _generate_and_score_completions(self, inputs):
-        out = super()._generate_and_score_completions(inputs)
-        self._bad_batch = self._nonfinite_batch(out)
-        return out
+    def check_scored_batch(self, scored: dict[str, Any]) -> None:
+        super().check_scored_batch(scored)
+        self._bad_batch = self._nonfinite_batch(scored)
 
-    def _nonfinite_batch(self, batch: dict[str, Any]) -> str | None:
-        for episode in getattr(self.episode_rollout, "last_episodes", []):
-            if getattr(episode, "failure", None):
-                continue  # a failed episode is left out of the batch, not a non-finite reward
-            if not all(math.isfinite(r) for r in episode.turn_rewards):
-                return f"non-finite reward in the episode of env seed {episode.seed}"
-        for key, value in batch.items():
+    def _nonfinite_batch(self, scored: dict[str, Any]) -> str | None:
+        # The rewards of the batch this trainer's rollout just built (a failed episode is left out of it, not
+        # a non-finite reward), then every floating tensor handed to TRL's buffer.
+        reason = self.rollout_batch.nonfinite_reward() if self.rollout_batch is not None else None
+        if reason is not None:
+            return reason
+        for key, value in scored.items():
             if torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
                 return f"non-finite {key} in the rollout batch"
         return None
@@ -289,7 +271,7 @@ class ResumableTrainerMixin:
                                  "rl.max_nonfinite_steps")
 
     def _log_nonfinite(self, skipped: bool) -> None:
-        metrics = self._metrics["train"]
+        metrics = trl_bridge.metrics(self)
         metrics["nonfinite/skipped_step"].append(float(skipped))
         metrics["nonfinite/skipped_total"].append(float(self._nonfinite_total))
 

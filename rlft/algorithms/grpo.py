@@ -5,22 +5,24 @@ one `num_generations` times in a row, so a group is `num_generations` episodes o
 map, same slippery dynamics) and GRPO's group baseline compares like with like. The rollout function plays
 them all at once and returns token-exact episodes; the reward function hands TRL each episode's return.
 
-A second algorithm (PPO with a critic) consumes the same `EpisodeRollout` output; only the trainer differs.
+A second algorithm (PPO with a critic) consumes the same `EpisodeRollout` and its `RolloutBatch`; only the
+trainer differs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from datasets import Dataset
-from trl import GRPOTrainer
 
+from rlft.algorithms import trl_bridge
 from rlft.algorithms.checkpointing import ResumableTrainerMixin
-from rlft.core.episode import Episode
+from rlft.core.batch import RolloutBatch
 from rlft.rollout.engine import RolloutEngine, check_env_failures
 
 
@@ -33,9 +35,12 @@ def seeds_of(prompts: list[Any]) -> list[int]:
 
 
 class EpisodeRollout:
-    """A TRL `rollout_func`: plays the prompts' seeds with the engine, returns ids, log-probs and env_mask.
+    """Plays the prompts' seeds with the engine and builds the `RolloutBatch` every algorithm consumes.
 
-    Extra fields (episode return, success, turns) reach TRL's reward functions as keyword arguments.
+    `play(prompts, trainer)` returns the batch (reward design applied) and hands it to every listener
+    (`add_listener`): the trainer keeps it (non-finite check), transcripts sample it. Called as TRL's
+    `rollout_func` (GRPO), it returns the batch as TRL's rollout dict: ids, log-probs, env_mask, and per-episode
+    values (return, success, turns) that reach TRL's reward functions as keyword arguments.
     """
 
     def __init__(self, engine: RolloutEngine, seed: int, batch_size: int, reward_design=None):
@@ -46,7 +51,11 @@ class EpisodeRollout:
         self.calls = 0
         self.env_steps = 0  # env steps (turns) played so far, summed over processes
         self.env_failures = 0  # failed episodes so far, summed over processes
-        self.last_episodes: list[Episode] = []
+        self._listeners: list[Callable[[RolloutBatch], None]] = []
+
+    def add_listener(self, listener: Callable[[RolloutBatch], None]) -> None:
+        """`listener(batch)` is called with every RolloutBatch this rollout builds, right after it is built."""
+        self._listeners.append(listener)
 
     def state_dict(self) -> dict[str, Any]:
         """What an exact resume needs: the sampling stream position, the env-step count, the reward design's
@@ -67,12 +76,12 @@ class EpisodeRollout:
         mixed = np.random.SeedSequence([self.seed, process_index, self.calls]).generate_state(1)[0]
         return torch.Generator().manual_seed(int(mixed))
 
-    def __call__(self, prompts: list[Any], trainer) -> dict[str, list]:
+    def play(self, prompts: list[Any], trainer) -> RolloutBatch:
+        """Play the prompts' seeds, apply the reward design, build the batch and notify the listeners."""
         self.engine.model = trainer.accelerator.unwrap_model(trainer.model)
         generator = self.generator(trainer.accelerator.process_index)
         self.calls += 1
         episodes = self.engine.play(seeds_of(prompts), generator=generator, batch_size=self.batch_size)
-        self.last_episodes = episodes
         # Counts summed over processes, so that every process logs the same rate and takes the same decision.
         local = [sum(e.num_turns for e in episodes), sum(e.failure is not None for e in episodes), len(episodes)]
         counts = trainer.accelerator.reduce(torch.tensor(local, dtype=torch.float, device=trainer.accelerator.device),
@@ -80,40 +89,23 @@ class EpisodeRollout:
         turns, failed, total = (int(v) for v in counts.tolist())
         self.env_steps += turns
         self.env_failures += failed
-        metrics = trainer._metrics["train"]
+        metrics = trl_bridge.metrics(trainer)
         metrics["episode/env_steps_total"].append(float(self.env_steps))
         metrics["episode/failure_rate"].append(failed / max(total, 1))
         metrics["episode/failures_total"].append(float(self.env_failures))
         check_env_failures(episodes, self.engine.settings.max_env_failure_rate, failed, total)
-        if self.reward_design is not None:  # composes episode.rewards in place, before anything reads them
+        if self.reward_design is not None:  # composes episode.rewards in place, before the batch is built
             for key, value in self.reward_design.apply(episodes, trainer.accelerator).items():
                 metrics[key].append(value)
-        return episodes_to_rollout(episodes, filler_id=self.engine.tokenizer.pad_token_id)
+        batch = RolloutBatch.from_episodes(episodes, pad_id=self.engine.tokenizer.pad_token_id,
+                                           device=trainer.accelerator.device)
+        for listener in self._listeners:
+            listener(batch)
+        return batch
 
-
-def episodes_to_rollout(episodes: list[Episode], filler_id: int = 0) -> dict[str, list]:
-    """TRL's rollout fields, and per-episode values its reward functions receive as keyword arguments.
-
-    A failed episode (`Episode.failure`) keeps its row, because TRL's groups need every row, but carries no
-    learning signal: its env_mask is all 0 (none of its tokens enters the loss or the token count) and its
-    per-episode values are None, so the reward function returns None for it and TRL treats it as
-    unscorable (NaN reward, left out of the group's mean and std, advantage 0). One that failed before
-    producing a token (at reset) gets `filler_id` as a one-token prompt / completion,
-    so that TRL's padding and its end-of-sequence check have something to read.
-    """
-    def per_episode(value) -> list:
-        return [None if e.failure is not None else value(e) for e in episodes]
-
-    return {
-        "prompt_ids": [e.prompt_ids or [filler_id] for e in episodes],
-        "completion_ids": [e.completion_ids or [filler_id] for e in episodes],
-        "logprobs": [e.logprobs or [0.0] for e in episodes],
-        "env_mask": [[0] * max(len(e.mask), 1) if e.failure is not None else e.mask for e in episodes],
-        "episode_return": per_episode(lambda e: e.episode_return),
-        "success": per_episode(lambda e: float(e.success)),
-        "turns": per_episode(lambda e: float(e.num_turns)),
-        "invalid_actions": per_episode(lambda e: float(e.invalid_actions)),
-    }
+    def __call__(self, prompts: list[Any], trainer) -> dict[str, list]:
+        """TRL's `rollout_func(prompts, trainer)`."""
+        return self.play(prompts, trainer).to_trl_rollout()
 
 
 def episode_return(completions: list, episode_return: list[float | None], success: list[float | None] | None = None,
@@ -135,7 +127,7 @@ def episode_return(completions: list, episode_return: list[float | None], succes
     return [None if r is None else float(r) for r in episode_return]
 
 
-class RlftGRPOTrainer(ResumableTrainerMixin, GRPOTrainer):
+class RlftGRPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
     """TRL's GRPOTrainer with atomic checkpoints, exact resume and non-finite step skipping (rlft.algorithms.checkpointing).
 
     The algorithm is TRL's, unchanged.

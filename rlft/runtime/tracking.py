@@ -235,27 +235,34 @@ def _turn_value(values: list[float] | None, turn: int | None) -> float | None:
 
 
 class TranscriptCallback(TrainerCallback):
-    """Every `every` steps (unset: the trainer's logging_steps), logs a sample of the rollout's latest episodes
-    (`EpisodeRollout.last_episodes`) with `Tracker.log_transcripts`, on the main process (its own episodes).
+    """Every `every` steps (unset: the trainer's logging_steps), logs a sample of the latest rollout batch's
+    episodes with `Tracker.log_transcripts`, on the main process (its own episodes).
 
-    The sample is drawn with its own RNG, seeded by (run seed, step), so it never moves the training RNGs (exact
-    resume). A batch already logged is not logged again (several optimizer steps can share a rollout batch).
+    The batch arrives directly: `on_rollout_batch` is a listener of the rollout (`EpisodeRollout.add_listener`),
+    called with each `RolloutBatch` it builds. The sample is drawn with its own RNG, seeded by (run seed, step),
+    so it never moves the training RNGs (exact resume). A batch already logged is not logged again (several
+    optimizer steps can share a rollout batch).
     """
 
-    def __init__(self, tracker: Tracker, rollout, samples: int, every: int | None = None, seed: int = 0):
-        self.tracker, self.rollout, self.samples, self.every, self.seed = tracker, rollout, samples, every, seed
-        self._logged_call: int | None = None
+    def __init__(self, tracker: Tracker, samples: int, every: int | None = None, seed: int = 0):
+        self.tracker, self.samples, self.every, self.seed = tracker, samples, every, seed
+        self._batch = None  # the latest RolloutBatch (anything with `.episodes`)
+        self._logged = None  # the batch last logged
+
+    def on_rollout_batch(self, batch) -> None:
+        self._batch = batch
 
     def on_step_end(self, args, state, control, **kwargs):
         every = max(1, int(self.every or state.logging_steps or 1))
         if not state.is_world_process_zero or self.samples <= 0 or state.global_step % every:
             return
-        episodes, call = self.rollout.last_episodes, self.rollout.calls
-        if not episodes or call == self._logged_call:
+        batch = self._batch
+        if batch is None or not batch.episodes or batch is self._logged:
             return
-        self._logged_call = call
+        self._logged = batch
         try:
-            rows = transcript_rows(episodes, self.samples, random.Random(self.seed * 1_000_003 + state.global_step))
+            rows = transcript_rows(batch.episodes, self.samples,
+                                   random.Random(self.seed * 1_000_003 + state.global_step))
             self.tracker.log_transcripts(rows, step=state.global_step)
         except Exception as exc:  # noqa: BLE001 - tracking must never stop training
             logger.warning("transcripts could not be logged (%s); they are off for the rest of the stage", exc)
@@ -264,13 +271,16 @@ class TranscriptCallback(TrainerCallback):
 
 def attach_tracking(trainer, tracker: Tracker, config: Config, rollout=None) -> None:
     """After a stage builds its trainer: tensorboard (if in `report_to`) writes under `runs/<name>/tensorboard/
-    <stage>` (unless TENSORBOARD_LOGGING_DIR says otherwise), and with a rollout, transcripts are sampled."""
+    <stage>` (unless TENSORBOARD_LOGGING_DIR says otherwise), and with a rollout (an `EpisodeRollout`), transcripts
+    are sampled from the batches it builds."""
     for callback in trainer.callback_handler.callbacks:
         if type(callback).__name__ == "TensorBoardCallback" and getattr(callback, "logging_dir", None) is None:
             callback.logging_dir = str(tracker.run_dir / "tensorboard" / tracker.stage)
     if rollout is not None and config.tracking.transcript_samples > 0:
-        trainer.add_callback(TranscriptCallback(tracker, rollout, config.tracking.transcript_samples,
-                                                config.tracking.transcripts_every, seed=config.seed))
+        transcripts = TranscriptCallback(tracker, config.tracking.transcript_samples,
+                                         config.tracking.transcripts_every, seed=config.seed)
+        rollout.add_listener(transcripts.on_rollout_batch)
+        trainer.add_callback(transcripts)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

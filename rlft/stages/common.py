@@ -13,9 +13,9 @@ from __future__ import annotations
 from functools import partial
 from pathlib import Path
 
-from trl import GRPOConfig, RewardConfig, SFTConfig
+from trl import RewardConfig, SFTConfig
 
-from rlft.algorithms.ppo import PPOConfig
+from rlft.algorithms.registry import ALGORITHMS
 from rlft.config.schema import Config, save_config
 from rlft.errors import CheckpointError, ConfigError, did_you_mean
 from rlft.models.policy import apply_lora, load_policy, load_pretrained, save_policy, uses_chat_template

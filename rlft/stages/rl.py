@@ -6,8 +6,7 @@ import signal
 from pathlib import Path
 
 from rlft.algorithms.checkpointing import refuse_to_overwrite, resolve_resume
-from rlft.algorithms.grpo import build_grpo_trainer
-from rlft.algorithms.ppo import build_ppo_trainer
+from rlft.algorithms.registry import get_algorithm
 from rlft.config.defaults import rl_defaults
 from rlft.config.schema import Config
 from rlft.config.trainer_args import build_trainer_config
@@ -86,10 +85,7 @@ def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | N
     callbacks = [*alarm, TrackerCallback(tracker), *(callbacks or [])]
     build_kwargs = {"batch_size": config.rollout.num_envs, "callbacks": callbacks,
                     "max_nonfinite_steps": config.rl.max_nonfinite_steps}
-    if config.rl.algorithm == "ppo":
-        trainer, rollout = build_ppo_trainer(model, tokenizer, args, engine, seeds, **build_kwargs)
-    else:
-        trainer, rollout = build_grpo_trainer(model, tokenizer, args, engine, seeds, **build_kwargs)
+    trainer, rollout = get_algorithm(config.rl.algorithm).build(model, tokenizer, args, engine, seeds, **build_kwargs)
     rollout.reward_design = design
     if config.eval.every_steps:
         trainer.add_callback(held_out_eval_callback(config, tracker, trainer, rollout, tokenizer))

@@ -1,0 +1,164 @@
+"""The TRL bridge: every place rlft reaches into a private attribute or method of TRL's (or transformers')
+trainer, each as one small named function or one documented override (DESIGN.md, "Everything that touches TRL
+internals lives in one bridge module").
+
+Nothing else in rlft reads or writes a `trainer._<name>`. tests/test_trl_contract.py checks, as a list of named
+assumptions, that the TRL installed still has what this module relies on, and fails naming the assumption
+when an upgrade changes it. What rlft relies on (TRL 1.16, transformers 5):
+
+* `GRPOTrainer._metrics[mode]`: the per-mode lists of metrics TRL averages and logs at each logging step;
+* `GRPOTrainer._step`: TRL's micro-step counter, which decides when a new rollout is played
+  (`_step % (steps_per_generation * num_iterations) == 0`);
+* `GRPOTrainer._buffered_inputs`: the current rollout batch, split into `steps_per_generation` minibatches;
+* `GRPOTrainer._get_train_sampler` returning a `trl.trainer.utils.RepeatSampler` with `seed`, `shuffle` and a
+  `generator` (rlft swaps its class to seed each epoch's order from (seed, epoch): exact resume);
+* `GRPOTrainer._generate_and_score_completions(inputs) -> dict` called from `_prepare_inputs` for every new
+  rollout batch, whose dict TRL shuffles, splits and buffers;
+* `GRPOTrainer._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, ...)`:
+  temperature-scaled per-token log-probs of the completion tokens (and entropies);
+* `Trainer.current_gradient_accumulation_steps`, `Trainer._save_checkpoint(model, trial)`,
+  `Trainer._get_output_dir(trial)`, `Trainer._save(output_dir, state_dict)`,
+  `Trainer._load_from_checkpoint(resume_from_checkpoint, model)`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from trl import GRPOTrainer
+from trl.trainer.utils import RepeatSampler, use_adapter
+
+
+# ----------------------------------------------------------------------------------------- trainer state
+def metrics(trainer, mode: str = "train") -> dict[str, list]:
+    """TRL's metric lists for `mode` ("train" / "eval"); whatever is appended is averaged at the next log."""
+    return trainer._metrics[mode]
+
+
+def all_metrics(trainer) -> dict[str, dict[str, list]]:
+    return trainer._metrics
+
+
+def micro_step(trainer) -> int:
+    """TRL's micro-step counter (one per `training_step`, i.e. per minibatch)."""
+    return trainer._step
+
+
+def set_micro_step(trainer, step: int) -> None:
+    trainer._step = int(step)
+
+
+def buffered_inputs(trainer) -> list[dict[str, Any]] | None:
+    """The minibatches of the rollout batch in flight (None before the first rollout)."""
+    return trainer._buffered_inputs
+
+
+def set_buffered_inputs(trainer, minibatches: list[dict[str, Any]] | None) -> None:
+    trainer._buffered_inputs = minibatches
+
+
+def gradient_accumulation_steps(trainer) -> int:
+    """The accumulation steps of the optimizer step in progress (set by the Trainer's loop; the config's before)."""
+    return int(getattr(trainer, "current_gradient_accumulation_steps", trainer.args.gradient_accumulation_steps))
+
+
+def fresh_rollout(trainer) -> bool:
+    """Whether the next minibatch starts a new rollout batch (TRL's condition in `_prepare_inputs`)."""
+    return micro_step(trainer) % (trainer.args.steps_per_generation * trainer.num_iterations) == 0
+
+
+# ----------------------------------------------------------------------------------------- log-probs
+def per_token_logps_and_entropies(trainer, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                                  logits_to_keep: int, compute_entropy: bool = False,
+                                  batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """TRL's per-token log-probs of the last `logits_to_keep` tokens (B, T), logits scaled by the trainer's
+    temperature as at sampling time, and their entropies (B, T) when asked."""
+    logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
+        model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, compute_entropy=compute_entropy)
+    return logps, entropies
+
+
+def reference_logps(trainer, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
+                    batch_size: int | None = None) -> torch.Tensor:
+    """Per-token log-probs under the reference policy, as TRL computes them: its `ref_model`, or for a PEFT
+    policy the base model (adapter disabled) or the adapter loaded under the name "ref"."""
+    with torch.no_grad():
+        if trainer.ref_model is not None:
+            return per_token_logps_and_entropies(trainer, trainer.ref_model, input_ids, attention_mask,
+                                                 logits_to_keep, batch_size=batch_size)[0]
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
+            return per_token_logps_and_entropies(trainer, trainer.model, input_ids, attention_mask,
+                                                 logits_to_keep, batch_size=batch_size)[0]
+
+
+# ----------------------------------------------------------------------------------------- sampler
+class EpochSeededRepeatSampler(RepeatSampler):
+    """TRL's RepeatSampler whose shuffle order is a function of (seed, epoch), not of how many epochs ran.
+
+    TRL's sampler draws each epoch's permutation from one generator that advances epoch by epoch; a run resumed
+    in epoch e would replay epoch 0's order. The Trainer calls `set_epoch(e)` before each epoch (also when it
+    resumes), so seeding from (seed, e) gives a resumed run the same order as an uninterrupted one.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.shuffle:
+            mixed = np.random.SeedSequence([int(self.seed or 0), int(epoch)]).generate_state(1)[0]
+            self.generator.manual_seed(int(mixed))
+
+
+# ----------------------------------------------------------------------------------------- overrides
+class BridgedGRPOTrainer(GRPOTrainer):
+    """TRL's GRPOTrainer whose private methods rlft needs to change each delegate to a public, named hook.
+
+    Subclasses (rlft's GRPO and PPO trainers, `ResumableTrainerMixin`) override the hooks, never the private
+    names; each hook's default is TRL's behaviour.
+    """
+
+    # TRL: the sampler that repeats each prompt `num_generations` times and the batch `num_iterations` times.
+    def _get_train_sampler(self, dataset=None):
+        sampler = super()._get_train_sampler(dataset)
+        if type(sampler) is RepeatSampler:
+            sampler.__class__ = EpochSeededRepeatSampler
+            sampler.set_epoch(0)
+        return sampler
+
+    # TRL: plays (or generates) and scores a new rollout batch; the dict it returns is shuffled, split, buffered.
+    def _generate_and_score_completions(self, inputs):
+        scored = self.score_generation_batch(inputs)
+        self.check_scored_batch(scored)
+        return scored
+
+    def score_generation_batch(self, inputs: list[dict[str, Any]]) -> dict[str, Any]:
+        """A new rollout batch as the dict of tensors TRL buffers. Default: TRL's GRPO scoring."""
+        return super()._generate_and_score_completions(inputs)
+
+    def check_scored_batch(self, scored: dict[str, Any]) -> None:
+        """Called with every new rollout batch before it is buffered (rlft checks it for non-finite values)."""
+
+    # transformers: writes checkpoint-<step> under the run dir (weights, optimizer, scheduler, RNG, state).
+    def _save_checkpoint(self, model, trial) -> None:
+        self.write_checkpoint(model, trial)
+
+    def write_checkpoint(self, model, trial) -> None:
+        super()._save_checkpoint(model, trial)
+
+    def checkpoint_run_dir(self, trial=None) -> str:
+        """The folder checkpoints go in (transformers' `_get_output_dir`)."""
+        return self._get_output_dir(trial=trial)
+
+    # transformers: writes the model's files (used by save_model and by each checkpoint).
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        self.write_model_files(output_dir, state_dict)
+
+    def write_model_files(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict=state_dict)
+
+    # transformers: loads the model's weights from a checkpoint when resuming.
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        self.read_model_files(resume_from_checkpoint, model)
+
+    def read_model_files(self, checkpoint: str, model=None) -> None:
+        super()._load_from_checkpoint(checkpoint, model)
