@@ -11,9 +11,10 @@ import argparse
 import logging
 import os
 import sys
-import time
 
-from rlft.errors import CheckpointError, RlftError
+from rlft.config.schema import load_config
+from rlft.errors import RlftError
+from rlft.tools import compare, launch, sweep
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,14 +34,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
                            help="continue exactly from the newest complete checkpoint of this run "
                                 "(or from CHECKPOINT, a trainer/rl/checkpoint-<step> folder)")
-    from rlft.tools.compare import add_compare_parser
-
-    add_compare_parser(sub)  # `rlft compare RUN_OR_DIR ... --out report.html`: run paths, not --config
-    from rlft.tools.sweep import add_parser as add_sweep_parser
-
-    add_sweep_parser(sub)  # `rlft sweep --config sweeps/x.yaml [--n-trials N] [--storage URL]`: a sweep file
-    from rlft.tools import launch
-
+    compare.add_compare_parser(sub)  # `rlft compare RUN_OR_DIR ... --out report.html`: run paths, not --config
+    sweep.add_parser(sub)  # `rlft sweep --config sweeps/x.yaml [--n-trials N] [--storage URL]`: a sweep file
     launch.add_parser(sub)  # `rlft launch --grid configs/grids/x.yaml [--parallel N] [--dry-run]`: a grid file
     return parser
 
@@ -51,19 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         if args.command == "compare":
-            from rlft.tools.compare import run_compare
-
-            return run_compare(args)
+            return compare.run_compare(args)
         if args.command == "sweep":
-            from rlft.tools import sweep
-
             return sweep.main(args)
         if args.command == "launch":
-            from rlft.tools import launch
-
-            return launch.run(args)
-        from rlft.config.schema import load_config
-
+            return launch.run(args, run_argv=main)  # jobs run one at a time in this process go through main
         config = load_config(args.config, args.overrides)  # keys and types: a typo fails before torch loads
         from rlft.stages.checks import check_config  # (imports the stages: torch, TRL)
 
@@ -71,58 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             print(f"{args.config}: ok ({config.name}, env {config.env.id}, algorithm {config.rl.algorithm})")
             return 0
-        return _run(args.command, config, getattr(args, "resume", None))
+        # Imports the stages (torch, TRL: seconds): here, not at the top, so that `rlft --help`, `rlft compare`
+        # and a config with a wrong key or type answer without them.
+        from rlft.tools.commands import run_command
+
+        return run_command(args.command, config, getattr(args, "resume", None))
     except RlftError as exc:
         print(f"rlft: error: {exc}", file=sys.stderr)
         return exc.exit_code
-
-
-def _run(command: str, config, resume=None) -> int:
-    from rlft import stages
-    from rlft.stages import common as stage_common
-
-    _check_earlier_stages(command, config)
-    if command == "pipeline" or (command == "train" and not resume):
-        from rlft.algorithms.checkpointing import refuse_to_overwrite
-
-        refuse_to_overwrite(config.run_dir / "trainer" / "rl")  # before SFT, so a pipeline fails fast
-    start = time.perf_counter()
-    if command == "sft":
-        print(f"sft checkpoint: {stages.run_sft(config)}")
-    elif command == "train":
-        print(f"rl checkpoint: {stages.run_rl(config, resume=resume)}")
-    elif command == "eval":
-        print(stages.format_table(stages.run_eval(config)))
-    elif command == "pipeline":
-        print(stages.format_table(stages.run_pipeline(config)))
-    elif command == "rm":
-        from rlft.stages.rm import run_rm
-
-        print(f"reward model: {run_rm(config)}")
-    print(f"run directory: {config.run_dir}  ({time.perf_counter() - start:.0f} s)")
-    for command_line in stage_common.sync_commands():
-        print(f"to upload the offline wandb run: {command_line}")
-    return 0
-
-
-def _check_earlier_stages(command: str, config) -> None:
-    """What a stage needs from this run's earlier stages, checked before the stage writes into the run directory."""
-    from rlft.stages import eval as stage_eval
-    from rlft.stages import rl as stage_rl
-
-    if command == "train" and config.rl.init_from == "sft":
-        stage_rl.resolve_init(config)  # no SFT checkpoint yet: CheckpointError naming the command to run first
-    if command == "train":
-        from rlft.config.schema import RmRewardComponent
-        from rlft.rewards.references import run_reward_model
-
-        rm_path = run_reward_model(config)
-        if any(isinstance(c, RmRewardComponent) and c.path is None for c in config.reward.components.values()) \
-                and not rm_path.is_dir():
-            raise CheckpointError(f"the reward design uses this run's reward model but {rm_path} does not exist; "
-                                  "run `rlft rm` first (or `rlft pipeline`, which trains it)")
-    elif command == "eval":
-        stage_eval.default_policies(config)  # no checkpoint at all: CheckpointError
 
 
 if __name__ == "__main__":

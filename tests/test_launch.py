@@ -9,6 +9,7 @@ others finish, the failure is reported, and the next launch skips what finished 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,9 @@ from rlft.algorithms.checkpointing import COMPLETE
 from rlft.config.schema import load_config
 from rlft.errors import ConfigError
 from rlft.runtime.tracking import experiment_group, read_metrics
-from rlft.tools.launch import expand, job_environment, prepare, read_grid, read_marker
+from rlft.tools.grid import expand, read_grid, read_marker
+from rlft.tools.launch_plan import prepare
+from rlft.tools.launch_runner import job_environment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -260,3 +263,22 @@ def test_a_tiny_grid_runs_two_at_a_time_reports_a_failure_and_resumes_on_the_nex
     assert read_marker(experiment / "a-fast-s1")["train"]["status"] == "done"
     with pytest.raises(ConfigError, match="unknown key 'seed'"):
         read_grid(write_yaml(workdir / "bad.yaml", {"experiment": "x", "configs": ["a.yaml"], "seed": [1]}))
+
+
+def test_jobs_run_in_one_process_each_print_only_their_own_wandb_sync_command(workdir, monkeypatch, capsys):
+    """Two jobs, one after another in this process, each with an offline wandb run: each job's log names the
+    `wandb sync` command of its own run and no other (the second used to repeat the first's)."""
+    monkeypatch.setenv("WANDB_MODE", "offline")  # tests default to disabled (conftest)
+    write_yaml(workdir / "w.yaml", {**TINY, "tracking": {"wandb": {"enabled": True, "mode": "offline"}}})
+    write_yaml(workdir / "grid.yaml", {"experiment": "sync_exp", "configs": ["w.yaml"], "seeds": [0, 1],
+                                       "command": "train"})
+    assert launch("--grid", "grid.yaml") == 0
+    assert "| w-s0 | done | 0 |" in capsys.readouterr().out
+    experiment = workdir / "runs" / "sync_exp"
+    for name in ("w-s0", "w-s1"):
+        log = (experiment / "logs" / f"{name}.log").read_text()
+        synced = re.findall(r"^to upload the offline wandb run: wandb sync (\S+)$", log, flags=re.MULTILINE)
+        assert len(synced) == 1, log  # one stage (rl), one offline run
+        run = Path(synced[0])
+        assert run.is_relative_to(Path("runs/sync_exp") / name / "wandb") and run.name.startswith("offline-run-")
+        assert (workdir / run).is_dir()

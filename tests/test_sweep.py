@@ -1,4 +1,4 @@
-"""`rlft sweep` (rlft/tools/sweep.py, rlft/tools/sweep_run.py): sweep-file validation, and a small sweep run by two worker
+"""`rlft sweep` (rlft/tools/sweep.py, sweep_file.py, sweep_study.py, sweep_run.py): sweep-file validation, and a small sweep run by two worker
 processes sharing one SQLite study that prunes, records a failing trial, writes the best config and resumes.
 
 The sweep's env is tests/sweep_env.py's CoinEnv, whose held-out success is set by `env.kwargs.success_rate`:
@@ -23,7 +23,8 @@ import yaml
 
 from rlft.config.schema import load_config, parse_overrides
 from rlft.errors import ConfigError
-from rlft.tools.sweep import load_sweep, open_study, override
+from rlft.tools.sweep_file import load_sweep, override
+from rlft.tools.sweep_study import open_study
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = REPO / "configs" / "sweeps"

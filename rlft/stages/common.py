@@ -10,6 +10,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import partial
 from pathlib import Path
 
@@ -94,13 +97,28 @@ def load_trainable(path: Path, config: Config):
     return model, tokenizer
 
 
-_sync_commands: list[str] = []
+# The `wandb sync` commands of the offline runs finished inside the innermost `collect_sync_commands` block: one
+# command's own. A context variable, not a module list, because `rlft launch` runs many commands in one process
+# and each job must print only its own runs' commands.
+_sync_commands: ContextVar[list[str] | None] = ContextVar("rlft_sync_commands", default=None)
 
 
-def _print_sync(command: str | None) -> None:
-    if command:
-        _sync_commands.append(command)
+@contextmanager
+def collect_sync_commands() -> Iterator[list[str]]:
+    """Collect the `wandb sync` commands of the stages that finish inside this block (one `rlft` command)."""
+    commands: list[str] = []
+    token = _sync_commands.set(commands)
+    try:
+        yield commands
+    finally:
+        _sync_commands.reset(token)
 
 
-def sync_commands() -> list[str]:
-    return list(_sync_commands)
+def record_sync_command(command: str | None) -> None:
+    """Keep a finished tracker's `wandb sync` command (None: not an offline run) for the command that runs it.
+
+    Outside `collect_sync_commands` (a stage called from Python, a sweep trial) there is no one to print it: dropped.
+    """
+    collected = _sync_commands.get()
+    if command and collected is not None:
+        collected.append(command)

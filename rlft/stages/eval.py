@@ -17,11 +17,11 @@ from rlft.runtime.distributed import ddp_timeout_s, process_state
 from rlft.runtime.faults import out_of_memory_guard
 from rlft.runtime.tracking import Tracker
 from rlft.stages.common import (
-    _print_sync,
     checkpoint_dir,
     env_factory,
     load_checkpoint,
     prepare_run,
+    record_sync_command,
     sampling_settings,
     turn_format_for,
 )
@@ -64,7 +64,7 @@ def run_eval(config: Config, policies: dict[str, Path] | None = None, expert: bo
             logger.warning("no expert for %s (%s)", config.env.id, exc)
     out = config.run_dir / "eval.json"
     out.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    _print_sync(tracker.finish())
+    record_sync_command(tracker.finish())
     return results
 
 

@@ -24,12 +24,12 @@ from rlft.runtime.tracking import (
     attach_tracking,
 )
 from rlft.stages.common import (
-    _print_sync,
     checkpoint_dir,
     ensure_base_checkpoint,
     env_factory,
     load_trainable,
     prepare_run,
+    record_sync_command,
     sampling_settings,
     trainer_config_class,
     turn_format_for,
@@ -98,13 +98,13 @@ def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | N
     finally:
         stop.uninstall()
     if stop.signum is not None:
-        _print_sync(tracker.finish())
+        record_sync_command(tracker.finish())
         name = signal_name(stop.signum)
         raise Interrupted(f"stopped by {name} after step {stop.stopped_at}; checkpoint written under "
                           f"{args.output_dir}. Continue with: rlft train --config <config> --resume", stop.signum)
     # PPO: the policy alone, and the critic beside it in critic/ (reloads with rlft.models.critic.load_critic).
     path = save_trained(trainer, checkpoint_dir(config, "rl"))
-    _print_sync(tracker.finish())
+    record_sync_command(tracker.finish())
     return path
 
 

@@ -41,7 +41,7 @@ from rlft.rewards.models.train import (
 from rlft.rollout.env_factory import import_entry_point
 from rlft.runtime.distributed import ddp_timeout_s, process_state
 from rlft.runtime.tracking import Tracker, TrackerCallback
-from rlft.stages.common import _print_sync, checkpoint_dir, env_factory, prepare_run
+from rlft.stages.common import checkpoint_dir, env_factory, prepare_run, record_sync_command
 
 
 def rm_model_config(config: Config) -> ModelConfig:
@@ -180,7 +180,7 @@ def run_rm(config: Config) -> Path:
         if held_out:
             rm = load_reward_model(path, batch_size=config.rm.batch_size)
             tracker.log(_held_out_logs(evaluate_preferences(rm, held_out), "ensemble/held_out/"))
-    _print_sync(tracker.finish())
+    record_sync_command(tracker.finish())
     return path
 
 

@@ -15,12 +15,12 @@ from rlft.runtime.distributed import save_trained
 from rlft.runtime.faults import out_of_memory_guard
 from rlft.runtime.tracking import Tracker, TrackerCallback, attach_tracking
 from rlft.stages.common import (
-    _print_sync,
     checkpoint_dir,
     ensure_base_checkpoint,
     env_factory,
     load_trainable,
     prepare_run,
+    record_sync_command,
     trainer_config_class,
     turn_format_for,
 )
@@ -53,5 +53,5 @@ def run_sft(config: Config) -> Path:
     with out_of_memory_guard(config, "sft", trainer.args):
         trainer.train()
     path = save_trained(trainer, checkpoint_dir(config, "sft"))
-    _print_sync(tracker.finish())
+    record_sync_command(tracker.finish())
     return path

@@ -61,6 +61,8 @@ def figures_dir_for(out: Path) -> Path:
 def compare(paths: list[str | Path], out: str | Path = "report.html", ignore: tuple[str, ...] = (),
             reps: int = DEFAULT_REPS, seed: int = 0) -> Report:
     """Read the runs under `paths`, write the HTML page to `out` and one PNG per figure beside it."""
+    # numpy, matplotlib and rliable load here, when a report is made, not with every rlft command (the CLI
+    # imports this module to build its parser).
     from rlft.tools.report import figures
     from rlft.tools.report.stats import final_scores, interval_estimates, score_matrices
 
@@ -105,7 +107,7 @@ def compare(paths: list[str | Path], out: str | Path = "report.html", ignore: tu
 
 def _page(report: Report, sources: list[str], ignored: tuple[str, ...], reps: int,
           pngs: dict[str, Path]) -> str:
-    from rlft.tools.report import figures, page
+    from rlft.tools.report import figures, page  # matplotlib: see `compare`
 
     by_name = {p.name: p for p in report.plots}
     here = report.html.parent

@@ -1,5 +1,5 @@
-"""The trials of `rlft sweep` (rlft/tools/sweep.py): run each as ordinary stages, prune it from the metric the RL
-stage logs, record failures, and write the study's summary and its best config.
+"""The trials of `rlft sweep` (rlft/tools/sweep.py; the file: sweep_file.py): run each as ordinary stages, prune
+it from the metric the RL stage logs, record failures, and write the study's summary and its best config.
 
     runs/<study>/study.db              the Optuna study (the default SQLite storage)
     runs/<study>/trial-<n>/            an ordinary run directory, plus trial.json (state, params, value)
@@ -23,20 +23,16 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
 from transformers import TrainerCallback
 
+from rlft import stages
 from rlft.config.schema import Config, config_to_dict
 from rlft.errors import RlftError
-from rlft.tools.sweep import (
-    CategoricalParam,
-    FloatParam,
-    Sweep,
-    check_trial_dirs,
-    open_study,
-    redact,
-    trial_config,
-)
+from rlft.runtime.signals import Interrupted
+from rlft.tools.sweep_file import CategoricalParam, FloatParam, Sweep, redact, trial_config
+from rlft.tools.sweep_study import check_trial_dirs, open_study
 
 FINISHED = ("COMPLETE", "PRUNED", "FAIL")
 COUNTED = ("COMPLETE", "PRUNED", "FAIL", "RUNNING")  # toward n_trials; a queued (WAITING) trial is not yet
@@ -119,10 +115,6 @@ def final_value(sweep: Sweep, config: Config, pruning: PruningCallback) -> float
 
 def run_stages(sweep: Sweep, config: Config, trial) -> float:
     """One trial's stages; raises optuna.TrialPruned when the pruner stopped its RL stage."""
-    import optuna
-
-    from rlft import stages
-
     rl_path = None
     for stage in sweep.stages:
         if stage == "sft":
@@ -158,10 +150,6 @@ class Objective:
         return params
 
     def __call__(self, trial) -> float:
-        import optuna
-
-        from rlft.runtime.signals import Interrupted
-
         params = self.suggest(trial)
         trial.set_user_attr("host", socket.gethostname())
         trial.set_user_attr("pid", os.getpid())
@@ -319,8 +307,6 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
     Returns the summary (as written to summary.json). A trial that raises is recorded as FAIL and the loop
     goes on; SIGINT / SIGTERM stop it after the trial in flight is recorded (`Interrupted` is raised).
     """
-    import optuna
-
     study = open_study(sweep)
     check_trial_dirs(sweep, study)
     if sweep.file.heartbeat.interval_s:
@@ -358,8 +344,6 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
     summary = write_results(sweep, study)
     print(f"study directory: {sweep.study_dir}  ({time.perf_counter() - start:.0f} s)")
     if objective.interrupted is not None:
-        from rlft.runtime.signals import Interrupted
-
         signum = getattr(objective.interrupted, "signum", signal.SIGINT)
         raise Interrupted(f"sweep stopped by {signal.Signals(signum).name}; the trial in flight is recorded as FAIL. "
                           "Run the same command again to continue the study", signum)

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rlft.config.schema import read_yaml
 from rlft.errors import RlftError
 
 # Keys that never make two runs different experiments: the replicate (seed), where the run is written, and
@@ -101,8 +102,6 @@ def _search(path: Path, depth: int) -> list[Path]:
 def load_run(path: Path) -> Run:
     """Read one run directory. An unreadable config is a CompareError; a bad metrics line or eval.json is
     recorded in `problems` and skipped, so one damaged run does not stop a comparison."""
-    from rlft.config.schema import read_yaml
-
     try:
         config = read_yaml(path / "config.yaml")
     except RlftError as exc:
