@@ -294,21 +294,17 @@ class HeldOutEvalCallback(TrainerCallback):
     """Every `every` optimizer steps, plays held-out seeds with the current policy and logs `eval/*`.
 
     The same seeds every time, the policy as configured (greedy or sampled at the rollout temperature), and
-    the env steps consumed so far, so learning curves can be drawn against env steps.
+    the env steps consumed so far, so learning curves can be drawn against env steps. `evaluate(policy)` plays
+    them and returns the summary (the stage binds rlft.rollout.evaluation.evaluate_policy to its own engine and
+    seeds: this layer does not import the rollout's); `rollout.env_steps` is the env steps played so far.
     """
 
-    def __init__(self, tracker: Tracker, engine, seeds: list[int], every: int, batch_size: int, rollout,
-                 seed: int = 0):
-        # `engine` is this callback's own, with the evaluation's sampling settings (greedy or not).
-        self.tracker, self.engine, self.seeds, self.every = tracker, engine, seeds, every
-        self.batch_size, self.rollout, self.seed = batch_size, rollout, seed
+    def __init__(self, tracker: Tracker, evaluate, every: int, rollout):
+        self.tracker, self.evaluate_policy, self.every, self.rollout = tracker, evaluate, every, rollout
         self.trainer = None  # set by the stage once the trainer exists
 
     def evaluate(self, step: int) -> dict[str, float]:
-        from rlft.rollout.evaluation import evaluate_policy
-
-        self.engine.model = self.trainer.accelerator.unwrap_model(self.trainer.model)
-        summary, _ = evaluate_policy(self.engine, self.seeds, self.batch_size, seed=self.seed)
+        summary = self.evaluate_policy(self.trainer.accelerator.unwrap_model(self.trainer.model))
         logs = {f"eval/{k}": v for k, v in summary.items()}
         logs["episode/env_steps_total"] = float(self.rollout.env_steps)
         self.tracker.log(logs, step=step)

@@ -13,7 +13,7 @@ from rlft.config.trainer_args import build_trainer_config
 from rlft.errors import CheckpointError, ConfigError
 from rlft.rewards import build_reward_design
 from rlft.rollout.engine import RolloutEngine
-from rlft.rollout.evaluation import held_out_seeds
+from rlft.rollout.evaluation import evaluate_policy, held_out_seeds
 from rlft.runtime.distributed import save_trained
 from rlft.runtime.faults import out_of_memory_guard
 from rlft.runtime.signals import GracefulStop, Interrupted
@@ -117,7 +117,11 @@ def held_out_eval_callback(config: Config, tracker: Tracker, trainer, rollout, t
     seeds = held_out_seeds(env_factory(config), config.env, config.eval)[: config.eval.during_episodes]
     engine = RolloutEngine(None, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
                            sampling_settings(config, greedy=config.eval.greedy))
-    callback = HeldOutEvalCallback(tracker, engine, seeds, config.eval.every_steps, config.eval.batch_size, rollout,
-                                   seed=config.seed)
+
+    def evaluate(policy) -> dict[str, float]:
+        engine.model = policy
+        return evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)[0]
+
+    callback = HeldOutEvalCallback(tracker, evaluate, config.eval.every_steps, rollout)
     callback.trainer = trainer
     return callback
