@@ -1,11 +1,14 @@
-"""The rollout engine: many episodes at once, one batched forward per generated token, one KV cache.
+"""The rollout engine: many episodes at once; it owns turns, env calls and the Episode records.
 
-Every live episode is a row of one batch that shares a single KV cache across all its turns. Each forward
-feeds every row its pending tokens (the token it just sampled, plus the environment's tokens when that token
-ended an action), left-padded within the step and masked out. An env is stepped the moment its action ends,
-so episodes of different lengths and action lengths never wait for each other; finished rows leave the
-cache. Compared with calling `model.generate` once per turn per episode (the LlamaGym pattern) this turns
-`episodes x turns` generate calls into one forward per token position of the longest episode.
+Who owns what. The engine resets and steps the envs, decides when an action has ended (a stop token or
+`max_action_tokens`), which tokens come next (the observation's, through the turn format) and when an episode is
+over (terminated, truncated, out of turns, over the token cap), and writes every token, mask bit, log-prob and
+reward into the Episode. Token generation belongs to a backend (`rlft.rollout.backend`, the protocol): the engine
+opens one session per batch with the prompts, asks it to continue every live row's action, appends observation
+tokens to rows whose action ended and drops finished rows. `hf` (`rlft.rollout.hf_backend`: one batched forward
+per generated token, one KV cache) is the default and today the only backend; `make_backend` picks one by name.
+With a step-wise backend such as `hf` an env is stepped the moment its action ends, so episodes of different
+lengths and action lengths never wait for each other.
 
 Env faults end one episode, not the batch. `env.reset` and `env.step` are guarded: a call that raises, does
 not return within `env_step_timeout_s`, or returns a malformed result (a text env's observation must be a
@@ -15,9 +18,8 @@ own long-lived daemon thread (`rlft.runtime.faults.EnvWorker`); a call that time
 which is replaced by a fresh one from the factory, so a hung env is never reused. Without a timeout the env
 is called directly.
 
-The behaviour log-prob of each sampled token is taken from the temperature-scaled logits, the same
-quantity TRL's trainers compute (`_get_per_token_logps_and_entropies` divides by the temperature); top-p
-only restricts what can be sampled.
+The behaviour log-prob of each sampled token is the backend's, taken from the temperature-scaled logits, the same
+quantity TRL's trainers compute; top-p only restricts what can be sampled.
 """
 
 from __future__ import annotations
@@ -29,10 +31,15 @@ from typing import Any
 
 import gymnasium as gym
 import torch
-from transformers import DynamicCache
 
 from rlft.core.episode import Episode
+from rlft.errors import ConfigError, did_you_mean
+from rlft.rollout.backend import ActionChunk, GenerationBackend, GenerationSession, Sampling
+from rlft.rollout.hf_backend import HFBackend
 from rlft.runtime.faults import EnvCallTimeout, EnvWorker, check_failure_rate, mark_phase
+
+# `rollout.backend` -> the backend's class. A vLLM backend (colocated, turn-synchronous) is a later issue.
+BACKENDS: dict[str, Callable[[], GenerationBackend]] = {"hf": HFBackend}
 
 
 @dataclass
@@ -49,6 +56,17 @@ class SamplingSettings:
     env_step_timeout_s: float | None = 30.0
     max_env_failure_rate: float = 0.1
 
+    def sampling(self) -> Sampling:
+        """The part a generation backend reads."""
+        return Sampling(temperature=self.temperature, top_p=self.top_p, greedy=self.greedy)
+
+
+def make_backend(name: str) -> GenerationBackend:
+    """The generation backend called `name` (`rollout.backend`), e.g. "hf"."""
+    if name not in BACKENDS:
+        raise ConfigError(f"rollout.backend: unknown backend {name!r}{did_you_mean(name, BACKENDS)}")
+    return BACKENDS[name]()
+
 
 class EnvFault(Exception):
     """An env call failed; `str(fault)` is the human-readable reason stored in `Episode.failure`."""
@@ -58,9 +76,7 @@ class EnvFault(Exception):
 class _Row:
     episode: Episode
     slot: int  # index of its env in the engine's pool
-    pending: list[int]
-    action_tokens: list[int]
-    position: int = 0  # tokens of this episode already in the cache
+    action_tokens: list[int]  # the current action's tokens so far
 
 
 class RolloutEngine:
@@ -68,15 +84,17 @@ class RolloutEngine:
 
     Args:
         model: a causal LM (eval mode is set during rollouts and restored after).
-        tokenizer: its tokenizer (decodes actions for the env; pad id for padding).
+        tokenizer: its tokenizer (decodes actions for the env).
         turn_format: a `PlainFormat` or `ChatFormat`.
         env_factory: makes one fresh text env.
         settings: turn and token limits, temperature, top-p, env step timeout.
+        backend: the generation backend, or its name (`rollout.backend`); `hf` by default.
     """
 
     def __init__(self, model, tokenizer, turn_format, env_factory: Callable[[], gym.Env],
-                 settings: SamplingSettings):
+                 settings: SamplingSettings, backend: GenerationBackend | str = "hf"):
         self.model = model
+        self.backend = make_backend(backend) if isinstance(backend, str) else backend
         self.tokenizer = tokenizer
         self.format = turn_format
         self.env_factory = env_factory
@@ -170,7 +188,7 @@ class RolloutEngine:
         self._env_pool(len(seeds))
         for slot, seed in enumerate(seeds):
             episode = Episode(seed=int(seed), prompt_ids=[])
-            rows.append(_Row(episode=episode, slot=slot, pending=[], action_tokens=[]))
+            rows.append(_Row(episode=episode, slot=slot, action_tokens=[]))
             try:
                 observation, info = self._reset(slot, int(seed))
             except EnvFault as fault:
@@ -180,86 +198,49 @@ class RolloutEngine:
             episode.prompt_ids = self.format.prompt_ids(instructions, observation)
             episode.first_observation = observation
             episode.task_id = str(info.get("task_id", ""))
-            rows[-1].pending = list(episode.prompt_ids)
         return rows
 
     def _play_batch(self, seeds: list[int], generator: torch.Generator | None) -> list[Episode]:
-        was_training = self.model.training
-        self.model.eval()
-        device = next(self.model.parameters()).device
-        pad_id = self.tokenizer.pad_token_id
+        """Play one episode per seed, all live at once: one backend session whose row i is `playing[i]`."""
         rows = self._start(seeds)
-        live = [r for r in range(len(rows)) if rows[r].episode.failure is None]
-        cache = DynamicCache()
-        past_mask = torch.zeros((len(live), 0), dtype=torch.long, device=device)
-        forwards, tokens, env_time, t0 = 0, 0, 0.0, time.perf_counter()
-        while live:
-            width = max(len(rows[r].pending) for r in live)
-            input_ids = torch.full((len(live), width), pad_id, dtype=torch.long)
-            new_mask = torch.zeros((len(live), width), dtype=torch.long)
-            positions = torch.zeros((len(live), width), dtype=torch.long)
-            for i, r in enumerate(live):
-                pending = rows[r].pending
-                n = len(pending)
-                input_ids[i, width - n:] = torch.tensor(pending)
-                new_mask[i, width - n:] = 1
-                positions[i, width - n:] = torch.arange(rows[r].position, rows[r].position + n)
-                rows[r].position += n
-            attention_mask = torch.cat([past_mask, new_mask.to(device)], dim=1)
-            out = self.model(input_ids=input_ids.to(device), attention_mask=attention_mask,
-                             position_ids=positions.to(device), past_key_values=cache, use_cache=True)
-            cache, past_mask, forwards = out.past_key_values, attention_mask, forwards + 1
-            sampled, logprobs = self._sample(out.logits[:, -1, :].float(), generator)
-            finished: list[int] = []
-            for i, r in enumerate(live):
-                row = rows[r]
-                token, logprob = int(sampled[i]), float(logprobs[i])
-                row.episode.add_sampled(token, logprob)
-                row.action_tokens.append(token)
-                tokens += 1
-                if token in self.format.stop_ids or len(row.action_tokens) >= self.settings.max_action_tokens:
-                    t_env = time.perf_counter()
-                    done = self._end_action(row)
-                    env_time += time.perf_counter() - t_env
-                    if done:
-                        finished.append(i)
-                        continue
-                else:
-                    row.pending = [token]
-            if finished:
-                keep = [i for i in range(len(live)) if i not in set(finished)]
-                live = [live[i] for i in keep]
-                if live:
-                    index = torch.tensor(keep, device=device)
-                    cache.batch_select_indices(index)
-                    past_mask = past_mask.index_select(0, index)
-        if was_training:
-            self.model.train()
-        elapsed = time.perf_counter() - t0
-        self.stats = {"rollout/forwards": forwards, "rollout/sampled_tokens": tokens,
-                      "rollout/seconds": elapsed, "rollout/env_seconds": env_time,
-                      "rollout/env_failures": sum(row.episode.failure is not None for row in rows)}
+        playing = [row for row in rows if row.episode.failure is None]
+        # _take_chunk adds to the token and env-time counters as it goes; the rest is filled in at the end
+        self.stats = {"rollout/forwards": 0, "rollout/sampled_tokens": 0, "rollout/seconds": 0.0,
+                      "rollout/env_seconds": 0.0, "rollout/env_failures": 0}
+        t0 = time.perf_counter()
+        session = self.backend.start(self.model, [row.episode.prompt_ids for row in playing], self.settings.sampling())
+        try:
+            while session.live:
+                budgets = {i: self.settings.max_action_tokens - len(playing[i].action_tokens) for i in session.live}
+                chunks = session.continue_actions(budgets, self.format.stop_ids, generator)
+                session.drop([i for i, chunk in chunks.items() if self._take_chunk(session, i, playing[i], chunk)])
+        finally:
+            forwards = session.forwards
+            session.close()
+        self.stats.update({"rollout/forwards": forwards, "rollout/seconds": time.perf_counter() - t0,
+                           "rollout/env_failures": sum(row.episode.failure is not None for row in rows)})
         return [row.episode for row in rows]
 
-    def _sample(self, logits: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sample one token per row; return it with its log-prob under softmax(logits / temperature)."""
-        s = self.settings
-        logp = torch.log_softmax(logits / s.temperature, dim=-1)
-        if s.greedy:
-            token = logp.argmax(dim=-1)
-        else:
-            probs = logp.exp()
-            if s.top_p < 1.0:
-                sorted_probs, order = probs.sort(dim=-1, descending=True)
-                outside = sorted_probs.cumsum(dim=-1) - sorted_probs > s.top_p
-                sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-                probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-            token = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
-        return token, logp.gather(-1, token[:, None]).squeeze(-1)
+    def _take_chunk(self, session: GenerationSession, i: int, row: _Row, chunk: ActionChunk) -> bool:
+        """Record the tokens the backend sampled for session row `i`; when they end the action, step the env and
+        queue its observation on the row. Returns True when the episode is over."""
+        for token, logprob in zip(chunk.token_ids, chunk.logprobs):
+            row.episode.add_sampled(token, logprob)
+            row.action_tokens.append(token)
+        self.stats["rollout/sampled_tokens"] += len(chunk.token_ids)
+        if row.action_tokens[-1] not in self.format.stop_ids and len(row.action_tokens) < self.settings.max_action_tokens:
+            return False
+        t_env = time.perf_counter()
+        segment = self._end_action(row)
+        self.stats["rollout/env_seconds"] += time.perf_counter() - t_env
+        if segment is None:
+            return True
+        session.extend(i, segment)
+        return False
 
-    def _end_action(self, row: _Row) -> bool:
-        """Step the env with the finished action; queue its observation. Returns True when the episode ends
-        (also when the env failed: the episode is flagged and its last action gets no reward)."""
+    def _end_action(self, row: _Row) -> list[int] | None:
+        """Step the env with the finished action. Returns the observation's tokens to feed next, or None when the
+        episode ends (also when the env failed: the episode is flagged and its last action gets no reward)."""
         episode, s = row.episode, self.settings
         stop = row.action_tokens[-1] in self.format.stop_ids
         action_ids = row.action_tokens[:-1] if stop else row.action_tokens
@@ -268,7 +249,7 @@ class RolloutEngine:
             observation, reward, terminated, truncated, info = self._step(row.slot, text, episode.num_turns + 1)
         except EnvFault as fault:
             episode.failure = str(fault)
-            return True
+            return None
         episode.end_action(text, {"env": reward})
         episode.invalid_actions = int(info.get("invalid_actions", episode.invalid_actions))
         # For reward designs (rlft/rewards): the env's per-step parse signal and the latest observation.
@@ -276,7 +257,6 @@ class RolloutEngine:
         episode.invalid_action_flags.append(None if flag is None else bool(flag))
         episode.last_observation = observation
         episode.success = bool(info.get("success", False))
-        last_token = row.action_tokens[-1]
         row.action_tokens = []
         out_of_turns = episode.num_turns >= s.max_turns
         if terminated or truncated or out_of_turns:
@@ -284,17 +264,16 @@ class RolloutEngine:
             episode.truncated = not terminated
             if episode.truncated:
                 episode.final_observation_ids = self.format.observation_ids(observation)
-            return True
+            return None
         segment = self.format.observation_ids(observation)
         length = len(episode.prompt_ids) + len(episode.completion_ids) + len(segment) + s.max_action_tokens
         if length > s.max_episode_tokens:
             episode.truncated = True
             episode.final_observation_ids = segment
-            return True
+            return None
         episode.observations.append(observation)
         episode.add_env_tokens(segment)
-        row.pending = [last_token, *segment]
-        return False
+        return segment
 
 
 def _kind(value: Any) -> str:
