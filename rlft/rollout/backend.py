@@ -25,8 +25,8 @@ Two kinds of backend fit this one call:
   mid-action, so rows never wait for each other.
 - Turn-synchronous (e.g. a colocated vLLM engine with prefix caching, a later issue): each call generates until
   a stop id or the budget for every live row and returns whole actions. All rows' envs are stepped between two
-  calls; prefix caching makes re-reading each row's growing context cheap. Such a backend overrides
-  `continue_actions` and needs no `sample`.
+  calls; prefix caching makes re-reading each row's growing context cheap. Such a session implements
+  `continue_actions` itself (it is not a `StepwiseSession` and has no `sample`).
 
 Sampling is part of the protocol's contract (`Sampling`): a backend samples from softmax(logits / temperature)
 restricted to the top-p nucleus (argmax when greedy) and reports each token's log-prob under the
