@@ -24,8 +24,6 @@ from rlft.errors import DataError
 from rlft.models.policy import env_corpus
 from rlft.rewards.models.preferences import (
     build_preference_pairs,
-    gold_return,
-    play_scored_episodes,
     read_preferences,
     split_by_prompt,
     write_preferences,
@@ -38,6 +36,7 @@ from rlft.rewards.models.train import (
     reward_model_tokenizer,
     train_reward_model,
 )
+from rlft.rewards.models.trajectories import gold_return, play_scored_episodes
 from rlft.rollout.env_factory import import_entry_point
 from rlft.runtime.distributed import ddp_timeout_s, process_state
 from rlft.runtime.tracking import Tracker, TrackerCallback
