@@ -347,6 +347,7 @@ def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
 
 
 def test_rlft_rm_env_pairs_ensemble_end_to_end(tmp_path: Path, monkeypatch, capsys) -> None:
+    from rlft.config.resolved import read_resolved
     from rlft.models.policy import load_policy
     from rlft.runtime.tracking import read_metrics
     from rlft.stages.checks import load_checked_config
@@ -369,6 +370,11 @@ def test_rlft_rm_env_pairs_ensemble_end_to_end(tmp_path: Path, monkeypatch, caps
         assert info["data"]["noise"] == 0.1 and info["data"]["budget"] == 60
         assert "rlft/FrozenLakeRandom-v0" in (checkpoints / member / "README.md").read_text()
     assert json.loads((checkpoints / "rm_1/rm.json").read_text())["seed"] == 1
+    resolved = tmp_path / "runs/exp/resolved"
+    assert sorted(p.name for p in resolved.iterdir()) == ["rm_0.yaml", "rm_1.yaml"]  # one record per member
+    _, member_args, _ = read_resolved(resolved / "rm_1.yaml")
+    assert (member_args["seed"], member_args["num_train_epochs"]) == (1, 2)
+    assert member_args["center_rewards_coefficient"] == 0.01 and member_args["learning_rate"] == 1e-3  # tiny RM
     assert (tmp_path / "runs/exp/preferences/train.jsonl").is_file()
     read_preferences(tmp_path / "runs/exp/preferences/held_out.jsonl")  # the saved pairs read back
 
