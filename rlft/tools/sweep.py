@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-from rlft.tools.sweep_file import load_sweep, redact
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `rlft sweep` on the CLI's subparsers."""
@@ -25,8 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """`rlft sweep`: returns the exit code; `RlftError`s propagate to the CLI, which prints them."""
-    # The trials import the stages (torch, TRL): imported when a sweep runs, not when the CLI builds its parser,
-    # so that `rlft --help` and `rlft sweep --validate` answer at once.
+    # The sweep file's checks and the trials import the stages (torch, TRL: seconds) and Optuna: imported when
+    # `rlft sweep` runs, not when the CLI builds its parser, so that other commands do not wait for them.
+    from rlft.tools.sweep_file import load_sweep, redact
     from rlft.tools.sweep_run import format_summary, run_sweep
 
     sweep = load_sweep(args.config, args.overrides, n_trials=args.n_trials, storage=args.storage)

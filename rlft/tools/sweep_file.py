@@ -33,7 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from rlft.config.schema import Config, read_yaml, validation_error_lines
 from rlft.errors import ConfigError, did_you_mean
@@ -211,8 +214,6 @@ def _format_errors(exc: ValidationError, source: Path) -> str:
 
 def build_optuna(kind: str, spec: dict[str, dict[str, Any] | None] | None, source: Path):
     """`{tpe: {seed: 0}}` -> `optuna.samplers.TPESampler(seed=0)`; the name and arguments are checked."""
-    import optuna  # here, not at the top: every `rlft` command builds the sweep parser, few open a study
-
     names, module = (SAMPLERS, optuna.samplers) if kind == "sampler" else (PRUNERS, optuna.pruners)
     spec = spec or {"none": {}}
     if len(spec) != 1:
@@ -256,10 +257,6 @@ def _default_storage(study_dir: Path) -> str:
 
 
 def _check_storage(url: str, source: Path) -> None:
-    # sqlalchemy here and in `redact`, not at the top: every `rlft` command builds the sweep parser (~0.15 s)
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
     try:
         make_url(url)
     except ArgumentError as exc:
@@ -269,8 +266,6 @@ def _check_storage(url: str, source: Path) -> None:
 
 def redact(url: str) -> str:
     """The storage URL without its password, for messages and summary files."""
-    from sqlalchemy.engine import make_url
-
     return make_url(url).render_as_string(hide_password=True)
 
 
