@@ -53,8 +53,11 @@ class ThreadPerCall:
         return box["value"]
 
 
-VARIANTS = {"no guard (timeout null)": (None, EnvWorker), "worker thread per env (rlft)": (30.0, EnvWorker),
-            "thread per call": (30.0, ThreadPerCall)}
+VARIANTS = {
+    "no guard (timeout null)": (None, EnvWorker),
+    "worker thread per env (rlft)": (30.0, EnvWorker),
+    "thread per call": (30.0, ThreadPerCall),
+}
 
 
 def main() -> None:
@@ -73,12 +76,15 @@ def main() -> None:
     for name, (timeout, _worker) in VARIANTS.items():
         settings = sampling_settings(config)
         settings.env_step_timeout_s = timeout
-        engines[name] = RolloutEngine(model, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
-                                      settings)
+        engines[name] = RolloutEngine(
+            model, tokenizer, turn_format_for(config, tokenizer), env_factory(config), settings
+        )
 
     def play(name: str, seeds: list[int], sampling_seed: int):
         rollout_module.EnvWorker = VARIANTS[name][1]  # the engine makes its workers through this name
-        return engines[name].play(seeds, torch.Generator().manual_seed(sampling_seed), batch_size=args.episodes)
+        return engines[name].play(
+            seeds, torch.Generator().manual_seed(sampling_seed), batch_size=args.episodes
+        )
 
     print(f"load average at start: {os.getloadavg()[0]:.2f}")
     warm = list(range(10**6, 10**6 + args.episodes))
@@ -96,20 +102,27 @@ def main() -> None:
             cpu[name].append(time.process_time() - start_cpu)
             steps[name].append(sum(e.num_turns for e in episodes))
             env_per_step[name].append(engines[name].stats["rollout/env_seconds"] / steps[name][-1])
-            print(f"  repeat {repeat} {name:30s} wall {wall[name][-1]:6.2f} s  cpu {cpu[name][-1]:6.2f} s  "
-                  f"{steps[name][-1]} env steps", flush=True)
+            print(
+                f"  repeat {repeat} {name:30s} wall {wall[name][-1]:6.2f} s  cpu {cpu[name][-1]:6.2f} s  "
+                f"{steps[name][-1]} env steps",
+                flush=True,
+            )
     print(f"load average at end: {os.getloadavg()[0]:.2f}\n")
     base = next(iter(VARIANTS))
     base_step = min(env_per_step[base])
-    print("| variant | wall s (min / median) | CPU s (min / median) | env calls, us per env step | added per "
-          "env step | added, % of the no-guard rollout's CPU s |")
+    print(
+        "| variant | wall s (min / median) | CPU s (min / median) | env calls, us per env step | added per "
+        "env step | added, % of the no-guard rollout's CPU s |"
+    )
     print("|---|---|---|---|---|---|")
     for name in VARIANTS:
         added = min(env_per_step[name]) - base_step
         share = 100 * added * statistics.mean(steps[name]) / min(cpu[base])
-        print(f"| {name} | {min(wall[name]):.2f} / {statistics.median(wall[name]):.2f} | "
-              f"{min(cpu[name]):.2f} / {statistics.median(cpu[name]):.2f} | {min(env_per_step[name]) * 1e6:.0f} | "
-              f"{added * 1e6:+.0f} us | {share:+.1f}% |")
+        print(
+            f"| {name} | {min(wall[name]):.2f} / {statistics.median(wall[name]):.2f} | "
+            f"{min(cpu[name]):.2f} / {statistics.median(cpu[name]):.2f} | {min(env_per_step[name]) * 1e6:.0f} | "
+            f"{added * 1e6:+.0f} us | {share:+.1f}% |"
+        )
 
 
 if __name__ == "__main__":

@@ -56,9 +56,12 @@ def measure(config, steps: int, kl_coef: float) -> dict[str, float]:
 
     model, tokenizer = load_trainable(resolve_init(config), config)
     args = rl_trainer_args(config)
-    engine = RolloutEngine(None, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
-                           sampling_settings(config))
-    seeds = list(range(config.env.train_seeds.start, config.env.train_seeds.start + config.env.train_seeds.count))
+    engine = RolloutEngine(
+        None, tokenizer, turn_format_for(config, tokenizer), env_factory(config), sampling_settings(config)
+    )
+    seeds = list(
+        range(config.env.train_seeds.start, config.env.train_seeds.start + config.env.train_seeds.count)
+    )
     build = build_ppo_trainer if config.rl.algorithm == "ppo" else build_grpo_trainer
     trainer, rollout = build(model, tokenizer, args, engine, seeds, batch_size=config.rollout.num_envs)
     totals: dict[str, float] = defaultdict(float)
@@ -68,14 +71,16 @@ def measure(config, steps: int, kl_coef: float) -> dict[str, float]:
     def rollout_call(prompts, trainer_):
         with timed(totals, "rollout"):
             out = call(prompts, trainer_)
-        tokens["n"] += sum(len(p) + len(c) for p, c in zip(out["prompt_ids"], out["completion_ids"], strict=True))
+        tokens["n"] += sum(
+            len(p) + len(c) for p, c in zip(out["prompt_ids"], out["completion_ids"], strict=True)
+        )
         return out
 
     trainer.rollout_func = rollout_call
     is_ref = lambda model_, *a, **k: trainer.ref_model is not None and model_ is trainer.ref_model  # noqa: E731
     wrap(trainer, "_get_per_token_logps_and_entropies", totals, "reference", when=is_ref)
-    if hasattr(trainer, "_rollout_values"):
-        wrap(trainer, "_rollout_values", totals, "critic")
+    if hasattr(trainer, "rollout_values"):
+        wrap(trainer, "rollout_values", totals, "critic")
     wrap(trainer, "training_step", totals, "step")
     torch.manual_seed(config.seed)
     trainer.train()
@@ -88,7 +93,9 @@ def measure(config, steps: int, kl_coef: float) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default="configs/quickstart.yaml")
-    parser.add_argument("--init", required=True, help="checkpoint both algorithms start from (e.g. an SFT one)")
+    parser.add_argument(
+        "--init", required=True, help="checkpoint both algorithms start from (e.g. an SFT one)"
+    )
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--batch", type=int, default=64, help="episodes per rollout batch")
     parser.add_argument("--kl", type=float, default=0.0, help="KL coefficient (beta / kl_coef) for both")
@@ -102,24 +109,48 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    common = [f"rl.init_from={Path(args.init)}", "tracking.wandb.enabled=false", "output_dir=/tmp/rlft_step_time",
-              f"rollout.num_envs={args.batch}"]
-    grpo_trainer = {"max_steps": args.steps, "per_device_train_batch_size": args.batch, "num_generations": 8,
-                    "beta": args.kl}
-    ppo_trainer = {"max_steps": args.steps, "per_device_train_batch_size": args.batch, "num_generations": 1,
-                   "steps_per_generation": 1, "num_iterations": 1, "kl_coef": args.kl, "critic": args.critic}
+    common = [
+        f"rl.init_from={Path(args.init)}",
+        "tracking.wandb.enabled=false",
+        "output_dir=/tmp/rlft_step_time",
+        f"rollout.num_envs={args.batch}",
+    ]
+    grpo_trainer = {
+        "max_steps": args.steps,
+        "per_device_train_batch_size": args.batch,
+        "num_generations": 8,
+        "beta": args.kl,
+    }
+    ppo_trainer = {
+        "max_steps": args.steps,
+        "per_device_train_batch_size": args.batch,
+        "num_generations": 1,
+        "steps_per_generation": 1,
+        "num_iterations": 1,
+        "kl_coef": args.kl,
+        "critic": args.critic,
+    }
     results = {}
-    for name, algorithm, trainer in (("grpo", "grpo", grpo_trainer), (f"ppo ({args.critic} critic)", "ppo", ppo_trainer)):
-        config = load_config(args.config, [*common, f"rl.algorithm={algorithm}", f"name=step_time_{algorithm}"])
+    for name, algorithm, trainer in (
+        ("grpo", "grpo", grpo_trainer),
+        (f"ppo ({args.critic} critic)", "ppo", ppo_trainer),
+    ):
+        config = load_config(
+            args.config, [*common, f"rl.algorithm={algorithm}", f"name=step_time_{algorithm}"]
+        )
         config.rl.trainer = trainer
         results[name] = measure(config, args.steps, args.kl)
     base = results["grpo"]
-    print(f"\n{args.steps} steps of {args.batch} episodes, {torch.get_num_threads()} threads, KL coefficient {args.kl}")
+    print(
+        f"\n{args.steps} steps of {args.batch} episodes, {torch.get_num_threads()} threads, KL coefficient {args.kl}"
+    )
     print("| algorithm | rollout s | reference s | critic s | update s | step s | x GRPO step | tokens/s |")
     print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['rollout']:.2f} | {r['reference']:.2f} | {r['critic']:.2f} | {r['update']:.2f} | "
-              f"{r['step']:.2f} | {r['step'] / base['step']:.2f} | {r['tokens_per_s']:.0f} |")
+        print(
+            f"| {name} | {r['rollout']:.2f} | {r['reference']:.2f} | {r['critic']:.2f} | {r['update']:.2f} | "
+            f"{r['step']:.2f} | {r['step'] / base['step']:.2f} | {r['tokens_per_s']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

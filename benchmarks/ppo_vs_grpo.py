@@ -40,8 +40,14 @@ def run_one(config_path: str, seed: int, out: Path, every: int, sft_from: Path |
     from rlft.config.schema import load_config
 
     name = Path(config_path).stem + f"_s{seed}"
-    items = [f"name={name}", f"output_dir={out}", f"seed={seed}", f"eval.every_steps={every}",
-             "tracking.wandb.enabled=false", *overrides]
+    items = [
+        f"name={name}",
+        f"output_dir={out}",
+        f"seed={seed}",
+        f"eval.every_steps={every}",
+        "tracking.wandb.enabled=false",
+        *overrides,
+    ]
     if sft_from is not None:
         items.append(f"rl.init_from={sft_from}")
     config = load_config(config_path, items)
@@ -56,7 +62,9 @@ def run_one(config_path: str, seed: int, out: Path, every: int, sft_from: Path |
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", nargs="+", required=True, help="one YAML per algorithm (same env and SFT)")
+    parser.add_argument(
+        "--configs", nargs="+", required=True, help="one YAML per algorithm (same env and SFT)"
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--every", type=int, default=4, help="held-out evaluation every N optimizer steps")
     parser.add_argument("--target", type=float, default=0.9, help="fraction of the expert's success to reach")
@@ -82,33 +90,55 @@ def main() -> None:
             if sft_path is None:
                 sft_path = config.run_dir / "checkpoints" / "sft"
             curve = held_out_curve(config.run_dir)
-            rows.append({"algorithm": config.rl.algorithm, "config": config_path, "seed": seed,
-                         "sft_success": curve[0]["eval/success"] if curve else None,
-                         "final_success": curve[-1]["eval/success"] if curve else None,
-                         "best_success": max((p["eval/success"] for p in curve), default=None),
-                         "env_steps_to_target": steps_to_target(curve, target),
-                         "env_steps_total": curve[-1]["episode/env_steps_total"] if curve else None,
-                         "rl_seconds": round(t_rl, 1), "sft_seconds": round(t_sft, 1)})
+            rows.append(
+                {
+                    "algorithm": config.rl.algorithm,
+                    "config": config_path,
+                    "seed": seed,
+                    "sft_success": curve[0]["eval/success"] if curve else None,
+                    "final_success": curve[-1]["eval/success"] if curve else None,
+                    "best_success": max((p["eval/success"] for p in curve), default=None),
+                    "env_steps_to_target": steps_to_target(curve, target),
+                    "env_steps_total": curve[-1]["episode/env_steps_total"] if curve else None,
+                    "rl_seconds": round(t_rl, 1),
+                    "sft_seconds": round(t_sft, 1),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
-    (out / "results.json").write_text(json.dumps({"expert_success": expert, "target": target,
-                                                  "held_out_episodes": len(seeds), "runs": rows}, indent=2))
-    print(f"\nexpert success on {len(seeds)} held-out seeds: {expert:.3f}; target {args.target:.0%} = {target:.3f}")
+    (out / "results.json").write_text(
+        json.dumps(
+            {"expert_success": expert, "target": target, "held_out_episodes": len(seeds), "runs": rows},
+            indent=2,
+        )
+    )
+    print(
+        f"\nexpert success on {len(seeds)} held-out seeds: {expert:.3f}; target {args.target:.0%} = {target:.3f}"
+    )
     print("| algorithm | seed | SFT success | best | final | env steps to target | env steps used | RL s |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         reached = "-" if r["env_steps_to_target"] is None else f"{r['env_steps_to_target']:.0f}"
-        print(f"| {r['algorithm']} | {r['seed']} | {r['sft_success']:.3f} | {r['best_success']:.3f} | "
-              f"{r['final_success']:.3f} | {reached} | {r['env_steps_total']:.0f} | {r['rl_seconds']:.0f} |")
-    print("\n| algorithm | runs reaching target | env steps to target, mean ± sd (reached runs) | final success, mean ± sd |")
+        print(
+            f"| {r['algorithm']} | {r['seed']} | {r['sft_success']:.3f} | {r['best_success']:.3f} | "
+            f"{r['final_success']:.3f} | {reached} | {r['env_steps_total']:.0f} | {r['rl_seconds']:.0f} |"
+        )
+    print(
+        "\n| algorithm | runs reaching target | env steps to target, mean ± sd (reached runs) | final success, mean ± sd |"
+    )
     print("|---|---|---|---|")
     for algorithm in dict.fromkeys(r["algorithm"] for r in rows):
         mine = [r for r in rows if r["algorithm"] == algorithm]
         reached = [r["env_steps_to_target"] for r in mine if r["env_steps_to_target"] is not None]
         finals = [r["final_success"] for r in mine]
-        steps = (f"{statistics.mean(reached):.0f} ± {statistics.stdev(reached):.0f}" if len(reached) > 1
-                 else (f"{reached[0]:.0f}" if reached else "-"))
-        print(f"| {algorithm} | {len(reached)}/{len(mine)} | {steps} | "
-              f"{statistics.mean(finals):.3f} ± {statistics.stdev(finals) if len(finals) > 1 else 0:.3f} |")
+        steps = (
+            f"{statistics.mean(reached):.0f} ± {statistics.stdev(reached):.0f}"
+            if len(reached) > 1
+            else (f"{reached[0]:.0f}" if reached else "-")
+        )
+        print(
+            f"| {algorithm} | {len(reached)}/{len(mine)} | {steps} | "
+            f"{statistics.mean(finals):.3f} ± {statistics.stdev(finals) if len(finals) > 1 else 0:.3f} |"
+        )
 
 
 if __name__ == "__main__":

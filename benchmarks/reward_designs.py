@@ -29,8 +29,10 @@ DESIGNS = {
 
 
 def config_for(design: str, seed: int, out: Path, name: str, extra: list[str]):
-    return load_config(DESIGNS[design], [f"name={name}", f"output_dir={out}", f"seed={seed}",
-                                         "tracking.wandb.mode=offline", *extra])
+    return load_config(
+        DESIGNS[design],
+        [f"name={name}", f"output_dir={out}", f"seed={seed}", "tracking.wandb.mode=offline", *extra],
+    )
 
 
 def run_seed(seed: int, out: Path, extra: list[str], sft: Path | None = None) -> dict[str, dict]:
@@ -58,8 +60,10 @@ def table(per_seed: dict[int, dict]) -> str:
     rows = ["| policy | held-out gold success, sampled (mean ± sd over seeds) | per seed |", "|---|---|---|"]
     for label in ("sft", *DESIGNS, "expert"):
         values = [r[label].get("sampled", r[label])["success"] for r in per_seed.values()]
-        rows.append(f"| {label} | {np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f} "
-                    f"| {', '.join(f'{v:.2f}' for v in values)} |")
+        rows.append(
+            f"| {label} | {np.mean(values):.3f} ± {np.std(values, ddof=1) if len(values) > 1 else 0:.3f} "
+            f"| {', '.join(f'{v:.2f}' for v in values)} |"
+        )
     env = [r["sparse"]["sampled"]["success"] for r in per_seed.values()]
     learned = [r["rm_only"]["sampled"]["success"] for r in per_seed.values()]
     rows.append(f"\nlearned RM alone / env reward (sparse): {np.mean(learned) / max(np.mean(env), 1e-9):.2f}")
@@ -67,13 +71,19 @@ def table(per_seed: dict[int, dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=Path("runs/reward_designs"))
     parser.add_argument("--set", nargs="*", default=[], help="key=value overrides for every config")
-    parser.add_argument("--sft", type=Path, default=None,
-                        help="one SFT checkpoint for every seed (seeds then vary the RM and RL only); default: "
-                             "an SFT run per seed")
+    parser.add_argument(
+        "--sft",
+        type=Path,
+        default=None,
+        help="one SFT checkpoint for every seed (seeds then vary the RM and RL only); default: "
+        "an SFT run per seed",
+    )
     args = parser.parse_args()
     results = args.out / "reward_designs.json"
     per_seed = {int(k): v for k, v in json.loads(results.read_text()).items()} if results.is_file() else {}
@@ -90,7 +100,12 @@ def write_report(out: Path) -> Path:
     """`rlft compare` over the designs' RL runs (each seed's SFT path and RM path are not design differences)."""
     from rlft.tools.compare import compare
 
-    runs = [out / f"{design}-s{seed}" for design in DESIGNS for seed in range(100) if (out / f"{design}-s{seed}").is_dir()]
+    runs = [
+        out / f"{design}-s{seed}"
+        for design in DESIGNS
+        for seed in range(100)
+        if (out / f"{design}-s{seed}").is_dir()
+    ]
     compare(runs, out / "report.html", ignore=("rl.init_from", "reward.components.rm.path"))
     print(f"report: {out / 'report.html'}")
     return out / "report.html"

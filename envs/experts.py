@@ -198,9 +198,7 @@ def expert_for(env: gymnasium.Env, epsilon: float = 0.0, seed: int = 0) -> Exper
     return TabularExpert(env, epsilon=epsilon, seed=seed)
 
 
-def play_expert_episode(
-    env: gymnasium.Env, expert: Expert, seed: int, max_turns: int
-) -> dict[str, Any]:
+def play_expert_episode(env: gymnasium.Env, expert: Expert, seed: int, max_turns: int) -> dict[str, Any]:
     """Plays one episode with ``expert`` from ``env.reset(seed=seed)``.
 
     Args:

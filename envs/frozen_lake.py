@@ -180,7 +180,9 @@ def goal_distance_potential(observation: str) -> float:
     >>> goal_distance_potential("S F\\n@ G\\nrow 1 col 0")
     -0.5
     """
-    grid = [line.split() for line in observation.splitlines() if line and not line.startswith(("row", "left"))]
+    grid = [
+        line.split() for line in observation.splitlines() if line and not line.startswith(("row", "left"))
+    ]
     cells = {cell: (r, c) for r, row in enumerate(grid) for c, cell in enumerate(row) if cell in ("@", "G")}
     if "@" not in cells or "G" not in cells:
         return 0.0

@@ -31,9 +31,26 @@ TOPIC_WORDS: dict[str, tuple[str, ...]] = {
     "sea": ("blue", "calm", "salty", "deep", "wavy", "vast"),
     "market": ("busy", "crowded", "noisy", "colorful", "cheap", "lively"),
 }
-GOOD_WORDS: tuple[str, ...] = ("lovely", "great", "wonderful", "pleasant", "nice")  # on no topic, liked anywhere
+GOOD_WORDS: tuple[str, ...] = (
+    "lovely",
+    "great",
+    "wonderful",
+    "pleasant",
+    "nice",
+)  # on no topic, liked anywhere
 FILLER_WORDS: tuple[str, ...] = ("very", "and", "so", "really", "quite")  # neutral: cost only length
-PLACES: tuple[str, ...] = ("Paris", "Rome", "Oslo", "Cairo", "Lima", "Tokyo", "Sydney", "Boston", "Delhi", "Madrid")
+PLACES: tuple[str, ...] = (
+    "Paris",
+    "Rome",
+    "Oslo",
+    "Cairo",
+    "Lima",
+    "Tokyo",
+    "Sydney",
+    "Boston",
+    "Delhi",
+    "Madrid",
+)
 MAX_WORDS_CHOICES: tuple[int, ...] = (4, 5, 6)
 MIN_WORDS = 3
 WORD_BANK: tuple[str, ...] = tuple(
@@ -108,7 +125,9 @@ def gold_score(task: Task | str, text: str) -> float:
     words = answer_words(text)
     distinct = set(words)
     on_topic = set(TOPIC_WORDS[task.topic])
-    off_topic = {word for topic, topic_words in TOPIC_WORDS.items() if topic != task.topic for word in topic_words}
+    off_topic = {
+        word for topic, topic_words in TOPIC_WORDS.items() if topic != task.topic for word in topic_words
+    }
     repeats = len(words) - len(distinct)
     length_violation = max(0, len(words) - task.max_words) + max(0, MIN_WORDS - len(words))
     score = (
@@ -134,7 +153,9 @@ def gold_reward(actions: list[str], observations: list[str], **kwargs) -> list[f
     >>> gold_reward(["nice crowded noisy cheap"], ["describe the market in Sydney in 3 to 5 words"])
     [1.0]
     """
-    return [gold_score(observation, action) for observation, action in zip(observations, actions, strict=True)]
+    return [
+        gold_score(observation, action) for observation, action in zip(observations, actions, strict=True)
+    ]
 
 
 # ---------------------------------------------------------------- answers with known gold
@@ -272,8 +293,9 @@ class PreferenceText(gymnasium.Env[str, str]):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict]:
         """Draws the task from ``np_random`` (seeded by ``seed``, if given) and shows it."""
         super().reset(seed=seed)
-        topic, place, limit = (int(self.np_random.integers(n)) for n in (len(TOPIC_WORDS), len(PLACES),
-                                                                          len(MAX_WORDS_CHOICES)))
+        topic, place, limit = (
+            int(self.np_random.integers(n)) for n in (len(TOPIC_WORDS), len(PLACES), len(MAX_WORDS_CHOICES))
+        )
         self.task = Task(list(TOPIC_WORDS)[topic], PLACES[place], MAX_WORDS_CHOICES[limit])
         return self.task.text, {"task_id": self.task.task_id, "success": False}
 
@@ -284,8 +306,12 @@ class PreferenceText(gymnasium.Env[str, str]):
         if self.task is None:
             raise RuntimeError("Call reset() before step().")
         gold = gold_score(self.task, action)
-        info = {"task_id": self.task.task_id, "success": gold >= SUCCESS_THRESHOLD, "gold": gold,
-                "words": len(answer_words(action))}
+        info = {
+            "task_id": self.task.task_id,
+            "success": gold >= SUCCESS_THRESHOLD,
+            "gold": gold,
+            "words": len(answer_words(action)),
+        }
         reward = gold if self.gold_reward else 0.0
         return self.task.text, reward, True, False, info
 

@@ -75,8 +75,15 @@ def default_success(
     return bool(terminated) and float(reward) > 0
 
 
-def _check_arguments(env: gymnasium.Env, action_names: Sequence[str], invalid_action: str, invalid_penalty: float,
-                     max_observation_chars: int, render_mode: str | None, render_modes: Sequence[str]) -> None:
+def _check_arguments(
+    env: gymnasium.Env,
+    action_names: Sequence[str],
+    invalid_action: str,
+    invalid_penalty: float,
+    max_observation_chars: int,
+    render_mode: str | None,
+    render_modes: Sequence[str],
+) -> None:
     """ValueError, naming the argument, for a `DiscreteTextEnv` argument that cannot work."""
     if not isinstance(env.action_space, spaces.Discrete):
         raise ValueError(f"DiscreteTextEnv needs a Discrete action space, got {env.action_space}.")
@@ -84,7 +91,9 @@ def _check_arguments(env: gymnasium.Env, action_names: Sequence[str], invalid_ac
     if invalid_action not in INVALID_ACTION_MODES:
         raise ValueError(f"invalid_action must be one of {INVALID_ACTION_MODES}, got {invalid_action!r}.")
     if invalid_penalty > 0:
-        raise ValueError(f"invalid_penalty is the reward of an invalid action and must be <= 0, got {invalid_penalty}.")
+        raise ValueError(
+            f"invalid_penalty is the reward of an invalid action and must be <= 0, got {invalid_penalty}."
+        )
     if max_observation_chars < 1:
         raise ValueError(f"max_observation_chars must be >= 1, got {max_observation_chars}.")
     if render_mode is not None and render_mode not in render_modes:
@@ -154,8 +163,15 @@ class DiscreteTextEnv(gymnasium.Env[str, str]):
         Raises:
             ValueError: on an argument that cannot work (see the messages).
         """
-        _check_arguments(env, action_names, invalid_action, invalid_penalty, max_observation_chars, render_mode,
-                         self.metadata["render_modes"])
+        _check_arguments(
+            env,
+            action_names,
+            invalid_action,
+            invalid_penalty,
+            max_observation_chars,
+            render_mode,
+            self.metadata["render_modes"],
+        )
         self.inner = env
         self.action_names: list[str] = list(action_names)
         self.instructions = instructions

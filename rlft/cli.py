@@ -18,25 +18,38 @@ from rlft.tools import compare, launch, sweep
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlft", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="rlft", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, help_text in (("validate", "check a config and exit"),
-                            ("sft", "supervised fine-tuning on demonstrations"),
-                            ("train", "reinforcement learning (rl.algorithm)"),
-                            ("eval", "held-out evaluation of this run's checkpoints and the expert"),
-                            ("pipeline", "sft -> train -> eval, with a table at the end"),
-                            ("rm", "train a reward model (or an ensemble) on preference pairs")):
+    for name, help_text in (
+        ("validate", "check a config and exit"),
+        ("sft", "supervised fine-tuning on demonstrations"),
+        ("train", "reinforcement learning (rl.algorithm)"),
+        ("eval", "held-out evaluation of this run's checkpoints and the expert"),
+        ("pipeline", "sft -> train -> eval, with a table at the end"),
+        ("rm", "train a reward model (or an ensemble) on preference pairs"),
+    ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", required=True, help="YAML experiment file")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
         if name == "train":
-            p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CHECKPOINT",
-                           help="continue exactly from the newest complete checkpoint of this run "
-                                "(or from CHECKPOINT, a trainer/rl/checkpoint-<step> folder)")
-    compare.add_compare_parser(sub)  # `rlft compare RUN_OR_DIR ... --out report.html`: run paths, not --config
+            p.add_argument(
+                "--resume",
+                nargs="?",
+                const=True,
+                default=None,
+                metavar="CHECKPOINT",
+                help="continue exactly from the newest complete checkpoint of this run "
+                "(or from CHECKPOINT, a trainer/rl/checkpoint-<step> folder)",
+            )
+    compare.add_compare_parser(
+        sub
+    )  # `rlft compare RUN_OR_DIR ... --out report.html`: run paths, not --config
     sweep.add_parser(sub)  # `rlft sweep --config sweeps/x.yaml [--n-trials N] [--storage URL]`: a sweep file
-    launch.add_parser(sub)  # `rlft launch --grid configs/grids/x.yaml [--parallel N] [--dry-run]`: a grid file
+    launch.add_parser(
+        sub
+    )  # `rlft launch --grid configs/grids/x.yaml [--parallel N] [--dry-run]`: a grid file
     return parser
 
 

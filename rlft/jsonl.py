@@ -48,13 +48,19 @@ def json_objects(path: str | Path, expected: str = "a JSON object") -> Iterator[
         raise DataError(f"{path}: no rows (the file is empty); expected one JSON object per line")
     for number, line_text in enumerate(lines, start=1):
         if not line_text.strip():
-            raise row_error(path, number, f"line {number} is blank; expected one JSON object per line "
-                                          "(remove blank lines)")
+            raise row_error(
+                path,
+                number,
+                f"line {number} is blank; expected one JSON object per line (remove blank lines)",
+            )
         try:
             row = json.loads(line_text)
         except json.JSONDecodeError as exc:
-            raise row_error(path, number, f"invalid JSON ({exc.msg} at column {exc.colno}); "
-                                          "each line must be one complete JSON object") from None
+            raise row_error(
+                path,
+                number,
+                f"invalid JSON ({exc.msg} at column {exc.colno}); each line must be one complete JSON object",
+            ) from None
         if not isinstance(row, dict):
             raise row_error(path, number, f"expected {expected}, got {type(row).__name__}")
         yield number, row

@@ -22,11 +22,21 @@ from tests.conftest import tiny_config
 
 TRAINERS = {  # small batches, a few optimizer steps; lr high enough that every parameter moves
     # with a KL term to the reference (TRL's, under DDP too), so a step whose groups all tie still moves
-    "grpo": {"max_steps": 3, "num_generations": 4, "per_device_train_batch_size": 4, "learning_rate": 1e-3,
-             "beta": 0.04},
+    "grpo": {
+        "max_steps": 3,
+        "num_generations": 4,
+        "per_device_train_batch_size": 4,
+        "learning_rate": 1e-3,
+        "beta": 0.04,
+    },
     # 2 rollout batches of 2 x 2 episodes per rank, one optimizer step per minibatch
-    "ppo": {"max_steps": 4, "per_device_train_batch_size": 2, "steps_per_generation": 2, "num_iterations": 1,
-            "learning_rate": 1e-3},
+    "ppo": {
+        "max_steps": 4,
+        "per_device_train_batch_size": 2,
+        "steps_per_generation": 2,
+        "num_iterations": 1,
+        "learning_rate": 1e-3,
+    },
 }
 
 
@@ -34,10 +44,14 @@ def make_config(output_dir: Path, algorithm: str, init_from: str):
     # CliffWalking with a penalty for unparsable actions, from a briefly SFT-ed policy: returns differ within
     # a GRPO group at every step, so advantages (and gradients) are non-zero.
     return tiny_config(
-        "rlft/CliffWalking-v0", name=algorithm, output_dir=str(output_dir),
+        "rlft/CliffWalking-v0",
+        name=algorithm,
+        output_dir=str(output_dir),
         env={"kwargs": {"invalid_penalty": -0.5}, "max_turns": 8},
-        sft={"demos": {"source": "expert", "episodes": 8, "epsilon": 0.2},
-             "trainer": {"num_train_epochs": 8, "per_device_train_batch_size": 4, "learning_rate": 5e-3}},
+        sft={
+            "demos": {"source": "expert", "episodes": 8, "epsilon": 0.2},
+            "trainer": {"num_train_epochs": 8, "per_device_train_batch_size": 4, "learning_rate": 5e-3},
+        },
         rl={"algorithm": algorithm, "init_from": init_from, "trainer": TRAINERS[algorithm]},
         rollout={"num_envs": 4, "max_action_tokens": 3},
         # the held-out eval during RL runs on the main process only, while the other rank waits
@@ -46,8 +60,10 @@ def make_config(output_dir: Path, algorithm: str, init_from: str):
 
 
 def parameter_hashes(model: torch.nn.Module) -> dict[str, str]:
-    return {name: hashlib.sha256(p.detach().cpu().float().numpy().tobytes()).hexdigest()
-            for name, p in model.named_parameters()}
+    return {
+        name: hashlib.sha256(p.detach().cpu().float().numpy().tobytes()).hexdigest()
+        for name, p in model.named_parameters()
+    }
 
 
 def write(path: Path, record: dict) -> None:
@@ -68,9 +84,14 @@ def train(config, rank_file: Path) -> None:
         record["trainer"], record["init"] = trainer, parameter_hashes(trainer.model)
 
         def recorded(batch):  # every RolloutBatch the rollout builds (GRPO and PPO alike)
-            record["rollouts"].append({"seeds": batch.seeds, "turns": [e.num_turns for e in batch.episodes],
-                                       "returns": [e.episode_return for e in batch.episodes],
-                                       "env_steps_total": rollout.env_steps})
+            record["rollouts"].append(
+                {
+                    "seeds": batch.seeds,
+                    "turns": [e.num_turns for e in batch.episodes],
+                    "returns": [e.episode_return for e in batch.episodes],
+                    "env_steps_total": rollout.env_steps,
+                }
+            )
 
         rollout.add_listener(recorded)
         return trainer, rollout
@@ -82,8 +103,15 @@ def train(config, rank_file: Path) -> None:
         registry.ALGORITHMS[config.rl.algorithm] = entry
     trainer = record.pop("trainer")
     state = trainer.accelerator.state
-    write(rank_file, {"rank": state.process_index, "world_size": state.num_processes,
-                      "final": parameter_hashes(trainer.accelerator.unwrap_model(trainer.model)), **record})
+    write(
+        rank_file,
+        {
+            "rank": state.process_index,
+            "world_size": state.num_processes,
+            "final": parameter_hashes(trainer.accelerator.unwrap_model(trainer.model)),
+            **record,
+        },
+    )
 
 
 def main(argv: list[str]) -> int:

@@ -25,8 +25,15 @@ def tiny_config(env_id: str = "rlft/FrozenLakeRandom-v0", **sections):
 
     raw = {
         "name": "test",
-        "model": {"tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
-                           "corpus_episodes": 40}},
+        "model": {
+            "tiny": {
+                "hidden_size": 32,
+                "num_layers": 2,
+                "num_heads": 2,
+                "intermediate_size": 64,
+                "corpus_episodes": 40,
+            }
+        },
         "env": {"id": env_id, "max_turns": 8},
         "rollout": {"max_action_tokens": 3},
         "tracking": {"wandb": {"enabled": False}},

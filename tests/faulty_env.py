@@ -39,8 +39,14 @@ FAULTS = ("none", "raise", "hang", "bad_observation", "terminate")
 class FaultyEnv(gym.Env):
     metadata = {"render_modes": []}
 
-    def __init__(self, fault: str = "none", fault_seeds: list[int] | tuple[int, ...] | None = (), fault_turn: int = 1,
-                 hang_s: float = 10.0, length: int = 3):
+    def __init__(
+        self,
+        fault: str = "none",
+        fault_seeds: list[int] | tuple[int, ...] | None = (),
+        fault_turn: int = 1,
+        hang_s: float = 10.0,
+        length: int = 3,
+    ):
         if fault not in FAULTS:
             raise ValueError(f"fault = {fault!r}: expected one of {FAULTS}")
         self.fault, self.fault_turn = fault, fault_turn

@@ -37,16 +37,35 @@ def free_port() -> int:
 def launched(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("accelerate")
     # CUDA hidden: cpu_2proc.yaml's torchrun launcher then puts both ranks on the CPU (gloo), even on a GPU box.
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
-           "TOKENIZERS_PARALLELISM": "false"}
-    command = [sys.executable, "-m", "accelerate.commands.accelerate_cli", "launch",
-               "--config_file", str(ACCELERATE_CONFIGS / "cpu_2proc.yaml"), "--main_process_port", str(free_port()),
-               "-m", "tests.accelerate_worker", str(out)]
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "disabled",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.accelerate_cli",
+        "launch",
+        "--config_file",
+        str(ACCELERATE_CONFIGS / "cpu_2proc.yaml"),
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "tests.accelerate_worker",
+        str(out),
+    ]
     try:
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+        done = subprocess.run(
+            command, cwd=REPO, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
+        )
     except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"accelerate launch did not finish in {LAUNCH_TIMEOUT_S} s (a rank waiting at a barrier the "
-                    f"other never reaches?):\n{(exc.stderr or b'')[-4000:]!r}")
+        pytest.fail(
+            f"accelerate launch did not finish in {LAUNCH_TIMEOUT_S} s (a rank waiting at a barrier the "
+            f"other never reaches?):\n{(exc.stderr or b'')[-4000:]!r}"
+        )
     assert done.returncode == 0, f"accelerate launch failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     return out
 
@@ -91,7 +110,9 @@ def test_logged_metrics_are_gathered_over_both_ranks(launched, algorithm):
     records = rl_records(launched, algorithm)
     # one record per optimizer step: rank 1 wrote nothing
     assert [r["step"] for r in records if "loss" in r] == list(range(1, MAX_STEPS[algorithm] + 1))
-    rollout_logs = [r for r in records if "reward" in r]  # TRL logs `reward` at the step that played a rollout
+    rollout_logs = [
+        r for r in records if "reward" in r
+    ]  # TRL logs `reward` at the step that played a rollout
     assert len(rollout_logs) == len(first["rollouts"])
     env_steps = 0
     for log, mine, theirs in zip(rollout_logs, first["rollouts"], second["rollouts"]):
@@ -104,7 +125,9 @@ def test_logged_metrics_are_gathered_over_both_ranks(launched, algorithm):
 
 def test_stage_trackers_write_on_the_main_process_only(launched):
     records = [json.loads(line) for line in (launched / "grpo" / "metrics.jsonl").read_text().splitlines()]
-    demo_stats = [r for r in records if r["stage"] == "sft" and "demos/episodes" in r]  # logged by run_sft itself
+    demo_stats = [
+        r for r in records if r["stage"] == "sft" and "demos/episodes" in r
+    ]  # logged by run_sft itself
     assert len(demo_stats) == 1
     assert [r["step"] for r in records if r["stage"] == "sft" and "loss" in r] == list(range(1, 9))
 
@@ -132,7 +155,10 @@ def test_evaluation_runs_on_the_main_process_only(launched):
     saved = json.loads((launched / "grpo" / "eval.json").read_text())
     assert saved["policies"].keys() == main["policies"].keys()
     eval_logs = [r for r in rl_records(launched, "grpo") if "eval/success" in r]
-    assert [r["step"] for r in eval_logs] == [0, 2]  # held-out eval during RL (eval.every_steps = 2), logged once
+    assert [r["step"] for r in eval_logs] == [
+        0,
+        2,
+    ]  # held-out eval during RL (eval.every_steps = 2), logged once
 
 
 # ---------------------------------------------------------------------------------------- configs/accelerate
@@ -202,12 +228,21 @@ def test_accelerate_launch_reads_the_config_as_intended(name):
     parser = launch_command_parser()
     args = parser.parse_args(["--config_file", str(path), "-m", "rlft.cli", "train", "--config", "c.yaml"])
     args, _, _ = _validate_launch_command(args)
-    launcher = ("deepspeed" if args.use_deepspeed else "fsdp" if args.use_fsdp else
-                "multi_gpu" if args.multi_gpu else "simple")
+    launcher = (
+        "deepspeed"
+        if args.use_deepspeed
+        else "fsdp"
+        if args.use_fsdp
+        else "multi_gpu"
+        if args.multi_gpu
+        else "simple"
+    )
     assert launcher == EXPECTED[name]["launcher"]
     assert not args.cpu
     config = json.loads(json.dumps(vars(args), default=str))
-    assert int(config["num_processes"]) == (1 if launcher == "simple" else EXPECTED[name].get("num_processes", 8))
+    assert int(config["num_processes"]) == (
+        1 if launcher == "simple" else EXPECTED[name].get("num_processes", 8)
+    )
     assert config["dynamo_backend"].lower() == "no"
     if launcher == "deepspeed":
         assert int(config["zero_stage"]) == EXPECTED[name]["zero_stage"]

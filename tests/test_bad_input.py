@@ -89,186 +89,489 @@ def demos_case(id: str, kind: str, jsonl: str | bytes, expect: tuple[str, ...], 
 
 CASES: list[Case] = [
     # ---------------------------------------------------------------- config: unknown keys
-    Case("unknown-top-level-key", "unknown key", ("exp.yaml: invalid configuration", "unknown key 'trackng'",
-                                                  "did you mean 'tracking'"),
-         config=edit("tracking:", "trackng:")),
-    Case("unknown-nested-key", "unknown key", ("unknown key 'env.max_turn'", "did you mean 'max_turns'"),
-         config=edit("  max_turns: 8", "  max_turn: 8")),
-    Case("unknown-trainer-key", "unknown key", ("unknown key 'rl.trainer.learning_rte' for trl.GRPOConfig",
-                                                "did you mean 'learning_rate'"),
-         command="train", overrides=("rl.trainer.learning_rte=1e-3",)),
-    Case("trainer-key-set-by-rlft", "unknown key", ("key 'sft.trainer.output_dir' is set by rlft",
-                                                    "output_dir from the run"),
-         overrides=("sft.trainer.output_dir=elsewhere",)),
+    Case(
+        "unknown-top-level-key",
+        "unknown key",
+        ("exp.yaml: invalid configuration", "unknown key 'trackng'", "did you mean 'tracking'"),
+        config=edit("tracking:", "trackng:"),
+    ),
+    Case(
+        "unknown-nested-key",
+        "unknown key",
+        ("unknown key 'env.max_turn'", "did you mean 'max_turns'"),
+        config=edit("  max_turns: 8", "  max_turn: 8"),
+    ),
+    Case(
+        "unknown-trainer-key",
+        "unknown key",
+        ("unknown key 'rl.trainer.learning_rte' for trl.GRPOConfig", "did you mean 'learning_rate'"),
+        command="train",
+        overrides=("rl.trainer.learning_rte=1e-3",),
+    ),
+    Case(
+        "trainer-key-set-by-rlft",
+        "unknown key",
+        ("key 'sft.trainer.output_dir' is set by rlft", "output_dir from the run"),
+        overrides=("sft.trainer.output_dir=elsewhere",),
+    ),
     # ---------------------------------------------------------------- config: wrong types
-    Case("int-is-a-word", "wrong type", ("key 'rollout.num_envs' = 'many'", "should be a valid integer"),
-         overrides=("rollout.num_envs=many",)),
-    Case("section-is-a-string", "wrong type", ("key 'env' = 'rlft/FrozenLake-v0'", "should be a valid dictionary"),
-         config=edit("env:\n  id: rlft/FrozenLake-v0\n  max_turns: 8\n", "env: rlft/FrozenLake-v0\n")),
-    Case("bool-is-a-word", "wrong type", ("key 'model.trust_remote_code' = 'maybe'", "should be a valid boolean"),
-         command="pipeline", overrides=("model.trust_remote_code=maybe",)),
-    Case("trainer-bool-for-int", "wrong type", ("key 'sft.trainer.per_device_train_batch_size' = True",
-                                                "expected int, got a boolean"),
-         overrides=("sft.trainer.per_device_train_batch_size=true",)),
-    Case("trainer-list-for-float", "wrong type", ("key 'rl.trainer.learning_rate' = [0.001]",
-                                                  "should be a valid number"),
-         command="train", overrides=("rl.trainer.learning_rate=[1e-3]",)),
+    Case(
+        "int-is-a-word",
+        "wrong type",
+        ("key 'rollout.num_envs' = 'many'", "should be a valid integer"),
+        overrides=("rollout.num_envs=many",),
+    ),
+    Case(
+        "section-is-a-string",
+        "wrong type",
+        ("key 'env' = 'rlft/FrozenLake-v0'", "should be a valid dictionary"),
+        config=edit("env:\n  id: rlft/FrozenLake-v0\n  max_turns: 8\n", "env: rlft/FrozenLake-v0\n"),
+    ),
+    Case(
+        "bool-is-a-word",
+        "wrong type",
+        ("key 'model.trust_remote_code' = 'maybe'", "should be a valid boolean"),
+        command="pipeline",
+        overrides=("model.trust_remote_code=maybe",),
+    ),
+    Case(
+        "trainer-bool-for-int",
+        "wrong type",
+        ("key 'sft.trainer.per_device_train_batch_size' = True", "expected int, got a boolean"),
+        overrides=("sft.trainer.per_device_train_batch_size=true",),
+    ),
+    Case(
+        "trainer-list-for-float",
+        "wrong type",
+        ("key 'rl.trainer.learning_rate' = [0.001]", "should be a valid number"),
+        command="train",
+        overrides=("rl.trainer.learning_rate=[1e-3]",),
+    ),
     # ---------------------------------------------------------------- config: negative or zero rates and sizes
-    Case("negative-learning-rate", "bad rate", ("key 'rl.trainer.learning_rate' = -0.0001", "expected a value > 0"),
-         command="train", overrides=("rl.trainer.learning_rate=-1e-4",)),
-    Case("zero-learning-rate", "bad rate", ("key 'sft.trainer.learning_rate' = 0", "expected a value > 0"),
-         overrides=("sft.trainer.learning_rate=0",)),
-    Case("negative-temperature", "bad rate", ("key 'rollout.temperature' = -0.5", "greater than 0"),
-         command="train", overrides=("rollout.temperature=-0.5",)),
-    Case("failure-rate-above-1", "bad rate", ("key 'rollout.max_env_failure_rate' = 1.5",
-                                              "less than or equal to 1"),
-         command="train", overrides=("rollout.max_env_failure_rate=1.5",)),
-    Case("zero-envs", "bad rate", ("key 'rollout.num_envs' = 0", "greater than 0"),
-         command="pipeline", overrides=("rollout.num_envs=0",)),
-    Case("zero-batch-size", "bad rate", ("key 'rl.trainer.per_device_train_batch_size' = 0", "expected a value > 0"),
-         command="train", overrides=("rl.trainer.per_device_train_batch_size=0",)),
+    Case(
+        "negative-learning-rate",
+        "bad rate",
+        ("key 'rl.trainer.learning_rate' = -0.0001", "expected a value > 0"),
+        command="train",
+        overrides=("rl.trainer.learning_rate=-1e-4",),
+    ),
+    Case(
+        "zero-learning-rate",
+        "bad rate",
+        ("key 'sft.trainer.learning_rate' = 0", "expected a value > 0"),
+        overrides=("sft.trainer.learning_rate=0",),
+    ),
+    Case(
+        "negative-temperature",
+        "bad rate",
+        ("key 'rollout.temperature' = -0.5", "greater than 0"),
+        command="train",
+        overrides=("rollout.temperature=-0.5",),
+    ),
+    Case(
+        "failure-rate-above-1",
+        "bad rate",
+        ("key 'rollout.max_env_failure_rate' = 1.5", "less than or equal to 1"),
+        command="train",
+        overrides=("rollout.max_env_failure_rate=1.5",),
+    ),
+    Case(
+        "zero-envs",
+        "bad rate",
+        ("key 'rollout.num_envs' = 0", "greater than 0"),
+        command="pipeline",
+        overrides=("rollout.num_envs=0",),
+    ),
+    Case(
+        "zero-batch-size",
+        "bad rate",
+        ("key 'rl.trainer.per_device_train_batch_size' = 0", "expected a value > 0"),
+        command="train",
+        overrides=("rl.trainer.per_device_train_batch_size=0",),
+    ),
     # ---------------------------------------------------------------- config: batch sizes that do not divide
-    Case("batch-not-divisible-by-generations", "batch sizes", (
-        "key 'rl.trainer'", "generation_batch_size (12) must be divisible by num_generations (8)"),
-         command="train", overrides=("rl.trainer.per_device_train_batch_size=12", "rl.trainer.num_generations=8")),
-    Case("generation-batch-not-divisible", "batch sizes", (
-        "key 'rl.trainer'", "generation_batch_size (12) must be divisible by the global batch size (8)"),
-         command="train", overrides=("rl.trainer.generation_batch_size=12",
-                                     "rl.trainer.per_device_train_batch_size=8")),
-    Case("heads-do-not-divide-hidden-size", "batch sizes", ("exp.yaml: invalid configuration", "model.tiny",
-                                                            "hidden_size (32) must be divisible by num_heads (3)"),
-         overrides=("model.tiny.num_heads=3",)),
+    Case(
+        "batch-not-divisible-by-generations",
+        "batch sizes",
+        ("key 'rl.trainer'", "generation_batch_size (12) must be divisible by num_generations (8)"),
+        command="train",
+        overrides=("rl.trainer.per_device_train_batch_size=12", "rl.trainer.num_generations=8"),
+    ),
+    Case(
+        "generation-batch-not-divisible",
+        "batch sizes",
+        ("key 'rl.trainer'", "generation_batch_size (12) must be divisible by the global batch size (8)"),
+        command="train",
+        overrides=("rl.trainer.generation_batch_size=12", "rl.trainer.per_device_train_batch_size=8"),
+    ),
+    Case(
+        "heads-do-not-divide-hidden-size",
+        "batch sizes",
+        (
+            "exp.yaml: invalid configuration",
+            "model.tiny",
+            "hidden_size (32) must be divisible by num_heads (3)",
+        ),
+        overrides=("model.tiny.num_heads=3",),
+    ),
     # ---------------------------------------------------------------- config: no reward source
     # rlft's only reward source today is the env's reward (the episode return); reward designs come later.
-    Case("reward-weights-wrong-length", "no reward source", (
-        "key 'rl.trainer.reward_weights' = [1.0, 0.5]", "2 weights for 1 reward source(s) (env)", "expected a list of 1"),
-         command="train", overrides=("rl.trainer.reward_weights=[1.0, 0.5]",)),
-    Case("reward-weights-all-zero", "no reward source", (
-        "key 'rl.trainer.reward_weights' = [0.0]", "no reward to learn from", "expected at least one non-zero weight"),
-         command="pipeline", overrides=("rl.trainer.reward_weights=[0.0]",)),
-    Case("env-entry-point-not-an-env", "no reward source", (
-        "key 'env.id' = 'collections:Counter'", "made a Counter, not a gymnasium.Env",
-        "expected a registered env id or 'module:Class'"),
-         command="train", overrides=("env.id=collections:Counter",)),
+    Case(
+        "reward-weights-wrong-length",
+        "no reward source",
+        (
+            "key 'rl.trainer.reward_weights' = [1.0, 0.5]",
+            "2 weights for 1 reward source(s) (env)",
+            "expected a list of 1",
+        ),
+        command="train",
+        overrides=("rl.trainer.reward_weights=[1.0, 0.5]",),
+    ),
+    Case(
+        "reward-weights-all-zero",
+        "no reward source",
+        (
+            "key 'rl.trainer.reward_weights' = [0.0]",
+            "no reward to learn from",
+            "expected at least one non-zero weight",
+        ),
+        command="pipeline",
+        overrides=("rl.trainer.reward_weights=[0.0]",),
+    ),
+    Case(
+        "env-entry-point-not-an-env",
+        "no reward source",
+        (
+            "key 'env.id' = 'collections:Counter'",
+            "made a Counter, not a gymnasium.Env",
+            "expected a registered env id or 'module:Class'",
+        ),
+        command="train",
+        overrides=("env.id=collections:Counter",),
+    ),
     # ---------------------------------------------------------------- config: unknown algorithm
-    Case("unknown-algorithm", "unknown algorithm", ("key 'rl.algorithm' = 'dqn'", "should be 'grpo' or 'ppo'"),
-         command="train", overrides=("rl.algorithm=dqn",)),
-    Case("algorithm-wrong-case", "unknown algorithm", ("key 'rl.algorithm' = 'PPO'", "should be 'grpo' or 'ppo'"),
-         command="pipeline", config=BASE_YAML + "rl:\n  algorithm: PPO\n"),
+    Case(
+        "unknown-algorithm",
+        "unknown algorithm",
+        ("key 'rl.algorithm' = 'dqn'", "should be 'grpo' or 'ppo'"),
+        command="train",
+        overrides=("rl.algorithm=dqn",),
+    ),
+    Case(
+        "algorithm-wrong-case",
+        "unknown algorithm",
+        ("key 'rl.algorithm' = 'PPO'", "should be 'grpo' or 'ppo'"),
+        command="pipeline",
+        config=BASE_YAML + "rl:\n  algorithm: PPO\n",
+    ),
     # ---------------------------------------------------------------- config: env ids and entry points
-    Case("unregistered-env-id", "unregistered env id", (
-        "key 'env.id' = 'rlft/FrozenLak-v0': not a registered gymnasium env", "did you mean 'rlft/FrozenLake-v0'"),
-         config=edit("rlft/FrozenLake-v0", "rlft/FrozenLak-v0")),
-    Case("entry-point-class-missing", "module:Class", (
-        "key 'env.id' = 'envs.frozen_lake:TextFrozenLak'", "has no attribute 'TextFrozenLak'",
-        "did you mean 'TextFrozenLake'"),
-         command="train", overrides=("env.id=envs.frozen_lake:TextFrozenLak",)),
-    Case("entry-point-module-missing", "module:Class", ("key 'env.id' = 'no_such_module:Env'",
-                                                         "module 'no_such_module' not found"),
-         overrides=("env.id=no_such_module:Env",)),
-    Case("adapter-parser-missing", "module:Class", ("key 'env.adapter.parser'", "has no attribute 'make_parsr'",
-                                                    "did you mean 'make_parser'"),
-         overrides=("env.id=FrozenLake-v1", "env.kwargs={map_name: 4x4}",
-                    "env.adapter.parser=envs.text_adapter:make_parsr")),
-    Case("env-kwarg-unknown", "module:Class", ("key 'env.kwargs'", "unexpected keyword argument 'slippery'"),
-         overrides=("env.kwargs.slippery=true",)),
+    Case(
+        "unregistered-env-id",
+        "unregistered env id",
+        (
+            "key 'env.id' = 'rlft/FrozenLak-v0': not a registered gymnasium env",
+            "did you mean 'rlft/FrozenLake-v0'",
+        ),
+        config=edit("rlft/FrozenLake-v0", "rlft/FrozenLak-v0"),
+    ),
+    Case(
+        "entry-point-class-missing",
+        "module:Class",
+        (
+            "key 'env.id' = 'envs.frozen_lake:TextFrozenLak'",
+            "has no attribute 'TextFrozenLak'",
+            "did you mean 'TextFrozenLake'",
+        ),
+        command="train",
+        overrides=("env.id=envs.frozen_lake:TextFrozenLak",),
+    ),
+    Case(
+        "entry-point-module-missing",
+        "module:Class",
+        ("key 'env.id' = 'no_such_module:Env'", "module 'no_such_module' not found"),
+        overrides=("env.id=no_such_module:Env",),
+    ),
+    Case(
+        "adapter-parser-missing",
+        "module:Class",
+        ("key 'env.adapter.parser'", "has no attribute 'make_parsr'", "did you mean 'make_parser'"),
+        overrides=(
+            "env.id=FrozenLake-v1",
+            "env.kwargs={map_name: 4x4}",
+            "env.adapter.parser=envs.text_adapter:make_parsr",
+        ),
+    ),
+    Case(
+        "env-kwarg-unknown",
+        "module:Class",
+        ("key 'env.kwargs'", "unexpected keyword argument 'slippery'"),
+        overrides=("env.kwargs.slippery=true",),
+    ),
     # ---------------------------------------------------------------- config: model / checkpoint / data paths
-    Case("model-path-missing", "missing path", ("key 'model.name_or_path' = './models/none'", "no such folder"),
-         overrides=("model.tiny=null", "model.name_or_path=./models/none")),
-    Case("model-folder-without-config", "missing path", ("key 'model.name_or_path' = './models/empty'",
-                                                         "folder has no config.json"),
-         command="train", overrides=("model.tiny=null", "model.name_or_path=./models/empty"),
-         files=(("models/empty/weights.txt", "not a model"),)),
-    Case("two-model-sources", "missing path", ("set exactly one of model.name_or_path", "or model.tiny"),
-         overrides=("model.name_or_path=org/model",)),
-    Case("checkpoint-missing", "missing path", ("key 'rl.init_from' = './ckpt/none'",
-                                                "no such checkpoint folder (expected 'sft', 'base' or a path)"),
-         command="train", overrides=("rl.init_from=./ckpt/none",)),
-    Case("checkpoint-not-saved", "missing path", ("key 'rl.init_from' = './ckpt/notes'",
-                                                  "not a saved checkpoint (no config.json)"),
-         command="train", overrides=("rl.init_from=./ckpt/notes",), files=(("ckpt/notes/notes.txt", "x"),)),
-    Case("train-before-sft", "missing path", ("rl.init_from = 'sft'", "has no checkpoint",
-                                              "run `rlft sft` first or set rl.init_from=base"),
-         command="train"),
-    Case("eval-before-any-stage", "missing path", ("runs/exp/checkpoints has no checkpoint to evaluate",
-                                                   "run sft or train first"),
-         command="eval"),
-    Case("critic-path-missing", "missing path", ("key 'rl.trainer.critic_init' = './critic/none'",
-                                                 "expected 'policy', a saved critic folder or a reward-model folder"),
-         command="train", overrides=("rl.algorithm=ppo", "rl.trainer.critic_init=./critic/none")),
-    Case("demos-path-missing", "missing path", ("key 'sft.demos.path' = 'nope.jsonl'", "file does not exist"),
-         overrides=("sft.demos={source: jsonl, path: nope.jsonl}",)),
-    Case("demos-path-not-given", "missing path", ("missing required key 'sft.demos.path'",),
-         command="pipeline", config=BASE_YAML + "sft:\n  demos: {source: jsonl}\n"),
-    Case("env-section-missing", "missing path", ("exp.yaml: invalid configuration", "missing required key 'env'"),
-         config=edit("env:\n  id: rlft/FrozenLake-v0\n  max_turns: 8\n", "")),
-    Case("config-file-missing", "missing path", ("config file 'nope.yaml' does not exist",),
-         argv=("train", "--config", "nope.yaml")),
+    Case(
+        "model-path-missing",
+        "missing path",
+        ("key 'model.name_or_path' = './models/none'", "no such folder"),
+        overrides=("model.tiny=null", "model.name_or_path=./models/none"),
+    ),
+    Case(
+        "model-folder-without-config",
+        "missing path",
+        ("key 'model.name_or_path' = './models/empty'", "folder has no config.json"),
+        command="train",
+        overrides=("model.tiny=null", "model.name_or_path=./models/empty"),
+        files=(("models/empty/weights.txt", "not a model"),),
+    ),
+    Case(
+        "two-model-sources",
+        "missing path",
+        ("set exactly one of model.name_or_path", "or model.tiny"),
+        overrides=("model.name_or_path=org/model",),
+    ),
+    Case(
+        "checkpoint-missing",
+        "missing path",
+        (
+            "key 'rl.init_from' = './ckpt/none'",
+            "no such checkpoint folder (expected 'sft', 'base' or a path)",
+        ),
+        command="train",
+        overrides=("rl.init_from=./ckpt/none",),
+    ),
+    Case(
+        "checkpoint-not-saved",
+        "missing path",
+        ("key 'rl.init_from' = './ckpt/notes'", "not a saved checkpoint (no config.json)"),
+        command="train",
+        overrides=("rl.init_from=./ckpt/notes",),
+        files=(("ckpt/notes/notes.txt", "x"),),
+    ),
+    Case(
+        "train-before-sft",
+        "missing path",
+        ("rl.init_from = 'sft'", "has no checkpoint", "run `rlft sft` first or set rl.init_from=base"),
+        command="train",
+    ),
+    Case(
+        "eval-before-any-stage",
+        "missing path",
+        ("runs/exp/checkpoints has no checkpoint to evaluate", "run sft or train first"),
+        command="eval",
+    ),
+    Case(
+        "critic-path-missing",
+        "missing path",
+        (
+            "key 'rl.trainer.critic_init' = './critic/none'",
+            "expected 'policy', a saved critic folder or a reward-model folder",
+        ),
+        command="train",
+        overrides=("rl.algorithm=ppo", "rl.trainer.critic_init=./critic/none"),
+    ),
+    Case(
+        "demos-path-missing",
+        "missing path",
+        ("key 'sft.demos.path' = 'nope.jsonl'", "file does not exist"),
+        overrides=("sft.demos={source: jsonl, path: nope.jsonl}",),
+    ),
+    Case(
+        "demos-path-not-given",
+        "missing path",
+        ("missing required key 'sft.demos.path'",),
+        command="pipeline",
+        config=BASE_YAML + "sft:\n  demos: {source: jsonl}\n",
+    ),
+    Case(
+        "env-section-missing",
+        "missing path",
+        ("exp.yaml: invalid configuration", "missing required key 'env'"),
+        config=edit("env:\n  id: rlft/FrozenLake-v0\n  max_turns: 8\n", ""),
+    ),
+    Case(
+        "config-file-missing",
+        "missing path",
+        ("config file 'nope.yaml' does not exist",),
+        argv=("train", "--config", "nope.yaml"),
+    ),
     # ---------------------------------------------------------------- JSONL demonstrations
-    demos_case("jsonl-truncated-line", "jsonl truncated line", f"{ROW}\n{ROW}\n{ROW[:30]}\n",
-               ("demos.jsonl:3: invalid JSON", "each line must be one complete JSON object")),
-    demos_case("jsonl-byte-order-mark", "jsonl BOM", b"\xef\xbb\xbf" + f"{ROW}\n".encode(),
-               ("demos.jsonl:1: file starts with a UTF-8 byte-order mark", "save it as UTF-8 without BOM")),
-    demos_case("jsonl-blank-line", "jsonl blank lines", f"{ROW}\n\n{ROW}\n",
-               ("demos.jsonl:2: line 2 is blank", "expected one JSON object per line")),
-    demos_case("jsonl-blank-line-at-end", "jsonl blank lines", f"{ROW}\n{ROW}\n  \n",
-               ("demos.jsonl:3: line 3 is blank", "expected one JSON object per line"), command="pipeline"),
-    demos_case("jsonl-row-is-a-list", "jsonl non-object row", f"{ROW}\n[1, 2]\n",
-               ("demos.jsonl:2: expected a JSON object, got list",)),
-    demos_case("jsonl-row-is-a-string", "jsonl non-object row", f'"go right"\n{ROW}\n',
-               ("demos.jsonl:1: expected a JSON object, got str",)),
-    demos_case("jsonl-missing-action", "jsonl missing field",
-               f'{ROW}\n{ROW}\n{ROW}\n{{"turns": [{{"observation": "cell 0"}}]}}\n',
-               ("demos.jsonl:4: turns[0] is missing 'action'",)),
-    demos_case("jsonl-no-turns-or-messages", "jsonl missing field", '{"steps": []}\n',
-               ("demos.jsonl:1: expected a 'turns' or 'messages' field", "got keys ['steps']")),
-    demos_case("jsonl-action-wrong-type", "jsonl wrong type", f'{ROW}\n{{"turns": [{{"observation": "o", "action": 2}}]}}\n',
-               ("demos.jsonl:2: turns[0].action must be a string, got int",)),
-    demos_case("jsonl-messages-wrong-type", "jsonl wrong type", '{"messages": {"role": "user"}}\n',
-               ("demos.jsonl:1: 'messages' must be a non-empty list of {role, content}",)),
-    demos_case("jsonl-not-utf8", "jsonl wrong type", f"{ROW}\n".encode() + b'{"turns": "\xff"}\n',
-               ("demos.jsonl:2: not valid UTF-8",)),
-    demos_case("jsonl-empty-file", "empty file", "", ("demos.jsonl: no rows (the file is empty)",
-                                                      "expected one JSON object per line")),
+    demos_case(
+        "jsonl-truncated-line",
+        "jsonl truncated line",
+        f"{ROW}\n{ROW}\n{ROW[:30]}\n",
+        ("demos.jsonl:3: invalid JSON", "each line must be one complete JSON object"),
+    ),
+    demos_case(
+        "jsonl-byte-order-mark",
+        "jsonl BOM",
+        b"\xef\xbb\xbf" + f"{ROW}\n".encode(),
+        ("demos.jsonl:1: file starts with a UTF-8 byte-order mark", "save it as UTF-8 without BOM"),
+    ),
+    demos_case(
+        "jsonl-blank-line",
+        "jsonl blank lines",
+        f"{ROW}\n\n{ROW}\n",
+        ("demos.jsonl:2: line 2 is blank", "expected one JSON object per line"),
+    ),
+    demos_case(
+        "jsonl-blank-line-at-end",
+        "jsonl blank lines",
+        f"{ROW}\n{ROW}\n  \n",
+        ("demos.jsonl:3: line 3 is blank", "expected one JSON object per line"),
+        command="pipeline",
+    ),
+    demos_case(
+        "jsonl-row-is-a-list",
+        "jsonl non-object row",
+        f"{ROW}\n[1, 2]\n",
+        ("demos.jsonl:2: expected a JSON object, got list",),
+    ),
+    demos_case(
+        "jsonl-row-is-a-string",
+        "jsonl non-object row",
+        f'"go right"\n{ROW}\n',
+        ("demos.jsonl:1: expected a JSON object, got str",),
+    ),
+    demos_case(
+        "jsonl-missing-action",
+        "jsonl missing field",
+        f'{ROW}\n{ROW}\n{ROW}\n{{"turns": [{{"observation": "cell 0"}}]}}\n',
+        ("demos.jsonl:4: turns[0] is missing 'action'",),
+    ),
+    demos_case(
+        "jsonl-no-turns-or-messages",
+        "jsonl missing field",
+        '{"steps": []}\n',
+        ("demos.jsonl:1: expected a 'turns' or 'messages' field", "got keys ['steps']"),
+    ),
+    demos_case(
+        "jsonl-action-wrong-type",
+        "jsonl wrong type",
+        f'{ROW}\n{{"turns": [{{"observation": "o", "action": 2}}]}}\n',
+        ("demos.jsonl:2: turns[0].action must be a string, got int",),
+    ),
+    demos_case(
+        "jsonl-messages-wrong-type",
+        "jsonl wrong type",
+        '{"messages": {"role": "user"}}\n',
+        ("demos.jsonl:1: 'messages' must be a non-empty list of {role, content}",),
+    ),
+    demos_case(
+        "jsonl-not-utf8",
+        "jsonl wrong type",
+        f"{ROW}\n".encode() + b'{"turns": "\xff"}\n',
+        ("demos.jsonl:2: not valid UTF-8",),
+    ),
+    demos_case(
+        "jsonl-empty-file",
+        "empty file",
+        "",
+        ("demos.jsonl: no rows (the file is empty)", "expected one JSON object per line"),
+    ),
     # ---------------------------------------------------------------- YAML files
-    Case("yaml-unclosed-brace", "yaml syntax", ("exp.yaml:6: YAML syntax error", "expected ',' or '}'"),
-         config=edit("corpus_episodes: 10}", "corpus_episodes: 10")),
-    Case("yaml-tab-indent", "yaml syntax", ("exp.yaml:8: YAML syntax error", "found character '\\t'"),
-         command="train", config=edit("  max_turns: 8", "\tmax_turns: 8")),
-    Case("yaml-bad-indent", "yaml syntax", ("exp.yaml:8: YAML syntax error", "mapping values are not allowed here"),
-         config=edit("  max_turns: 8", "    max_turns: 8")),
-    Case("yaml-unclosed-quote", "yaml syntax", ("exp.yaml:", "YAML syntax error", "found unexpected end of stream"),
-         command="pipeline", config=edit("name: exp", "name: 'exp")),
-    Case("yaml-duplicate-key", "yaml syntax", ("exp.yaml:11: YAML syntax error",
-                                               "duplicate key 'name' (first on line 2); expected each key once"),
-         config=BASE_YAML + "name: other\n"),
-    Case("yaml-top-level-list", "yaml syntax", ("exp.yaml: expected a mapping at the top level, got list",),
-         config="- name: exp\n- env: rlft/FrozenLake-v0\n"),
-    Case("yaml-not-utf8", "yaml syntax", ("exp.yaml:2: not valid UTF-8", "save the config as UTF-8"),
-         config=BASE_YAML.encode().replace(b"name: exp", b"name: exp\xe9")),
-    Case("yaml-empty-file", "empty file", ("exp.yaml: the file is empty",
-                                           "expected a mapping with at least 'model' and 'env'"),
-         command="train", config=""),
-    Case("yaml-comments-only", "empty file", ("exp.yaml: the file is empty",
-                                              "expected a mapping with at least 'model' and 'env'"),
-         config="# nothing here yet\n"),
+    Case(
+        "yaml-unclosed-brace",
+        "yaml syntax",
+        ("exp.yaml:6: YAML syntax error", "expected ',' or '}'"),
+        config=edit("corpus_episodes: 10}", "corpus_episodes: 10"),
+    ),
+    Case(
+        "yaml-tab-indent",
+        "yaml syntax",
+        ("exp.yaml:8: YAML syntax error", "found character '\\t'"),
+        command="train",
+        config=edit("  max_turns: 8", "\tmax_turns: 8"),
+    ),
+    Case(
+        "yaml-bad-indent",
+        "yaml syntax",
+        ("exp.yaml:8: YAML syntax error", "mapping values are not allowed here"),
+        config=edit("  max_turns: 8", "    max_turns: 8"),
+    ),
+    Case(
+        "yaml-unclosed-quote",
+        "yaml syntax",
+        ("exp.yaml:", "YAML syntax error", "found unexpected end of stream"),
+        command="pipeline",
+        config=edit("name: exp", "name: 'exp"),
+    ),
+    Case(
+        "yaml-duplicate-key",
+        "yaml syntax",
+        ("exp.yaml:11: YAML syntax error", "duplicate key 'name' (first on line 2); expected each key once"),
+        config=BASE_YAML + "name: other\n",
+    ),
+    Case(
+        "yaml-top-level-list",
+        "yaml syntax",
+        ("exp.yaml: expected a mapping at the top level, got list",),
+        config="- name: exp\n- env: rlft/FrozenLake-v0\n",
+    ),
+    Case(
+        "yaml-not-utf8",
+        "yaml syntax",
+        ("exp.yaml:2: not valid UTF-8", "save the config as UTF-8"),
+        config=BASE_YAML.encode().replace(b"name: exp", b"name: exp\xe9"),
+    ),
+    Case(
+        "yaml-empty-file",
+        "empty file",
+        ("exp.yaml: the file is empty", "expected a mapping with at least 'model' and 'env'"),
+        command="train",
+        config="",
+    ),
+    Case(
+        "yaml-comments-only",
+        "empty file",
+        ("exp.yaml: the file is empty", "expected a mapping with at least 'model' and 'env'"),
+        config="# nothing here yet\n",
+    ),
     # ---------------------------------------------------------------- command line
-    Case("override-without-value", "cli", ("override 'rollout.num_envs' is not of the form key.sub=value",),
-         overrides=("rollout.num_envs",)),
-    Case("override-value-bad-yaml", "cli", ("override 'rollout.num_envs=[1,'", "value is not valid YAML"),
-         command="train", overrides=("rollout.num_envs=[1,",)),
-    Case("override-into-a-value", "cli", ("override 'name.first'", "'name' is a value, not a section"),
-         overrides=("name.first=x",)),
+    Case(
+        "override-without-value",
+        "cli",
+        ("override 'rollout.num_envs' is not of the form key.sub=value",),
+        overrides=("rollout.num_envs",),
+    ),
+    Case(
+        "override-value-bad-yaml",
+        "cli",
+        ("override 'rollout.num_envs=[1,'", "value is not valid YAML"),
+        command="train",
+        overrides=("rollout.num_envs=[1,",),
+    ),
+    Case(
+        "override-into-a-value",
+        "cli",
+        ("override 'name.first'", "'name' is a value, not a section"),
+        overrides=("name.first=x",),
+    ),
     Case("no-config-argument", "cli", ("the following arguments are required: --config",), argv=("sft",)),
-    Case("unknown-command", "cli", ("invalid choice: 'fit'", "choose from"),
-         argv=("fit", "--config", "exp.yaml")),
+    Case(
+        "unknown-command",
+        "cli",
+        ("invalid choice: 'fit'", "choose from"),
+        argv=("fit", "--config", "exp.yaml"),
+    ),
 ]
 
 # The kinds of bad input the issue lists; each must have a case.
 REQUIRED_KINDS = {
-    "unknown key", "wrong type", "bad rate", "batch sizes", "no reward source", "unknown algorithm",
-    "unregistered env id", "module:Class", "missing path", "jsonl truncated line", "jsonl BOM",
-    "jsonl blank lines", "jsonl non-object row", "jsonl missing field", "jsonl wrong type", "yaml syntax",
+    "unknown key",
+    "wrong type",
+    "bad rate",
+    "batch sizes",
+    "no reward source",
+    "unknown algorithm",
+    "unregistered env id",
+    "module:Class",
+    "missing path",
+    "jsonl truncated line",
+    "jsonl BOM",
+    "jsonl blank lines",
+    "jsonl non-object row",
+    "jsonl missing field",
+    "jsonl wrong type",
+    "yaml syntax",
     "empty file",
 }
 SUBPROCESS_CASES = ["unknown-top-level-key", "jsonl-byte-order-mark", "yaml-unclosed-brace"]
@@ -280,7 +583,8 @@ def test_the_table_covers_the_issue() -> None:
     assert {c.kind for c in CASES} >= REQUIRED_KINDS
     for case in CASES:
         assert case.command_line()[0] in ("sft", "train", "pipeline", "eval") or case.argv, (
-            f"{case.id}: use a command that would load a model")
+            f"{case.id}: use a command that would load a model"
+        )
         assert case.exit_code != 0 and case.expect
 
 
@@ -356,8 +660,11 @@ def snapshot(root: Path) -> dict[str, tuple[str, bytes | None, int]]:
     entries = {".": ("dir", None, runs.stat().st_mtime_ns)}
     for path in sorted(runs.rglob("*")):
         kind = "dir" if path.is_dir() else "file"
-        entries[str(path.relative_to(runs))] = (kind, path.read_bytes() if kind == "file" else None,
-                                                path.stat().st_mtime_ns)
+        entries[str(path.relative_to(runs))] = (
+            kind,
+            path.read_bytes() if kind == "file" else None,
+            path.stat().st_mtime_ns,
+        )
     return entries
 
 
@@ -398,14 +705,17 @@ def run_main(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, 
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_fails_fast_and_clearly(case: Case, workdir: Path, model_loads: list[str],
-                                          capsys: pytest.CaptureFixture) -> None:
+def test_bad_input_fails_fast_and_clearly(
+    case: Case, workdir: Path, model_loads: list[str], capsys: pytest.CaptureFixture
+) -> None:
     write_case_files(case, workdir)
     before = snapshot(workdir)
     try:
         code, out, err = run_main(case.command_line(), capsys)
     except ModelLoadAttempted as exc:
-        pytest.fail(f"no error before loading a model: {exc}; run dir changes: {changes(before, snapshot(workdir))}")
+        pytest.fail(
+            f"no error before loading a model: {exc}; run dir changes: {changes(before, snapshot(workdir))}"
+        )
     assert code == case.exit_code, err
     assert model_loads == []
     for part in case.expect:
@@ -417,12 +727,16 @@ def test_bad_input_fails_fast_and_clearly(case: Case, workdir: Path, model_loads
     assert changes(before, snapshot(workdir)) == []
 
 
-def test_the_traps_and_the_snapshot_catch_a_valid_config(workdir: Path, model_loads: list[str],
-                                                         capsys: pytest.CaptureFixture) -> None:
+def test_the_traps_and_the_snapshot_catch_a_valid_config(
+    workdir: Path, model_loads: list[str], capsys: pytest.CaptureFixture
+) -> None:
     """A valid config gets past validation: the stage rewrites runs/exp/config.yaml, then reaches a trap."""
     (workdir / "exp.yaml").write_text(BASE_YAML, encoding="utf-8")
-    for argv in (["sft", "--config", "exp.yaml"], ["train", "--config", "exp.yaml", "rl.init_from=base"],
-                 ["pipeline", "--config", "exp.yaml"]):
+    for argv in (
+        ["sft", "--config", "exp.yaml"],
+        ["train", "--config", "exp.yaml", "rl.init_from=base"],
+        ["pipeline", "--config", "exp.yaml"],
+    ):
         make_existing_runs(workdir)  # back to the earlier runs' state
         before = snapshot(workdir)
         model_loads.clear()
@@ -449,8 +763,14 @@ def test_bad_input_exit_code_in_a_subprocess(case_id: str, tmp_path: Path) -> No
     write_case_files(case, tmp_path)
     before = snapshot(tmp_path)
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-m", "rlft.cli", *case.command_line()], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "rlft.cli", *case.command_line()],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == case.exit_code, result.stderr
     for part in case.expect:
         assert part in result.stderr

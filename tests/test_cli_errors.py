@@ -60,7 +60,9 @@ def test_unknown_key_in_file(tmp_path: Path, existing_run) -> None:
 
 def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nmodel:\n  tiny: {hidden_size: 64\nenv: {id: rlft/FrozenLake-v0}\n", encoding="utf-8")
+    bad.write_text(
+        "name: x\nmodel:\n  tiny: {hidden_size: 64\nenv: {id: rlft/FrozenLake-v0}\n", encoding="utf-8"
+    )
     result, _ = rlft("train", "--config", str(bad), cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert f"rlft: error: {bad}:4: YAML syntax error" in result.stderr
@@ -69,8 +71,14 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path: Path) -> None:
 
 def test_batch_sizes_that_do_not_divide_fail_before_any_model(tmp_path: Path, existing_run) -> None:
     # The one case here that imports TRL (about 7 s): its check builds trl.GRPOConfig.
-    result, seconds = rlft("sft", "--config", str(QUICKSTART), "rl.trainer.per_device_train_batch_size=12",
-                           "rl.trainer.num_generations=8", cwd=tmp_path)
+    result, seconds = rlft(
+        "sft",
+        "--config",
+        str(QUICKSTART),
+        "rl.trainer.per_device_train_batch_size=12",
+        "rl.trainer.num_generations=8",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2, result.stderr
     assert "key 'rl.trainer'" in result.stderr
     assert "generation_batch_size (12) must be divisible by num_generations (8)" in result.stderr
@@ -82,10 +90,10 @@ def test_batch_sizes_that_do_not_divide_fail_before_any_model(tmp_path: Path, ex
 def test_malformed_jsonl_fails_before_any_model(tmp_path: Path, existing_run) -> None:
     demos = tmp_path / "demos.jsonl"
     row = '{"turns": [{"observation": "cell 0", "action": "right"}]}\n'
-    demos.write_text(row + row + '{"turns": [{"observ\n',
-                     encoding="utf-8")
-    result, seconds = rlft("sft", "--config", str(QUICKSTART), f"sft.demos={{source: jsonl, path: {demos}}}",
-                           cwd=tmp_path)
+    demos.write_text(row + row + '{"turns": [{"observ\n', encoding="utf-8")
+    result, seconds = rlft(
+        "sft", "--config", str(QUICKSTART), f"sft.demos={{source: jsonl, path: {demos}}}", cwd=tmp_path
+    )
     assert result.returncode == 2, result.stderr
     assert f"rlft: error: {demos}:3: invalid JSON" in result.stderr
     assert seconds < 60

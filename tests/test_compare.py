@@ -24,8 +24,10 @@ REPS = 300  # bootstrap replications: enough for the checks, fast on a shared CP
 VARIANTS = {
     # label: (config changes, final held-out success per seed; the outlier makes IQM differ from the mean)
     "grpo": ({"rl": {"algorithm": "grpo", "trainer": {"learning_rate": 1e-4}}}, [0.55, 0.6, 0.65, 0.05]),
-    "ppo": ({"rl": {"algorithm": "ppo", "trainer": {"learning_rate": 3e-4, "critic": "separate"}}},
-            [0.7, 0.8, 0.85, 1.0]),
+    "ppo": (
+        {"rl": {"algorithm": "ppo", "trainer": {"learning_rate": 3e-4, "critic": "separate"}}},
+        [0.7, 0.8, 0.85, 1.0],
+    ),
 }
 SEEDS = [0, 1, 2, 3]
 DIFFERING = {"rl.algorithm", "rl.trainer.learning_rate", "rl.trainer.critic"}
@@ -33,7 +35,9 @@ DIFFERING = {"rl.algorithm", "rl.trainer.learning_rate", "rl.trainer.critic"}
 
 def _config(label: str, seed: int, root: Path) -> dict:
     base = {
-        "name": f"{label}_s{seed}", "output_dir": str(root), "seed": seed,
+        "name": f"{label}_s{seed}",
+        "output_dir": str(root),
+        "seed": seed,
         "model": {"tiny": {"hidden_size": 64, "num_layers": 2}, "lora": None},
         "env": {"id": "rlft/FrozenLake-v0", "kwargs": {"map_name": "4x4"}, "max_turns": 8},
         "rl": {"init_from": "sft", "trainer": {"per_device_train_batch_size": 8}},
@@ -41,13 +45,17 @@ def _config(label: str, seed: int, root: Path) -> dict:
         "tracking": {"wandb": {"mode": "offline", "group": f"group-{seed}", "tags": []}},
     }
     changes = VARIANTS[label][0]
-    base["rl"] = {**base["rl"], **{k: v for k, v in changes["rl"].items() if k != "trainer"},
-                  "trainer": {**base["rl"]["trainer"], **changes["rl"]["trainer"]}}
+    base["rl"] = {
+        **base["rl"],
+        **{k: v for k, v in changes["rl"].items() if k != "trainer"},
+        "trainer": {**base["rl"]["trainer"], **changes["rl"]["trainer"]},
+    }
     return base
 
 
-def write_run(root: Path, label: str, seed: int, final_success: float, eval_json: bool = True,
-              alarm: bool = False) -> Path:
+def write_run(
+    root: Path, label: str, seed: int, final_success: float, eval_json: bool = True, alarm: bool = False
+) -> Path:
     """A run directory as rlft writes it: config.yaml, metrics.jsonl (sft, rl with held-out evals, eval
     stage records) and eval.json."""
     run = root / f"{label}_s{seed}"
@@ -61,25 +69,46 @@ def write_run(root: Path, label: str, seed: int, final_success: float, eval_json
             env_steps += 30 + float(rng.integers(0, 5))  # seeds reach different env steps: interpolation
             proxy = 0.1 * step + rng.normal(0, 0.05)
             gold = (0.1 * step if step < 25 else 2.5 - 0.08 * (step - 25)) + rng.normal(0, 0.05)
-            record = {"stage": "rl", "step": step, "time": float(step), "loss": 0.5,
-                      "episode/env_steps_total": env_steps, "episode/return": gold,
-                      "episode/reward/env": gold, "episode/reward/valid_action": -0.1 + 0.002 * step,
-                      "reward/env/mean": gold / 8, "proxy/return": proxy, "gold/return": gold,
-                      "gold/success": min(1.0, 0.02 * step)}
+            record = {
+                "stage": "rl",
+                "step": step,
+                "time": float(step),
+                "loss": 0.5,
+                "episode/env_steps_total": env_steps,
+                "episode/return": gold,
+                "episode/reward/env": gold,
+                "episode/reward/valid_action": -0.1 + 0.002 * step,
+                "reward/env/mean": gold / 8,
+                "proxy/return": proxy,
+                "gold/return": gold,
+                "gold/success": min(1.0, 0.02 * step),
+            }
             if alarm and step >= 33:
                 record.update({"alarm/overoptimization": 1.0, "alarm/proxy_t": 5.0, "alarm/gold_t": -4.0})
             records.append(record)
         if step % 4 == 0:
             success = final_success * (step / 40) ** 0.7
-            records.append({"stage": "rl", "step": step, "time": float(step), "eval/success": success,
-                            "eval/return": success - 0.2, "episode/env_steps_total": env_steps})
+            records.append(
+                {
+                    "stage": "rl",
+                    "step": step,
+                    "time": float(step),
+                    "eval/success": success,
+                    "eval/return": success - 0.2,
+                    "episode/env_steps_total": env_steps,
+                }
+            )
     records.append({"stage": "eval", "step": None, "time": 99.0, "rl/greedy/success": final_success})
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     if eval_json:
-        results = {"seeds": {"first": 10_000_000, "count": 16}, "policies": {
-            "sft": {"success": 0.1, "return": -0.1},
-            "rl": {"success": final_success, "return": final_success - 0.2, "greedy": {}, "sampled": {}},
-            "expert": {"success": 1.0, "return": 0.8}}}
+        results = {
+            "seeds": {"first": 10_000_000, "count": 16},
+            "policies": {
+                "sft": {"success": 0.1, "return": -0.1},
+                "rl": {"success": final_success, "return": final_success - 0.2, "greedy": {}, "sampled": {}},
+                "expert": {"success": 1.0, "return": 0.8},
+            },
+        }
         (run / "eval.json").write_text(json.dumps(results))
     return run
 
@@ -90,8 +119,14 @@ def runs(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("runs") / "exp"
     for label, (_, finals) in VARIANTS.items():
         for seed, final in zip(SEEDS, finals):
-            write_run(root, label, seed, final, eval_json=(label, seed) != ("grpo", 3),
-                      alarm=(label, seed) == ("ppo", 1))
+            write_run(
+                root,
+                label,
+                seed,
+                final,
+                eval_json=(label, seed) != ("grpo", 3),
+                alarm=(label, seed) == ("ppo", 1),
+            )
     return root
 
 
@@ -122,8 +157,11 @@ def test_iqm_and_intervals_match_rliable(report):
     np.random.seed(0)
     _, direct = rly.get_interval_estimates(
         {k: np.array(v[1])[:, None] for k, v in VARIANTS.items()},
-        lambda s: np.array([metrics.aggregate_iqm(s), metrics.aggregate_median(s), metrics.aggregate_mean(s)]),
-        reps=REPS)
+        lambda s: np.array(
+            [metrics.aggregate_iqm(s), metrics.aggregate_median(s), metrics.aggregate_mean(s)]
+        ),
+        reps=REPS,
+    )
     for label in VARIANTS:
         np.testing.assert_allclose(report.intervals["success"][label], direct[label])
         low, high = report.intervals["success"][label][:, 0]
@@ -146,19 +184,32 @@ def test_curves_are_interpolated_onto_the_common_range():
     from rlft.tools.report.stats import Series, band, series
 
     # seed 1 reaches env step 10, seed 2 env step 20: the grid stops at 10, where seed 2 interpolates to 2
-    curve = band([Series(np.array([0.0, 10.0]), np.array([0.0, 1.0])),
-                  Series(np.array([0.0, 20.0]), np.array([0.0, 4.0]))], reps=50, points=11)
+    curve = band(
+        [
+            Series(np.array([0.0, 10.0]), np.array([0.0, 1.0])),
+            Series(np.array([0.0, 20.0]), np.array([0.0, 4.0])),
+        ],
+        reps=50,
+        points=11,
+    )
     assert curve.x[0] == 0.0 and curve.x[-1] == 10.0 and curve.seeds == 2
     assert curve.mean[-1] == pytest.approx(1.5) and curve.mean[5] == pytest.approx(0.75)
     assert np.all(curve.low <= curve.mean + 1e-12) and np.all(curve.high >= curve.mean - 1e-12)
     # a step without env steps takes the latest earlier step's; a step logged twice (resume) keeps the later
-    run = Run(Path("r"), "r", 0, {}, records=[
-        {"stage": "rl", "step": 1, "episode/env_steps_total": 30, "k": 1.0},
-        {"stage": "rl", "step": 2, "k": 2.0},
-        {"stage": "rl", "step": 3, "episode/env_steps_total": 90, "k": 3.0},
-        {"stage": "rl", "step": 3, "episode/env_steps_total": 95, "k": 3.5},
-        {"stage": "eval", "step": 4, "episode/env_steps_total": 120, "k": 9.0},
-        {"stage": "rl", "step": 5, "episode/env_steps_total": 150, "k": "nan"}])
+    run = Run(
+        Path("r"),
+        "r",
+        0,
+        {},
+        records=[
+            {"stage": "rl", "step": 1, "episode/env_steps_total": 30, "k": 1.0},
+            {"stage": "rl", "step": 2, "k": 2.0},
+            {"stage": "rl", "step": 3, "episode/env_steps_total": 90, "k": 3.0},
+            {"stage": "rl", "step": 3, "episode/env_steps_total": 95, "k": 3.5},
+            {"stage": "eval", "step": 4, "episode/env_steps_total": 120, "k": 9.0},
+            {"stage": "rl", "step": 5, "episode/env_steps_total": 150, "k": "nan"},
+        ],
+    )
     got = series(run, "k")
     assert got.x.tolist() == [30.0, 30.0, 95.0] and got.y.tolist() == [1.0, 2.0, 3.5]
 
@@ -198,7 +249,9 @@ def test_missing_keys_skip_figures_with_a_note(tmp_path):
 
 def test_cli_writes_the_report_and_fails_clearly(runs, tmp_path, capsys):
     out = tmp_path / "cli" / "report.html"
-    assert main(["compare", str(runs / "grpo_s0"), str(runs / "ppo_s1"), "--out", str(out), "--reps", "50"]) == 0
+    assert (
+        main(["compare", str(runs / "grpo_s0"), str(runs / "ppo_s1"), "--out", str(out), "--reps", "50"]) == 0
+    )
     assert out.is_file() and (tmp_path / "cli" / "report_figures" / "learning_curves.png").is_file()
     assert main(["compare", str(tmp_path / "nope"), "--out", str(out)]) == 2
     assert "rlft: error:" in capsys.readouterr().err
@@ -214,15 +267,22 @@ CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 def _driver():
     pytest.importorskip("selenium", reason="selenium is in the dev extra: pip install -e '.[dev]'")
     if not (CHROMIUM and CHROMEDRIVER):
-        pytest.skip("Debian's chromium and chromium-driver are not installed (.ci/run installs them: "
-                    "apt-get install -y --no-install-recommends chromium chromium-driver)")
+        pytest.skip(
+            "Debian's chromium and chromium-driver are not installed (.ci/run installs them: "
+            "apt-get install -y --no-install-recommends chromium chromium-driver)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--window-size=1400,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1400,1000",
+    ):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
@@ -242,9 +302,11 @@ def test_page_in_headless_chromium(report, tmp_path):
     try:
         # the checks fire: a broken image and a console error are caught
         bad = tmp_path / "bad.html"
-        bad.write_text('<!DOCTYPE html><html><head><link rel="icon" href="data:,"></head><body>'
-                       '<img alt="broken" src="data:image/png;base64,AAAA">'
-                       "<script>console.error('boom')</script></body></html>")
+        bad.write_text(
+            '<!DOCTYPE html><html><head><link rel="icon" href="data:,"></head><body>'
+            '<img alt="broken" src="data:image/png;base64,AAAA">'
+            "<script>console.error('boom')</script></body></html>"
+        )
         severe, images = _load(driver, bad)
         assert severe and images == [[True, 0, "broken"]]
 
@@ -253,8 +315,15 @@ def test_page_in_headless_chromium(report, tmp_path):
         assert len(images) == len(FIGURE_NAMES)
         assert all(complete and width > 0 for complete, width, _ in images), images
         height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {  # the whole page in one screenshot
-            "width": 1400, "height": min(int(height), 16000), "deviceScaleFactor": 1, "mobile": False})
+        driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride",
+            {  # the whole page in one screenshot
+                "width": 1400,
+                "height": min(int(height), 16000),
+                "deviceScaleFactor": 1,
+                "mobile": False,
+            },
+        )
         screenshot = report.html.with_name("report_screenshot.png")
         assert driver.save_screenshot(str(screenshot))
         assert screenshot.stat().st_size > 10_000

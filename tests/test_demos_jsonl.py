@@ -36,30 +36,62 @@ BAD_ROWS: list[tuple[str, str, str]] = [
     ("turns-not-list", '{"turns": "right"}', "'turns' must be a non-empty list"),
     ("turns-empty", '{"turns": []}', "'turns' must be a non-empty list"),
     ("turn-not-object", '{"turns": ["right"]}', "turns[0] must be an object"),
-    ("turn-missing-action", '{"turns": [{"observation": "o", "action": "a"}, {"observation": "p"}]}',
-     "turns[1] is missing 'action'"),
+    (
+        "turn-missing-action",
+        '{"turns": [{"observation": "o", "action": "a"}, {"observation": "p"}]}',
+        "turns[1] is missing 'action'",
+    ),
     ("turn-missing-observation", '{"turns": [{"action": "a"}]}', "turns[0] is missing 'observation'"),
-    ("action-wrong-type", '{"turns": [{"observation": "o", "action": 2}]}', "turns[0].action must be a string, got int"),
-    ("observation-wrong-type", '{"turns": [{"observation": null, "action": "a"}]}',
-     "turns[0].observation must be a string, got NoneType"),
+    (
+        "action-wrong-type",
+        '{"turns": [{"observation": "o", "action": 2}]}',
+        "turns[0].action must be a string, got int",
+    ),
+    (
+        "observation-wrong-type",
+        '{"turns": [{"observation": null, "action": "a"}]}',
+        "turns[0].observation must be a string, got NoneType",
+    ),
     ("empty-action", '{"turns": [{"observation": "o", "action": "  "}]}', "turns[0].action is empty"),
-    ("instructions-wrong-type", '{"instructions": 3, "turns": [{"observation": "o", "action": "a"}]}',
-     "'instructions' must be a string"),
+    (
+        "instructions-wrong-type",
+        '{"instructions": 3, "turns": [{"observation": "o", "action": "a"}]}',
+        "'instructions' must be a string",
+    ),
     ("messages-not-list", '{"messages": {"role": "user"}}', "'messages' must be a non-empty list"),
     ("message-missing-role", '{"messages": [{"content": "o"}]}', "messages[0] must be an object with 'role'"),
-    ("message-content-wrong-type", '{"messages": [{"role": "user", "content": ["o"]}]}',
-     "messages[0].content must be a string, got list"),
-    ("roles-not-alternating", '{"messages": [{"role": "user", "content": "o"}, {"role": "user", "content": "p"}]}',
-     "messages[1].role is 'user', expected 'assistant'"),
-    ("starts-with-assistant", '{"messages": [{"role": "assistant", "content": "a"}]}',
-     "messages[0].role is 'assistant', expected 'user'"),
-    ("system-not-first", '{"messages": [{"role": "user", "content": "o"}, {"role": "system", "content": "s"}]}',
-     "messages[1].role is 'system', expected 'assistant'"),
+    (
+        "message-content-wrong-type",
+        '{"messages": [{"role": "user", "content": ["o"]}]}',
+        "messages[0].content must be a string, got list",
+    ),
+    (
+        "roles-not-alternating",
+        '{"messages": [{"role": "user", "content": "o"}, {"role": "user", "content": "p"}]}',
+        "messages[1].role is 'user', expected 'assistant'",
+    ),
+    (
+        "starts-with-assistant",
+        '{"messages": [{"role": "assistant", "content": "a"}]}',
+        "messages[0].role is 'assistant', expected 'user'",
+    ),
+    (
+        "system-not-first",
+        '{"messages": [{"role": "user", "content": "o"}, {"role": "system", "content": "s"}]}',
+        "messages[1].role is 'system', expected 'assistant'",
+    ),
     ("unknown-role", '{"messages": [{"role": "tool", "content": "o"}]}', "messages[0].role is 'tool'"),
-    ("ends-with-user", '{"messages": [{"role": "user", "content": "o"}, {"role": "assistant", "content": "a"},'
-     ' {"role": "user", "content": "p"}]}', "must end with an assistant turn"),
-    ("empty-assistant", '{"messages": [{"role": "user", "content": "o"}, {"role": "assistant", "content": ""}]}',
-     "messages[1].content is empty"),
+    (
+        "ends-with-user",
+        '{"messages": [{"role": "user", "content": "o"}, {"role": "assistant", "content": "a"},'
+        ' {"role": "user", "content": "p"}]}',
+        "must end with an assistant turn",
+    ),
+    (
+        "empty-assistant",
+        '{"messages": [{"role": "user", "content": "o"}, {"role": "assistant", "content": ""}]}',
+        "messages[1].content is empty",
+    ),
 ]
 
 
@@ -80,14 +112,23 @@ def test_byte_order_mark_is_an_error(tmp_path: Path) -> None:
         read_jsonl_demos(path)
 
 
-@pytest.mark.parametrize(("lines", "number"), [([GOOD_ROW, "", GOOD_ROW], 2), ([GOOD_ROW, "  \t", GOOD_ROW], 2),
-                                               ([GOOD_ROW, "\r", GOOD_ROW], 2), ([GOOD_ROW, GOOD_ROW, ""], 3),
-                                               (["", GOOD_ROW], 1)],
-                         ids=["empty", "whitespace", "crlf", "trailing", "leading"])
+@pytest.mark.parametrize(
+    ("lines", "number"),
+    [
+        ([GOOD_ROW, "", GOOD_ROW], 2),
+        ([GOOD_ROW, "  \t", GOOD_ROW], 2),
+        ([GOOD_ROW, "\r", GOOD_ROW], 2),
+        ([GOOD_ROW, GOOD_ROW, ""], 3),
+        (["", GOOD_ROW], 1),
+    ],
+    ids=["empty", "whitespace", "crlf", "trailing", "leading"],
+)
 def test_blank_line_is_an_error(lines: list[str], number: int, tmp_path: Path) -> None:
     # write() ends the file with one newline, which ends the last row and is not a blank line.
     path = write(tmp_path, lines)
-    with pytest.raises(DataError, match=rf"^{path}:{number}: line {number} is blank; expected one JSON object"):
+    with pytest.raises(
+        DataError, match=rf"^{path}:{number}: line {number} is blank; expected one JSON object"
+    ):
         read_jsonl_demos(path)
 
 
@@ -99,15 +140,19 @@ def test_final_newline_is_optional(tmp_path: Path) -> None:
 
 def test_invalid_utf8_names_its_line(tmp_path: Path) -> None:
     path = tmp_path / "demos.jsonl"
-    path.write_bytes((GOOD_ROW + "\n" + GOOD_ROW + "\n").encode() + b'{"turns": [{"observation": "\xff", "action": "a"}]}\n')
+    path.write_bytes(
+        (GOOD_ROW + "\n" + GOOD_ROW + "\n").encode()
+        + b'{"turns": [{"observation": "\xff", "action": "a"}]}\n'
+    )
     with pytest.raises(DataError, match=rf"^{path}:3: not valid UTF-8"):
         read_jsonl_demos(path)
 
 
-@pytest.mark.parametrize(("content", "problem"), [("", "no rows (the file is empty)"),
-                                                  ("\n", ":1: line 1 is blank"),
-                                                  ("\n\n  \n", ":1: line 1 is blank")],
-                         ids=["empty", "one-newline", "blank-lines-only"])
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [("", "no rows (the file is empty)"), ("\n", ":1: line 1 is blank"), ("\n\n  \n", ":1: line 1 is blank")],
+    ids=["empty", "one-newline", "blank-lines-only"],
+)
 def test_no_rows_is_an_error(content: str, problem: str, tmp_path: Path) -> None:
     path = tmp_path / "demos.jsonl"
     path.write_text(content, encoding="utf-8")
@@ -124,15 +169,26 @@ def test_missing_file(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- valid files
 
 TURNS_ROWS = [
-    {"instructions": "Reach G.", "turns": [{"observation": "cell 0", "action": "right"},
-                                            {"observation": "cell 1", "action": "down"},
-                                            {"observation": "cell 5", "action": "down"}]},
+    {
+        "instructions": "Reach G.",
+        "turns": [
+            {"observation": "cell 0", "action": "right"},
+            {"observation": "cell 1", "action": "down"},
+            {"observation": "cell 5", "action": "down"},
+        ],
+    },
     {"turns": [{"observation": "cell 14", "action": "right"}]},
 ]
 MESSAGES_ROWS = [
-    {"messages": [{"role": "system", "content": "Reach G."}, {"role": "user", "content": "cell 0"},
-                  {"role": "assistant", "content": "down"}, {"role": "user", "content": "cell 4"},
-                  {"role": "assistant", "content": "right"}]},
+    {
+        "messages": [
+            {"role": "system", "content": "Reach G."},
+            {"role": "user", "content": "cell 0"},
+            {"role": "assistant", "content": "down"},
+            {"role": "user", "content": "cell 4"},
+            {"role": "assistant", "content": "right"},
+        ]
+    },
     {"messages": [{"role": "user", "content": "cell 2"}, {"role": "assistant", "content": "left"}]},
 ]
 
@@ -140,8 +196,12 @@ MESSAGES_ROWS = [
 @pytest.fixture
 def demos_file(tmp_path: Path) -> Path:
     # A CRLF line ending is read as the row's trailing whitespace.
-    lines = [json.dumps(TURNS_ROWS[0]), json.dumps(TURNS_ROWS[1]) + "\r",
-             json.dumps(MESSAGES_ROWS[0]) + "\r", json.dumps(MESSAGES_ROWS[1])]
+    lines = [
+        json.dumps(TURNS_ROWS[0]),
+        json.dumps(TURNS_ROWS[1]) + "\r",
+        json.dumps(MESSAGES_ROWS[0]) + "\r",
+        json.dumps(MESSAGES_ROWS[1]),
+    ]
     return write(tmp_path, lines)
 
 
@@ -169,16 +229,44 @@ def test_jsonl_demos_tokenize_with_mask_on_actions(demos_file: Path) -> None:
     tokenizer = build_word_tokenizer(texts)
     fmt = PlainFormat(tokenizer)
     episodes = jsonl_demos(demos_file, fmt)
-    assert [e.actions for e in episodes] == [["right", "down", "down"], ["right"], ["down", "right"], ["left"]]
+    assert [e.actions for e in episodes] == [
+        ["right", "down", "down"],
+        ["right"],
+        ["down", "right"],
+        ["left"],
+    ]
 
     # Hand-derived layout of the first episode, word by word (the word tokenizer drops whitespace):
     #   prompt:     <s> Reach G . cell 0 Action :
     #   completion: right </s> | cell 1 Action : | down </s> | cell 5 Action : | down </s>
     #   mask:         1    1   |  0   0    0   0 |  1    1   |  0   0    0   0 |  1    1
     first = episodes[0]
-    assert tokenizer.convert_ids_to_tokens(first.prompt_ids) == ["<s>", "Reach", "G", ".", "cell", "0", "Action", ":"]
+    assert tokenizer.convert_ids_to_tokens(first.prompt_ids) == [
+        "<s>",
+        "Reach",
+        "G",
+        ".",
+        "cell",
+        "0",
+        "Action",
+        ":",
+    ]
     assert tokenizer.convert_ids_to_tokens(first.completion_ids) == [
-        "right", "</s>", "cell", "1", "Action", ":", "down", "</s>", "cell", "5", "Action", ":", "down", "</s>"]
+        "right",
+        "</s>",
+        "cell",
+        "1",
+        "Action",
+        ":",
+        "down",
+        "</s>",
+        "cell",
+        "5",
+        "Action",
+        ":",
+        "down",
+        "</s>",
+    ]
     assert first.mask == [1, 1, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0, 1, 1]
     assert first.action_ends == [1, 7, 13]
     assert tokenizer.unk_token_id not in first.completion_ids

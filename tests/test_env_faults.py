@@ -34,7 +34,10 @@ REASONS = {
     ("raise", 2): r"env\.step raised ValueError\('boom'\) on turn 2",
     ("raise", 0): r"env\.reset raised ValueError\('boom'\)",
     ("hang", 2): r"env\.step did not return within 0\.3 s on turn 2 \(rollout\.env_step_timeout_s\)",
-    ("bad_observation", 2): r"env\.step returned a malformed result on turn 2: observation is int, expected str",
+    (
+        "bad_observation",
+        2,
+    ): r"env\.step returned a malformed result on turn 2: observation is int, expected str",
     ("bad_observation", 0): r"env\.reset returned a malformed result: observation is int, expected str",
 }
 
@@ -45,7 +48,9 @@ def corridor_policy():
     from rlft.models.policy import load_policy
 
     config = tiny_config(ENV)
-    model, tokenizer = load_policy(config.model, seed=0, env_factory=stage_common.env_factory(config), max_turns=8)
+    model, tokenizer = load_policy(
+        config.model, seed=0, env_factory=stage_common.env_factory(config), max_turns=8
+    )
     sharp = copy.deepcopy(model)
     with torch.no_grad():  # well-separated logits: greedy choices do not flip with batch composition
         sharp.get_input_embeddings().weight.mul_(30.0)
@@ -54,7 +59,9 @@ def corridor_policy():
 
 def engine_for(model, tokenizer, factory, **settings) -> RolloutEngine:
     base = dict(max_turns=8, max_action_tokens=3, env_step_timeout_s=None)
-    return RolloutEngine(model, tokenizer, PlainFormat(tokenizer), factory, SamplingSettings(**{**base, **settings}))
+    return RolloutEngine(
+        model, tokenizer, PlainFormat(tokenizer), factory, SamplingSettings(**{**base, **settings})
+    )
 
 
 def faulty(**kwargs):
@@ -63,15 +70,28 @@ def faulty(**kwargs):
 
 # ================================================================================== the rollout engine
 
-@pytest.mark.parametrize(("fault", "turn", "timeout"), [
-    ("raise", 2, None), ("raise", 0, 5.0), ("hang", 2, 0.3), ("bad_observation", 2, 5.0), ("bad_observation", 0, None),
-])
+
+@pytest.mark.parametrize(
+    ("fault", "turn", "timeout"),
+    [
+        ("raise", 2, None),
+        ("raise", 0, 5.0),
+        ("hang", 2, 0.3),
+        ("bad_observation", 2, 5.0),
+        ("bad_observation", 0, None),
+    ],
+)
 def test_a_fault_fails_its_episode_and_leaves_the_others_as_they_were(corridor_policy, fault, turn, timeout):
     _, _, sharp, tokenizer = corridor_policy
     seeds = list(range(6))
     clean = engine_for(sharp, tokenizer, faulty(), greedy=True, env_step_timeout_s=timeout).play(seeds)
-    broken = engine_for(sharp, tokenizer, faulty(fault=fault, fault_seeds=FAULT_SEEDS, fault_turn=turn, hang_s=2.0),
-                        greedy=True, env_step_timeout_s=timeout).play(seeds)
+    broken = engine_for(
+        sharp,
+        tokenizer,
+        faulty(fault=fault, fault_seeds=FAULT_SEEDS, fault_turn=turn, hang_s=2.0),
+        greedy=True,
+        env_step_timeout_s=timeout,
+    ).play(seeds)
     assert all(e.failure is None for e in clean)
     assert [e.num_turns for e in clean if e.seed in FAULT_SEEDS] and all(e.num_turns >= 2 for e in clean)
     for before, after in zip(clean, broken, strict=True):
@@ -90,9 +110,16 @@ def test_a_fault_fails_its_episode_and_leaves_the_others_as_they_were(corridor_p
     for i, episode in enumerate(broken):
         failed = episode.failure is not None
         assert (sum(rollout["env_mask"][i]) == 0) == failed
-        assert len(rollout["env_mask"][i]) == len(rollout["completion_ids"][i]) == len(rollout["logprobs"][i]) >= 1
+        assert (
+            len(rollout["env_mask"][i])
+            == len(rollout["completion_ids"][i])
+            == len(rollout["logprobs"][i])
+            >= 1
+        )
         assert rollout["prompt_ids"][i]
-    rewards = episode_return(rollout["completion_ids"], **{k: rollout[k] for k in ("episode_return", "success")})
+    rewards = episode_return(
+        rollout["completion_ids"], **{k: rollout[k] for k in ("episode_return", "success")}
+    )
     assert [r is None for r in rewards] == [e.seed in FAULT_SEEDS for e in broken]
 
 
@@ -103,8 +130,9 @@ def test_a_failure_changes_the_batch_exactly_as_a_termination_would(corridor_pol
     seeds = list(range(8))
     runs = {}
     for fault in ("terminate", "raise"):
-        engine = engine_for(model, tokenizer, faulty(fault=fault, fault_seeds=[2, 5], fault_turn=2),
-                            env_step_timeout_s=5.0)
+        engine = engine_for(
+            model, tokenizer, faulty(fault=fault, fault_seeds=[2, 5], fault_turn=2), env_step_timeout_s=5.0
+        )
         runs[fault] = engine.play(seeds, generator=torch.Generator().manual_seed(7))
     assert [e.completion_ids for e in runs["raise"]] == [e.completion_ids for e in runs["terminate"]]
     assert [e.seed for e in runs["raise"] if e.failure] == [2, 5]
@@ -113,8 +141,12 @@ def test_a_failure_changes_the_batch_exactly_as_a_termination_would(corridor_pol
 
 def test_a_hung_env_is_abandoned_and_never_reused(corridor_policy):
     _, model, _, tokenizer = corridor_policy
-    engine = engine_for(model, tokenizer, faulty(fault="hang", fault_seeds=[2], fault_turn=1, hang_s=10.0),
-                        env_step_timeout_s=0.3)
+    engine = engine_for(
+        model,
+        tokenizer,
+        faulty(fault="hang", fault_seeds=[2], fault_turn=1, hang_s=10.0),
+        env_step_timeout_s=0.3,
+    )
     pool = list(engine._env_pool(4))
     start = time.perf_counter()
     episodes = engine.play([0, 1, 2, 3], generator=torch.Generator().manual_seed(0))
@@ -165,26 +197,51 @@ def test_failed_episodes_carry_no_signal_and_stay_out_of_the_episode_metrics():
     assert rollout["completion_ids"] == [[7], [8, 9, 9, 7], [0]] and rollout["prompt_ids"][2] == [0]
     assert rollout["logprobs"][2] == [0.0]
     logged = {}
-    rewards = episode_return(rollout["completion_ids"], episode_return=rollout["episode_return"],
-                             success=rollout["success"], turns=rollout["turns"],
-                             invalid_actions=rollout["invalid_actions"], log_metric=logged.__setitem__)
+    rewards = episode_return(
+        rollout["completion_ids"],
+        episode_return=rollout["episode_return"],
+        success=rollout["success"],
+        turns=rollout["turns"],
+        invalid_actions=rollout["invalid_actions"],
+        log_metric=logged.__setitem__,
+    )
     assert rewards == [1.0, None, None]
-    assert logged == {"episode/success": 1.0, "episode/turns": 1.0, "episode/invalid_actions": 0.0,
-                      "episode/return": 1.0}
+    assert logged == {
+        "episode/success": 1.0,
+        "episode/turns": 1.0,
+        "episode/invalid_actions": 0.0,
+        "episode/return": 1.0,
+    }
 
 
 # ============================================================================= through TRL's trainers
 
+
 def build(tmp_path, algorithm: str, factory, rl: dict, rollout: dict):
-    config = tiny_config(ENV, output_dir=str(tmp_path), name=algorithm,
-                         rl={"algorithm": algorithm, "init_from": "base", "trainer": {"max_steps": 1, **rl}},
-                         rollout=rollout)
+    config = tiny_config(
+        ENV,
+        output_dir=str(tmp_path),
+        name=algorithm,
+        rl={"algorithm": algorithm, "init_from": "base", "trainer": {"max_steps": 1, **rl}},
+        rollout=rollout,
+    )
     model, tokenizer = stage_common.load_trainable(stage_common.ensure_base_checkpoint(config), config)
-    engine = RolloutEngine(None, tokenizer, stage_common.turn_format_for(config, tokenizer), factory,
-                           stage_common.sampling_settings(config))
+    engine = RolloutEngine(
+        None,
+        tokenizer,
+        stage_common.turn_format_for(config, tokenizer),
+        factory,
+        stage_common.sampling_settings(config),
+    )
     build_trainer = build_ppo_trainer if algorithm == "ppo" else build_grpo_trainer
-    trainer, episode_rollout = build_trainer(model, tokenizer, stage_rl.rl_trainer_args(config), engine,
-                                             list(range(100)), batch_size=config.rollout.num_envs)
+    trainer, episode_rollout = build_trainer(
+        model,
+        tokenizer,
+        stage_rl.rl_trainer_args(config),
+        engine,
+        list(range(100)),
+        batch_size=config.rollout.num_envs,
+    )
     trainer.model.train()
     return trainer, episode_rollout
 
@@ -195,7 +252,9 @@ def failing_slots(slots: dict[int, int]):
 
     def factory():
         n = next(made)
-        return FaultyEnv(fault="raise" if n in slots else "none", fault_seeds=None, fault_turn=slots.get(n, 1))
+        return FaultyEnv(
+            fault="raise" if n in slots else "none", fault_seeds=None, fault_turn=slots.get(n, 1)
+        )
 
     return factory
 
@@ -207,9 +266,13 @@ def prompts(seeds: list[int]) -> list[dict]:
 @pytest.fixture(scope="module")
 def grpo(tmp_path_factory):
     # 2 groups of 4 episodes (seeds 5 and 9); the 2nd episode of the first group and the 3rd of the second fail
-    trainer, rollout = build(tmp_path_factory.mktemp("grpo"), "grpo", failing_slots({1: 2, 6: 1}),
-                             rl={"num_generations": 4, "per_device_train_batch_size": 8},
-                             rollout={"num_envs": 8, "max_env_failure_rate": 0.25})
+    trainer, rollout = build(
+        tmp_path_factory.mktemp("grpo"),
+        "grpo",
+        failing_slots({1: 2, 6: 1}),
+        rl={"num_generations": 4, "per_device_train_batch_size": 8},
+        rollout={"num_envs": 8, "max_env_failure_rate": 0.25},
+    )
     out = trainer.score_generation_batch(prompts([5] * 4 + [9] * 4))
     return trainer, rollout, out
 
@@ -239,7 +302,9 @@ def test_grpo_logs_the_failure_rate_and_healthy_episode_metrics(grpo):
     assert metrics["episode/failure_rate"] == [0.25]
     assert metrics["episode/failures_total"] == [2.0]
     healthy = [e for e in trainer.rollout_batch.episodes if e.failure is None]
-    assert metrics["episode/return"][-1] == pytest.approx(sum(e.episode_return for e in healthy) / len(healthy))
+    assert metrics["episode/return"][-1] == pytest.approx(
+        sum(e.episode_return for e in healthy) / len(healthy)
+    )
     assert metrics["episode/turns"][-1] == pytest.approx(sum(e.num_turns for e in healthy) / len(healthy))
 
 
@@ -255,15 +320,23 @@ def test_above_the_threshold_the_rollout_aborts_naming_the_key(grpo):
         rollout.engine.settings.max_env_failure_rate = 0.25
     message = str(info.value)
     assert "3 of 8 episodes (38%)" in message and "rollout.max_env_failure_rate = 0.2" in message
-    assert "seed 5: env.reset raised ValueError('boom'); seed 5: env.step raised ValueError('boom') on turn 2" in message
+    assert (
+        "seed 5: env.reset raised ValueError('boom'); seed 5: env.step raised ValueError('boom') on turn 2"
+        in message
+    )
     assert info.value.exit_code == 3
     assert trl_bridge.metrics(trainer)["episode/failures_total"][-1] == 5.0  # logged before the abort
 
 
 def test_ppo_failed_episodes_give_finite_zero_advantages_and_no_loss_tokens(tmp_path, monkeypatch):
     # 4 episodes, one per seed; the 2nd fails on its 2nd step, the 4th at reset
-    trainer, rollout = build(tmp_path, "ppo", failing_slots({1: 2, 3: 0}),
-                             rl={"per_device_train_batch_size": 2}, rollout={"num_envs": 4, "max_env_failure_rate": 0.5})
+    trainer, rollout = build(
+        tmp_path,
+        "ppo",
+        failing_slots({1: 2, 3: 0}),
+        rl={"per_device_train_batch_size": 2},
+        rollout={"num_envs": 4, "max_env_failure_rate": 0.5},
+    )
     out = trainer.score_generation_batch(prompts([3, 4, 5, 6]))
     assert [e.failure is not None for e in trainer.rollout_batch.episodes] == [False, True, False, True]
     mask = out["completion_mask"] * out["env_mask"]
@@ -279,12 +352,14 @@ def test_ppo_failed_episodes_give_finite_zero_advantages_and_no_loss_tokens(tmp_
 
 # ====================================================================================== evaluation
 
+
 def test_evaluation_counts_failed_episodes_apart_and_aborts_above_the_threshold(corridor_policy):
     from rlft.rollout.evaluation import evaluate_policy
 
     _, model, _, tokenizer = corridor_policy
-    engine = engine_for(model, tokenizer, faulty(fault="raise", fault_seeds=[3], fault_turn=1),
-                        max_env_failure_rate=0.2)
+    engine = engine_for(
+        model, tokenizer, faulty(fault="raise", fault_seeds=[3], fault_turn=1), max_env_failure_rate=0.2
+    )
     summary, episodes = evaluate_policy(engine, range(8), batch_size=8)
     healthy = [e for e in episodes if e.failure is None]
     assert summary["failed"] == 1 and summary["failure_rate"] == 1 / 8 and summary["episodes"] == 7
@@ -295,6 +370,7 @@ def test_evaluation_counts_failed_episodes_apart_and_aborts_above_the_threshold(
 
 
 # ================================================================================ aborting a run, OOM
+
 
 def run_cli(tmp_path, capsys, config) -> tuple[int, str]:
     from rlft.cli import main
@@ -307,12 +383,20 @@ def run_cli(tmp_path, capsys, config) -> tuple[int, str]:
 
 
 def test_a_run_whose_envs_all_fail_exits_with_a_clear_message(tmp_path, capsys):
-    config = tiny_config(ENV, output_dir=str(tmp_path), name="all-fail",
-                         env={"kwargs": {"fault": "raise", "fault_seeds": [1000, 1001], "fault_turn": 0},
-                              "train_seeds": {"start": 1000, "count": 2}},
-                         rl={"init_from": "base", "trainer": {"max_steps": 1, "num_generations": 2,
-                                                              "per_device_train_batch_size": 4}},
-                         rollout={"num_envs": 4})
+    config = tiny_config(
+        ENV,
+        output_dir=str(tmp_path),
+        name="all-fail",
+        env={
+            "kwargs": {"fault": "raise", "fault_seeds": [1000, 1001], "fault_turn": 0},
+            "train_seeds": {"start": 1000, "count": 2},
+        },
+        rl={
+            "init_from": "base",
+            "trainer": {"max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 4},
+        },
+        rollout={"num_envs": 4},
+    )
     code, err = run_cli(tmp_path, capsys, config)
     assert code == 3, err
     assert "rlft: error: 4 of 4 episodes (100%) in a rollout batch failed" in err
@@ -326,20 +410,33 @@ def oom(*args, **kwargs):
 
 def test_out_of_memory_in_generation_names_the_knobs(corridor_policy, monkeypatch):
     config, model, _, tokenizer = corridor_policy
-    config = tiny_config(ENV, rollout={"num_envs": 48, "max_episode_tokens": 512},
-                         rl={"trainer": {"per_device_train_batch_size": 16}})
+    config = tiny_config(
+        ENV,
+        rollout={"num_envs": 48, "max_episode_tokens": 512},
+        rl={"trainer": {"per_device_train_batch_size": 16}},
+    )
     engine = engine_for(model, tokenizer, faulty())
     monkeypatch.setattr(model, "forward", oom)
     with pytest.raises(ResourceError) as info, out_of_memory_guard(config, "rl"):
         engine.play([0, 1])
     message = str(info.value)
-    assert message.startswith("out of memory during rl (rollout generation): CUDA out of memory. Tried to allocate")
-    for knob in ("rollout.num_envs = 48", "rl.trainer.per_device_train_batch_size = 16",
-                 "rl.trainer.gradient_accumulation_steps = 1", "rollout.max_episode_tokens = 512",
-                 "rollout.max_action_tokens = 3", "rl.trainer.gradient_checkpointing = False", "model.lora = off",
-                 "smaller model"):
+    assert message.startswith(
+        "out of memory during rl (rollout generation): CUDA out of memory. Tried to allocate"
+    )
+    for knob in (
+        "rollout.num_envs = 48",
+        "rl.trainer.per_device_train_batch_size = 16",
+        "rl.trainer.gradient_accumulation_steps = 1",
+        "rollout.max_episode_tokens = 512",
+        "rollout.max_action_tokens = 3",
+        "rl.trainer.gradient_checkpointing = False",
+        "model.lora = off",
+        "smaller model",
+    ):
         assert knob in message
-    assert message.index("rollout.num_envs") < message.index("per_device_train_batch_size")  # generation first
+    assert message.index("rollout.num_envs") < message.index(
+        "per_device_train_batch_size"
+    )  # generation first
     assert info.value.exit_code == 5
 
 
@@ -356,10 +453,16 @@ def test_out_of_memory_in_the_update_exits_with_the_knobs(tmp_path, capsys, monk
             oom()
         return original(self, *args, **kwargs)
 
-    config = tiny_config(ENV, output_dir=str(tmp_path), name="oom",
-                         rl={"init_from": "base", "trainer": {"max_steps": 1, "num_generations": 2,
-                                                              "per_device_train_batch_size": 4}},
-                         rollout={"num_envs": 4})
+    config = tiny_config(
+        ENV,
+        output_dir=str(tmp_path),
+        name="oom",
+        rl={
+            "init_from": "base",
+            "trainer": {"max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 4},
+        },
+        rollout={"num_envs": 4},
+    )
     monkeypatch.setattr(Qwen2Model, "forward", forward)
     code, err = run_cli(tmp_path, capsys, config)
     assert code == 5, err
@@ -372,21 +475,31 @@ def test_out_of_memory_in_the_update_exits_with_the_knobs(tmp_path, capsys, monk
 def test_out_of_memory_in_sft_names_the_sft_knobs(tmp_path, monkeypatch):
     from transformers import Qwen2Model
 
-    config = tiny_config(output_dir=str(tmp_path), name="sft-oom",
-                         sft={"demos": {"source": "expert", "episodes": 4},
-                              "trainer": {"num_train_epochs": 1, "per_device_train_batch_size": 2}})
+    config = tiny_config(
+        output_dir=str(tmp_path),
+        name="sft-oom",
+        sft={
+            "demos": {"source": "expert", "episodes": 4},
+            "trainer": {"num_train_epochs": 1, "per_device_train_batch_size": 2},
+        },
+    )
     monkeypatch.setattr(Qwen2Model, "forward", oom)
     with pytest.raises(ResourceError) as info:
         stages.run_sft(config)
     message = str(info.value)
     assert message.startswith("out of memory during sft (update): CUDA out of memory")
-    assert "sft.trainer.per_device_train_batch_size = 2" in message and "sft.trainer.gradient_checkpointing" in message
+    assert (
+        "sft.trainer.per_device_train_batch_size = 2" in message
+        and "sft.trainer.gradient_checkpointing" in message
+    )
     assert "rollout.num_envs" not in message
 
 
 def test_only_out_of_memory_errors_are_translated():
     assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
-    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"))
+    assert is_out_of_memory(
+        RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")
+    )
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     with pytest.raises(RuntimeError, match="shape mismatch"), out_of_memory_guard(tiny_config(ENV), "rl"):
         raise RuntimeError("shape mismatch")

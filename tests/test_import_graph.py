@@ -103,7 +103,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
                 stack.pop()
                 path.pop()
             elif state.get(child) == 1:
-                return path[path.index(child):] + [child]
+                return path[path.index(child) :] + [child]
             elif not state.get(child):
                 state[child] = 1
                 stack.append((child, iter(sorted(graph.get(child, ())))))
@@ -129,8 +129,11 @@ def test_imports_go_down_the_layers():
     upward = []
     for module, imported in sorted(project_graph().items()):
         if module.startswith("envs"):
-            upward += [f"{module} -> {name} (envs imports nothing from rlft)" for name in imported
-                       if name.startswith("rlft")]
+            upward += [
+                f"{module} -> {name} (envs imports nothing from rlft)"
+                for name in imported
+                if name.startswith("rlft")
+            ]
             continue
         level = layer_of(module)
         for name in sorted(imported):
@@ -145,11 +148,14 @@ def test_every_library_module_belongs_to_a_layer():
     assert not orphans, f"modules outside the layers of this test's LAYERS: {orphans}"
 
 
-@pytest.mark.parametrize("graph, cycle", [
-    ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c", "a"]),
-    ({"a": {"b"}, "b": set(), "c": {"c"}}, ["c", "c"]),
-    ({"a": {"b", "c"}, "b": {"c"}, "c": set()}, None),
-])
+@pytest.mark.parametrize(
+    "graph, cycle",
+    [
+        ({"a": {"b"}, "b": {"c"}, "c": {"a"}}, ["a", "b", "c", "a"]),
+        ({"a": {"b"}, "b": set(), "c": {"c"}}, ["c", "c"]),
+        ({"a": {"b", "c"}, "b": {"c"}, "c": set()}, None),
+    ],
+)
 def test_the_cycle_finder_finds_cycles(graph, cycle):
     assert find_cycle(graph) == cycle
 

@@ -29,12 +29,26 @@ REPO = Path(__file__).resolve().parents[1]
 # A tiny RL run from the base policy: 1 GRPO step of 4 episodes on CliffWalking.
 TINY = {
     "name": "tiny",
-    "model": {"tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
-                       "corpus_episodes": 40}},
-    "env": {"id": "rlft/CliffWalking-v0", "kwargs": {"invalid_penalty": -0.5}, "max_turns": 4,
-            "train_seeds": {"start": 0, "count": 4}},
+    "model": {
+        "tiny": {
+            "hidden_size": 32,
+            "num_layers": 2,
+            "num_heads": 2,
+            "intermediate_size": 64,
+            "corpus_episodes": 40,
+        }
+    },
+    "env": {
+        "id": "rlft/CliffWalking-v0",
+        "kwargs": {"invalid_penalty": -0.5},
+        "max_turns": 4,
+        "train_seeds": {"start": 0, "count": 4},
+    },
     "rollout": {"num_envs": 4, "max_action_tokens": 3},
-    "rl": {"init_from": "base", "trainer": {"max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 4}},
+    "rl": {
+        "init_from": "base",
+        "trainer": {"max_steps": 1, "num_generations": 2, "per_device_train_batch_size": 4},
+    },
     "tracking": {"wandb": {"enabled": False}},
 }
 
@@ -50,8 +64,17 @@ def workdir(tmp_path, monkeypatch):
     """A folder with two tiny configs (a.yaml, b.yaml); the launch runs from there."""
     monkeypatch.chdir(tmp_path)
     write_yaml(tmp_path / "a.yaml", TINY)
-    write_yaml(tmp_path / "b.yaml", {**TINY, "rl": {**TINY["rl"], "algorithm": "ppo",
-                                                     "trainer": {"max_steps": 1, "per_device_train_batch_size": 2}}})
+    write_yaml(
+        tmp_path / "b.yaml",
+        {
+            **TINY,
+            "rl": {
+                **TINY["rl"],
+                "algorithm": "ppo",
+                "trainer": {"max_steps": 1, "per_device_train_batch_size": 2},
+            },
+        },
+    )
     return tmp_path
 
 
@@ -63,30 +86,60 @@ def launch(*argv: str) -> int:
 
 
 def test_grid_expands_configs_x_variants_x_seeds(workdir):
-    grid_path = write_yaml(workdir / "grid.yaml", {
-        "experiment": "exp", "configs": ["a.yaml", "b.yaml"], "seeds": [0, 1], "command": "train",
-        "overrides": {"base": [], "low_lr": ["rl.trainer.learning_rate=1e-4"]}})
+    grid_path = write_yaml(
+        workdir / "grid.yaml",
+        {
+            "experiment": "exp",
+            "configs": ["a.yaml", "b.yaml"],
+            "seeds": [0, 1],
+            "command": "train",
+            "overrides": {"base": [], "low_lr": ["rl.trainer.learning_rate=1e-4"]},
+        },
+    )
     grid = read_grid(grid_path)
     jobs = expand(grid)
     assert [job.name for job in jobs] == [
-        "a-base-s0", "a-base-s1", "a-low_lr-s0", "a-low_lr-s1", "b-base-s0", "b-base-s1", "b-low_lr-s0", "b-low_lr-s1"]
+        "a-base-s0",
+        "a-base-s1",
+        "a-low_lr-s0",
+        "a-low_lr-s1",
+        "b-base-s0",
+        "b-base-s1",
+        "b-low_lr-s0",
+        "b-low_lr-s1",
+    ]
     assert [job.run_dir for job in jobs] == [Path("runs/exp") / job.name for job in jobs]
     assert {job.log_path for job in jobs} == {Path("runs/exp/logs") / f"{job.name}.log" for job in jobs}
     low = jobs[3]
     assert (low.config, low.seed, low.variant_key) == ("a.yaml", 1, "overrides.low_lr")
-    assert low.overrides == ["rl.trainer.learning_rate=1e-4", "name=a-low_lr-s1", "output_dir=runs/exp", "seed=1",
-                             "tracking.experiment=exp"]
+    assert low.overrides == [
+        "rl.trainer.learning_rate=1e-4",
+        "name=a-low_lr-s1",
+        "output_dir=runs/exp",
+        "seed=1",
+        "tracking.experiment=exp",
+    ]
     assert low.argv("train") == ["train", "--config", "a.yaml", *low.overrides]
     config = load_config(low.config, low.overrides)
     assert (config.name, config.seed, config.run_dir, config.tracking.experiment) == (
-        "a-low_lr-s1", 1, Path("runs/exp/a-low_lr-s1"), "exp")
+        "a-low_lr-s1",
+        1,
+        Path("runs/exp/a-low_lr-s1"),
+        "exp",
+    )
     assert config.rl.trainer["learning_rate"] == 1e-4 and experiment_group(config) == "exp"
 
 
 def test_list_variants_are_named_from_their_overrides_and_values_keep_their_type(workdir):
-    grid_path = write_yaml(workdir / "grid.yaml", {
-        "experiment": "2024", "configs": ["a.yaml"], "output_dir": "out",
-        "overrides": [[], ["rl.trainer.learning_rate=1e-4"], ["rl.trainer.beta=0.04", "env.max_turns=6"]]})
+    grid_path = write_yaml(
+        workdir / "grid.yaml",
+        {
+            "experiment": "2024",
+            "configs": ["a.yaml"],
+            "output_dir": "out",
+            "overrides": [[], ["rl.trainer.learning_rate=1e-4"], ["rl.trainer.beta=0.04", "env.max_turns=6"]],
+        },
+    )
     jobs = expand(read_grid(grid_path))
     assert [job.name for job in jobs] == ["a-s0", "a-learning_rate-1e-4-s0", "a-beta-0.04+max_turns-6-s0"]
     assert [job.variant_key for job in jobs] == [None, "overrides[1]", "overrides[2]"]
@@ -101,28 +154,58 @@ BAD_GRIDS = [
     ("unknown-key", {"seed": [0]}, ["unknown key 'seed'", "did you mean 'seeds'"]),
     ("missing-experiment", {"experiment": None}, ["missing required key 'experiment'"]),
     ("experiment-not-a-folder-name", {"experiment": "a/b"}, ["key 'experiment' = 'a/b'"]),
-    ("missing-config-file", {"configs": ["a.yaml", "nope.yaml"]}, ["key 'configs[1]' = 'nope.yaml'",
-                                                                   "file does not exist"]),
-    ("same-config-name", {"configs": ["a.yaml", "sub/a.yaml"]}, ["configs[0] and configs[1] are both named 'a'"]),
-    ("override-without-value", {"overrides": {"x": ["rl.trainer.learning_rate"]}},
-     ["key 'overrides.x'", "is not of the form key.sub=value"]),
-    ("override-not-a-list", {"overrides": [["rl.algorithm=ppo"], "env.max_turns=3"]},
-     ["key 'overrides[1]' = 'env.max_turns=3'", "expected a list"]),
-    ("override-owned-by-launch", {"overrides": {"x": ["seed=3"]}}, ["key 'overrides.x'", "'seed' is set by rlft launch"]),
+    (
+        "missing-config-file",
+        {"configs": ["a.yaml", "nope.yaml"]},
+        ["key 'configs[1]' = 'nope.yaml'", "file does not exist"],
+    ),
+    (
+        "same-config-name",
+        {"configs": ["a.yaml", "sub/a.yaml"]},
+        ["configs[0] and configs[1] are both named 'a'"],
+    ),
+    (
+        "override-without-value",
+        {"overrides": {"x": ["rl.trainer.learning_rate"]}},
+        ["key 'overrides.x'", "is not of the form key.sub=value"],
+    ),
+    (
+        "override-not-a-list",
+        {"overrides": [["rl.algorithm=ppo"], "env.max_turns=3"]},
+        ["key 'overrides[1]' = 'env.max_turns=3'", "expected a list"],
+    ),
+    (
+        "override-owned-by-launch",
+        {"overrides": {"x": ["seed=3"]}},
+        ["key 'overrides.x'", "'seed' is set by rlft launch"],
+    ),
     ("two-empty-variants", {"overrides": {"x": [], "y": []}}, ["more than one variant without overrides"]),
     ("bad-seeds", {"seeds": [0, "one"]}, ["key 'seeds'", "integers >= 0"]),
     ("repeated-seed", {"seeds": [1, 1]}, ["a seed is listed twice"]),
     ("bad-command", {"command": "trian"}, ["key 'command' = 'trian'", "did you mean 'train'"]),
-    ("bad-config-in-a-variant", {"overrides": {"ok": [], "typo": ["rl.trainer.learning_rte=1e-3"]}},
-     ["2 of 4 jobs cannot start; nothing was run", "job a-typo-s0 (key 'configs[0]' = 'a.yaml' with key "
-      "'overrides.typo')", "unknown key 'rl.trainer.learning_rte'", "did you mean 'learning_rate'", "job a-typo-s1"]),
-    ("train-without-sft", {"overrides": [["rl.init_from=sft"]]},
-     ["job a-init_from-sft-s0", "has no checkpoint; run `rlft sft` first"]),
+    (
+        "bad-config-in-a-variant",
+        {"overrides": {"ok": [], "typo": ["rl.trainer.learning_rte=1e-3"]}},
+        [
+            "2 of 4 jobs cannot start; nothing was run",
+            "job a-typo-s0 (key 'configs[0]' = 'a.yaml' with key 'overrides.typo')",
+            "unknown key 'rl.trainer.learning_rte'",
+            "did you mean 'learning_rate'",
+            "job a-typo-s1",
+        ],
+    ),
+    (
+        "train-without-sft",
+        {"overrides": [["rl.init_from=sft"]]},
+        ["job a-init_from-sft-s0", "has no checkpoint; run `rlft sft` first"],
+    ),
     ("eval-without-checkpoints", {"command": "eval"}, ["job a-s0", "no checkpoint to evaluate"]),
 ]
 
 
-@pytest.mark.parametrize("edit, expected", [case[1:] for case in BAD_GRIDS], ids=[case[0] for case in BAD_GRIDS])
+@pytest.mark.parametrize(
+    "edit, expected", [case[1:] for case in BAD_GRIDS], ids=[case[0] for case in BAD_GRIDS]
+)
 def test_a_bad_grid_fails_before_anything_runs(edit, expected, workdir, capsys):
     write_yaml(workdir / "sub" / "a.yaml", TINY)
     grid = {"experiment": "exp", "configs": ["a.yaml"], "seeds": [0, 1], "command": "train", **edit}
@@ -147,8 +230,12 @@ def test_a_missing_or_empty_grid_file(workdir, capsys):
 
 
 def test_plan_skips_finished_jobs_resumes_crashed_ones_and_blocks_unresumable_ones(workdir):
-    grid = read_grid(write_yaml(workdir / "grid.yaml", {"experiment": "exp", "configs": ["a.yaml"],
-                                                        "seeds": [0, 1, 2, 3], "command": "train"}))
+    grid = read_grid(
+        write_yaml(
+            workdir / "grid.yaml",
+            {"experiment": "exp", "configs": ["a.yaml"], "seeds": [0, 1, 2, 3], "command": "train"},
+        )
+    )
     jobs = expand(grid)
     (jobs[0].run_dir).mkdir(parents=True)
     (jobs[0].run_dir / "launch.json").write_text(json.dumps({"train": {"status": "done"}}))
@@ -158,13 +245,20 @@ def test_plan_skips_finished_jobs_resumes_crashed_ones_and_blocks_unresumable_on
     (jobs[2].run_dir / "trainer/rl/checkpoint-1").mkdir(parents=True)  # nothing complete to resume from
     prepare(grid, jobs)
     assert [(job.status, job.note) for job in jobs[:3]] == [
-        ("skipped", "completed earlier"), ("pending", "resuming RL from checkpoint-2"),
-        ("blocked", f"{jobs[2].run_dir / 'trainer/rl'} holds only incomplete checkpoints; move it away to start over")]
+        ("skipped", "completed earlier"),
+        ("pending", "resuming RL from checkpoint-2"),
+        (
+            "blocked",
+            f"{jobs[2].run_dir / 'trainer/rl'} holds only incomplete checkpoints; move it away to start over",
+        ),
+    ]
     assert jobs[0].steps == [] and jobs[2].steps == []
     assert jobs[1].steps == [[*jobs[1].argv("train"), "--resume"]]
     assert jobs[3].steps == [jobs[3].argv("train")]
     # a pipeline that crashed in RL: train --resume, then eval
-    pipeline = read_grid(write_yaml(workdir / "p.yaml", {"experiment": "exp", "configs": ["a.yaml"], "seeds": [1]}))
+    pipeline = read_grid(
+        write_yaml(workdir / "p.yaml", {"experiment": "exp", "configs": ["a.yaml"], "seeds": [1]})
+    )
     (job,) = expand(pipeline)
     prepare(pipeline, [job])
     assert job.steps == [[*job.argv("train"), "--resume"], job.argv("eval")]
@@ -176,8 +270,9 @@ def test_each_process_gets_its_share_of_threads_and_its_own_gpu():
     assert job_environment(5, 6, environ={}, cpu_count=4, gpu_count=4)["CUDA_VISIBLE_DEVICES"] == "1"
     assert job_environment(0, 3, environ={}, cpu_count=2, gpu_count=0)["OMP_NUM_THREADS"] == "1"
     assert "CUDA_VISIBLE_DEVICES" not in job_environment(0, 3, environ={}, cpu_count=2, gpu_count=0)
-    mine = job_environment(0, 2, environ={"OMP_NUM_THREADS": "3", "CUDA_VISIBLE_DEVICES": "7"}, cpu_count=16,
-                           gpu_count=8)
+    mine = job_environment(
+        0, 2, environ={"OMP_NUM_THREADS": "3", "CUDA_VISIBLE_DEVICES": "7"}, cpu_count=16, gpu_count=8
+    )
     assert (mine["OMP_NUM_THREADS"], mine["CUDA_VISIBLE_DEVICES"]) == ("3", "7")  # the user's settings stand
 
 
@@ -185,14 +280,26 @@ def test_each_process_gets_its_share_of_threads_and_its_own_gpu():
 
 
 def test_dry_run_prints_the_commands_and_the_accelerate_lines_and_runs_nothing(workdir, capsys):
-    write_yaml(workdir / "grid.yaml", {"experiment": "exp", "configs": ["a.yaml"], "seeds": [0, 1],
-                                       "overrides": {"hi": ["rl.trainer.learning_rate=0.01"]}, "command": "train"})
+    write_yaml(
+        workdir / "grid.yaml",
+        {
+            "experiment": "exp",
+            "configs": ["a.yaml"],
+            "seeds": [0, 1],
+            "overrides": {"hi": ["rl.trainer.learning_rate=0.01"]},
+            "command": "train",
+        },
+    )
     assert launch("--grid", "grid.yaml", "--dry-run", "--parallel", "2") == 0
     out = capsys.readouterr().out
-    assert ("rlft train --config a.yaml rl.trainer.learning_rate=0.01 name=a-hi-s1 output_dir=runs/exp seed=1 "
-            "tracking.experiment=exp\n") in out
-    assert ("accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m rlft.cli train --config a.yaml "
-            "rl.trainer.learning_rate=0.01 name=a-hi-s0 output_dir=runs/exp seed=0 tracking.experiment=exp\n") in out
+    assert (
+        "rlft train --config a.yaml rl.trainer.learning_rate=0.01 name=a-hi-s1 output_dir=runs/exp seed=1 "
+        "tracking.experiment=exp\n"
+    ) in out
+    assert (
+        "accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m rlft.cli train --config a.yaml "
+        "rl.trainer.learning_rate=0.01 name=a-hi-s0 output_dir=runs/exp seed=0 tracking.experiment=exp\n"
+    ) in out
     assert out.count("accelerate launch") == 2
     assert not (workdir / "runs").exists()
 
@@ -220,9 +327,16 @@ def test_every_example_grid_validates(path, monkeypatch):
 
 
 def test_a_tiny_grid_runs_two_at_a_time_reports_a_failure_and_resumes_on_the_next_launch(workdir, capsys):
-    write_yaml(workdir / "grid.yaml", {"experiment": "tiny_exp", "configs": ["a.yaml"], "seeds": [0, 1],
-                                       "command": "train",
-                                       "overrides": {"base": [], "fast": ["rl.trainer.learning_rate=0.01"]}})
+    write_yaml(
+        workdir / "grid.yaml",
+        {
+            "experiment": "tiny_exp",
+            "configs": ["a.yaml"],
+            "seeds": [0, 1],
+            "command": "train",
+            "overrides": {"base": [], "fast": ["rl.trainer.learning_rate=0.01"]},
+        },
+    )
     names = ["a-base-s0", "a-base-s1", "a-fast-s0", "a-fast-s1"]
     experiment = workdir / "runs" / "tiny_exp"
     # One job fails at run time (its base checkpoint is corrupt), after the launch has checked every config.
@@ -247,7 +361,11 @@ def test_a_tiny_grid_runs_two_at_a_time_reports_a_failure_and_resumes_on_the_nex
     assert "accelerate launch --config_file configs/accelerate/multi_gpu.yaml -m rlft.cli train" in out
     summary = json.loads((experiment / "launch_summary.json").read_text())
     assert [(j["job"], j["status"]) for j in summary["jobs"]] == [
-        ("a-base-s0", "done"), ("a-base-s1", "done"), ("a-fast-s0", "done"), ("a-fast-s1", "failed")]
+        ("a-base-s0", "done"),
+        ("a-base-s1", "done"),
+        ("a-fast-s0", "done"),
+        ("a-fast-s1", "failed"),
+    ]
     first_metrics = (experiment / "a-base-s0" / "metrics.jsonl").read_text()
 
     # Fixed, and launched again (one at a time, in this process): the finished jobs are skipped.
@@ -270,8 +388,10 @@ def test_jobs_run_in_one_process_each_print_only_their_own_wandb_sync_command(wo
     `wandb sync` command of its own run and no other (the second used to repeat the first's)."""
     monkeypatch.setenv("WANDB_MODE", "offline")  # tests default to disabled (conftest)
     write_yaml(workdir / "w.yaml", {**TINY, "tracking": {"wandb": {"enabled": True, "mode": "offline"}}})
-    write_yaml(workdir / "grid.yaml", {"experiment": "sync_exp", "configs": ["w.yaml"], "seeds": [0, 1],
-                                       "command": "train"})
+    write_yaml(
+        workdir / "grid.yaml",
+        {"experiment": "sync_exp", "configs": ["w.yaml"], "seeds": [0, 1], "command": "train"},
+    )
     assert launch("--grid", "grid.yaml") == 0
     assert "| w-s0 | done | 0 |" in capsys.readouterr().out
     experiment = workdir / "runs" / "sync_exp"
@@ -280,5 +400,7 @@ def test_jobs_run_in_one_process_each_print_only_their_own_wandb_sync_command(wo
         synced = re.findall(r"^to upload the offline wandb run: wandb sync (\S+)$", log, flags=re.MULTILINE)
         assert len(synced) == 1, log  # one stage (rl), one offline run
         run = Path(synced[0])
-        assert run.is_relative_to(Path("runs/sync_exp") / name / "wandb") and run.name.startswith("offline-run-")
+        assert run.is_relative_to(Path("runs/sync_exp") / name / "wandb") and run.name.startswith(
+            "offline-run-"
+        )
         assert (workdir / run).is_dir()

@@ -31,7 +31,9 @@ def test_clipped_policy_loss_per_token():
     torch.testing.assert_close(loss, t([[-1.2, 0.8, -0.35, 2.0]]), atol=1e-6, rtol=0.0)
     torch.testing.assert_close(ratio, t([[1.5, 0.5, 0.7, 1.0]]), atol=1e-6, rtol=0.0)
     # An asymmetric range (0.2, 0.6): r 1.5 with A +1 is now inside it: max(-1.5, -1.5) = -1.5
-    loss, _ = clipped_policy_loss(logprobs, torch.zeros(1, 4), t([[1.0, -1.0, 0.5, -2.0]]), clip_coef=(0.2, 0.6))
+    loss, _ = clipped_policy_loss(
+        logprobs, torch.zeros(1, 4), t([[1.0, -1.0, 0.5, -2.0]]), clip_coef=(0.2, 0.6)
+    )
     assert loss[0, 0].item() == pytest.approx(-1.5, abs=1e-6)
 
 
@@ -55,12 +57,12 @@ def test_masked_mean_ignores_masked_entries_and_an_empty_mask():
 
 
 # One episode of three tokens, the third outside the loss mask (an observation token with garbage everywhere).
-LOGPROBS = torch.log(t([[1.5, 0.9, 2.0]]))      # ratios 1.5, 0.9 (old log-probs 0)
+LOGPROBS = torch.log(t([[1.5, 0.9, 2.0]]))  # ratios 1.5, 0.9 (old log-probs 0)
 ADVANTAGES = t([[1.0, -2.0, 5.0]])
 MASK = t([[1, 1, 0]])
 VALUES, OLD_VALUES, RETURNS = t([[0.5, 0.0, 9.0]]), t([[0.5, 0.5, 0.0]]), t([[1.5, 0.0, 0.0]])
 ENTROPY = t([[0.7, 0.3, 5.0]])
-REF = LOGPROBS + t([[LN2, 0.0, 9.0]])           # log pi_ref - log pi = ln 2, 0
+REF = LOGPROBS + t([[LN2, 0.0, 9.0]])  # log pi_ref - log pi = ln 2, 0
 # Hand numbers, clip 0.2, token_count 2:
 #   policy: token 0 max(-1.5, -1.2) = -1.2; token 1 (r 0.9 inside the range) max(1.8, 1.8) = 1.8;
 #           sum 0.6 / 2 = 0.3
@@ -73,12 +75,27 @@ KL_PLAIN, KL_WEIGHTED = (1 - LN2) / 2, 1.5 * (1 - LN2) / 2
 
 
 def objective(**kwargs):
-    return ppo_objective(LOGPROBS, torch.zeros(1, 3), ADVANTAGES, MASK, VALUES, OLD_VALUES, RETURNS, MASK,
-                         token_count=2.0, clip_coef=0.2, clip_coef_value=0.2, entropy=ENTROPY, **kwargs)
+    return ppo_objective(
+        LOGPROBS,
+        torch.zeros(1, 3),
+        ADVANTAGES,
+        MASK,
+        VALUES,
+        OLD_VALUES,
+        RETURNS,
+        MASK,
+        token_count=2.0,
+        clip_coef=0.2,
+        clip_coef_value=0.2,
+        entropy=ENTROPY,
+        **kwargs,
+    )
 
 
 def test_ppo_objective_hand_numbers_and_logged_terms():
-    loss, metrics = objective(vf_coef=0.5, ent_coef=0.1, kl_coef=0.2, ref_logprobs=REF, kl_ratio_weighted=False)
+    loss, metrics = objective(
+        vf_coef=0.5, ent_coef=0.1, kl_coef=0.2, ref_logprobs=REF, kl_ratio_weighted=False
+    )
     # 0.3 + 0.5 * 0.2725 - 0.1 * 0.5 + 0.2 * (1 - ln 2) / 2 = 0.38625 + 0.1 * (1 - ln 2)
     expected = PG + 0.5 * V - 0.1 * ENT + 0.2 * KL_PLAIN
     assert expected == pytest.approx(0.38625 + 0.1 * (1 - LN2), abs=1e-9)
@@ -107,8 +124,9 @@ def test_ppo_objective_ratio_weighted_kl_and_no_kl():
 
 def test_ppo_objective_gradient_reaches_unclipped_tokens_only():
     logprobs = LOGPROBS.clone().requires_grad_(True)
-    loss, _ = ppo_objective(logprobs, torch.zeros(1, 3), ADVANTAGES, MASK, VALUES, OLD_VALUES, RETURNS, MASK,
-                            token_count=2.0)
+    loss, _ = ppo_objective(
+        logprobs, torch.zeros(1, 3), ADVANTAGES, MASK, VALUES, OLD_VALUES, RETURNS, MASK, token_count=2.0
+    )
     (grad,) = torch.autograd.grad(loss, logprobs)
     # token 0 is clipped: 0; token 1: d/dlogp (-A r / 2) = -(-2) * 0.9 / 2 = 0.9; token 2 off the mask: 0
     torch.testing.assert_close(grad, t([[0.0, 0.9, 0.0]]), atol=1e-6, rtol=0.0)
@@ -116,7 +134,8 @@ def test_ppo_objective_gradient_reaches_unclipped_tokens_only():
 
 def test_ratio_one_gives_the_plain_policy_gradient_loss():
     # pi == pi_old: ratio 1 everywhere, nothing clipped: pg = -(1 - 2) / 2 = 0.5
-    loss, metrics = ppo_objective(torch.zeros(1, 3), torch.zeros(1, 3), ADVANTAGES, MASK, VALUES, VALUES, VALUES,
-                                  MASK, token_count=2.0)
+    loss, metrics = ppo_objective(
+        torch.zeros(1, 3), torch.zeros(1, 3), ADVANTAGES, MASK, VALUES, VALUES, VALUES, MASK, token_count=2.0
+    )
     assert loss.item() == pytest.approx(0.5, abs=1e-6)
     assert metrics["ppo/ratio_max_deviation"].item() == 0.0 and metrics["ppo/approx_kl"].item() == 0.0

@@ -61,21 +61,28 @@ def test_chat_template_path_end_to_end(tmp_path):
     assert tokenizer.convert_ids_to_tokens(segment)[:3] == ["<|im_start|>", "user", "row"]
     assert tokenizer.convert_ids_to_tokens(segment)[-2:] == ["<|im_start|>", "assistant"]
     # The whole conversation rendered by the template equals prompt + action + segment + action tokens.
-    conversation = [{"role": "user", "content": "go\n\nrow 0 col 0"}, {"role": "assistant", "content": "down"},
-                    {"role": "user", "content": "row 1 col 0"}, {"role": "assistant", "content": "right"}]
+    conversation = [
+        {"role": "user", "content": "go\n\nrow 0 col 0"},
+        {"role": "assistant", "content": "down"},
+        {"role": "user", "content": "row 1 col 0"},
+        {"role": "assistant", "content": "right"},
+    ]
     rendered = tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=False)
-    laid_out = (fmt.prompt_ids("go", "row 0 col 0") + fmt.action_ids("down") + segment + fmt.action_ids("right"))
+    laid_out = (
+        fmt.prompt_ids("go", "row 0 col 0") + fmt.action_ids("down") + segment + fmt.action_ids("right")
+    )
     assert laid_out == list(rendered)[: len(laid_out)]
 
-    engine = RolloutEngine(model, tokenizer, fmt, env_factory(config),
-                           SamplingSettings(max_turns=3, max_action_tokens=2))
+    engine = RolloutEngine(
+        model, tokenizer, fmt, env_factory(config), SamplingSettings(max_turns=3, max_action_tokens=2)
+    )
     episodes = engine.play([0, 1, 2], generator=torch.Generator().manual_seed(0))
     for episode in episodes:
         for turn, end in enumerate(episode.action_ends[:-1]):
             start = end + 1
             seg = fmt.observation_ids(episode.observations[turn])
-            assert episode.completion_ids[start:start + len(seg)] == seg
-            assert episode.mask[start:start + len(seg)] == [0] * len(seg)
+            assert episode.completion_ids[start : start + len(seg)] == seg
+            assert episode.mask[start : start + len(seg)] == [0] * len(seg)
 
 
 def test_plain_format_when_no_template(frozen_lake_policy):

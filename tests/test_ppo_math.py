@@ -35,7 +35,9 @@ def test_constant_critic_gamma_lam_one_gives_reward_to_go():
     # gamma = lam = 1, V = 0.5 everywhere, rewards 1, 0, 2, terminated (bootstrap 0):
     # A_t = (sum of rewards from t on) - 0.5, R_t = reward-to-go.
     #   R = [1 + 0 + 2, 0 + 2, 2] = [3, 2, 2]; A = R - 0.5 = [2.5, 1.5, 1.5]
-    adv, ret = token_gae(t([[1.0, 0.0, 2.0]]), t([[0.5, 0.5, 0.5]]), t([[1, 1, 1]]), t([0.0]), gamma=1.0, lam=1.0)
+    adv, ret = token_gae(
+        t([[1.0, 0.0, 2.0]]), t([[0.5, 0.5, 0.5]]), t([[1, 1, 1]]), t([0.0]), gamma=1.0, lam=1.0
+    )
     close(adv, [[2.5, 1.5, 1.5]])
     close(ret, [[3.0, 2.0, 2.0]])
 
@@ -46,7 +48,9 @@ def test_constant_critic_terminated_gamma_lam_below_one():
     #   t=1: delta = 0 + 0.9 * 0.5 - 0.5 = -0.05            A1 = -0.05 + 0.72 * 0.5  = 0.31
     #   t=0: delta = 0 + 0.9 * 0.5 - 0.5 = -0.05            A0 = -0.05 + 0.72 * 0.31 = 0.1732
     #   R = A + 0.5 = [0.6732, 0.81, 1.0]
-    adv, ret = token_gae(t([[0.0, 0.0, 1.0]]), t([[0.5, 0.5, 0.5]]), t([[1, 1, 1]]), t([0.0]), gamma=0.9, lam=0.8)
+    adv, ret = token_gae(
+        t([[0.0, 0.0, 1.0]]), t([[0.5, 0.5, 0.5]]), t([[1, 1, 1]]), t([0.0]), gamma=0.9, lam=0.8
+    )
     close(adv, [[0.1732, 0.31, 0.5]])
     close(ret, [[0.6732, 0.81, 1.0]])
 
@@ -82,7 +86,9 @@ def test_env_tokens_and_padding_are_skipped():
     close(adv, [[1.64176, 2.058, 0.0, 0.0, 1.9, 0.0, 0.0]])
     close(ret, [[1.84176, 2.458, 0.0, 0.0, 2.0, 0.0, 0.0]])
     # ... which is the episode with the env tokens removed.
-    adv_c, ret_c = token_gae(t([[0.0, 1.0, 2.0]]), t([[0.2, 0.4, 0.1]]), t([[1, 1, 1]]), t([0.0]), gamma=0.9, lam=0.8)
+    adv_c, ret_c = token_gae(
+        t([[0.0, 1.0, 2.0]]), t([[0.2, 0.4, 0.1]]), t([[1, 1, 1]]), t([0.0]), gamma=0.9, lam=0.8
+    )
     close(adv[:, [0, 1, 4]], adv_c.tolist())
     close(ret[:, [0, 1, 4]], ret_c.tolist())
 
@@ -90,8 +96,9 @@ def test_env_tokens_and_padding_are_skipped():
 def test_bootstrap_jumps_over_trailing_padding():
     # The bootstrap follows the last model token even when padding comes after it: a a p p, b = 1.0,
     # V = [0.5, 0.5], r = 0, gamma = lam = 1: A_last = 0 + 1.0 - 0.5 = 0.5, A_first = 0 + 0.5 - 0.5 + 0.5 = 0.5.
-    adv, ret = token_gae(t([[0.0, 0.0, 0.0, 0.0]]), t([[0.5, 0.5, 7.0, 7.0]]), t([[1, 1, 0, 0]]), t([1.0]),
-                         gamma=1.0, lam=1.0)
+    adv, ret = token_gae(
+        t([[0.0, 0.0, 0.0, 0.0]]), t([[0.5, 0.5, 7.0, 7.0]]), t([[1, 1, 0, 0]]), t([1.0]), gamma=1.0, lam=1.0
+    )
     close(adv, [[0.5, 0.5, 0.0, 0.0]])
     close(ret, [[1.0, 1.0, 0.0, 0.0]])
 
@@ -139,7 +146,9 @@ def test_batch_rows_of_different_lengths_equal_each_row_alone():
     close(adv[1:], [[0.92864, 2.512, 0.0, 3.35, 0.0, 0.0, 0.0, 0.0]])
     close(ret[1:], [[1.62864, 2.312, 0.0, 4.35, 0.0, 0.0, 0.0, 0.0]])
     # and the same as computing the row on its own at its own width
-    adv_1, ret_1 = token_gae(t([row1_rewards[:4]]), t([row1_values[:4]]), t([row1_mask[:4]]), t([1.5]), 0.9, 0.8)
+    adv_1, ret_1 = token_gae(
+        t([row1_rewards[:4]]), t([row1_values[:4]]), t([row1_mask[:4]]), t([1.5]), 0.9, 0.8
+    )
     close(adv[1:, :4], adv_1.tolist())
     close(ret[1:, :4], ret_1.tolist())
 
@@ -237,19 +246,22 @@ def test_masked_whiten_uses_masked_entries_only():
     assert on.mean().item() == pytest.approx(0.0, abs=ATOL)
     assert on.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)
     # Statistics gathered elsewhere (e.g. over the whole rollout batch across processes) are used as given.
-    close(masked_whiten(x, mask, mean=torch.tensor(1.0), std=torch.tensor(2.0)), [[0.0, 0.5, 0.0], [1.0, 1.5, 0.0]])
+    close(
+        masked_whiten(x, mask, mean=torch.tensor(1.0), std=torch.tensor(2.0)),
+        [[0.0, 0.5, 0.0], [1.0, 1.5, 0.0]],
+    )
 
 
 def test_adaptive_kl_controller_updates_and_clips():
     c = AdaptiveKLController(0.1, target=0.02, horizon=100)
     # coef <- coef * (1 + clip(KL / 0.02 - 1, -0.2, 0.2) * 10 / 100)
-    c.update(0.04, n_steps=10)   # error 1.0 -> clipped 0.2:  0.1 * 1.02 = 0.102
+    c.update(0.04, n_steps=10)  # error 1.0 -> clipped 0.2:  0.1 * 1.02 = 0.102
     assert c.value == pytest.approx(0.102, abs=1e-12)
     c.update(0.025, n_steps=10)  # error 0.25 -> clipped 0.2: 0.102 * 1.02 = 0.10404
     assert c.value == pytest.approx(0.10404, abs=1e-12)
     c.update(0.021, n_steps=10)  # error 0.05: 0.10404 * 1.005 = 0.1045602
     assert c.value == pytest.approx(0.1045602, abs=1e-12)
-    c.update(0.0, n_steps=10)    # error -1.0 -> clipped -0.2: 0.1045602 * 0.98 = 0.102468996
+    c.update(0.0, n_steps=10)  # error -1.0 -> clipped -0.2: 0.1045602 * 0.98 = 0.102468996
     assert c.value == pytest.approx(0.102468996, abs=1e-12)
     c.update(0.019, n_steps=10)  # error -0.05: 0.102468996 * 0.995 = 0.10195665102
     assert c.value == pytest.approx(0.10195665102, abs=1e-12)

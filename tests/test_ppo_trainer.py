@@ -38,10 +38,15 @@ def ppo_config(out: Path, name: str, trainer: dict | None = None, rollout: dict 
     # CliffWalking with a penalty for unparsable actions: returns differ between episodes from the first step.
     # 6 turns: episodes are cut by the turn cap, so the critic's bootstrap is used too.
     return tiny_config(
-        ENV, output_dir=str(out), name=name,
+        ENV,
+        output_dir=str(out),
+        name=name,
         env={"kwargs": {"invalid_penalty": -0.5}, "max_turns": 6},
-        rl={"algorithm": "ppo", "init_from": "base",
-            "trainer": {"per_device_train_batch_size": 2, "learning_rate": 1e-2, **(trainer or {})}},
+        rl={
+            "algorithm": "ppo",
+            "init_from": "base",
+            "trainer": {"per_device_train_batch_size": 2, "learning_rate": 1e-2, **(trainer or {})},
+        },
         rollout={"num_envs": 4, **(rollout or {})},
     )
 
@@ -49,10 +54,21 @@ def ppo_config(out: Path, name: str, trainer: dict | None = None, rollout: dict 
 def build_trainer(config):
     """A PPOTrainer on the run's base checkpoint, built as run_rl builds it (nothing trained)."""
     model, tokenizer = stage_common.load_trainable(stage_common.ensure_base_checkpoint(config), config)
-    engine = RolloutEngine(None, tokenizer, stage_common.turn_format_for(config, tokenizer), stage_common.env_factory(config),
-                           stage_common.sampling_settings(config))
-    trainer, _ = build_ppo_trainer(model, tokenizer, stage_rl.rl_trainer_args(config), engine, list(range(100)),
-                                   batch_size=config.rollout.num_envs)
+    engine = RolloutEngine(
+        None,
+        tokenizer,
+        stage_common.turn_format_for(config, tokenizer),
+        stage_common.env_factory(config),
+        stage_common.sampling_settings(config),
+    )
+    trainer, _ = build_ppo_trainer(
+        model,
+        tokenizer,
+        stage_rl.rl_trainer_args(config),
+        engine,
+        list(range(100)),
+        batch_size=config.rollout.num_envs,
+    )
     return trainer
 
 
@@ -139,8 +155,9 @@ def loss_inputs(loss_trainer, monkeypatch):
     entropies = torch.full((2, 4), 0.5)
     calls = {}
 
-    def fake_logps(trainer_, model, input_ids, attention_mask, logits_to_keep, compute_entropy=False,
-                   batch_size=None):
+    def fake_logps(
+        trainer_, model, input_ids, attention_mask, logits_to_keep, compute_entropy=False, batch_size=None
+    ):
         calls["policy"] = (input_ids, attention_mask, logits_to_keep)
         calls["logps"] = logps.clone().requires_grad_(True)
         return calls["logps"], entropies
@@ -160,11 +177,18 @@ def loss_inputs(loss_trainer, monkeypatch):
     monkeypatch.setattr(trainer, "current_gradient_accumulation_steps", 1, raising=False)
     trainer.model.train()
     inputs = {
-        "prompt_ids": t(PROMPT_IDS, torch.long), "prompt_mask": t(PROMPT_MASK, torch.long),
-        "completion_ids": t(COMPLETION_IDS, torch.long), "completion_mask": t(COMPLETION_MASK, torch.long),
-        "env_mask": t(TOOL_MASK, torch.long), "advantages": t(ADVANTAGES), "old_logprobs": t(OLD_LOGPS),
-        "returns": t(RETURNS), "old_values": t(OLD_VALUES), "value_mask": t(VALUE_MASK),
-        "num_items_in_batch": torch.tensor(NUM_ITEMS), "kl_coef": torch.tensor(0.0),
+        "prompt_ids": t(PROMPT_IDS, torch.long),
+        "prompt_mask": t(PROMPT_MASK, torch.long),
+        "completion_ids": t(COMPLETION_IDS, torch.long),
+        "completion_mask": t(COMPLETION_MASK, torch.long),
+        "env_mask": t(TOOL_MASK, torch.long),
+        "advantages": t(ADVANTAGES),
+        "old_logprobs": t(OLD_LOGPS),
+        "returns": t(RETURNS),
+        "old_values": t(OLD_VALUES),
+        "value_mask": t(VALUE_MASK),
+        "num_items_in_batch": torch.tensor(NUM_ITEMS),
+        "kl_coef": torch.tensor(0.0),
     }
     return trainer, inputs, calls
 
@@ -233,7 +257,9 @@ def test_kl_loss_mode_adds_beta_times_k3(loss_inputs, monkeypatch):
     monkeypatch.setattr(trainer.args, "use_bias_correction_kl", False)
     loss = trainer.compute_loss(trainer.model, inputs)
     assert loss.item() == pytest.approx(ppo + 0.1 * KL_SUM / (NUM_ITEMS / 2), abs=1e-5)
-    assert trl_bridge.metrics(trainer)["kl"][-1] == pytest.approx(KL_SUM / 5, abs=1e-5)  # the term as it trains
+    assert trl_bridge.metrics(trainer)["kl"][-1] == pytest.approx(
+        KL_SUM / 5, abs=1e-5
+    )  # the term as it trains
     # TRL's default (use_bias_correction_kl=True) weighs each token's k3 by its ratio:
     #   1.5 (1 - ln 2) + 1.1 (ln 2 - 1/2) + 0.7 (1 - ln 2) + 1.0 (ln 2 - 1/2) = 1.15 - 0.1 ln 2
     monkeypatch.setattr(trainer.args, "use_bias_correction_kl", True)
@@ -263,11 +289,27 @@ def score_episodes():
     from rlft.core.episode import Episode
 
     return [
-        Episode(seed=0, prompt_ids=[5, 6], completion_ids=[8, 9, 10, 11], mask=[1, 1, 0, 1],
-                logprobs=SAMPLING_LOGPS[0][:4], action_ends=[1, 3], rewards={"env": [0.0, 1.0]}, terminated=True),
-        Episode(seed=1, prompt_ids=[7], completion_ids=[12, 13, 14, 15, 16], mask=[1, 0, 0, 1, 1],
-                logprobs=SAMPLING_LOGPS[1], action_ends=[0, 4], rewards={"env": [-1.0, 0.5]}, truncated=True,
-                final_observation_ids=[20, 21]),
+        Episode(
+            seed=0,
+            prompt_ids=[5, 6],
+            completion_ids=[8, 9, 10, 11],
+            mask=[1, 1, 0, 1],
+            logprobs=SAMPLING_LOGPS[0][:4],
+            action_ends=[1, 3],
+            rewards={"env": [0.0, 1.0]},
+            terminated=True,
+        ),
+        Episode(
+            seed=1,
+            prompt_ids=[7],
+            completion_ids=[12, 13, 14, 15, 16],
+            mask=[1, 0, 0, 1, 1],
+            logprobs=SAMPLING_LOGPS[1],
+            action_ends=[0, 4],
+            rewards={"env": [-1.0, 0.5]},
+            truncated=True,
+            final_observation_ids=[20, 21],
+        ),
     ]
 
 
@@ -290,12 +332,20 @@ def scoring(loss_trainer, monkeypatch):
         seen["reference_called"] = True
         return seen["ref"]
 
-    monkeypatch.setattr(trainer.episode_rollout, "play",
-                        lambda prompts, trainer_: RolloutBatch.from_episodes(score_episodes(), pad_id=0))
+    monkeypatch.setattr(
+        trainer.episode_rollout,
+        "play",
+        lambda prompts, trainer_: RolloutBatch.from_episodes(score_episodes(), pad_id=0),
+    )
     monkeypatch.setattr(trl_bridge, "reference_logps", fake_reference)
     monkeypatch.setattr(trainer.critic, "forward", fake_critic)
-    for key, value in {"gamma": 0.9, "lam": 0.8, "whiten_advantages": False, "advantage_level": "token",
-                       "kl_penalty": "reward"}.items():
+    for key, value in {
+        "gamma": 0.9,
+        "lam": 0.8,
+        "whiten_advantages": False,
+        "advantage_level": "token",
+        "kl_penalty": "reward",
+    }.items():
         monkeypatch.setattr(trainer.args, key, value)
     monkeypatch.setattr(trainer, "kl_controller", FixedKLController(0.0))
     trl_bridge.metrics(trainer).clear()
@@ -319,10 +369,12 @@ def test_rollout_scoring_token_gae_skips_env_tokens_and_bootstraps_truncated_epi
     #   pos 3: delta = 0 + 0.9 * 0.6 - 0.3 = 0.24           A = 0.24 + 0.72 * 1.7   = 1.464
     #   pos 0: delta = -1 + 0.9 * 0.3 - 0.5 = -1.23         A = -1.23 + 0.72 * 1.464 = -0.17592
     close = dict(atol=1e-6, rtol=0.0)
-    torch.testing.assert_close(scored["advantages"], t([[0.40336, 0.338, 0, 0.9, 0], [-0.17592, 0, 0, 1.464, 1.7]]),
-                               **close)
-    torch.testing.assert_close(scored["returns"], t([[0.60336, 0.738, 0, 1.0, 0], [0.32408, 0, 0, 1.764, 2.3]]),
-                               **close)
+    torch.testing.assert_close(
+        scored["advantages"], t([[0.40336, 0.338, 0, 0.9, 0], [-0.17592, 0, 0, 1.464, 1.7]]), **close
+    )
+    torch.testing.assert_close(
+        scored["returns"], t([[0.60336, 0.738, 0, 1.0, 0], [0.32408, 0, 0, 1.764, 2.3]]), **close
+    )
     torch.testing.assert_close(scored["old_values"], t(SCORE_VALUES), **close)
     assert scored["value_mask"].tolist() == SCORE_MASK
     # the behaviour log-probs are the ratio's "old" log-probs, 0 off the model tokens
@@ -342,7 +394,9 @@ def test_rollout_scoring_turn_gae(scoring, monkeypatch):
     # row 1: actions {0} (reward -1, V 0.5) and {3, 4} (reward 0.5, V 0.3), bootstrap 2.0:
     #   turn 2: A = 0.5 + 0.9 * 2.0 - 0.3 = 2.0;  turn 1: delta = -1 + 0.9 * 0.3 - 0.5 = -1.23, A = -1.23 + 1.44 = 0.21
     close = dict(atol=1e-6, rtol=0.0)
-    torch.testing.assert_close(scored["advantages"], t([[0.538, 0.538, 0, 0.9, 0], [0.21, 0, 0, 2.0, 2.0]]), **close)
+    torch.testing.assert_close(
+        scored["advantages"], t([[0.538, 0.538, 0, 0.9, 0], [0.21, 0, 0, 2.0, 2.0]]), **close
+    )
     torch.testing.assert_close(scored["returns"], t([[0.738, 0, 0, 1.0, 0], [0.71, 0, 0, 2.3, 0]]), **close)
     assert scored["value_mask"].tolist() == [[1, 0, 0, 1, 0], [1, 0, 0, 1, 0]]
 
@@ -371,8 +425,9 @@ def test_rollout_scoring_kl_reward_penalty_whitening_and_adaptive_coefficient(sc
     torch.testing.assert_close(whitened, t([(a - mean) / std for a in raw]), atol=1e-5, rtol=0.0)
     assert scored["advantages"][~t(SCORE_MASK).bool()].abs().max().item() == 0.0
     # returns are not whitened: R = A + V
-    torch.testing.assert_close(scored["returns"], t([[0.37952, 0.566, 0, 0.9, 0], [0.10024, 0, 0, 1.592, 2.2]]),
-                               atol=1e-6, rtol=0.0)
+    torch.testing.assert_close(
+        scored["returns"], t([[0.37952, 0.566, 0, 0.9, 0], [0.10024, 0, 0, 1.592, 2.2]]), atol=1e-6, rtol=0.0
+    )
     metrics = trl_bridge.metrics(trainer)
     assert metrics["kl"][-1] == pytest.approx(1.0, abs=1e-6) and metrics["kl_coef"][-1] == 0.1
     # KL 1.0 vs target 0.5: error 1.0 clipped to 0.2; 2 episodes: 0.1 * (1 + 0.2 * 2 / 100) = 0.1004
@@ -388,8 +443,12 @@ def test_rollout_scoring_kl_loss_mode_leaves_rewards_alone(scoring, monkeypatch)
     assert scored["kl_coef"].item() == pytest.approx(0.1)  # the loss carries the KL term ...
     torch.testing.assert_close(scored["ref_logprobs"], seen["ref"])  # ... against these reference log-probs
     # the same advantages as without any KL
-    torch.testing.assert_close(scored["advantages"], t([[0.40336, 0.338, 0, 0.9, 0], [-0.17592, 0, 0, 1.464, 1.7]]),
-                               atol=1e-6, rtol=0.0)
+    torch.testing.assert_close(
+        scored["advantages"],
+        t([[0.40336, 0.338, 0, 0.9, 0], [-0.17592, 0, 0, 1.464, 1.7]]),
+        atol=1e-6,
+        rtol=0.0,
+    )
     # logged rollout KL: TRL's k3 with log pi_ref - log pi = -1: e^-1 + 1 - 1 = e^-1
     assert trl_bridge.metrics(trainer)["ppo/rollout_kl"][-1] == pytest.approx(math.exp(-1.0), abs=1e-6)
 
@@ -398,7 +457,12 @@ def test_rollout_scoring_kl_loss_mode_leaves_rewards_alone(scoring, monkeypatch)
 
 RUNS = {
     # critic, rollout temperature, KL mode, advantage level
-    "separate": {"critic": "separate", "temperature": 1.0, "kl_penalty": "reward", "advantage_level": "token"},
+    "separate": {
+        "critic": "separate",
+        "temperature": 1.0,
+        "kl_penalty": "reward",
+        "advantage_level": "token",
+    },
     "shared": {"critic": "shared", "temperature": 0.7, "kl_penalty": "loss", "advantage_level": "turn"},
 }
 
@@ -409,17 +473,27 @@ def train_ppo(out: Path, kind: str) -> dict:
     Captures the trainer, its parameters before training, and every minibatch's policy ratio.
     """
     spec = RUNS[kind]
-    config = ppo_config(out, kind, trainer={"max_steps": 5, "critic": spec["critic"], "kl_coef": 0.05,
-                                            "kl_penalty": spec["kl_penalty"],
-                                            "advantage_level": spec["advantage_level"]},
-                        rollout={"temperature": spec["temperature"]})
+    config = ppo_config(
+        out,
+        kind,
+        trainer={
+            "max_steps": 5,
+            "critic": spec["critic"],
+            "kl_coef": 0.05,
+            "kl_penalty": spec["kl_penalty"],
+            "advantage_level": spec["advantage_level"],
+        },
+        rollout={"temperature": spec["temperature"]},
+    )
     captured: dict = {"ratios": []}
     entry = registry.ALGORITHMS["ppo"]
 
     def capturing_build(*args, **kwargs):
         trainer, rollout = entry.build(*args, **kwargs)
         captured["trainer"] = trainer
-        captured["before"] = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        captured["before"] = {
+            n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad
+        }
         return trainer, rollout
 
     def capturing_objective(logprobs, old_logprobs, advantages, mask, *args, **kwargs):
@@ -465,7 +539,9 @@ def test_ratio_is_one_on_the_first_minibatch_of_a_fresh_rollout(ppo_run):
     later = torch.cat([ratio for _, is_fresh, ratio in ppo_run["ratios"] if not is_fresh])
     assert (later - 1).abs().max().item() > 1e-3
     # The logged metric of the first step says the same.
-    first = next(r for r in read_metrics(ppo_run["config"].run_dir) if r["stage"] == "rl" and "ppo/ratio_mean" in r)
+    first = next(
+        r for r in read_metrics(ppo_run["config"].run_dir) if r["stage"] == "rl" and "ppo/ratio_mean" in r
+    )
     assert first["ppo/ratio_max_deviation"] < 1e-5
 
 
@@ -479,9 +555,10 @@ def test_trainer_log_probs_are_the_temperature_scaled_log_softmax(ppo_run):
     width = 4
     trainer.model.eval()
     with torch.no_grad():
-        logps, entropy = trl_bridge.per_token_logps_and_entropies(trainer, trainer.model, ids, mask, width,
-                                                                  compute_entropy=True)
-        logits = policy(input_ids=ids, attention_mask=mask).logits[:, -width - 1:-1].float() / temperature
+        logps, entropy = trl_bridge.per_token_logps_and_entropies(
+            trainer, trainer.model, ids, mask, width, compute_entropy=True
+        )
+        logits = policy(input_ids=ids, attention_mask=mask).logits[:, -width - 1 : -1].float() / temperature
         expected = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, -width:].unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(logps.float(), expected, atol=1e-5, rtol=0.0)
     torch.testing.assert_close(entropy.float(), entropy_from_logits(logits), atol=1e-4, rtol=0.0)
@@ -511,7 +588,9 @@ def test_saved_policy_has_no_critic_and_reloads_cleanly(ppo_run):
     model, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
     assert not info["unexpected_keys"] and not info["missing_keys"]
     # ... and it is the trained policy
-    trained = {n: p for n, p in ppo_run["trainer"].model.named_parameters() if not n.startswith(f"{ATTRIBUTE}.")}
+    trained = {
+        n: p for n, p in ppo_run["trainer"].model.named_parameters() if not n.startswith(f"{ATTRIBUTE}.")
+    }
     reloaded = dict(model.named_parameters())
     assert trained.keys() == reloaded.keys()
     assert all(torch.equal(trained[n].detach(), reloaded[n].detach()) for n in trained)
@@ -570,8 +649,16 @@ def test_critic_from_a_reward_model(tmp_path, frozen_lake_policy):
     from transformers import Qwen2Config, Qwen2ForSequenceClassification
 
     torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=2, intermediate_size=64, num_labels=1, pad_token_id=0)
+    config = Qwen2Config(
+        vocab_size=40,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        intermediate_size=64,
+        num_labels=1,
+        pad_token_id=0,
+    )
     reward_model = Qwen2ForSequenceClassification(config).eval()
     reward_model.save_pretrained(tmp_path / "rm")
     _, policy, _ = frozen_lake_policy
@@ -598,14 +685,25 @@ def ppo_raw_config(tmp_path: Path, **trainer):
     return tiny_config(ENV, output_dir=str(tmp_path / "runs"), rl={"algorithm": "ppo", "trainer": trainer})
 
 
-@pytest.mark.parametrize(("trainer", "expected"), [
-    ({"beta": 0.04}, ["key 'rl.trainer'", "kl_coef"]),
-    ({"critic": "bogus"}, ["critic = 'bogus'", "'separate'", "'shared'"]),
-    ({"advantage_level": "episode"}, ["advantage_level = 'episode'", "'token'", "'turn'"]),
-    ({"gama": 0.99}, ["unknown key 'rl.trainer.gama'", "did you mean 'gamma'"]),
-    ({"critic_init": "{tmp}/no_such_critic"}, ["key 'rl.trainer.critic_init'", "no such folder"]),
-    ({"critic_init": "{tmp}"}, ["key 'rl.trainer.critic_init'", "neither a saved critic"]),
-], ids=["beta", "critic-type", "advantage-level", "gamma-typo", "critic-init-missing", "critic-init-not-a-critic"])
+@pytest.mark.parametrize(
+    ("trainer", "expected"),
+    [
+        ({"beta": 0.04}, ["key 'rl.trainer'", "kl_coef"]),
+        ({"critic": "bogus"}, ["critic = 'bogus'", "'separate'", "'shared'"]),
+        ({"advantage_level": "episode"}, ["advantage_level = 'episode'", "'token'", "'turn'"]),
+        ({"gama": 0.99}, ["unknown key 'rl.trainer.gama'", "did you mean 'gamma'"]),
+        ({"critic_init": "{tmp}/no_such_critic"}, ["key 'rl.trainer.critic_init'", "no such folder"]),
+        ({"critic_init": "{tmp}"}, ["key 'rl.trainer.critic_init'", "neither a saved critic"]),
+    ],
+    ids=[
+        "beta",
+        "critic-type",
+        "advantage-level",
+        "gamma-typo",
+        "critic-init-missing",
+        "critic-init-not-a-critic",
+    ],
+)
 def test_ppo_config_errors_before_any_model_loads(trainer, expected, tmp_path, monkeypatch):
     import rlft.models.policy
 
@@ -625,6 +723,12 @@ def test_ppo_config_errors_before_any_model_loads(trainer, expected, tmp_path, m
 def test_ppo_config_accepts_its_own_keys(tmp_path):
     config = ppo_raw_config(tmp_path, critic="shared", gamma=0.99, lam=0.9, kl_coef=0.1, target_kl=0.02)
     args = stage_rl.rl_trainer_args(config)
-    assert (args.critic, args.gamma, args.lam, args.kl_coef, args.target_kl) == ("shared", 0.99, 0.9, 0.1, 0.02)
+    assert (args.critic, args.gamma, args.lam, args.kl_coef, args.target_kl) == (
+        "shared",
+        0.99,
+        0.9,
+        0.1,
+        0.02,
+    )
     # One episode per seed and TRL's beta carrying the KL coefficient (so TRL builds the reference policy).
     assert args.num_generations == 1 and args.beta == 0.1

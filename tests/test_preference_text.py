@@ -203,7 +203,9 @@ def test_a_weak_reward_model_learned_from_gold_pairs_is_over_optimised() -> None
     accuracy = np.mean((test_x @ weights > 0) == (test_y > 0.5))
     assert accuracy > 0.6  # chance is 0.5 +- 0.011; a linear proxy cannot see caps and penalties, so not ~1
     on_topic = np.mean([weights[index[word]] for word in TOPIC_WORDS["weather"]])
-    off_topic = np.mean([weights[index[w]] for topic, ws in TOPIC_WORDS.items() if topic != "weather" for w in ws])
+    off_topic = np.mean(
+        [weights[index[w]] for topic, ws in TOPIC_WORDS.items() if topic != "weather" for w in ws]
+    )
     assert on_topic > 0.2 > -0.2 > off_topic
 
     top = WORD_BANK[int(np.argmax(weights))]
@@ -257,8 +259,9 @@ def test_expert_demos_for_sft() -> None:
     tokenizer = build_word_tokenizer(env_corpus(factory, episodes=20, max_turns=1, seed=0))
     unknown = [word for word in WORD_BANK if tokenizer.convert_tokens_to_ids(word) == tokenizer.unk_token_id]
     assert unknown == []  # the tiny policy's vocabulary covers every word the gold reads
-    demos, stats = expert_demos(factory, PlainFormat(tokenizer), episodes=20, epsilon=0.0, seed=0, seed_start=0,
-                                max_turns=1)
+    demos, stats = expert_demos(
+        factory, PlainFormat(tokenizer), episodes=20, epsilon=0.0, seed=0, seed_start=0, max_turns=1
+    )
     assert stats["demos/success"] == 1.0 and all(demo.num_turns == 1 for demo in demos)
     answer = [token for token, mask in zip(demos[0].completion_ids, demos[0].mask, strict=True) if mask]
     assert tokenizer.decode(answer, skip_special_tokens=True) == demos[0].actions[0]

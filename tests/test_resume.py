@@ -26,10 +26,20 @@ from tests.conftest import tiny_config
 
 COMPARED = ("loss", "reward", "kl", "learning_rate", "episode/env_steps_total")
 
-GRPO = {"max_steps": 6, "num_generations": 2, "per_device_train_batch_size": 4, "beta": 0.04,
-        "learning_rate": 1e-2}  # 4 train seeds, 2 per step: an epoch is 2 steps
-PPO = {"max_steps": 8, "per_device_train_batch_size": 2, "kl_coef": 0.05, "target_kl": 0.01,
-       "learning_rate": 1e-2}  # one rollout batch of 4 seeds serves 2 epochs x 2 minibatches: an epoch is 4 steps
+GRPO = {
+    "max_steps": 6,
+    "num_generations": 2,
+    "per_device_train_batch_size": 4,
+    "beta": 0.04,
+    "learning_rate": 1e-2,
+}  # 4 train seeds, 2 per step: an epoch is 2 steps
+PPO = {
+    "max_steps": 8,
+    "per_device_train_batch_size": 2,
+    "kl_coef": 0.05,
+    "target_kl": 0.01,
+    "learning_rate": 1e-2,
+}  # one rollout batch of 4 seeds serves 2 epochs x 2 minibatches: an epoch is 4 steps
 
 
 class Killed(Exception):
@@ -52,10 +62,16 @@ class KillAt(TrainerCallback):
 
 
 def make_config(out: Path, algorithm: str):
-    trainer = {**(GRPO if algorithm == "grpo" else PPO), "logging_steps": 1, "save_steps": 1,
-               "save_total_limit": 3}
+    trainer = {
+        **(GRPO if algorithm == "grpo" else PPO),
+        "logging_steps": 1,
+        "save_steps": 1,
+        "save_total_limit": 3,
+    }
     return tiny_config(
-        "rlft/CliffWalking-v0", output_dir=str(out), name="resume",
+        "rlft/CliffWalking-v0",
+        output_dir=str(out),
+        name="resume",
         env={"kwargs": {"invalid_penalty": -0.5}, "max_turns": 6, "train_seeds": {"start": 0, "count": 4}},
         rl={"algorithm": algorithm, "init_from": "base", "trainer": trainer},
         rollout={"num_envs": 4, "max_action_tokens": 3},
@@ -87,7 +103,9 @@ def per_step_metrics(run_dir: Path) -> dict[int, dict]:
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)
         if record["stage"] == "rl" and "loss" in record:
-            steps[record["step"]] = {k: record.get(k) for k in COMPARED}  # a replayed step: the last one counts
+            steps[record["step"]] = {
+                k: record.get(k) for k in COMPARED
+            }  # a replayed step: the last one counts
     return steps
 
 
@@ -138,18 +156,19 @@ def assert_same_run(straight, resumed_dir: Path, resumed_seeds: list, n_steps: i
 
 
 CASES = [  # (algorithm, kill step, after its checkpoint was written)
-    ("grpo", 3, False),   # mid-epoch: resumes from checkpoint 2
-    ("grpo", 2, True),    # at the epoch boundary
-    ("grpo", 5, True),    # at N - 1
-    ("ppo", 3, True),     # mid-epoch and mid rollout batch: the unconsumed minibatches come from the checkpoint
-    ("ppo", 4, True),     # epoch boundary
-    ("ppo", 7, True),     # at N - 1
+    ("grpo", 3, False),  # mid-epoch: resumes from checkpoint 2
+    ("grpo", 2, True),  # at the epoch boundary
+    ("grpo", 5, True),  # at N - 1
+    ("ppo", 3, True),  # mid-epoch and mid rollout batch: the unconsumed minibatches come from the checkpoint
+    ("ppo", 4, True),  # epoch boundary
+    ("ppo", 7, True),  # at N - 1
 ]
 
 
 @pytest.mark.parametrize(("algorithm", "kill", "after_save"), CASES)
-def test_killed_and_resumed_run_equals_straight_run(algorithm, kill, after_save, tmp_path, tmp_path_factory,
-                                                     seed_log):
+def test_killed_and_resumed_run_equals_straight_run(
+    algorithm, kill, after_save, tmp_path, tmp_path_factory, seed_log
+):
     straight = straight_run(tmp_path_factory, algorithm)
     seed_log.clear()
     config = make_config(tmp_path, algorithm)
@@ -167,8 +186,9 @@ def test_killed_and_resumed_run_equals_straight_run(algorithm, kill, after_save,
 
 
 @pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
-def test_kill_during_a_save_resumes_from_the_previous_complete_checkpoint(algorithm, tmp_path, tmp_path_factory,
-                                                                          seed_log, monkeypatch):
+def test_kill_during_a_save_resumes_from_the_previous_complete_checkpoint(
+    algorithm, tmp_path, tmp_path_factory, seed_log, monkeypatch
+):
     from transformers import Trainer
 
     straight = straight_run(tmp_path_factory, algorithm)
@@ -205,12 +225,15 @@ def test_rotation_keeps_the_newest_complete_checkpoints(tmp_path_factory):
     assert all(is_complete(p) for p in found)
 
 
-@pytest.mark.parametrize(("resume", "expected"), [
-    ("--resume", "no complete checkpoint under"),
-    (None, "already holds checkpoints of an earlier RL run (checkpoint-3)"),  # a fresh start over them
-    ("--resume=missing/checkpoint-3", "no such folder"),
-    ("--resume=INCOMPLETE", "the checkpoint is incomplete"),
-])
+@pytest.mark.parametrize(
+    ("resume", "expected"),
+    [
+        ("--resume", "no complete checkpoint under"),
+        (None, "already holds checkpoints of an earlier RL run (checkpoint-3)"),  # a fresh start over them
+        ("--resume=missing/checkpoint-3", "no such folder"),
+        ("--resume=INCOMPLETE", "the checkpoint is incomplete"),
+    ],
+)
 def test_bad_resume_fails_before_any_model_loads(resume, expected, tmp_path, monkeypatch, capsys):
     from rlft import cli
     from rlft.config.schema import save_config

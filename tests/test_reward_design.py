@@ -81,8 +81,15 @@ class CountingScorer:
         return [float(text.count("right")) for text in texts]
 
 
-def make_episode(seed: int, actions: list[str], env_rewards: list[float], observations: list[str],
-                 terminated: bool = True, success: bool = False, failure: str | None = None) -> Episode:
+def make_episode(
+    seed: int,
+    actions: list[str],
+    env_rewards: list[float],
+    observations: list[str],
+    terminated: bool = True,
+    success: bool = False,
+    failure: str | None = None,
+) -> Episode:
     """An episode as the rollout engine records it: two sampled tokens per action, two env tokens between.
     `observations` are s_0 .. s_K."""
     episode = Episode(seed=seed, prompt_ids=[1], first_observation=observations[0])
@@ -104,20 +111,28 @@ def batch() -> list[Episode]:
     return [
         make_episode(0, ["right", "down", "right"], [0.0, 0.0, 1.0], ["s0", "s1", "s2", "s3"], success=True),
         make_episode(1, ["right", "up"], [-1.0, 2.0], ["t0", "t1", "t2"]),
-        make_episode(2, ["left"], [5.0], ["u0", "u1"], failure="env.step raised ValueError('boom') on turn 2"),
+        make_episode(
+            2, ["left"], [5.0], ["u0", "u1"], failure="env.step raised ValueError('boom') on turn 2"
+        ),
     ]
 
 
 def design(components: dict, **reward) -> RewardDesign:
     config = RewardConfig.model_validate({"components": components, **reward})
     scorers = {name: CountingScorer() for name, c in components.items() if c["kind"] == "rm"}
-    return RewardDesign(config, action_names=["left", "down", "right", "up"], instructions="Reach G.",
-                        scorers=scorers)
+    return RewardDesign(
+        config, action_names=["left", "down", "right", "up"], instructions="Reach G.", scorers=scorers
+    )
 
 
 COMPONENTS = {
     "env": {"kind": "env", "weight": 0.5, "clip": [-0.5, 1.5]},
-    "steps": {"kind": "rule", "function": "tests.test_reward_design:turn_number", "weight": 2.0, "normalize": True},
+    "steps": {
+        "kind": "rule",
+        "function": "tests.test_reward_design:turn_number",
+        "weight": 2.0,
+        "normalize": True,
+    },
     "rm": {"kind": "rm", "path": "unused", "level": "episode", "clip": [0.0, 1.5]},
     "rm_turn": {"kind": "rm", "path": "unused", "level": "turn", "weight": 0.1},
 }
@@ -132,13 +147,13 @@ def test_composition_equals_hand_computed_values():
     std = math.sqrt(0.56)
     z = [(x - 1.8) / (std + 1e-8) for x in (1, 2, 3, 1, 2)]
     expected_first = {
-        "env": [0.0, 0.0, 0.5],                           # clip(0, 0, 1) x 0.5
+        "env": [0.0, 0.0, 0.5],  # clip(0, 0, 1) x 0.5
         "steps": [2 * z[0], 2 * z[1], 2 * z[2]],
-        "rm": [0.0, 0.0, 1.5],                            # 'right' twice in the transcript, clipped to 1.5
-        "rm_turn": [0.1, 0.0, 0.1],                       # score 0 1 1 2 through turns 0..3, differenced, x 0.1
+        "rm": [0.0, 0.0, 1.5],  # 'right' twice in the transcript, clipped to 1.5
+        "rm_turn": [0.1, 0.0, 0.1],  # score 0 1 1 2 through turns 0..3, differenced, x 0.1
     }
     expected_second = {
-        "env": [-0.25, 0.75],                             # clip(-1, 2) = (-0.5, 1.5), x 0.5
+        "env": [-0.25, 0.75],  # clip(-1, 2) = (-0.5, 1.5), x 0.5
         "steps": [2 * z[3], 2 * z[4]],
         "rm": [0.0, 1.0],
         "rm_turn": [0.1, 0.0],
@@ -147,10 +162,15 @@ def test_composition_equals_hand_computed_values():
         assert list(episode.rewards) == list(expected)
         for name, values in expected.items():
             assert episode.rewards[name] == pytest.approx(values, abs=1e-9), name
-        assert episode.turn_rewards == pytest.approx([sum(v[k] for v in expected.values())
-                                                      for k in range(episode.num_turns)])
-    assert first.raw_rewards == {"env": [0.0, 0.0, 1.0], "steps": [1.0, 2.0, 3.0], "rm": [0.0, 0.0, 2.0],
-                                         "rm_turn": [1.0, 0.0, 1.0]}
+        assert episode.turn_rewards == pytest.approx(
+            [sum(v[k] for v in expected.values()) for k in range(episode.num_turns)]
+        )
+    assert first.raw_rewards == {
+        "env": [0.0, 0.0, 1.0],
+        "steps": [1.0, 2.0, 3.0],
+        "rm": [0.0, 0.0, 2.0],
+        "rm_turn": [1.0, 0.0, 1.0],
+    }
     assert second.env_rewards == [-1.0, 2.0]
     assert failed.rewards == {"env": [5.0]} and failed.raw_rewards == {}  # left out, untouched
     # Token rewards (what PPO's GAE reads) put each turn's composed total on the action's last token.
@@ -169,8 +189,12 @@ def test_composition_equals_hand_computed_values():
 
 def test_turn_level_rm_sums_to_the_episode_score_less_the_prompts():
     episodes = batch()[:2]
-    reward = design({"turn": {"kind": "rm", "path": "x", "level": "turn"},
-                     "whole": {"kind": "rm", "path": "x", "level": "episode"}})
+    reward = design(
+        {
+            "turn": {"kind": "rm", "path": "x", "level": "turn"},
+            "whole": {"kind": "rm", "path": "x", "level": "episode"},
+        }
+    )
     reward.apply(episodes)
     turn_texts, whole_texts = (c.scorer.texts for c in reward.components)
     assert len(turn_texts) == (3 + 1) + (2 + 1) and len(whole_texts) == 2  # the prompt alone, then each turn
@@ -200,7 +224,9 @@ def test_normalisation_merges_batches_and_processes_like_one_stream():
     later = make_episode(3, ["a", "b", "c", "d"], [0.0] * 4, ["v0", "v1", "v2", "v3", "v4"])
     reward.apply([later])
     seen = np.array([1, 2, 3, 1, 2, 1, 2, 3, 4], dtype=float)
-    assert later.rewards["steps"] == pytest.approx(list(2 * (np.arange(1, 5) - seen.mean()) / seen.std()), abs=1e-7)
+    assert later.rewards["steps"] == pytest.approx(
+        list(2 * (np.arange(1, 5) - seen.mean()) / seen.std()), abs=1e-7
+    )
 
 
 def test_normaliser_and_alarm_state_survive_a_save_and_load_exactly():
@@ -210,13 +236,17 @@ def test_normaliser_and_alarm_state_survive_a_save_and_load_exactly():
     original.reward_design.apply([make_episode(3, ["right"] * 4, [0.1, 0.2, 0.3, 0.4], ["w"] * 5)])
     for step in range(5):
         original.reward_design.alarm.observe(step, 0.1 * step, 1.0 / (step + 3))
-    state = json.loads(json.dumps(original.state_dict()))  # rlft_state.json is JSON (rlft/algorithms/checkpointing.py)
+    state = json.loads(
+        json.dumps(original.state_dict())
+    )  # rlft_state.json is JSON (rlft/algorithms/checkpointing.py)
     assert set(state["reward"]["normalizers"]) == {"env", "steps"}
 
     restored = EpisodeRollout(engine=None, seed=0, batch_size=4, reward_design=design(components))
     restored.load_state_dict(state)
     assert restored.state_dict() == original.state_dict()
-    for before, after in zip(original.reward_design.components, restored.reward_design.components, strict=True):
+    for before, after in zip(
+        original.reward_design.components, restored.reward_design.components, strict=True
+    ):
         if before.normalizer is not None:
             assert after.normalizer.state_dict() == before.normalizer.state_dict()  # bit-exact floats
     # ... so the next batch is composed identically.
@@ -251,8 +281,11 @@ def test_the_default_design_is_not_applied():
     from rlft.rewards import build_reward_design
 
     assert build_reward_design(tiny_config("rlft/FrozenLake-v0")) is None
-    assert EpisodeRollout(engine=None, seed=0, batch_size=1).state_dict().keys() == {"calls", "env_steps",
-                                                                                     "env_failures"}
+    assert EpisodeRollout(engine=None, seed=0, batch_size=1).state_dict().keys() == {
+        "calls",
+        "env_steps",
+        "env_failures",
+    }
 
 
 # --------------------------------------------------------------------------------------------- shaping
@@ -279,19 +312,22 @@ def play(actions: list[str], seed: int = 0) -> Episode:
 
 
 @pytest.mark.parametrize("gamma", [1.0, 0.9])
-@pytest.mark.parametrize(("actions", "terminated"), [
-    (["right", "right", "jump", "down", "down"], False),            # cut off on an ice tile
-    (["down", "down", "right", "right", "down", "right"], True),    # reaches G
-    (["right", "down"], True),                                      # falls into a hole
-])
+@pytest.mark.parametrize(
+    ("actions", "terminated"),
+    [
+        (["right", "right", "jump", "down", "down"], False),  # cut off on an ice tile
+        (["down", "down", "right", "right", "down", "right"], True),  # reaches G
+        (["right", "down"], True),  # falls into a hole
+    ],
+)
 def test_potential_shaping_telescopes_over_an_episode(actions, terminated, gamma):
     episode = play(actions)
     fields = episode_fields(episode, ["left", "down", "right", "up"], "")
     shaped = potential_shaping(episode.actions, **fields, potential=grid_potential, gamma=gamma)
-    discounted = sum(gamma ** t * f for t, f in enumerate(shaped))
+    discounted = sum(gamma**t * f for t, f in enumerate(shaped))
     start = grid_potential(episode.first_observation)
     end = 0.0 if episode.terminated else grid_potential(episode.last_observation)
-    assert discounted == pytest.approx(gamma ** episode.num_turns * end - start, abs=1e-12)
+    assert discounted == pytest.approx(gamma**episode.num_turns * end - start, abs=1e-12)
     if gamma == 1.0:
         assert sum(shaped) == pytest.approx(end - start)  # Phi(end) - Phi(start)
     assert episode.terminated == terminated
@@ -299,8 +335,15 @@ def test_potential_shaping_telescopes_over_an_episode(actions, terminated, gamma
 
 def test_potential_shaping_through_the_design_with_a_named_potential():
     episode = play(["down", "down", "jump"])
-    reward = design({"shaping": {"kind": "rule", "function": "potential_shaping",
-                                 "kwargs": {"potential": "tests.test_reward_design:grid_potential"}}})
+    reward = design(
+        {
+            "shaping": {
+                "kind": "rule",
+                "function": "potential_shaping",
+                "kwargs": {"potential": "tests.test_reward_design:grid_potential"},
+            }
+        }
+    )
     reward.apply([episode])
     assert episode.rewards["shaping"] == [1.0, 1.0, 0.0]  # two steps closer to G, then an invalid action
 
@@ -354,7 +397,7 @@ def test_trend_is_the_least_squares_slope_and_its_t_statistic():
     y = 0.3 * np.arange(12) + rng.normal(0, 0.4, 12)
     slope, intercept = np.polyfit(np.arange(12), y, 1)
     residuals = y - (slope * np.arange(12) + intercept)
-    stderr = math.sqrt((residuals ** 2).sum() / 10 / ((np.arange(12) - 5.5) ** 2).sum())
+    stderr = math.sqrt((residuals**2).sum() / 10 / ((np.arange(12) - 5.5) ** 2).sum())
     fit = trend(y)
     assert fit.slope == pytest.approx(slope) and fit.t == pytest.approx(slope / stderr)
     assert trend([1.0] * 6).t == 0.0 and trend([0.0, 1.0, 2.0]).t == math.inf
@@ -368,7 +411,11 @@ def test_alarm_callback_logs_the_event_warns_once_and_can_stop(stop, caplog):
     with caplog.at_level(logging.WARNING, logger="rlft.rewards.alarm"):
         for step in range(1, 9):
             state.global_step = step
-            logs = {"loss": 0.1, "proxy/return": 0.1 * step, "gold/return": 1.0 - 0.1 * step + 0.01 * (step % 2)}
+            logs = {
+                "loss": 0.1,
+                "proxy/return": 0.1 * step,
+                "gold/return": 1.0 - 0.1 * step + 0.01 * (step % 2),
+            }
             control = alarm.on_log(None, state, control, logs=logs)
             logged.append(logs)
     fired = [logs for logs in logged if "alarm/overoptimization" in logs]
@@ -388,7 +435,9 @@ def adversarial_outputs(prompt: str) -> dict[str, str]:
         "empty": "",
         "whitespace only": "  \n  ",
         "one token repeated": " ".join(["G"] * 32),
-        "maximum length": ("the lake is frozen and the goal is near " * 4)[:64],  # the adapter's MAX_ACTION_CHARS
+        "maximum length": ("the lake is frozen and the goal is near " * 4)[
+            :64
+        ],  # the adapter's MAX_ACTION_CHARS
         "prompt copied": prompt,
     }
 
@@ -455,46 +504,106 @@ def test_rules_have_doctests_and_the_trl_shape():
 
 # ------------------------------------------------------------------------------------------- bad config
 BAD = [
-    ("unknown kind", {"x": {"kind": "rules", "function": "valid_action"}},
-     ["key 'reward.components.x'", "'rules'", "'env', 'rm', 'rule'"]),
+    (
+        "unknown kind",
+        {"x": {"kind": "rules", "function": "valid_action"}},
+        ["key 'reward.components.x'", "'rules'", "'env', 'rm', 'rule'"],
+    ),
     ("missing function", {"x": {"kind": "rule"}}, ["missing required key 'reward.components.x.function'"]),
-    ("function not found", {"x": {"kind": "rule", "function": "tests.test_reward_design:no_such_rule"}},
-     ["key 'reward.components.x.function'", "has no attribute 'no_such_rule'"]),
-    ("module not found", {"x": {"kind": "rule", "function": "no_such_module:rule"}},
-     ["key 'reward.components.x.function'", "module 'no_such_module' not found"]),
-    ("built-in misspelt", {"x": {"kind": "rule", "function": "valid_actoin"}},
-     ["key 'reward.components.x.function'", "did you mean 'valid_action'"]),
-    ("built-in option misspelt", {"x": {"kind": "rule", "function": "length_penalty", "kwargs": {"budgte": 3}}},
-     ["key 'reward.components.x.kwargs.budgte'", "did you mean 'budget'"]),
-    ("potential missing", {"x": {"kind": "rule", "function": "potential_shaping"}},
-     ["key 'reward.components.x.kwargs.potential' is missing"]),
-    ("potential not found", {"x": {"kind": "rule", "function": "potential_shaping",
-                                   "kwargs": {"potential": "tests.test_reward_design:nope"}}},
-     ["key 'reward.components.x.kwargs.potential'", "has no attribute 'nope'"]),
-    ("weight wrong type", {"x": {"kind": "env", "weight": "heavy"}},
-     ["key 'reward.components.x.weight' = 'heavy'", "expected a number"]),
+    (
+        "function not found",
+        {"x": {"kind": "rule", "function": "tests.test_reward_design:no_such_rule"}},
+        ["key 'reward.components.x.function'", "has no attribute 'no_such_rule'"],
+    ),
+    (
+        "module not found",
+        {"x": {"kind": "rule", "function": "no_such_module:rule"}},
+        ["key 'reward.components.x.function'", "module 'no_such_module' not found"],
+    ),
+    (
+        "built-in misspelt",
+        {"x": {"kind": "rule", "function": "valid_actoin"}},
+        ["key 'reward.components.x.function'", "did you mean 'valid_action'"],
+    ),
+    (
+        "built-in option misspelt",
+        {"x": {"kind": "rule", "function": "length_penalty", "kwargs": {"budgte": 3}}},
+        ["key 'reward.components.x.kwargs.budgte'", "did you mean 'budget'"],
+    ),
+    (
+        "potential missing",
+        {"x": {"kind": "rule", "function": "potential_shaping"}},
+        ["key 'reward.components.x.kwargs.potential' is missing"],
+    ),
+    (
+        "potential not found",
+        {
+            "x": {
+                "kind": "rule",
+                "function": "potential_shaping",
+                "kwargs": {"potential": "tests.test_reward_design:nope"},
+            }
+        },
+        ["key 'reward.components.x.kwargs.potential'", "has no attribute 'nope'"],
+    ),
+    (
+        "weight wrong type",
+        {"x": {"kind": "env", "weight": "heavy"}},
+        ["key 'reward.components.x.weight' = 'heavy'", "expected a number"],
+    ),
     ("weight a bool", {"x": {"kind": "env", "weight": True}}, ["key 'reward.components.x.weight' = True"]),
-    ("clip reversed", {"x": {"kind": "env", "clip": [1.0, -1.0]}}, ["key 'reward.components.x.clip'", "lo < hi"]),
-    ("rm path missing", {"x": {"kind": "rm", "path": "no/such/rm"}},
-     ["key 'reward.components.x.path' = 'no/such/rm'", "no such reward-model folder"]),
-    ("rm without path or rm section", {"x": {"kind": "rm"}},
-     ["key 'reward.components.x.path' is null (this run's reward model)", "no `rm` section"]),
+    (
+        "clip reversed",
+        {"x": {"kind": "env", "clip": [1.0, -1.0]}},
+        ["key 'reward.components.x.clip'", "lo < hi"],
+    ),
+    (
+        "rm path missing",
+        {"x": {"kind": "rm", "path": "no/such/rm"}},
+        ["key 'reward.components.x.path' = 'no/such/rm'", "no such reward-model folder"],
+    ),
+    (
+        "rm without path or rm section",
+        {"x": {"kind": "rm"}},
+        ["key 'reward.components.x.path' is null (this run's reward model)", "no `rm` section"],
+    ),
     ("rm level", {"x": {"kind": "rm", "path": ".", "level": "step"}}, ["key 'reward.components.x.level'"]),
-    ("rule key on env", {"x": {"kind": "env", "function": "valid_action"}},
-     ["unknown key 'reward.components.x.function'"]),
+    (
+        "rule key on env",
+        {"x": {"kind": "env", "function": "valid_action"}},
+        ["unknown key 'reward.components.x.function'"],
+    ),
 ]
 
 
 @pytest.mark.parametrize(("case", "components", "expected"), BAD, ids=[case for case, _, _ in BAD])
-def test_bad_reward_config_fails_before_any_model_loads(case, components, expected, tmp_path, monkeypatch, capsys,
-                                                        model_loads):  # noqa: F811
+def test_bad_reward_config_fails_before_any_model_loads(
+    case,
+    components,
+    expected,
+    tmp_path,
+    monkeypatch,
+    capsys,
+    model_loads,  # noqa: F811  (the fixture imported from test_bad_input)
+):
     from rlft import cli
 
     monkeypatch.chdir(tmp_path)
-    config = {"name": "exp", "model": {"tiny": {"hidden_size": 32, "num_heads": 2, "num_layers": 1,
-                                                 "intermediate_size": 64, "corpus_episodes": 10}},
-              "env": {"id": "rlft/FrozenLake-v0"}, "tracking": {"wandb": {"enabled": False}},
-              "reward": {"components": components}}
+    config = {
+        "name": "exp",
+        "model": {
+            "tiny": {
+                "hidden_size": 32,
+                "num_heads": 2,
+                "num_layers": 1,
+                "intermediate_size": 64,
+                "corpus_episodes": 10,
+            }
+        },
+        "env": {"id": "rlft/FrozenLake-v0"},
+        "tracking": {"wandb": {"enabled": False}},
+        "reward": {"components": components},
+    }
     (tmp_path / "config.yaml").write_text(json.dumps(config))  # JSON is YAML
     code = cli.main(["train", "--config", "config.yaml"])
     err = capsys.readouterr().err
@@ -519,8 +628,9 @@ def test_rollout_records_what_rules_read(frozen_lake_policy):
     from rlft.stages.common import env_factory, sampling_settings, turn_format_for
 
     config, model, tokenizer = frozen_lake_policy
-    engine = RolloutEngine(model, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
-                           sampling_settings(config))
+    engine = RolloutEngine(
+        model, tokenizer, turn_format_for(config, tokenizer), env_factory(config), sampling_settings(config)
+    )
     import torch
 
     for episode in engine.play([0, 1, 2, 3], generator=torch.Generator().manual_seed(0)):
@@ -535,16 +645,35 @@ def test_rollout_records_what_rules_read(frozen_lake_policy):
 def design_run_config(out: Path):
     """A tiny GRPO run (3 steps, a checkpoint each) with a normalised, clipped env reward and a constant bonus."""
     return tiny_config(
-        "rlft/CliffWalking-v0", output_dir=str(out), name="design",
+        "rlft/CliffWalking-v0",
+        output_dir=str(out),
+        name="design",
         env={"kwargs": {"invalid_penalty": -0.5}, "max_turns": 4, "train_seeds": {"start": 0, "count": 4}},
-        rl={"algorithm": "grpo", "init_from": "base",
-            "trainer": {"max_steps": 3, "num_generations": 2, "per_device_train_batch_size": 4, "learning_rate": 1e-2,
-                        "logging_steps": 1, "save_steps": 1, "save_total_limit": 1}},
+        rl={
+            "algorithm": "grpo",
+            "init_from": "base",
+            "trainer": {
+                "max_steps": 3,
+                "num_generations": 2,
+                "per_device_train_batch_size": 4,
+                "learning_rate": 1e-2,
+                "logging_steps": 1,
+                "save_steps": 1,
+                "save_total_limit": 1,
+            },
+        },
         rollout={"num_envs": 4, "max_action_tokens": 3},
-        reward={"components": {"env": {"kind": "env", "normalize": True, "clip": [-3.0, 3.0]},
-                               "bonus": {"kind": "rule", "function": "tests.test_reward_design:final_bonus",
-                                         "kwargs": {"value": 0.75}}},
-                "alarm": {"window": 4}},
+        reward={
+            "components": {
+                "env": {"kind": "env", "normalize": True, "clip": [-3.0, 3.0]},
+                "bonus": {
+                    "kind": "rule",
+                    "function": "tests.test_reward_design:final_bonus",
+                    "kwargs": {"value": 0.75},
+                },
+            },
+            "alarm": {"window": 4},
+        },
     )
 
 
@@ -578,18 +707,30 @@ def test_tiny_grpo_run_logs_every_component_and_the_reward_reaches_the_loss(desi
         # TRL's `reward` (what its advantages are computed from) is the composed env return plus the constant.
         assert m["reward"] == pytest.approx(m["episode/reward/env"] + 0.75, abs=1e-5)
         assert m["proxy/return"] == pytest.approx(m["reward"], abs=1e-5)
-        assert m["gold/return"] == pytest.approx(m["episode/reward/env/raw"], abs=1e-6)  # the env's own return
+        assert m["gold/return"] == pytest.approx(
+            m["episode/reward/env/raw"], abs=1e-6
+        )  # the env's own return
         assert m["episode/reward/env"] != pytest.approx(m["episode/reward/env/raw"])  # normalised
-        for key in ("reward/env/mean", "reward/env/raw_mean", "reward/bonus/mean", "reward/env/norm_mean",
-                    "reward/env/norm_std", "gold/success"):
+        for key in (
+            "reward/env/mean",
+            "reward/env/raw_mean",
+            "reward/bonus/mean",
+            "reward/env/norm_mean",
+            "reward/env/norm_std",
+            "gold/success",
+        ):
             assert key in m, key
     # The checkpoint carries the design's state: the normaliser has seen every turn played, and the alarm the
     # logged proxy / gold values.
     state = json.loads((latest_complete(config.run_dir / "trainer" / "rl") / STATE_FILE).read_text())
     reward = state["rollout"]["reward"]
     assert reward["normalizers"]["env"]["count"] == steps[3]["episode/env_steps_total"]
-    assert [h[1] for h in reward["alarm"]["history"]] == pytest.approx([steps[k]["proxy/return"] for k in (1, 2, 3)])
-    assert [h[2] for h in reward["alarm"]["history"]] == pytest.approx([steps[k]["gold/return"] for k in (1, 2, 3)])
+    assert [h[1] for h in reward["alarm"]["history"]] == pytest.approx(
+        [steps[k]["proxy/return"] for k in (1, 2, 3)]
+    )
+    assert [h[2] for h in reward["alarm"]["history"]] == pytest.approx(
+        [steps[k]["gold/return"] for k in (1, 2, 3)]
+    )
 
 
 def test_a_killed_and_resumed_run_with_a_design_equals_the_straight_run(design_run, tmp_path):
@@ -604,10 +745,14 @@ def test_a_killed_and_resumed_run_with_a_design_equals_the_straight_run(design_r
     stages.run_rl(config, resume=True)  # the normaliser continues from checkpoint-2's statistics
     resumed = logged_steps(config.run_dir)
     assert sorted(resumed) == [1, 2, 3]
-    compared = [k for k in straight[3] if k.startswith(("reward", "episode/", "proxy/", "gold/")) or k == "loss"]
+    compared = [
+        k for k in straight[3] if k.startswith(("reward", "episode/", "proxy/", "gold/")) or k == "loss"
+    ]
     assert "reward/env/norm_mean" in compared
     for step in (1, 2, 3):
-        assert {k: resumed[step].get(k) for k in compared} == {k: straight[step].get(k) for k in compared}, step
+        assert {k: resumed[step].get(k) for k in compared} == {k: straight[step].get(k) for k in compared}, (
+            step
+        )
 
 
 def test_the_alarm_fires_in_a_run_logs_its_event_and_stops_it_with_a_checkpoint(tmp_path, caplog):
@@ -617,10 +762,16 @@ def test_the_alarm_fires_in_a_run_logs_its_event_and_stops_it_with_a_checkpoint(
 
     config = design_run_config(tmp_path).model_copy(deep=True)
     config.rl.trainer.update({"max_steps": 8, "save_steps": 100})
-    config.reward = RewardConfig.model_validate({
-        "components": {"env": {"kind": "env"},
-                       "bonus": {"kind": "rule", "function": "tests.test_reward_design:rising_bonus"}},
-        "gold": "tests.test_reward_design:falling_gold", "alarm": {"window": 4, "stop": True}})
+    config.reward = RewardConfig.model_validate(
+        {
+            "components": {
+                "env": {"kind": "env"},
+                "bonus": {"kind": "rule", "function": "tests.test_reward_design:rising_bonus"},
+            },
+            "gold": "tests.test_reward_design:falling_gold",
+            "alarm": {"window": 4, "stop": True},
+        }
+    )
     with caplog.at_level(logging.WARNING, logger="rlft.rewards.alarm"):
         stages.run_rl(config)
     steps = [m for m in read_metrics(config.run_dir) if m["stage"] == "rl" and "loss" in m]
@@ -646,8 +797,12 @@ def test_rm_component_without_path_needs_an_rm_section_or_the_runs_reward_model(
     assert config.reward.components["rm"].path is None
 
 
-def test_train_with_this_runs_reward_model_missing_fails_before_any_model_loads(tmp_path, monkeypatch, capsys,
-                                                                                model_loads):  # noqa: F811
+def test_train_with_this_runs_reward_model_missing_fails_before_any_model_loads(
+    tmp_path,
+    monkeypatch,
+    capsys,
+    model_loads,  # noqa: F811  (the fixture imported from test_bad_input)
+):
     from rlft import cli
     from rlft.config.schema import save_config
 
@@ -668,15 +823,18 @@ def test_pipeline_trains_the_reward_model_between_sft_and_rl(with_rm_section, tm
         monkeypatch.setattr(pipeline, name, lambda config, name=name: calls.append(name))
     config = rm_design_config(tmp_path, True) if with_rm_section else tiny_config(output_dir=str(tmp_path))
     stages.run_pipeline(config)
-    assert calls == (["run_sft", "run_rm", "run_rl", "run_eval"] if with_rm_section
-                     else ["run_sft", "run_rl", "run_eval"])
+    assert calls == (
+        ["run_sft", "run_rm", "run_rl", "run_eval"] if with_rm_section else ["run_sft", "run_rl", "run_eval"]
+    )
 
 
 def test_the_built_design_loads_this_runs_reward_model(tmp_path, monkeypatch):
     from rlft.rewards import design
 
     loaded = []
-    monkeypatch.setattr(design, "load_scorer", lambda cfg, name: loaded.append(cfg.path) or (lambda texts: []))
+    monkeypatch.setattr(
+        design, "load_scorer", lambda cfg, name: loaded.append(cfg.path) or (lambda texts: [])
+    )
     config = rm_design_config(tmp_path, with_rm_section=True)
     design.build_reward_design(config)
     assert loaded == [str(config.run_dir / "checkpoints" / "rm")]

@@ -34,15 +34,19 @@ from rlft.rewards.models.scoring import RewardEnsemble, RewardModelScorer, load_
 from rlft.rewards.models.train import check_pair_lengths, preference_metrics, train_reward_model
 
 TINY = TinyModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
-ACCURACY_THRESHOLD = 0.8  # held-out accuracy the synthetic-pairs RM must reach (it reaches 1.0 on CPU, seed 0)
+ACCURACY_THRESHOLD = (
+    0.8  # held-out accuracy the synthetic-pairs RM must reach (it reaches 1.0 on CPU, seed 0)
+)
 
 
 # ---------------------------------------------------------------- JSONL preferences
 
 TEXT_ROW = {"prompt": "Reach G.\n", "chosen": "right down", "rejected": "left"}
-CHAT_ROW = {"prompt": [{"role": "user", "content": "Reach G."}],
-            "chosen": [{"role": "assistant", "content": "right"}],
-            "rejected": [{"role": "assistant", "content": "left"}]}
+CHAT_ROW = {
+    "prompt": [{"role": "user", "content": "Reach G."}],
+    "chosen": [{"role": "assistant", "content": "right"}],
+    "rejected": [{"role": "assistant", "content": "left"}],
+}
 
 
 def rows(*items) -> bytes:
@@ -55,32 +59,59 @@ JSONL_CASES = [
     ("missing-rejected", rows({"prompt": "p", "chosen": "a"}), ":1:", "missing field 'rejected'"),
     ("extra-field", rows(TEXT_ROW, {**TEXT_ROW, "score": 1}), ":2:", "unknown field(s) ['score']"),
     ("wrong-type", rows({"prompt": "p", "chosen": 3, "rejected": "b"}), ":1:", "'chosen' must be a string"),
-    ("prompt-wrong-type", rows({"prompt": 5, "chosen": "a", "rejected": "b"}), ":1:", "'prompt' must be a string"),
+    (
+        "prompt-wrong-type",
+        rows({"prompt": 5, "chosen": "a", "rejected": "b"}),
+        ":1:",
+        "'prompt' must be a string",
+    ),
     ("empty-chosen", rows({"prompt": "p", "chosen": "  ", "rejected": "b"}), ":1:", "'chosen' is empty"),
-    ("same-texts", rows(TEXT_ROW, {"prompt": "p", "chosen": "a", "rejected": "a"}), ":2:",
-     "'chosen' and 'rejected' are the same"),
+    (
+        "same-texts",
+        rows(TEXT_ROW, {"prompt": "p", "chosen": "a", "rejected": "a"}),
+        ":2:",
+        "'chosen' and 'rejected' are the same",
+    ),
     ("blank-line", rows(TEXT_ROW, "", TEXT_ROW), ":2:", "line 2 is blank"),
     ("bom", b"\xef\xbb\xbf" + rows(TEXT_ROW), ":1:", "byte-order mark"),
     ("not-utf8", rows(TEXT_ROW) + b'{"chosen": "\xff", "rejected": "b"}\n', ":2:", "not valid UTF-8"),
     ("mixed-formats", rows(TEXT_ROW, CHAT_ROW), ":2:", "row is conversational but line 1 is text"),
-    ("message-no-role", rows({**CHAT_ROW, "chosen": [{"content": "right"}]}), ":1:",
-     "chosen[0] must be an object with exactly 'role' and 'content'"),
-    ("message-bad-role", rows({**CHAT_ROW, "rejected": [{"role": "robot", "content": "x"}]}), ":1:",
-     "rejected[0].role is 'robot'"),
-    ("message-content-type", rows({**CHAT_ROW, "chosen": [{"role": "assistant", "content": 1}]}), ":1:",
-     "chosen[0].content must be a string"),
+    (
+        "message-no-role",
+        rows({**CHAT_ROW, "chosen": [{"content": "right"}]}),
+        ":1:",
+        "chosen[0] must be an object with exactly 'role' and 'content'",
+    ),
+    (
+        "message-bad-role",
+        rows({**CHAT_ROW, "rejected": [{"role": "robot", "content": "x"}]}),
+        ":1:",
+        "rejected[0].role is 'robot'",
+    ),
+    (
+        "message-content-type",
+        rows({**CHAT_ROW, "chosen": [{"role": "assistant", "content": 1}]}),
+        ":1:",
+        "chosen[0].content must be a string",
+    ),
     ("chat-empty-chosen", rows({**CHAT_ROW, "chosen": []}), ":1:", "'chosen' must be a non-empty list"),
-    ("chat-blank-content", rows({**CHAT_ROW, "chosen": [{"role": "assistant", "content": " "}]}), ":1:",
-     "'chosen' has no non-empty message content"),
+    (
+        "chat-blank-content",
+        rows({**CHAT_ROW, "chosen": [{"role": "assistant", "content": " "}]}),
+        ":1:",
+        "'chosen' has no non-empty message content",
+    ),
     ("chat-prompt-string", rows({**CHAT_ROW, "prompt": "Reach G."}), ":1:", "'prompt' must be a list"),
     ("chat-same", rows({**CHAT_ROW, "rejected": CHAT_ROW["chosen"]}), ":1:", "are the same"),
 ]
 
 
-@pytest.mark.parametrize(("content", "where", "problem"), [c[1:] for c in JSONL_CASES],
-                         ids=[c[0] for c in JSONL_CASES])
-def test_malformed_preference_rows_name_file_and_line(tmp_path: Path, content: bytes, where: str,
-                                                      problem: str) -> None:
+@pytest.mark.parametrize(
+    ("content", "where", "problem"), [c[1:] for c in JSONL_CASES], ids=[c[0] for c in JSONL_CASES]
+)
+def test_malformed_preference_rows_name_file_and_line(
+    tmp_path: Path, content: bytes, where: str, problem: str
+) -> None:
     path = tmp_path / "prefs.jsonl"
     path.write_bytes(content)
     with pytest.raises(DataError) as info:
@@ -102,7 +133,9 @@ def test_valid_files_load_in_trls_format(tmp_path: Path) -> None:
     from trl.data_utils import is_conversational
 
     text = tmp_path / "text.jsonl"
-    text.write_bytes(rows(TEXT_ROW, {"chosen": "a b", "rejected": "c"}).replace(b"\n", b"\r\n", 1))  # CRLF is fine
+    text.write_bytes(
+        rows(TEXT_ROW, {"chosen": "a b", "rejected": "c"}).replace(b"\n", b"\r\n", 1)
+    )  # CRLF is fine
     dataset = load_preferences(text)
     assert dataset.column_names == ["prompt", "chosen", "rejected"] and len(dataset) == 2
     assert dataset[1] == {"prompt": "", "chosen": "a b", "rejected": "c"}  # no prompt: the texts as they are
@@ -122,22 +155,44 @@ def test_pair_builder_counts_by_hand() -> None:
     # (a2,a4), (a3,a4) candidates; (a1,a4) identical text. Prompt B: one item, no pair. Never across prompts.
     items = [("A", "a1", 1.0), ("A", "a2", 1.0), ("A", "a3", 0.0), ("A", "a1", 2.0), ("B", "b1", 5.0)]
     pairs, stats = build_preference_pairs(items, budget=10, noise=0.0, seed=0)
-    assert (stats.items, stats.prompts, stats.candidates, stats.ties, stats.identical, stats.pairs) == (5, 2, 4, 1, 1, 4)
+    assert (stats.items, stats.prompts, stats.candidates, stats.ties, stats.identical, stats.pairs) == (
+        5,
+        2,
+        4,
+        1,
+        1,
+        4,
+    )
     # a1 and a2 beat a3; the second a1 (gold 2) beats a2 and a3
-    assert sorted((p.chosen, p.rejected) for p in pairs) == [("a1", "a2"), ("a1", "a3"), ("a1", "a3"), ("a2", "a3")]
-    assert sorted((p.gold_chosen, p.gold_rejected) for p in pairs) == [(1.0, 0.0), (1.0, 0.0), (2.0, 0.0), (2.0, 1.0)]
+    assert sorted((p.chosen, p.rejected) for p in pairs) == [
+        ("a1", "a2"),
+        ("a1", "a3"),
+        ("a1", "a3"),
+        ("a2", "a3"),
+    ]
+    assert sorted((p.gold_chosen, p.gold_rejected) for p in pairs) == [
+        (1.0, 0.0),
+        (1.0, 0.0),
+        (2.0, 0.0),
+        (2.0, 1.0),
+    ]
     assert all(p.prompt == "A" for p in pairs) and stats.label_noise_rate == 0.0
 
     few, stats = build_preference_pairs(items, budget=2, noise=0.0, seed=0)
     assert len(few) == 2 and stats.pairs == 2 and stats.candidates == 4
     again, _ = build_preference_pairs(items, budget=2, noise=0.0, seed=0)
-    assert [(p.chosen, p.rejected, p.gold_chosen) for p in few] == [(p.chosen, p.rejected, p.gold_chosen) for p in again]
+    assert [(p.chosen, p.rejected, p.gold_chosen) for p in few] == [
+        (p.chosen, p.rejected, p.gold_chosen) for p in again
+    ]
 
 
 def random_items(n_prompts: int, per_prompt: int, seed: int = 0) -> list[tuple[str, str, float]]:
     rng = np.random.default_rng(seed)
-    return [(f"task {t}", f"completion {t} {i}", float(rng.normal())) for t in range(n_prompts)
-            for i in range(per_prompt)]
+    return [
+        (f"task {t}", f"completion {t} {i}", float(rng.normal()))
+        for t in range(n_prompts)
+        for i in range(per_prompt)
+    ]
 
 
 def test_label_noise_zero_agrees_with_gold_and_huge_noise_is_a_coin() -> None:
@@ -223,8 +278,16 @@ def trained(tmp_path_factory):
     train, held = split_by_prompt(synthetic_pairs(), 0.25, seed=0)
     folder = tmp_path_factory.mktemp("rm")
     data = {"source": "synthetic", "gold": "count of 'good'", "budget": 400, "noise": 0.0}
-    result = train_reward_model(train, held, model_cfg=ModelConfig(tiny=TINY), output_dir=folder / "trainer",
-                                seed=0, trainer={"num_train_epochs": 3}, data=data, save_to=folder / "rm")
+    result = train_reward_model(
+        train,
+        held,
+        model_cfg=ModelConfig(tiny=TINY),
+        output_dir=folder / "trainer",
+        seed=0,
+        trainer={"num_train_epochs": 3},
+        data=data,
+        save_to=folder / "rm",
+    )
     return result, train, held
 
 
@@ -233,13 +296,20 @@ def test_rm_trained_on_synthetic_pairs_ranks_held_out_pairs(trained) -> None:
     assert len(held) > 50 and not {p.prompt for p in train} & {p.prompt for p in held}
     assert result.metrics["accuracy"] >= ACCURACY_THRESHOLD, result.metrics
     assert result.metrics["gold_accuracy"] >= ACCURACY_THRESHOLD
-    assert 0 <= result.metrics["ece"] <= 1 and result.metrics["brier"] < 0.25  # better than p = 1/2 everywhere
+    assert (
+        0 <= result.metrics["ece"] <= 1 and result.metrics["brier"] < 0.25
+    )  # better than p = 1/2 everywhere
 
 
 def test_scores_are_padding_invariant_left_and_right(trained) -> None:
     result, _, _ = trained
-    texts = ["task 0 : good good red", "task 1 : bad", "task 2 : good blue cat dog red red good bad bad good",
-             "task 3 : cat", "task 4 : good " * 12]
+    texts = [
+        "task 0 : good good red",
+        "task 1 : bad",
+        "task 2 : good blue cat dog red red good bad bad good",
+        "task 3 : cat",
+        "task 4 : good " * 12,
+    ]
     for side in ("right", "left"):
         scorer = RewardModelScorer(result.model, result.tokenizer, batch_size=8, padding_side=side)
         alone = [scorer.score([t])[0] for t in texts]
@@ -254,7 +324,8 @@ def test_scores_are_padding_invariant_left_and_right(trained) -> None:
     leaky = RewardModelScorer(result.model, result.tokenizer, batch_size=8, padding_side="left")
     forward = leaky.model.forward
     leaky.model.forward = lambda input_ids, attention_mask, **kw: forward(
-        input_ids=input_ids, attention_mask=torch.ones_like(attention_mask), **kw)
+        input_ids=input_ids, attention_mask=torch.ones_like(attention_mask), **kw
+    )
     try:
         assert padding_effect(leaky) > 1e-3
     finally:
@@ -262,7 +333,9 @@ def test_scores_are_padding_invariant_left_and_right(trained) -> None:
     # Right padding: pooling the last position (a pad token) instead of the last non-pad token changes them.
     text_config = result.model.config.get_text_config()
     pad = text_config.pad_token_id
-    text_config.pad_token_id = result.tokenizer.convert_tokens_to_ids("Action")  # in no text: pools position -1
+    text_config.pad_token_id = result.tokenizer.convert_tokens_to_ids(
+        "Action"
+    )  # in no text: pools position -1
     try:
         assert padding_effect(RewardModelScorer(result.model, result.tokenizer, batch_size=8)) > 1e-3
     finally:
@@ -281,12 +354,20 @@ def test_save_reload_same_scores_and_model_card(trained) -> None:
     info = json.loads((result.path / "rm.json").read_text())
     assert info["pairs"] == {"train": len(train), "held_out": len(held)} and info["seed"] == 0
     card = (result.path / "README.md").read_text()
-    for expected in ("synthetic", "count of 'good'", f"{len(train)} training, {len(held)} held out",
-                     f"| accuracy | {result.metrics['accuracy']:.4f} |", "embedded tiny qwen2", "budget"):
+    for expected in (
+        "synthetic",
+        "count of 'good'",
+        f"{len(train)} training, {len(held)} held out",
+        f"| accuracy | {result.metrics['accuracy']:.4f} |",
+        "embedded tiny qwen2",
+        "budget",
+    ):
         assert expected in card, expected
     normalized = load_reward_model(result.path, normalize=True)
     stats = info["normalization"]
-    assert np.allclose(normalized.score(texts), (np.array(reloaded.score(texts)) - stats["mean"]) / stats["std"])
+    assert np.allclose(
+        normalized.score(texts), (np.array(reloaded.score(texts)) - stats["mean"]) / stats["std"]
+    )
 
 
 def test_ensemble_aggregates_by_hand(trained) -> None:
@@ -302,7 +383,8 @@ def test_ensemble_aggregates_by_hand(trained) -> None:
     assert RewardEnsemble(members, "mean").score(["x", "y"]) == [3.0, 3.0]
     assert RewardEnsemble(members, "min").score(["x", "y"]) == [1.0, 1.0]
     assert RewardEnsemble(members, "mean_minus_std", k=0.5).score(["x", "y"]) == pytest.approx(
-        [3 - 0.5 * 1.632993, 3 - 0.5 * 2.160247], abs=1e-6)
+        [3 - 0.5 * 1.632993, 3 - 0.5 * 2.160247], abs=1e-6
+    )
     with pytest.raises(ValueError, match="aggregate must be one of"):
         RewardEnsemble(members, "max")
 
@@ -316,9 +398,14 @@ def test_pairs_longer_than_max_length_are_refused_not_dropped() -> None:
     from rlft.models.policy import build_word_tokenizer
 
     tokenizer = build_word_tokenizer(["a b c"])
-    pairs = [PreferencePair("", "a", "b", source="f.jsonl:1"), PreferencePair("", "a b c a b c", "b", source="f.jsonl:2")]
+    pairs = [
+        PreferencePair("", "a", "b", source="f.jsonl:1"),
+        PreferencePair("", "a b c a b c", "b", source="f.jsonl:2"),
+    ]
     check_pair_lengths(pairs, tokenizer, 7, "training")  # 6 words + EOS
-    with pytest.raises(DataError, match=r"1 training pair\(s\) longer than rm.trainer.max_length = 6.*f.jsonl:2"):
+    with pytest.raises(
+        DataError, match=r"1 training pair\(s\) longer than rm.trainer.max_length = 6.*f.jsonl:2"
+    ):
         check_pair_lengths(pairs, tokenizer, 6, "training")
 
 
@@ -355,9 +442,12 @@ def test_rlft_rm_env_pairs_ensemble_end_to_end(tmp_path: Path, monkeypatch, caps
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "exp.yaml").write_text(BASE, encoding="utf-8")
-    overrides = ["rm.data={source: env, episodes: 80, episodes_per_task: 4, eval_episodes: 40, budget: 60, "
-                 "noise: 0.1, epsilon: 0.5}", "rm.trainer={num_train_epochs: 2}",
-                 "rm.ensemble={size: 2, data: bootstrap, aggregate: mean_minus_std, k: 0.5}"]
+    overrides = [
+        "rm.data={source: env, episodes: 80, episodes_per_task: 4, eval_episodes: 40, budget: 60, "
+        "noise: 0.1, epsilon: 0.5}",
+        "rm.trainer={num_train_epochs: 2}",
+        "rm.ensemble={size: 2, data: bootstrap, aggregate: mean_minus_std, k: 0.5}",
+    ]
     code, out, err = run_cli(["rm", "--config", "exp.yaml", *overrides], capsys)
     assert code == 0, err
     assert "reward model: runs/exp/checkpoints/rm" in out
@@ -374,14 +464,23 @@ def test_rlft_rm_env_pairs_ensemble_end_to_end(tmp_path: Path, monkeypatch, caps
     assert sorted(p.name for p in resolved.iterdir()) == ["rm_0.yaml", "rm_1.yaml"]  # one record per member
     _, member_args, _ = read_resolved(resolved / "rm_1.yaml")
     assert (member_args["seed"], member_args["num_train_epochs"]) == (1, 2)
-    assert member_args["center_rewards_coefficient"] == 0.01 and member_args["learning_rate"] == 1e-3  # tiny RM
+    assert (
+        member_args["center_rewards_coefficient"] == 0.01 and member_args["learning_rate"] == 1e-3
+    )  # tiny RM
     assert (tmp_path / "runs/exp/preferences/train.jsonl").is_file()
     read_preferences(tmp_path / "runs/exp/preferences/held_out.jsonl")  # the saved pairs read back
 
     metrics = [m for m in read_metrics(tmp_path / "runs/exp") if m["stage"] == "rm"]
     logged = {k for m in metrics for k in m}
-    assert {"data/train_pairs", "data/label_noise_rate", "rm_0/held_out/accuracy", "rm_1/held_out/ece",
-            "ensemble/held_out/accuracy", "ensemble/held_out/brier", "rm_0/loss"} <= logged
+    assert {
+        "data/train_pairs",
+        "data/label_noise_rate",
+        "rm_0/held_out/accuracy",
+        "rm_1/held_out/ece",
+        "ensemble/held_out/accuracy",
+        "ensemble/held_out/brier",
+        "rm_0/loss",
+    } <= logged
 
     ensemble = load_reward_model(checkpoints / "rm")
     assert isinstance(ensemble, RewardEnsemble) and ensemble.k == 0.5 and ensemble.scorers[0].scale != 1.0
@@ -401,12 +500,25 @@ def test_rlft_rm_jsonl_chat_pairs_end_to_end(tmp_path: Path, monkeypatch, capsys
     lines = []
     for i in range(24):
         good, bad = ("right", "left") if i % 2 else ("down", "up")
-        lines.append({"prompt": [{"role": "user", "content": f"Reach G from cell {i}."}],
-                      "chosen": [{"role": "assistant", "content": good}],
-                      "rejected": [{"role": "assistant", "content": bad}]})
+        lines.append(
+            {
+                "prompt": [{"role": "user", "content": f"Reach G from cell {i}."}],
+                "chosen": [{"role": "assistant", "content": good}],
+                "rejected": [{"role": "assistant", "content": bad}],
+            }
+        )
     (tmp_path / "prefs.jsonl").write_bytes(rows(*lines))
-    code, _, err = run_cli(["rm", "--config", "exp.yaml", "rm.data={path: prefs.jsonl, eval_fraction: 0.25}",
-                            "model.chat_template='on'", "rm.trainer={num_train_epochs: 2}"], capsys)
+    code, _, err = run_cli(
+        [
+            "rm",
+            "--config",
+            "exp.yaml",
+            "rm.data={path: prefs.jsonl, eval_fraction: 0.25}",
+            "model.chat_template='on'",
+            "rm.trainer={num_train_epochs: 2}",
+        ],
+        capsys,
+    )
     assert code == 0, err
     folder = tmp_path / "runs/exp/checkpoints/rm"
     info = json.loads((folder / "rm.json").read_text())
@@ -422,38 +534,63 @@ def constant_gold(episode: dict) -> float:
     return 1.0
 
 
-TRAPS = [("transformers", "AutoModelForSequenceClassification.from_pretrained"),
-         ("transformers", "AutoModelForSequenceClassification.from_config"),
-         ("transformers", "AutoModelForCausalLM.from_pretrained"),
-         ("transformers", "AutoModelForCausalLM.from_config"),
-         ("transformers", "PreTrainedModel.from_pretrained"),
-         ("rlft.rewards.models.train", "build_reward_model"),
-         ("rlft.rewards.models.train", "reward_model_tokenizer"),
-         ("rlft.models.policy", "load_tokenizer")]
+TRAPS = [
+    ("transformers", "AutoModelForSequenceClassification.from_pretrained"),
+    ("transformers", "AutoModelForSequenceClassification.from_config"),
+    ("transformers", "AutoModelForCausalLM.from_pretrained"),
+    ("transformers", "AutoModelForCausalLM.from_config"),
+    ("transformers", "PreTrainedModel.from_pretrained"),
+    ("rlft.rewards.models.train", "build_reward_model"),
+    ("rlft.rewards.models.train", "reward_model_tokenizer"),
+    ("rlft.models.policy", "load_tokenizer"),
+]
 
 BAD_RM = [
     ("unknown-key", ["rm.dta={}"], ["unknown key 'rm.dta'", "did you mean 'data'"]),
     ("negative-noise", ["rm.data.noise=-1"], ["key 'rm.data.noise' = -1", "greater than or equal to 0"]),
     ("bad-policy", ["rm.data.policy=greedy"], ["key 'rm.data.policy'", "'expert' or 'random'"]),
-    ("missing-file", ["rm.data={path: nope.jsonl}"], ["key 'rm.data.path' = 'nope.jsonl': file does not exist"]),
+    (
+        "missing-file",
+        ["rm.data={path: nope.jsonl}"],
+        ["key 'rm.data.path' = 'nope.jsonl': file does not exist"],
+    ),
     ("malformed-row", ["rm.data={path: prefs.jsonl}"], ["prefs.jsonl:2: missing field 'rejected'"]),
-    ("trainer-typo", ["rm.trainer={lerning_rate: 1.0e-3}"], ["unknown key 'rm.trainer.lerning_rate'",
-                                                              "did you mean 'learning_rate'"]),
+    (
+        "trainer-typo",
+        ["rm.trainer={lerning_rate: 1.0e-3}"],
+        ["unknown key 'rm.trainer.lerning_rate'", "did you mean 'learning_rate'"],
+    ),
     ("trainer-type", ["rm.trainer={num_train_epochs: many}"], ["key 'rm.trainer.num_train_epochs' = 'many'"]),
-    ("trainer-remote-code", ["rm.trainer={trust_remote_code: true}"], ["rm.trainer.trust_remote_code", "rm.model"]),
+    (
+        "trainer-remote-code",
+        ["rm.trainer={trust_remote_code: true}"],
+        ["rm.trainer.trust_remote_code", "rm.model"],
+    ),
     ("lora", ["rm.model={tiny: {}, lora: {r: 4}}"], ["rm.model.lora", "not supported"]),
-    ("model-path", ["rm.model={name_or_path: ./no/such/model}"], ["key 'rm.model.name_or_path' = './no/such/model'"]),
-    ("gold-entry-point", ["rm.data.gold=no_such_module:fn"], ["key 'rm.data.gold'", "module 'no_such_module' not found"]),
+    (
+        "model-path",
+        ["rm.model={name_or_path: ./no/such/model}"],
+        ["key 'rm.model.name_or_path' = './no/such/model'"],
+    ),
+    (
+        "gold-entry-point",
+        ["rm.data.gold=no_such_module:fn"],
+        ["key 'rm.data.gold'", "module 'no_such_module' not found"],
+    ),
     ("aggregate", ["rm.ensemble.aggregate=max"], ["key 'rm.ensemble.aggregate' = 'max'"]),
     ("ensemble-size", ["rm.ensemble.size=0"], ["key 'rm.ensemble.size' = 0"]),
-    ("all-ties", ["rm.data={episodes: 8, eval_episodes: 0, gold: 'tests.test_reward_models:constant_gold'}"],
-     ["no training pairs", "tie on gold"]),
+    (
+        "all-ties",
+        ["rm.data={episodes: 8, eval_episodes: 0, gold: 'tests.test_reward_models:constant_gold'}"],
+        ["no training pairs", "tie on gold"],
+    ),
 ]
 
 
 @pytest.mark.parametrize(("overrides", "expect"), [c[1:] for c in BAD_RM], ids=[c[0] for c in BAD_RM])
-def test_bad_rm_config_fails_before_any_model_loads(tmp_path: Path, monkeypatch, capsys, overrides: list[str],
-                                                    expect: list[str]) -> None:
+def test_bad_rm_config_fails_before_any_model_loads(
+    tmp_path: Path, monkeypatch, capsys, overrides: list[str], expect: list[str]
+) -> None:
     import importlib
 
     attempts: list[str] = []

@@ -19,8 +19,13 @@ from tests.conftest import tiny_config
 
 def _engine(config, model, tokenizer, fmt=None, **settings) -> RolloutEngine:
     base = dict(max_turns=config.env.max_turns, max_action_tokens=3, temperature=1.0)
-    return RolloutEngine(model, tokenizer, fmt or PlainFormat(tokenizer), env_factory(config),
-                         SamplingSettings(**{**base, **settings}))
+    return RolloutEngine(
+        model,
+        tokenizer,
+        fmt or PlainFormat(tokenizer),
+        env_factory(config),
+        SamplingSettings(**{**base, **settings}),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +47,11 @@ def test_mask_is_one_exactly_on_sampled_tokens(played, frozen_lake_policy):
         for turn, end in enumerate(episode.action_ends):
             if turn > 0:
                 segment = fmt.observation_ids(episode.observations[turn - 1])
-                assert episode.completion_ids[position:position + len(segment)] == segment
-                assert episode.mask[position:position + len(segment)] == [0] * len(segment)
+                assert episode.completion_ids[position : position + len(segment)] == segment
+                assert episode.mask[position : position + len(segment)] == [0] * len(segment)
                 position += len(segment)
-            action = episode.completion_ids[position:end + 1]
-            assert episode.mask[position:end + 1] == [1] * len(action)
+            action = episode.completion_ids[position : end + 1]
+            assert episode.mask[position : end + 1] == [1] * len(action)
             assert 1 <= len(action) <= 3
             # an action ends at a stop token or at the token limit, and nowhere earlier
             assert action[-1] in fmt.stop_ids or len(action) == 3
@@ -55,7 +60,8 @@ def test_mask_is_one_exactly_on_sampled_tokens(played, frozen_lake_policy):
             position = end + 1
         assert position == len(episode.completion_ids)  # nothing after the last action
         assert episode.prompt_ids == fmt.prompt_ids(
-            engine._envs[0].unwrapped.instructions, episode.first_observation)
+            engine._envs[0].unwrapped.instructions, episode.first_observation
+        )
     assert sampled == sum(sum(e.mask) for e in episodes)
 
 
@@ -69,7 +75,7 @@ def test_behaviour_logprobs_equal_a_fresh_forward_pass(played, frozen_lake_polic
         with torch.no_grad():
             logits = model(ids).logits[0].float()
         logp = torch.log_softmax(logits[:-1], dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)
-        completion_logp = logp[len(episode.prompt_ids) - 1:]
+        completion_logp = logp[len(episode.prompt_ids) - 1 :]
         mask = torch.tensor(episode.mask, dtype=torch.bool)
         recorded = torch.tensor(episode.logprobs)
         worst = max(worst, (completion_logp[mask] - recorded[mask]).abs().max().item())
@@ -84,7 +90,11 @@ def test_temperature_scales_recorded_logprobs(frozen_lake_policy):
     ids = torch.tensor([episode.prompt_ids + episode.completion_ids])
     with torch.no_grad():
         logits = model(ids).logits[0].float() / 0.7
-    logp = torch.log_softmax(logits[:-1], dim=-1).gather(-1, ids[0, 1:, None]).squeeze(-1)[len(episode.prompt_ids) - 1:]
+    logp = (
+        torch.log_softmax(logits[:-1], dim=-1)
+        .gather(-1, ids[0, 1:, None])
+        .squeeze(-1)[len(episode.prompt_ids) - 1 :]
+    )
     mask = torch.tensor(episode.mask, dtype=torch.bool)
     assert torch.allclose(logp[mask], torch.tensor(episode.logprobs)[mask], atol=1e-4)
 
@@ -134,8 +144,14 @@ def test_batched_greedy_rollout_equals_one_episode_at_a_time(frozen_lake_policy)
     batched = engine.play(list(range(10)))
     env = env_factory(config)()
     for episode in batched:
-        single = play_one_at_a_time(model, tokenizer, engine.format, env, episode.seed,
-                                    SamplingSettings(max_action_tokens=3, **settings))
+        single = play_one_at_a_time(
+            model,
+            tokenizer,
+            engine.format,
+            env,
+            episode.seed,
+            SamplingSettings(max_action_tokens=3, **settings),
+        )
         assert single.completion_ids == episode.completion_ids
         assert single.action_ends == episode.action_ends
         assert single.rewards == episode.rewards
@@ -170,22 +186,87 @@ def _biased_policy(model, tokenizer, stop_bias: float = 5.5, word_bias: float = 
 # KV-cached loop): seed -> (sampled tokens, action_ends, behaviour log-probs rounded to 6 decimals). Seeds 0-6,
 # batch_size 4, max_turns 5, max_action_tokens 3, temperature 0.8, top_p 0.95, torch.Generator().manual_seed(7).
 RECORDED_BEFORE_BACKENDS = {
-    0: ([3, 140, 133, 3, 133, 3, 142, 3, 3], [0, 33, 65, 97, 128],
-        [-1.19961, -1.546356, -1.9279, -1.210693, -1.670355, -1.204205, -2.072374, -1.393644, -1.180407]),
-    1: ([133, 142, 142, 3, 139, 133, 133, 140, 140, 142], [2, 33, 66, 99],
-        [-1.659335, -2.059633, -1.168512, -1.198084, -2.069628, -1.961959, -1.370578, -1.557823, -1.10805, -2.106911]),
-    2: ([133, 3, 139, 133, 133], [1, 34],
-        [-1.66178, -1.219361, -2.072126, -1.961904, -1.36699]),
-    3: ([133, 133, 3, 3, 139, 3, 3, 139, 139, 140], [2, 33, 65, 96, 129],
-        [-1.657027, -1.360311, -1.22257, -1.201546, -2.071903, -1.337384, -1.195046, -2.06077, -1.318008, -2.031244]),
-    4: ([142, 3, 140, 142, 3, 3, 133, 3, 133, 139, 139], [1, 34, 65, 97, 130],
-        [-2.066731, -1.424295, -1.540445, -2.103938, -1.419119, -1.202992, -1.659372, -1.218806, -1.661497,
-         -2.053619, -1.318618]),
-    5: ([3, 140, 3, 3, 142, 139, 139, 3], [0, 32, 63, 96, 127],
-        [-1.207666, -1.541635, -1.444862, -1.200476, -2.058585, -1.91819, -1.314535, -1.19525]),
-    6: ([139, 139, 133, 140, 142, 133, 140, 133, 140, 133, 133, 142, 142, 140, 140], [2, 35, 68, 101, 134],
-        [-2.083382, -1.302986, -1.952, -1.543037, -2.111425, -2.006866, -1.551631, -1.924105, -1.87289, -1.662915,
-         -1.369071, -2.040503, -2.061782, -2.081661, -1.109984]),
+    0: (
+        [3, 140, 133, 3, 133, 3, 142, 3, 3],
+        [0, 33, 65, 97, 128],
+        [-1.19961, -1.546356, -1.9279, -1.210693, -1.670355, -1.204205, -2.072374, -1.393644, -1.180407],
+    ),
+    1: (
+        [133, 142, 142, 3, 139, 133, 133, 140, 140, 142],
+        [2, 33, 66, 99],
+        [
+            -1.659335,
+            -2.059633,
+            -1.168512,
+            -1.198084,
+            -2.069628,
+            -1.961959,
+            -1.370578,
+            -1.557823,
+            -1.10805,
+            -2.106911,
+        ],
+    ),
+    2: ([133, 3, 139, 133, 133], [1, 34], [-1.66178, -1.219361, -2.072126, -1.961904, -1.36699]),
+    3: (
+        [133, 133, 3, 3, 139, 3, 3, 139, 139, 140],
+        [2, 33, 65, 96, 129],
+        [
+            -1.657027,
+            -1.360311,
+            -1.22257,
+            -1.201546,
+            -2.071903,
+            -1.337384,
+            -1.195046,
+            -2.06077,
+            -1.318008,
+            -2.031244,
+        ],
+    ),
+    4: (
+        [142, 3, 140, 142, 3, 3, 133, 3, 133, 139, 139],
+        [1, 34, 65, 97, 130],
+        [
+            -2.066731,
+            -1.424295,
+            -1.540445,
+            -2.103938,
+            -1.419119,
+            -1.202992,
+            -1.659372,
+            -1.218806,
+            -1.661497,
+            -2.053619,
+            -1.318618,
+        ],
+    ),
+    5: (
+        [3, 140, 3, 3, 142, 139, 139, 3],
+        [0, 32, 63, 96, 127],
+        [-1.207666, -1.541635, -1.444862, -1.200476, -2.058585, -1.91819, -1.314535, -1.19525],
+    ),
+    6: (
+        [139, 139, 133, 140, 142, 133, 140, 133, 140, 133, 133, 142, 142, 140, 140],
+        [2, 35, 68, 101, 134],
+        [
+            -2.083382,
+            -1.302986,
+            -1.952,
+            -1.543037,
+            -2.111425,
+            -2.006866,
+            -1.551631,
+            -1.924105,
+            -1.87289,
+            -1.662915,
+            -1.369071,
+            -2.040503,
+            -2.061782,
+            -2.081661,
+            -1.109984,
+        ],
+    ),
 }
 
 
@@ -206,8 +287,12 @@ def test_hf_backend_plays_the_episodes_recorded_before_the_backend_split(frozen_
         assert [episode.completion_ids[i] for i in sampled] == tokens
         assert episode.action_ends == action_ends
         assert [episode.logprobs[i] for i in sampled] == pytest.approx(logprobs, abs=1e-6)
-    assert engine.stats["rollout/forwards"] == 10 + 15  # one per sampled token of each batch's longest episode
-    assert engine.stats["rollout/sampled_tokens"] == sum(len(t) for t, _, _ in RECORDED_BEFORE_BACKENDS.values())
+    assert (
+        engine.stats["rollout/forwards"] == 10 + 15
+    )  # one per sampled token of each batch's longest episode
+    assert engine.stats["rollout/sampled_tokens"] == sum(
+        len(t) for t, _, _ in RECORDED_BEFORE_BACKENDS.values()
+    )
 
 
 class _WholeActionSession:
@@ -224,7 +309,9 @@ class _WholeActionSession:
         chunks = {}
         for row in self.live:
             chunk = ActionChunk([], [])
-            while len(chunk.token_ids) < budgets[row] and not (chunk.token_ids and chunk.token_ids[-1] in stop_ids):
+            while len(chunk.token_ids) < budgets[row] and not (
+                chunk.token_ids and chunk.token_ids[-1] in stop_ids
+            ):
                 logits = self.model(torch.tensor([self.sequences[row]])).logits[:, -1].float()
                 self.forwards += 1
                 token, logprob = sample_next_tokens(logits, self.sampling, generator)
@@ -252,8 +339,14 @@ class _WholeActionBackend:
 
 
 def _whole_action_engine(config, model, tokenizer, **settings) -> RolloutEngine:
-    return RolloutEngine(model, tokenizer, PlainFormat(tokenizer), env_factory(config),
-                         SamplingSettings(**{"max_action_tokens": 3, **settings}), backend=_WholeActionBackend())
+    return RolloutEngine(
+        model,
+        tokenizer,
+        PlainFormat(tokenizer),
+        env_factory(config),
+        SamplingSettings(**{"max_action_tokens": 3, **settings}),
+        backend=_WholeActionBackend(),
+    )
 
 
 def test_a_turn_synchronous_backend_plays_the_same_greedy_episodes(frozen_lake_policy):
@@ -268,8 +361,12 @@ def test_a_turn_synchronous_backend_plays_the_same_greedy_episodes(frozen_lake_p
     whole = engine.play(seeds, batch_size=5)
     assert len({e.num_turns for e in whole}) > 1  # some fell in a hole early
     for a, b in zip(stepwise, whole):
-        assert (a.completion_ids, a.mask, a.action_ends, a.rewards) == (b.completion_ids, b.mask, b.action_ends,
-                                                                       b.rewards)
+        assert (a.completion_ids, a.mask, a.action_ends, a.rewards) == (
+            b.completion_ids,
+            b.mask,
+            b.action_ends,
+            b.rewards,
+        )
         assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
     assert engine.stats["rollout/sampled_tokens"] == sum(sum(e.mask) for e in whole)
 
@@ -281,15 +378,18 @@ def test_a_turn_synchronous_backend_keeps_the_token_invariants(frozen_lake_polic
     model = _biased_policy(model, tokenizer)
     stop_ids = PlainFormat(tokenizer).stop_ids
     episodes = _whole_action_engine(config, model, tokenizer, max_turns=5).play(
-        list(range(6)), generator=torch.Generator().manual_seed(0))
+        list(range(6)), generator=torch.Generator().manual_seed(0)
+    )
     lengths = set()
     for episode in episodes:
-        starts = [0] + [end + 1 + len(PlainFormat(tokenizer).observation_ids(obs))
-                        for end, obs in zip(episode.action_ends, episode.observations)]
+        starts = [0] + [
+            end + 1 + len(PlainFormat(tokenizer).observation_ids(obs))
+            for end, obs in zip(episode.action_ends, episode.observations)
+        ]
         for start, end in zip(starts, episode.action_ends):
-            action = episode.completion_ids[start:end + 1]
+            action = episode.completion_ids[start : end + 1]
             lengths.add(len(action))
-            assert episode.mask[start:end + 1] == [1] * len(action)
+            assert episode.mask[start : end + 1] == [1] * len(action)
             assert action[-1] in stop_ids or len(action) == 3
             assert not any(t in stop_ids for t in action[:-1])
         assert sum(episode.mask) == sum(end + 1 - start for start, end in zip(starts, episode.action_ends))
@@ -297,7 +397,7 @@ def test_a_turn_synchronous_backend_keeps_the_token_invariants(frozen_lake_polic
         with torch.no_grad():
             logp = torch.log_softmax(model(ids).logits[0, :-1].float(), dim=-1).gather(-1, ids[0, 1:, None])
         mask = torch.tensor(episode.mask, dtype=torch.bool)
-        fresh = logp.squeeze(-1)[len(episode.prompt_ids) - 1:][mask]
+        fresh = logp.squeeze(-1)[len(episode.prompt_ids) - 1 :][mask]
         assert torch.allclose(fresh, torch.tensor(episode.logprobs)[mask], atol=1e-4)
     assert lengths == {1, 2, 3}
 

@@ -28,25 +28,64 @@ LIBRARY = ("rlft", "envs")
 
 # Findings that are not what they look like, by (file, rule), each with the reason.
 ALLOWED = {
-    ("rlft/rollout/env_factory.py", "dynamic-import"):
-        "the env factory imports the 'module:attribute' entry points a config names (env.id, env.adapter.*); "
-        "the only place config strings become code",
-    ("rlft/algorithms/checkpointing.py", "torch-save"):
-        "the rollout buffer of a resumable trainer checkpoint: tensors of episodes, not weights, read back with "
-        "torch.load(weights_only=True)",
+    (
+        "rlft/rollout/env_factory.py",
+        "dynamic-import",
+    ): "the env factory imports the 'module:attribute' entry points a config names (env.id, env.adapter.*); "
+    "the only place config strings become code",
+    (
+        "rlft/algorithms/checkpointing.py",
+        "torch-save",
+    ): "the rollout buffer of a resumable trainer checkpoint: tensors of episodes, not weights, read back with "
+    "torch.load(weights_only=True)",
 }
 
 SAFE_LOADERS = {"yaml.SafeLoader", "yaml.CSafeLoader"}
-UNSAFE_YAML_NAMES = {f"yaml.{n}" for n in ("Loader", "UnsafeLoader", "FullLoader", "CLoader", "CUnsafeLoader",
-                                           "CFullLoader", "Constructor", "UnsafeConstructor", "FullConstructor")}
+UNSAFE_YAML_NAMES = {
+    f"yaml.{n}"
+    for n in (
+        "Loader",
+        "UnsafeLoader",
+        "FullLoader",
+        "CLoader",
+        "CUnsafeLoader",
+        "CFullLoader",
+        "Constructor",
+        "UnsafeConstructor",
+        "FullConstructor",
+    )
+}
 UNSAFE_YAML_CALLS = {f"yaml.{n}" for n in ("unsafe_load", "unsafe_load_all", "full_load", "full_load_all")}
-PICKLE_LOADS = {"pickle.load", "pickle.loads", "pickle.Unpickler", "marshal.load", "marshal.loads", "shelve.open",
-                "dill.load", "dill.loads", "joblib.load", "numpy.load"}
-SHELL_CALLS = {"os.system", "os.popen", "subprocess.getoutput", "subprocess.getstatusoutput", "pty.spawn",
-               "asyncio.create_subprocess_shell"}
-DYNAMIC_IMPORTS = {"importlib.import_module", "__import__", "importlib.__import__",
-                   "importlib.util.spec_from_file_location", "importlib.machinery.SourceFileLoader",
-                   "importlib.metadata.entry_points", "runpy.run_path", "runpy.run_module"}
+PICKLE_LOADS = {
+    "pickle.load",
+    "pickle.loads",
+    "pickle.Unpickler",
+    "marshal.load",
+    "marshal.loads",
+    "shelve.open",
+    "dill.load",
+    "dill.loads",
+    "joblib.load",
+    "numpy.load",
+}
+SHELL_CALLS = {
+    "os.system",
+    "os.popen",
+    "subprocess.getoutput",
+    "subprocess.getstatusoutput",
+    "pty.spawn",
+    "asyncio.create_subprocess_shell",
+}
+DYNAMIC_IMPORTS = {
+    "importlib.import_module",
+    "__import__",
+    "importlib.__import__",
+    "importlib.util.spec_from_file_location",
+    "importlib.machinery.SourceFileLoader",
+    "importlib.metadata.entry_points",
+    "runpy.run_path",
+    "runpy.run_module",
+}
 
 
 @dataclass(frozen=True)
@@ -68,7 +107,9 @@ class _Scanner(ast.NodeVisitor):
         for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 for a in node.names:
-                    self.aliases[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+                    self.aliases[a.asname or a.name.split(".")[0]] = (
+                        a.name if a.asname else a.name.split(".")[0]
+                    )
             elif isinstance(node, ast.ImportFrom) and node.module:
                 for a in node.names:
                     self.aliases[a.asname or a.name] = f"{node.module}.{a.name}"
@@ -79,8 +120,9 @@ class _Scanner(ast.NodeVisitor):
         while changed:
             changed = False
             for cls in classes:
-                if cls.name not in self.safe_loaders and any(self.qualname(b) in self.safe_loaders
-                                                             for b in cls.bases):
+                if cls.name not in self.safe_loaders and any(
+                    self.qualname(b) in self.safe_loaders for b in cls.bases
+                ):
                     self.safe_loaders.add(cls.name)
                     changed = True
 
@@ -101,12 +143,15 @@ class _Scanner(ast.NodeVisitor):
         args = node.args
         positional = args.posonlyargs + args.args
         defaults: dict[str, ast.AST | None] = {a.arg: None for a in positional + args.kwonlyargs}
-        for a, d in zip(positional[len(positional) - len(args.defaults):], args.defaults):
+        for a, d in zip(positional[len(positional) - len(args.defaults) :], args.defaults):
             defaults[a.arg] = d
         for a, d in zip(args.kwonlyargs, args.kw_defaults):
             defaults[a.arg] = d
-        if "trust_remote_code" in defaults and defaults["trust_remote_code"] is not None \
-                and not _is_const(defaults["trust_remote_code"], False):
+        if (
+            "trust_remote_code" in defaults
+            and defaults["trust_remote_code"] is not None
+            and not _is_const(defaults["trust_remote_code"], False)
+        ):
             self.add("trust-remote-code", node, f"{node.name}(trust_remote_code=...) must default to False")
         self.params.append(defaults)
         self.generic_visit(node)
@@ -115,7 +160,9 @@ class _Scanner(ast.NodeVisitor):
     visit_FunctionDef = _visit_function
     visit_AsyncFunctionDef = _visit_function
 
-    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:  # a config field: `trust_remote_code: bool = False`
+    def visit_AnnAssign(
+        self, node: ast.AnnAssign
+    ) -> None:  # a config field: `trust_remote_code: bool = False`
         target = node.target.id if isinstance(node.target, ast.Name) else None
         if target == "trust_remote_code" and node.value is not None and not self._false_default(node.value):
             self.add("trust-remote-code", node, "the trust_remote_code field must default to False")
@@ -125,9 +172,15 @@ class _Scanner(ast.NodeVisitor):
         if _is_const(value, False):
             return True
         # pydantic / dataclasses: Field(False, ...) / field(default=False, ...)
-        if isinstance(value, ast.Call) and (self.qualname(value.func) or "").split(".")[-1] in ("Field", "field"):
-            default = value.args[0] if value.args else next(
-                (k.value for k in value.keywords if k.arg == "default"), None)
+        if isinstance(value, ast.Call) and (self.qualname(value.func) or "").split(".")[-1] in (
+            "Field",
+            "field",
+        ):
+            default = (
+                value.args[0]
+                if value.args
+                else next((k.value for k in value.keywords if k.arg == "default"), None)
+            )
             return _is_const(default, False)
         return False
 
@@ -141,15 +194,25 @@ class _Scanner(ast.NodeVisitor):
 
     def visit_Dict(self, node: ast.Dict) -> None:
         for key, value in zip(node.keys, node.values):
-            if isinstance(key, ast.Constant) and key.value == "trust_remote_code" and not self._from_config(value):
-                self.add("trust-remote-code", node, "a trust_remote_code value that does not come from the config")
+            if (
+                isinstance(key, ast.Constant)
+                and key.value == "trust_remote_code"
+                and not self._from_config(value)
+            ):
+                self.add(
+                    "trust-remote-code", node, "a trust_remote_code value that does not come from the config"
+                )
         self.generic_visit(node)
 
     # ------------------------------------------------------------------ names
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         for alias in node.names:
             if f"{node.module}.{alias.name}" in UNSAFE_YAML_NAMES | UNSAFE_YAML_CALLS:
-                self.add("yaml", node, f"imports {node.module}.{alias.name}, which constructs arbitrary Python objects")
+                self.add(
+                    "yaml",
+                    node,
+                    f"imports {node.module}.{alias.name}, which constructs arbitrary Python objects",
+                )
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         if self.qualname(node) in UNSAFE_YAML_NAMES:
@@ -164,7 +227,9 @@ class _Scanner(ast.NodeVisitor):
     def visit_Call(self, node: ast.Call) -> None:
         name = self.qualname(node.func) or ""
         keywords = {k.arg: k.value for k in node.keywords if k.arg}
-        if name in ("torch.load", "torch.serialization.load") and not _is_const(keywords.get("weights_only"), True):
+        if name in ("torch.load", "torch.serialization.load") and not _is_const(
+            keywords.get("weights_only"), True
+        ):
             self.add("torch-load", node, f"{name}(...) without weights_only=True unpickles arbitrary objects")
         if name in ("torch.save", "torch.serialization.save", "pickle.dump", "pickle.dumps"):
             self.add("torch-save", node, f"{name}(...) writes a pickle; weights are written as safetensors")
@@ -246,7 +311,11 @@ BAD_SNIPPETS: list[tuple[str, str, str]] = [
     ("yaml-load-unsafe-loader", "yaml", "import yaml\nyaml.load(text, Loader=yaml.Loader)\n"),
     ("yaml-load-full-loader", "yaml", "import yaml\nyaml.load(text, yaml.FullLoader)\n"),
     ("yaml-unsafe-load", "yaml", "import yaml\nyaml.unsafe_load(text)\n"),
-    ("yaml-loader-subclass", "yaml", "import yaml\nclass L(yaml.Loader):\n    pass\nyaml.load(text, Loader=L)\n"),
+    (
+        "yaml-loader-subclass",
+        "yaml",
+        "import yaml\nclass L(yaml.Loader):\n    pass\nyaml.load(text, Loader=L)\n",
+    ),
     ("yaml-loader-import", "yaml", "from yaml import UnsafeLoader\n"),
     ("subprocess-shell", "shell", "import subprocess\nsubprocess.run(cmd, shell=True)\n"),
     ("subprocess-shell-variable", "shell", "import subprocess as sp\nsp.Popen(cmd, shell=use_shell)\n"),
@@ -256,13 +325,27 @@ BAD_SNIPPETS: list[tuple[str, str, str]] = [
     ("exec", "eval", "exec(source)\n"),
     ("import-module", "dynamic-import", "import importlib\nimportlib.import_module(config.reward)\n"),
     ("dunder-import", "dynamic-import", "__import__(name)\n"),
-    ("trust-remote-code-true", "trust-remote-code",
-     "from transformers import AutoModel\nAutoModel.from_pretrained(p, trust_remote_code=True)\n"),
-    ("trust-remote-code-local-variable", "trust-remote-code",
-     "def f(p):\n    remote = True\n    return AutoModel.from_pretrained(p, trust_remote_code=remote)\n"),
-    ("trust-remote-code-default-true", "trust-remote-code", "def load(p, trust_remote_code=True):\n    pass\n"),
+    (
+        "trust-remote-code-true",
+        "trust-remote-code",
+        "from transformers import AutoModel\nAutoModel.from_pretrained(p, trust_remote_code=True)\n",
+    ),
+    (
+        "trust-remote-code-local-variable",
+        "trust-remote-code",
+        "def f(p):\n    remote = True\n    return AutoModel.from_pretrained(p, trust_remote_code=remote)\n",
+    ),
+    (
+        "trust-remote-code-default-true",
+        "trust-remote-code",
+        "def load(p, trust_remote_code=True):\n    pass\n",
+    ),
     ("trust-remote-code-field-true", "trust-remote-code", "class C:\n    trust_remote_code: bool = True\n"),
-    ("trust-remote-code-field-call", "trust-remote-code", "class C:\n    trust_remote_code: bool = Field(True)\n"),
+    (
+        "trust-remote-code-field-call",
+        "trust-remote-code",
+        "class C:\n    trust_remote_code: bool = Field(True)\n",
+    ),
     ("trust-remote-code-in-kwargs", "trust-remote-code", "kwargs = {'trust_remote_code': True}\n"),
     ("save-not-safetensors", "unsafe-save", "model.save_pretrained(p, safe_serialization=False)\n"),
     ("trainer-not-safetensors", "unsafe-save", "TrainingArguments(output_dir=d, save_safetensors=flag)\n"),
@@ -271,17 +354,25 @@ BAD_SNIPPETS: list[tuple[str, str, str]] = [
 GOOD_SNIPPETS: list[tuple[str, str]] = [
     ("torch-load-weights-only", "import torch\ntorch.load(buffer, map_location='cpu', weights_only=True)\n"),
     ("yaml-safe-load", "import yaml\nyaml.safe_load(text)\nyaml.safe_dump(data)\n"),
-    ("yaml-safe-subclass", "import yaml\nclass A(yaml.SafeLoader):\n    pass\nclass B(A):\n    pass\n"
-                           "yaml.load(text, Loader=B)\n"),
-    ("subprocess-list", "import subprocess\nsubprocess.run(['git', 'status'], check=True)\n"
-                        "subprocess.run(['ls'], shell=False)\n"),
+    (
+        "yaml-safe-subclass",
+        "import yaml\nclass A(yaml.SafeLoader):\n    pass\nclass B(A):\n    pass\n"
+        "yaml.load(text, Loader=B)\n",
+    ),
+    (
+        "subprocess-list",
+        "import subprocess\nsubprocess.run(['git', 'status'], check=True)\n"
+        "subprocess.run(['ls'], shell=False)\n",
+    ),
     ("model-eval", "model.eval()\nself.model.eval()\n"),
     ("save-safetensors", "model.save_pretrained(p)\nmodel.save_pretrained(p, safe_serialization=True)\n"),
-    ("trust-remote-code-from-config",
-     "def load(p, cfg, trust_remote_code=False):\n"
-     "    AutoModel.from_pretrained(p, trust_remote_code=cfg.trust_remote_code)\n"
-     "    AutoTokenizer.from_pretrained(p, trust_remote_code=trust_remote_code)\n"
-     "class C:\n    trust_remote_code: bool = False\n    other: bool = Field(False)\n"),
+    (
+        "trust-remote-code-from-config",
+        "def load(p, cfg, trust_remote_code=False):\n"
+        "    AutoModel.from_pretrained(p, trust_remote_code=cfg.trust_remote_code)\n"
+        "    AutoTokenizer.from_pretrained(p, trust_remote_code=trust_remote_code)\n"
+        "class C:\n    trust_remote_code: bool = False\n    other: bool = Field(False)\n",
+    ),
 ]
 
 
@@ -307,14 +398,21 @@ def test_trust_remote_code_defaults_to_false() -> None:
     from rlft.config.schema import ModelConfig, load_config
 
     assert ModelConfig.model_fields["trust_remote_code"].default is False
-    config = load_config(raw={"model": {"tiny": {}}, "env": {"id": "rlft/FrozenLake-v0"}})  # keys and types only
+    config = load_config(
+        raw={"model": {"tiny": {}}, "env": {"id": "rlft/FrozenLake-v0"}}
+    )  # keys and types only
     assert config.model.trust_remote_code is False
-    for cls in (trl.SFTConfig, trl.GRPOConfig, PPOConfig):  # `*.trainer.trust_remote_code` (critic_init loads)
+    for cls in (
+        trl.SFTConfig,
+        trl.GRPOConfig,
+        PPOConfig,
+    ):  # `*.trainer.trust_remote_code` (critic_init loads)
         assert {f.name: f.default for f in dataclasses.fields(cls)}["trust_remote_code"] is False
 
 
 def test_trust_remote_code_and_revision_reach_transformers_only_from_the_config(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from rlft.config.schema import ModelConfig
     from rlft.models import policy
 
@@ -324,6 +422,7 @@ def test_trust_remote_code_and_revision_reach_transformers_only_from_the_config(
         def from_pretrained(name_or_path, **kwargs):
             calls.append((what, kwargs))
             return result
+
         return from_pretrained
 
     tokenizer = SimpleNamespace(pad_token="<pad>", eos_token="</s>", padding_side="right")
@@ -332,15 +431,20 @@ def test_trust_remote_code_and_revision_reach_transformers_only_from_the_config(
 
     policy.load_pretrained("org/model", ModelConfig(name_or_path="org/model"))
     assert [(what, kw["trust_remote_code"], kw["revision"]) for what, kw in calls] == [
-        ("tokenizer", False, None), ("model", False, None)]
+        ("tokenizer", False, None),
+        ("model", False, None),
+    ]
     assert calls[1][1]["use_safetensors"] is True
 
     calls.clear()
     pinned = "0123456789abcdef0123456789abcdef01234567"
-    policy.load_pretrained("org/model", ModelConfig(name_or_path="org/model", trust_remote_code=True,
-                                                    revision=pinned))
+    policy.load_pretrained(
+        "org/model", ModelConfig(name_or_path="org/model", trust_remote_code=True, revision=pinned)
+    )
     assert [(what, kw["trust_remote_code"], kw["revision"]) for what, kw in calls] == [
-        ("tokenizer", True, pinned), ("model", True, pinned)]
+        ("tokenizer", True, pinned),
+        ("model", True, pinned),
+    ]
 
 
 # ---------------------------------------------------------------- weights are written as safetensors
@@ -351,8 +455,11 @@ PICKLED_WEIGHT_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".
 def weight_file_problems(folder: Path) -> list[str]:
     """Why `folder` is not a safetensors-only checkpoint (empty list: it is)."""
     files = [p for p in folder.rglob("*") if p.is_file()]
-    problems = [f"{p.relative_to(folder)} is a pickled weight file" for p in files
-                if p.suffix in PICKLED_WEIGHT_SUFFIXES]
+    problems = [
+        f"{p.relative_to(folder)} is a pickled weight file"
+        for p in files
+        if p.suffix in PICKLED_WEIGHT_SUFFIXES
+    ]
     if not any(p.suffix == ".safetensors" for p in files):
         problems.append("no .safetensors file")
     return problems
@@ -377,7 +484,9 @@ def test_saved_policy_and_critic_are_safetensors_only(frozen_lake_policy, tmp_pa
     with safe_open(str(path / "model.safetensors"), framework="pt") as weights:
         saved = set(weights.keys())
     assert saved and saved <= set(model.state_dict())
-    reloaded, _ = load_pretrained(str(path), config.model.model_copy(update={"name_or_path": str(path), "tiny": None}))
+    reloaded, _ = load_pretrained(
+        str(path), config.model.model_copy(update={"name_or_path": str(path), "tiny": None})
+    )
     assert type(reloaded) is type(model)
 
     critic = ValueModel(copy.deepcopy(backbone_of(model)))
@@ -404,8 +513,9 @@ def test_bandit_finds_nothing_of_high_severity(bandit_installed) -> None:
 def test_bandit_check_fails_on_a_high_severity_finding(bandit_installed, tmp_path: Path) -> None:
     package = tmp_path / "pkg"
     package.mkdir()
-    (package / "bad.py").write_text("import subprocess\nsubprocess.call('wandb sync ' + path, shell=True)\n",
-                                    encoding="utf-8")
+    (package / "bad.py").write_text(
+        "import subprocess\nsubprocess.call('wandb sync ' + path, shell=True)\n", encoding="utf-8"
+    )
     result = subprocess.run([*BANDIT, str(package)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "B602" in result.stdout
 

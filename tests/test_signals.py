@@ -63,10 +63,12 @@ def wait_for(predicate, timeout: float = 120.0) -> None:
         time.sleep(0.02)
 
 
-@pytest.mark.parametrize(("signum", "during"), [(signal.SIGTERM, "rollout"), (signal.SIGTERM, "update"),
-                                               (signal.SIGINT, "save")])
-def test_signal_saves_a_checkpoint_exits_128_plus_signal_and_resumes_exactly(signum, during, tmp_path,
-                                                                             tmp_path_factory):
+@pytest.mark.parametrize(
+    ("signum", "during"), [(signal.SIGTERM, "rollout"), (signal.SIGTERM, "update"), (signal.SIGINT, "save")]
+)
+def test_signal_saves_a_checkpoint_exits_128_plus_signal_and_resumes_exactly(
+    signum, during, tmp_path, tmp_path_factory
+):
     straight = straight_run(tmp_path_factory, "grpo")
     config = make_config(tmp_path, "grpo")
     config_path = tmp_path / "config.yaml"
@@ -74,10 +76,20 @@ def test_signal_saves_a_checkpoint_exits_128_plus_signal_and_resumes_exactly(sig
     output_dir = config.run_dir / "trainer" / "rl"
     phases = tmp_path / "phases"
     phases.mkdir()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RLFT_TEST_THREADS": str(torch.get_num_threads()),
-           "RLFT_TEST_PHASES": str(phases)}
-    process = subprocess.Popen([sys.executable, "-c", SCRIPT, "train", "--config", str(config_path)],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "RLFT_TEST_THREADS": str(torch.get_num_threads()),
+        "RLFT_TEST_PHASES": str(phases),
+    }
+    process = subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, "train", "--config", str(config_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_for(lambda: (phases / during).exists())
         process.send_signal(signum)

@@ -23,10 +23,19 @@ def tiny_run(tmp_path_factory):
         "rlft/CliffWalking-v0",
         output_dir=str(out),
         env={"kwargs": {"invalid_penalty": -0.5}, "max_turns": 16},
-        sft={"demos": {"source": "expert", "episodes": 8, "epsilon": 0.2},
-             "trainer": {"num_train_epochs": 1, "per_device_train_batch_size": 4}},
-        rl={"trainer": {"max_steps": 2, "num_generations": 4, "per_device_train_batch_size": 8,
-                        "beta": 0.04, "learning_rate": 1e-3}},
+        sft={
+            "demos": {"source": "expert", "episodes": 8, "epsilon": 0.2},
+            "trainer": {"num_train_epochs": 1, "per_device_train_batch_size": 4},
+        },
+        rl={
+            "trainer": {
+                "max_steps": 2,
+                "num_generations": 4,
+                "per_device_train_batch_size": 8,
+                "beta": 0.04,
+                "learning_rate": 1e-3,
+            }
+        },
         rollout={"num_envs": 8, "max_action_tokens": 3},
         eval={"episodes": 8, "batch_size": 8},
     )
@@ -79,14 +88,22 @@ def test_resolved_config_records_what_each_stage_trained_with(tiny_run):
     assert sft_config == config  # the full config loads back, validates and is the one the run used
     check_config(sft_config)
     assert sft_args["learning_rate"] == 1e-3  # rlft's SFT default, not TRL's 5e-5
-    assert (sft_args["num_train_epochs"], sft_args["per_device_train_batch_size"]) == (1, 4)  # the user's keys
-    assert sft_args["output_dir"] == str(config.run_dir / "trainer" / "sft") and sft_args["seed"] == config.seed
+    assert (sft_args["num_train_epochs"], sft_args["per_device_train_batch_size"]) == (
+        1,
+        4,
+    )  # the user's keys
+    assert (
+        sft_args["output_dir"] == str(config.run_dir / "trainer" / "sft") and sft_args["seed"] == config.seed
+    )
     assert set(versions) == set(PACKAGES) and versions["trl"] == trl.__version__
     assert versions["torch"] == torch.__version__ and versions["rlft"]
     rl_config, rl_args, _ = read_resolved(config.run_dir / "resolved" / "rl.yaml")
     assert rl_config == config
     assert (rl_args["learning_rate"], rl_args["beta"], rl_args["max_steps"]) == (1e-3, 0.04, 2)
-    assert rl_args["loss_type"] == "dapo" and rl_args["max_completion_length"] == config.rollout.max_episode_tokens
+    assert (
+        rl_args["loss_type"] == "dapo"
+        and rl_args["max_completion_length"] == config.rollout.max_episode_tokens
+    )
     assert sorted(p.name for p in (config.run_dir / "resolved").iterdir()) == ["rl.yaml", "sft.yaml"]
     for path in (sft_path, rl_path):
         assert not (path / "training_args.bin").exists()  # a pickle; the resolved YAML replaces it
@@ -95,8 +112,11 @@ def test_resolved_config_records_what_each_stage_trained_with(tiny_run):
 def test_resolved_trainer_arguments_reach_the_wandb_config(tmp_path):
     from rlft.stages.sft import sft_trainer_args
 
-    config = tiny_config(output_dir=str(tmp_path), tracking={"wandb": {"enabled": True, "mode": "offline"}},
-                         sft={"trainer": {"learning_rate": 2e-3}})
+    config = tiny_config(
+        output_dir=str(tmp_path),
+        tracking={"wandb": {"enabled": True, "mode": "offline"}},
+        sft={"trainer": {"learning_rate": 2e-3}},
+    )
     tracker = Tracker(config, "sft", config.run_dir)
     tracker.record_resolved(sft_trainer_args(config))
     assert tracker._wandb.config["trainer"]["learning_rate"] == 2e-3
@@ -151,10 +171,18 @@ def test_lora_policy_through_sft_and_grpo(tmp_path):
         output_dir=str(tmp_path),
         model={"lora": {"r": 4, "alpha": 8}},
         env={"kwargs": {"invalid_penalty": -0.5}, "max_turns": 6},
-        sft={"demos": {"source": "expert", "episodes": 4, "epsilon": 0.0},
-             "trainer": {"num_train_epochs": 1, "per_device_train_batch_size": 4}},
-        rl={"trainer": {"max_steps": 1, "num_generations": 4, "per_device_train_batch_size": 8,
-                        "learning_rate": 1e-2}},
+        sft={
+            "demos": {"source": "expert", "episodes": 4, "epsilon": 0.0},
+            "trainer": {"num_train_epochs": 1, "per_device_train_batch_size": 4},
+        },
+        rl={
+            "trainer": {
+                "max_steps": 1,
+                "num_generations": 4,
+                "per_device_train_batch_size": 8,
+                "learning_rate": 1e-2,
+            }
+        },
         rollout={"num_envs": 8},
     )
     sft_path = stages.run_sft(config)

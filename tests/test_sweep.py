@@ -30,19 +30,44 @@ REPO = Path(__file__).resolve().parents[1]
 SWEEPS = REPO / "configs" / "sweeps"
 
 BASE: dict[str, Any] = {
-    "name": "coin", "output_dir": "runs", "seed": 0,
-    "model": {"tiny": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "intermediate_size": 64,
-                       "corpus_episodes": 10}},
-    "env": {"id": "tests.sweep_env:CoinEnv", "kwargs": {"success_rate": 1.0}, "max_turns": 1,
-            "train_seeds": {"start": 0, "count": 8}},
+    "name": "coin",
+    "output_dir": "runs",
+    "seed": 0,
+    "model": {
+        "tiny": {
+            "hidden_size": 32,
+            "num_layers": 2,
+            "num_heads": 2,
+            "intermediate_size": 64,
+            "corpus_episodes": 10,
+        }
+    },
+    "env": {
+        "id": "tests.sweep_env:CoinEnv",
+        "kwargs": {"success_rate": 1.0},
+        "max_turns": 1,
+        "train_seeds": {"start": 0, "count": 8},
+    },
     "rollout": {"num_envs": 4, "max_action_tokens": 2},
-    "rl": {"init_from": "base", "trainer": {"max_steps": 2, "num_generations": 2, "per_device_train_batch_size": 4,
-                                            "logging_steps": 1, "save_steps": 100, "learning_rate": 1e-3}},
+    "rl": {
+        "init_from": "base",
+        "trainer": {
+            "max_steps": 2,
+            "num_generations": 2,
+            "per_device_train_batch_size": 4,
+            "logging_steps": 1,
+            "save_steps": 100,
+            "learning_rate": 1e-3,
+        },
+    },
     "eval": {"episodes": 4, "during_episodes": 4, "every_steps": 1, "batch_size": 4},
     "tracking": {"wandb": {"enabled": False}},
 }
 SWEEP: dict[str, Any] = {
-    "base": "base.yaml", "study": "coin", "n_trials": 5, "stages": ["rl", "eval"],
+    "base": "base.yaml",
+    "study": "coin",
+    "n_trials": 5,
+    "stages": ["rl", "eval"],
     "sampler": {"tpe": {"seed": 0, "n_startup_trials": 2}},
     "pruner": {"median": {"n_startup_trials": 1, "n_warmup_steps": 0}},
     # The first four trials: two good ones (one per worker), then a clearly worse one, which can only start
@@ -62,7 +87,9 @@ SWEEP: dict[str, Any] = {
 }
 
 
-def write_sweep(folder: Path, sweep: dict[str, Any] | None = None, base: dict[str, Any] | None = None) -> Path:
+def write_sweep(
+    folder: Path, sweep: dict[str, Any] | None = None, base: dict[str, Any] | None = None
+) -> Path:
     (folder / "base.yaml").write_text(yaml.safe_dump(base or BASE, sort_keys=False), encoding="utf-8")
     path = folder / "sweep.yaml"
     path.write_text(yaml.safe_dump(sweep or SWEEP, sort_keys=False), encoding="utf-8")
@@ -89,73 +116,170 @@ BAD_SWEEPS: list[tuple[str, dict[str, Any], list[str]]] = [
     ("unknown-key", changed(studdy="x"), ["unknown key 'studdy' (did you mean 'study'?)"]),
     ("missing-params", changed(params=None), ["missing required key 'params'"]),
     ("no-params", changed(params={}, enqueue=[]), ["key 'params' = {...}", "at least 1 item"]),
-    ("not-a-config-field", with_param("rl.trainer.learnig_rate", {"type": "float", "low": 1e-4, "high": 1e-3}),
-     ["key 'params[rl.trainer.learnig_rate]'", "unknown key 'rl.trainer.learnig_rate' for trl.GRPOConfig",
-      "did you mean 'learning_rate'"]),
-    ("not-a-section", with_param("rollout.sampling.top_k", {"type": "int", "low": 1, "high": 5}),
-     ["key 'params[rollout.sampling.top_k]'", "unknown key 'rollout.sampling'"]),
-    ("value-out-of-field-range", with_param("model.lora.r", {"type": "int", "low": 0, "high": 8}),
-     ["key 'params[model.lora.r]'", "model.lora.r=0 does not make a valid config", "greater than 0"]),
-    ("choice-the-config-rejects", with_param("rl.algorithm", {"type": "categorical", "choices": ["grpo", "dqn"]}),
-     ["key 'params[rl.algorithm]'", "rl.algorithm=\"dqn\"", "'grpo' or 'ppo'"]),
-    ("low-above-high", with_param("rl.trainer.beta", {"type": "float", "low": 0.5, "high": 0.1}),
-     ["key 'params[rl.trainer.beta]'", "expected low < high, got low = 0.5, high = 0.1"]),
-    ("log-from-zero", with_param("rl.trainer.beta", {"type": "float", "low": 0.0, "high": 0.1, "log": True}),
-     ["log: true needs low > 0"]),
-    ("int-range-of-floats", with_param("model.lora.r", {"type": "int", "low": 1.5, "high": 8}),
-     ["key 'params[model.lora.r].low' = 1.5", "integer"]),
-    ("unknown-param-type", with_param("rl.trainer.beta", {"type": "floaty", "low": 0.0, "high": 0.1}),
-     ["key 'params[rl.trainer.beta]'", "'floaty'", "'float', 'int', 'categorical'"]),
-    ("param-without-type", with_param("rl.trainer.beta", {"low": 0.0, "high": 0.1}),
-     ["key 'params[rl.trainer.beta]': missing 'type'"]),
-    ("unknown-param-key", with_param("rl.trainer.beta", {"type": "float", "lo": 0.0, "high": 0.1}),
-     ["unknown key 'params[rl.trainer.beta].lo' (did you mean 'low'?)", "missing required key "
-      "'params[rl.trainer.beta].low'"]),
-    ("list-choice", with_param("reward.components.env.clip", {"type": "categorical", "choices": [[-1, 1]]}),
-     ["key 'params[reward.components.env.clip].choices'", "is a list; expected null, a boolean, a number"]),
-    ("empty-choices", with_param("rl.trainer.beta", {"type": "categorical", "choices": []}),
-     ["key 'params[rl.trainer.beta].choices'", "at least 1 item"]),
-    ("unknown-pruner", changed(pruner={"medain": {}}), ["key 'pruner': unknown pruner 'medain' (did you mean "
-                                                        "'median'?)"]),
-    ("pruner-argument", changed(pruner={"median": {"n_warmup_step": 3}}),
-     ["key 'pruner.median'", "'n_warmup_step'", "optuna.pruners.MedianPruner (did you mean 'n_warmup_steps'?)"]),
-    ("pruner-value", changed(pruner={"median": {"n_startup_trials": -1}}),
-     ["key 'pruner.median'", "cannot be negative"]),
+    (
+        "not-a-config-field",
+        with_param("rl.trainer.learnig_rate", {"type": "float", "low": 1e-4, "high": 1e-3}),
+        [
+            "key 'params[rl.trainer.learnig_rate]'",
+            "unknown key 'rl.trainer.learnig_rate' for trl.GRPOConfig",
+            "did you mean 'learning_rate'",
+        ],
+    ),
+    (
+        "not-a-section",
+        with_param("rollout.sampling.top_k", {"type": "int", "low": 1, "high": 5}),
+        ["key 'params[rollout.sampling.top_k]'", "unknown key 'rollout.sampling'"],
+    ),
+    (
+        "value-out-of-field-range",
+        with_param("model.lora.r", {"type": "int", "low": 0, "high": 8}),
+        ["key 'params[model.lora.r]'", "model.lora.r=0 does not make a valid config", "greater than 0"],
+    ),
+    (
+        "choice-the-config-rejects",
+        with_param("rl.algorithm", {"type": "categorical", "choices": ["grpo", "dqn"]}),
+        ["key 'params[rl.algorithm]'", 'rl.algorithm="dqn"', "'grpo' or 'ppo'"],
+    ),
+    (
+        "low-above-high",
+        with_param("rl.trainer.beta", {"type": "float", "low": 0.5, "high": 0.1}),
+        ["key 'params[rl.trainer.beta]'", "expected low < high, got low = 0.5, high = 0.1"],
+    ),
+    (
+        "log-from-zero",
+        with_param("rl.trainer.beta", {"type": "float", "low": 0.0, "high": 0.1, "log": True}),
+        ["log: true needs low > 0"],
+    ),
+    (
+        "int-range-of-floats",
+        with_param("model.lora.r", {"type": "int", "low": 1.5, "high": 8}),
+        ["key 'params[model.lora.r].low' = 1.5", "integer"],
+    ),
+    (
+        "unknown-param-type",
+        with_param("rl.trainer.beta", {"type": "floaty", "low": 0.0, "high": 0.1}),
+        ["key 'params[rl.trainer.beta]'", "'floaty'", "'float', 'int', 'categorical'"],
+    ),
+    (
+        "param-without-type",
+        with_param("rl.trainer.beta", {"low": 0.0, "high": 0.1}),
+        ["key 'params[rl.trainer.beta]': missing 'type'"],
+    ),
+    (
+        "unknown-param-key",
+        with_param("rl.trainer.beta", {"type": "float", "lo": 0.0, "high": 0.1}),
+        [
+            "unknown key 'params[rl.trainer.beta].lo' (did you mean 'low'?)",
+            "missing required key 'params[rl.trainer.beta].low'",
+        ],
+    ),
+    (
+        "list-choice",
+        with_param("reward.components.env.clip", {"type": "categorical", "choices": [[-1, 1]]}),
+        ["key 'params[reward.components.env.clip].choices'", "is a list; expected null, a boolean, a number"],
+    ),
+    (
+        "empty-choices",
+        with_param("rl.trainer.beta", {"type": "categorical", "choices": []}),
+        ["key 'params[rl.trainer.beta].choices'", "at least 1 item"],
+    ),
+    (
+        "unknown-pruner",
+        changed(pruner={"medain": {}}),
+        ["key 'pruner': unknown pruner 'medain' (did you mean 'median'?)"],
+    ),
+    (
+        "pruner-argument",
+        changed(pruner={"median": {"n_warmup_step": 3}}),
+        [
+            "key 'pruner.median'",
+            "'n_warmup_step'",
+            "optuna.pruners.MedianPruner (did you mean 'n_warmup_steps'?)",
+        ],
+    ),
+    (
+        "pruner-value",
+        changed(pruner={"median": {"n_startup_trials": -1}}),
+        ["key 'pruner.median'", "cannot be negative"],
+    ),
     ("two-samplers", changed(sampler={"tpe": {}, "random": {}}), ["key 'sampler': expected one entry"]),
     ("unknown-sampler", changed(sampler={"tpee": {}}), ["unknown sampler 'tpee' (did you mean 'tpe'?)"]),
-    ("stage-order", changed(stages=["eval", "rl"]), ["key 'stages' = ['eval', 'rl']", "in the order sft, rl, eval"]),
+    (
+        "stage-order",
+        changed(stages=["eval", "rl"]),
+        ["key 'stages' = ['eval', 'rl']", "in the order sft, rl, eval"],
+    ),
     ("no-rl-stage", changed(stages=["eval"]), ["key 'stages'", "with rl among them"]),
-    ("unknown-stage", changed(stages=["rl", "evaluate"]), ["key 'stages[1]' = 'evaluate'", "'sft', 'rl' or 'eval'"]),
-    ("sft-init-without-sft", changed(overrides={"rl.init_from": "sft"}),
-     ["key 'stages'", "has no sft but the base config's rl.init_from is 'sft'"]),
-    ("metric-typo", changed(metric="eval/sucess"), ["key 'metric' = 'eval/sucess'", "did you mean 'success'"]),
-    ("metric-never-measured", changed(stages=["rl"], overrides={"eval.every_steps": None}),
-     ["key 'metric' = 'eval/success' is never measured"]),
-    ("pruner-without-intermediate", changed(overrides={"eval.every_steps": None}),
-     ["key 'pruner': the pruner needs eval/success during RL", "eval.every_steps"]),
-    ("missing-base", changed(base="nope.yaml"), ["key 'base' = 'nope.yaml': no such file",
-                                                 "relative to the sweep file"]),
-    ("bad-base-override", changed(overrides={"rollout.num_env": 4}),
-     ["the base config with the sweep's overrides is invalid", "unknown key 'rollout.num_env'"]),
-    ("override-and-param", changed(overrides={"rl.trainer.learning_rate": 1e-3}),
-     ["key 'overrides': rl.trainer.learning_rate is also in 'params'"]),
+    (
+        "unknown-stage",
+        changed(stages=["rl", "evaluate"]),
+        ["key 'stages[1]' = 'evaluate'", "'sft', 'rl' or 'eval'"],
+    ),
+    (
+        "sft-init-without-sft",
+        changed(overrides={"rl.init_from": "sft"}),
+        ["key 'stages'", "has no sft but the base config's rl.init_from is 'sft'"],
+    ),
+    (
+        "metric-typo",
+        changed(metric="eval/sucess"),
+        ["key 'metric' = 'eval/sucess'", "did you mean 'success'"],
+    ),
+    (
+        "metric-never-measured",
+        changed(stages=["rl"], overrides={"eval.every_steps": None}),
+        ["key 'metric' = 'eval/success' is never measured"],
+    ),
+    (
+        "pruner-without-intermediate",
+        changed(overrides={"eval.every_steps": None}),
+        ["key 'pruner': the pruner needs eval/success during RL", "eval.every_steps"],
+    ),
+    (
+        "missing-base",
+        changed(base="nope.yaml"),
+        ["key 'base' = 'nope.yaml': no such file", "relative to the sweep file"],
+    ),
+    (
+        "bad-base-override",
+        changed(overrides={"rollout.num_env": 4}),
+        ["the base config with the sweep's overrides is invalid", "unknown key 'rollout.num_env'"],
+    ),
+    (
+        "override-and-param",
+        changed(overrides={"rl.trainer.learning_rate": 1e-3}),
+        ["key 'overrides': rl.trainer.learning_rate is also in 'params'"],
+    ),
     ("storage-not-a-url", changed(storage="not a url"), ["key 'storage' = 'not a url': not a database URL"]),
     ("zero-trials", changed(n_trials=0), ["key 'n_trials' = 0", "greater than 0"]),
     ("study-not-a-folder-name", changed(study="a/b"), ["key 'study' = 'a/b'", "pattern"]),
-    ("heartbeat-key", changed(heartbeat={"interval": 3}), ["unknown key 'heartbeat.interval' (did you mean "
-                                                           "'interval_s'?)"]),
-    ("enqueue-outside-space", changed(enqueue=[{"env.kwargs.success_rate": 0.3}]),
-     ["key 'enqueue[0].env.kwargs.success_rate': 0.3 is not one of [0.0, 0.5, 1.0]"]),
-    ("enqueue-unknown-param", changed(enqueue=[{"rl.trainer.lr": 0.3}]),
-     ["key 'enqueue[0].rl.trainer.lr': not in 'params'", "did you mean 'rl.trainer.learning_rate'"]),
-    ("enqueue-out-of-range", changed(enqueue=[{"rl.trainer.learning_rate": 0.5}]),
-     ["key 'enqueue[0].rl.trainer.learning_rate': 0.5 is outside [0.0001, 0.01]"]),
+    (
+        "heartbeat-key",
+        changed(heartbeat={"interval": 3}),
+        ["unknown key 'heartbeat.interval' (did you mean 'interval_s'?)"],
+    ),
+    (
+        "enqueue-outside-space",
+        changed(enqueue=[{"env.kwargs.success_rate": 0.3}]),
+        ["key 'enqueue[0].env.kwargs.success_rate': 0.3 is not one of [0.0, 0.5, 1.0]"],
+    ),
+    (
+        "enqueue-unknown-param",
+        changed(enqueue=[{"rl.trainer.lr": 0.3}]),
+        ["key 'enqueue[0].rl.trainer.lr': not in 'params'", "did you mean 'rl.trainer.learning_rate'"],
+    ),
+    (
+        "enqueue-out-of-range",
+        changed(enqueue=[{"rl.trainer.learning_rate": 0.5}]),
+        ["key 'enqueue[0].rl.trainer.learning_rate': 0.5 is outside [0.0001, 0.01]"],
+    ),
 ]
 
 
 @pytest.mark.parametrize(("sweep", "expected"), [c[1:] for c in BAD_SWEEPS], ids=[c[0] for c in BAD_SWEEPS])
-def test_bad_sweep_file_fails_with_a_message_naming_the_key(sweep: dict[str, Any], expected: list[str],
-                                                            tmp_path: Path) -> None:
+def test_bad_sweep_file_fails_with_a_message_naming_the_key(
+    sweep: dict[str, Any], expected: list[str], tmp_path: Path
+) -> None:
     path = write_sweep(tmp_path, sweep)
     with pytest.raises(ConfigError) as info:
         load_sweep(path)
@@ -165,11 +289,15 @@ def test_bad_sweep_file_fails_with_a_message_naming_the_key(sweep: dict[str, Any
     assert info.value.exit_code == 2
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("", "the sweep file is empty"),
-    ("base: a.yaml\nbase: b.yaml\n", "duplicate key 'base'"),
-    ("- a\n", "expected a mapping at the top level"),
-], ids=["empty", "duplicate-key", "a-list"])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "the sweep file is empty"),
+        ("base: a.yaml\nbase: b.yaml\n", "duplicate key 'base'"),
+        ("- a\n", "expected a mapping at the top level"),
+    ],
+    ids=["empty", "duplicate-key", "a-list"],
+)
 def test_sweep_yaml_errors(text: str, expected: str, tmp_path: Path) -> None:
     path = tmp_path / "sweep.yaml"
     path.write_text(text, encoding="utf-8")
@@ -177,7 +305,9 @@ def test_sweep_yaml_errors(text: str, expected: str, tmp_path: Path) -> None:
         load_sweep(path)
 
 
-def test_bad_sweep_through_the_cli_exits_2_before_any_model_or_study(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_bad_sweep_through_the_cli_exits_2_before_any_model_or_study(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
     from rlft import cli
     from rlft.models import policy
 
@@ -186,13 +316,18 @@ def test_bad_sweep_through_the_cli_exits_2_before_any_model_or_study(tmp_path: P
 
     monkeypatch.setattr(policy, "load_policy", booby_trap)
     monkeypatch.chdir(tmp_path)
-    path = write_sweep(tmp_path, with_param("rl.trainer.learnig_rate", {"type": "float", "low": 1e-4, "high": 1e-3}))
+    path = write_sweep(
+        tmp_path, with_param("rl.trainer.learnig_rate", {"type": "float", "low": 1e-4, "high": 1e-3})
+    )
     assert cli.main(["sweep", "--config", str(path)]) == 2
     assert "rlft: error: " in capsys.readouterr().err
     assert cli.main(["sweep", "--config", str(write_sweep(tmp_path)), "--n-trials", "0"]) == 2
     assert "--n-trials = 0" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
-    assert cli.main(["sweep", "--config", str(write_sweep(tmp_path)), "--validate", "rl.trainer.max_steps=2"]) == 0
+    assert (
+        cli.main(["sweep", "--config", str(write_sweep(tmp_path)), "--validate", "rl.trainer.max_steps=2"])
+        == 0
+    )
     assert "ok (study coin, 3 params, 5 trials" in capsys.readouterr().out
     assert not (tmp_path / "runs").exists()
 
@@ -239,7 +374,9 @@ def test_pruning_callback_reads_the_logged_metric_and_stops_training(tmp_path: P
     from rlft.tools.sweep_run import PruningCallback
 
     metrics = tmp_path / "metrics.jsonl"
-    metrics.write_text(json.dumps({"stage": "sft", "step": 0, "eval/success": 0.0}) + "\n")  # an earlier stage
+    metrics.write_text(
+        json.dumps({"stage": "sft", "step": 0, "eval/success": 0.0}) + "\n"
+    )  # an earlier stage
     trial = FakeTrial(prune_below=0.5)
     callback = PruningCallback(trial, metrics, "eval/success")
     state, control = SimpleNamespace(is_world_process_zero=True), SimpleNamespace(should_training_stop=False)
@@ -270,7 +407,8 @@ def _counted_states(trials) -> dict[str, int]:
 
 
 def test_two_workers_share_a_study_prune_record_a_failure_write_the_best_config_and_resume(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import optuna
 
     from rlft import cli
@@ -285,11 +423,24 @@ def test_two_workers_share_a_study_prune_record_a_failure_write_the_best_config_
     for params in sweep.file.enqueue:
         study.enqueue_trial(params, skip_if_exists=True)
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled",
-           "TOKENIZERS_PARALLELISM": "false"}
-    workers = [subprocess.Popen([sys.executable, "-m", "rlft.cli", "sweep", "--config", str(path)], cwd=tmp_path,
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for _ in range(2)]
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "disabled",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "rlft.cli", "sweep", "--config", str(path)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=900)[0] for w in workers]
     for worker, output in zip(workers, outputs):
         assert worker.returncode == 0, output[-4000:]
@@ -301,11 +452,16 @@ def test_two_workers_share_a_study_prune_record_a_failure_write_the_best_config_
     assert {t.user_attrs["pid"] for t in trials} == {w.pid for w in workers}  # both workers ran trials
 
     # The clearly worse trial was pruned on its first held-out evaluation and stopped training early.
-    worse = next(t for t in trials if t.params["env.kwargs.success_rate"] == 0.0 and not t.params["env.kwargs.fail"])
+    worse = next(
+        t for t in trials if t.params["env.kwargs.success_rate"] == 0.0 and not t.params["env.kwargs.fail"]
+    )
     assert worse.state.name == "PRUNED" and worse.user_attrs["pruned_at_step"] == 0
     run = tmp_path / "runs" / "coin" / f"trial-{worse.number}"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert max(r["step"] for r in records if r["stage"] == "rl" and "loss" in r) < BASE["rl"]["trainer"]["max_steps"]
+    assert (
+        max(r["step"] for r in records if r["stage"] == "rl" and "loss" in r)
+        < BASE["rl"]["trainer"]["max_steps"]
+    )
     assert json.loads((run / "trial.json").read_text())["state"] == "PRUNED"
 
     # The trial whose env raises is FAIL with the message; the sweep went on past it.
@@ -317,7 +473,9 @@ def test_two_workers_share_a_study_prune_record_a_failure_write_the_best_config_
     for t in trials:
         if t.state.name == "COMPLETE":
             run = tmp_path / "runs" / "coin" / f"trial-{t.number}"
-            assert {"config.yaml", "metrics.jsonl", "eval.json", "trial.json"} <= {p.name for p in run.iterdir()}
+            assert {"config.yaml", "metrics.jsonl", "eval.json", "trial.json"} <= {
+                p.name for p in run.iterdir()
+            }
             assert t.value == json.loads((run / "eval.json").read_text())["policies"]["rl"]["success"]
 
     # The best config: the best trial's params on the base config, loadable and runnable as it is.
@@ -339,7 +497,9 @@ def test_two_workers_share_a_study_prune_record_a_failure_write_the_best_config_
     crashing = optuna.load_study(study_name="coin", storage=storage)
     crashing.enqueue_trial({**sweep.file.enqueue[0], "rl.trainer.learning_rate": 2e-3})
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "heartbeat ... supposed to be used with Study.optimize"
+        warnings.simplefilter(
+            "ignore", UserWarning
+        )  # "heartbeat ... supposed to be used with Study.optimize"
         crashed = crashing.ask()
     Objective(sweep).suggest(crashed)
     storage.record_heartbeat(crashed._trial_id)

@@ -55,11 +55,11 @@ def read_wandb_records(run_dir: Path) -> list:
         if block - position % block < 7:
             position += block - position % block  # a block's tail too short for a chunk header is padding
             continue
-        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        _, length, kind = struct.unpack("<IHB", data[position : position + 7])
         position += 7
         if kind == 0 and length == 0:
             break
-        pending += data[position:position + length]
+        pending += data[position : position + length]
         position += length
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
@@ -80,8 +80,13 @@ def finished_wandb_records(run_dir: Path, timeout_s: float = 60.0) -> list:
         time.sleep(0.25)
 
 
-def make_episode(seed: int, actions: list[str], env: list[float], shaping: list[float] | None = None,
-                 failure: str | None = None) -> Episode:
+def make_episode(
+    seed: int,
+    actions: list[str],
+    env: list[float],
+    shaping: list[float] | None = None,
+    failure: str | None = None,
+) -> Episode:
     episode = Episode(seed=seed, prompt_ids=[1], first_observation=f"obs{seed}-0")
     for k, action in enumerate(actions):
         episode.add_sampled(5, -0.1)
@@ -98,13 +103,21 @@ def make_episode(seed: int, actions: list[str], env: list[float], shaping: list[
 
 
 def test_transcript_rows_pair_each_action_with_the_observation_it_answered():
-    episodes = [make_episode(7, ["left", "down"], [0.0, 1.0], shaping=[0.5, -0.25]),
-                make_episode(8, ["up"], [-1.0], shaping=[0.0])]
+    episodes = [
+        make_episode(7, ["left", "down"], [0.0, 1.0], shaping=[0.5, -0.25]),
+        make_episode(8, ["up"], [-1.0], shaping=[0.0]),
+    ]
     rows = transcript_rows(episodes, 5, random.Random(0))  # more asked than exist: every episode, in order
     assert [(r["episode"], r["seed"], r["turn"], r["observation"], r["action"]) for r in rows] == [
-        (0, 7, 0, "obs7-0", "left"), (0, 7, 1, "obs7-1", "down"), (1, 8, 0, "obs8-0", "up")]
+        (0, 7, 0, "obs7-0", "left"),
+        (0, 7, 1, "obs7-1", "down"),
+        (1, 8, 0, "obs8-0", "up"),
+    ]
     assert [(r["reward/env"], r["reward/shaping"], r["reward"]) for r in rows] == [
-        (0.0, 0.5, 0.5), (1.0, -0.25, 0.75), (-1.0, 0.0, -1.0)]
+        (0.0, 0.5, 0.5),
+        (1.0, -0.25, 0.75),
+        (-1.0, 0.0, -1.0),
+    ]
     assert [r["return"] for r in rows] == [1.25, 1.25, -1.0]
     assert [r["success"] for r in rows] == [True, True, False]
     assert len({tuple(r) for r in rows}) == 1  # the same columns on every row
@@ -118,9 +131,20 @@ def test_transcript_rows_sample_and_show_failures():
     assert rows == transcript_rows(episodes, 3, random.Random(1))  # the sample depends on its own RNG only
     everything = transcript_rows(episodes, 11, random.Random(1))
     failed = [r for r in everything if r["seed"] == 99]
-    assert failed == [{"episode": 10, "seed": 99, "turn": None, "observation": "obs99-0", "action": "",
-                       "reward/env": None, "reward": 0.0, "return": 0.0, "success": False,
-                       "failure": "env.reset raised ValueError('boom')"}]
+    assert failed == [
+        {
+            "episode": 10,
+            "seed": 99,
+            "turn": None,
+            "observation": "obs99-0",
+            "action": "",
+            "reward/env": None,
+            "reward": 0.0,
+            "return": 0.0,
+            "success": False,
+            "failure": "env.reset raised ValueError('boom')",
+        }
+    ]
     assert transcript_rows(episodes, 0, random.Random(1)) == []
 
 
@@ -140,15 +164,20 @@ def test_transcript_callback_logs_every_n_steps_each_batch_once():
     for step in range(1, 7):
         if step == 3:  # a new rollout batch before step 3 serves steps 3 to 6
             callback.on_rollout_batch(SimpleNamespace(episodes=list(batch.episodes)))
-        callback.on_step_end(None, SimpleNamespace(global_step=step, is_world_process_zero=True,
-                                                   logging_steps=1), None)
+        callback.on_step_end(
+            None, SimpleNamespace(global_step=step, is_world_process_zero=True, logging_steps=1), None
+        )
     assert [step for step, _ in tracker.logged] == [2, 4]  # step 6 would repeat step 4's batch
     # unset `every`: the trainer's logging_steps; not on other ranks
     tracker = _RecordingTracker()
     callback = TranscriptCallback(tracker, samples=2)
     callback.on_rollout_batch(batch)
-    callback.on_step_end(None, SimpleNamespace(global_step=3, is_world_process_zero=True, logging_steps=3), None)
-    callback.on_step_end(None, SimpleNamespace(global_step=6, is_world_process_zero=False, logging_steps=3), None)
+    callback.on_step_end(
+        None, SimpleNamespace(global_step=3, is_world_process_zero=True, logging_steps=3), None
+    )
+    callback.on_step_end(
+        None, SimpleNamespace(global_step=6, is_world_process_zero=False, logging_steps=3), None
+    )
     assert [step for step, _ in tracker.logged] == [3]
 
 
@@ -177,8 +206,11 @@ def test_a_failing_table_never_stops_tracking(tmp_path, monkeypatch):
 
 
 def test_group_is_the_experiment_and_tags_name_algorithm_env_reward_and_seed():
-    config = tiny_config(seed=3, rl={"algorithm": "ppo"},
-                         tracking={"experiment": "lr-sweep", "wandb": {"enabled": False, "tags": ["mine"]}})
+    config = tiny_config(
+        seed=3,
+        rl={"algorithm": "ppo"},
+        tracking={"experiment": "lr-sweep", "wandb": {"enabled": False, "tags": ["mine"]}},
+    )
     assert experiment_group(config) == "lr-sweep"
     assert run_tags(config) == ["mine", "ppo", "rlft/FrozenLakeRandom-v0", "reward:env", "seed:3"]
     assert experiment_group(tiny_config()) == "test"  # no experiment: the run name
@@ -189,12 +221,15 @@ def test_group_is_the_experiment_and_tags_name_algorithm_env_reward_and_seed():
 # ---------------------------------------------------------------- report_to
 
 
-@pytest.mark.parametrize("value, expected", [
-    ("wandb", "rlft logs every stage to wandb itself"),
-    ("[tensorboard, wandb]", "remove 'wandb' from report_to"),
-    ("all", "'all' includes wandb"),
-    ("3", "expected an integration name or a list"),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("wandb", "rlft logs every stage to wandb itself"),
+        ("[tensorboard, wandb]", "remove 'wandb' from report_to"),
+        ("all", "'all' includes wandb"),
+        ("3", "expected an integration name or a list"),
+    ],
+)
 def test_report_to_refuses_wandb_and_all(value, expected):
     from rlft.stages.checks import load_checked_config
 
@@ -202,8 +237,9 @@ def test_report_to_refuses_wandb_and_all(value, expected):
     with pytest.raises(ConfigError, match="key 'rl.trainer.report_to'") as error:
         load_checked_config(raw=raw, overrides=[f"rl.trainer.report_to={value}"])
     assert expected in str(error.value)
-    load_checked_config(raw=raw,
-                        overrides=["rl.trainer.report_to=[tensorboard, trackio]", "sft.trainer.report_to=none"])
+    load_checked_config(
+        raw=raw, overrides=["rl.trainer.report_to=[tensorboard, trackio]", "sft.trainer.report_to=none"]
+    )
 
 
 # ---------------------------------------------------------------- a real tiny RL run
@@ -214,18 +250,34 @@ def tracked_run(tmp_path_factory):
     """Tiny GRPO, 3 steps, wandb offline, report_to tensorboard + trackio (trackio's local store in tmp)."""
     out = tmp_path_factory.mktemp("tracked")
     config = tiny_config(
-        "rlft/CliffWalking-v0", output_dir=str(out), name="tracked",
+        "rlft/CliffWalking-v0",
+        output_dir=str(out),
+        name="tracked",
         env={"kwargs": {"invalid_penalty": -0.5}, "max_turns": 4, "train_seeds": {"start": 0, "count": 8}},
-        rl={"init_from": "base", "trainer": {"max_steps": 3, "num_generations": 2, "per_device_train_batch_size": 4,
-                                             "logging_steps": 1, "report_to": ["tensorboard", "trackio"]}},
+        rl={
+            "init_from": "base",
+            "trainer": {
+                "max_steps": 3,
+                "num_generations": 2,
+                "per_device_train_batch_size": 4,
+                "logging_steps": 1,
+                "report_to": ["tensorboard", "trackio"],
+            },
+        },
         rollout={"num_envs": 4, "max_action_tokens": 3},
-        tracking={"experiment": "exp-A", "transcript_samples": 2, "transcripts_every": 2,
-                  "wandb": {"enabled": True, "mode": "offline"}},
+        tracking={
+            "experiment": "exp-A",
+            "transcript_samples": 2,
+            "transcripts_every": 2,
+            "wandb": {"enabled": True, "mode": "offline"},
+        },
     )
     import trackio.utils
 
     if Path(trackio.utils.TRACKIO_DIR) != TRACKIO_DIR:
-        pytest.fail(f"trackio was imported before this module set TRACKIO_DIR; it writes to {trackio.utils.TRACKIO_DIR}")
+        pytest.fail(
+            f"trackio was imported before this module set TRACKIO_DIR; it writes to {trackio.utils.TRACKIO_DIR}"
+        )
     stages.run_rl(config)
     return config
 
@@ -240,14 +292,28 @@ def test_offline_wandb_run_is_grouped_tagged_and_holds_the_transcript_tables(tra
     resolved = json.loads(next(u.value_json for u in run.config.update if u.key == "tracking"))
     assert resolved["experiment"] == "exp-A"  # the full resolved config is attached
     # transcripts_every 2 over 3 steps: one table, at step 2, in the history and on disk
-    table_steps = [int(json.loads(next(i.value_json for i in r.history.item if i.nested_key == ["_step"])))
-                   for r in records if r.WhichOneof("record_type") == "history"
-                   and any(i.nested_key[:1] == ["rl/transcripts"] for i in r.history.item)]
+    table_steps = [
+        int(json.loads(next(i.value_json for i in r.history.item if i.nested_key == ["_step"])))
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+        and any(i.nested_key[:1] == ["rl/transcripts"] for i in r.history.item)
+    ]
     assert table_steps == [2]
     (table_file,) = (offline / "files" / "media" / "table" / "rl").glob("transcripts_*.table.json")
     table = json.loads(table_file.read_text())
-    assert table["columns"] == ["step", "episode", "seed", "turn", "observation", "action", "reward/env", "reward",
-                                "return", "success", "failure"]
+    assert table["columns"] == [
+        "step",
+        "episode",
+        "seed",
+        "turn",
+        "observation",
+        "action",
+        "reward/env",
+        "reward",
+        "return",
+        "success",
+        "failure",
+    ]
     rows = [json.loads(line) for line in (config.run_dir / "transcripts.jsonl").read_text().splitlines()]
     assert len({r["episode"] for r in rows}) == 2 and {r["step"] for r in rows} == {2}
     assert [[r[c] for c in table["columns"]] for r in rows] == table["data"]  # the same sample in both

@@ -41,21 +41,32 @@ def _parameters(cls: type, name: str, expected: tuple[str, ...]) -> Callable[[],
         names = list(inspect.signature(_method(cls, name)).parameters)
         missing = [p for p in expected if p not in names]
         assert not missing, f"{cls.__name__}.{name}{tuple(names)} lacks parameter(s) {missing}"
+
     return check
 
 
 def _sampler() -> None:
     sampler_source = _source(_method(GRPOTrainer, "_get_train_sampler"))
     assert "RepeatSampler(" in sampler_source, "_get_train_sampler no longer returns a RepeatSampler"
-    sampler = trl_utils.RepeatSampler(data_source=list(range(4)), mini_repeat_count=1, batch_size=2,
-                                      repeat_count=1, shuffle=True, seed=3)
+    sampler = trl_utils.RepeatSampler(
+        data_source=list(range(4)), mini_repeat_count=1, batch_size=2, repeat_count=1, shuffle=True, seed=3
+    )
     for attribute in ("seed", "shuffle", "generator"):
-        assert hasattr(sampler, attribute), f"RepeatSampler has no '{attribute}' (EpochSeededRepeatSampler reads it)"
+        assert hasattr(sampler, attribute), (
+            f"RepeatSampler has no '{attribute}' (EpochSeededRepeatSampler reads it)"
+        )
     assert isinstance(sampler.generator, torch.Generator), "RepeatSampler.generator is not a torch.Generator"
 
 
-SCORED_KEYS = ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask", "advantages", "num_items_in_batch",
-               "tool_mask")
+SCORED_KEYS = (
+    "prompt_ids",
+    "prompt_mask",
+    "completion_ids",
+    "completion_mask",
+    "advantages",
+    "num_items_in_batch",
+    "tool_mask",
+)
 
 
 def _scored_keys() -> None:
@@ -66,25 +77,42 @@ def _scored_keys() -> None:
 
 def _per_token_advantages() -> None:
     source = _source(_method(GRPOTrainer, "_compute_loss"))
-    assert "advantages.dim() == 1" in source, "GRPO's loss no longer accepts per-token advantages of shape (B, T)"
+    assert "advantages.dim() == 1" in source, (
+        "GRPO's loss no longer accepts per-token advantages of shape (B, T)"
+    )
 
 
 def _rollout_func() -> None:
-    assert "rollout_func" in inspect.signature(GRPOTrainer.__init__).parameters, "GRPOTrainer takes no rollout_func"
+    assert "rollout_func" in inspect.signature(GRPOTrainer.__init__).parameters, (
+        "GRPOTrainer takes no rollout_func"
+    )
     source = _source(_method(GRPOTrainer, "_generate"))
-    assert "self.rollout_func(prompts, self)" in source, "rollout_func is no longer called as (prompts, trainer)"
+    assert "self.rollout_func(prompts, self)" in source, (
+        "rollout_func is no longer called as (prompts, trainer)"
+    )
     for field in ('"prompt_ids"', '"completion_ids"', '"logprobs"', 'pop("env_mask"'):
         assert field in source, f"rollout_func's output field {field} is no longer read"
 
 
 def _trainer_state() -> None:
     init = _source(GRPOTrainer.__init__)
-    for attribute in ("self._metrics", "self._step", "self._buffered_inputs", "self.ref_model",
-                      "self.num_iterations", "self.epsilon_low", "self.epsilon_high"):
+    for attribute in (
+        "self._metrics",
+        "self._step",
+        "self._buffered_inputs",
+        "self.ref_model",
+        "self.num_iterations",
+        "self.epsilon_low",
+        "self.epsilon_high",
+    ):
         assert f"{attribute} =" in init, f"GRPOTrainer.__init__ no longer sets {attribute}"
     prepare = _source(_method(GRPOTrainer, "_prepare_inputs"))
-    for part in ("self._generate_and_score_completions(", "self._buffered_inputs", "self._step % generate_every",
-                 "steps_per_generation * self.num_iterations"):
+    for part in (
+        "self._generate_and_score_completions(",
+        "self._buffered_inputs",
+        "self._step % generate_every",
+        "steps_per_generation * self.num_iterations",
+    ):
         assert part in prepare, f"_prepare_inputs no longer uses {part}"
 
 
@@ -92,10 +120,12 @@ def _accumulation_steps() -> None:
     from trl.trainer.base_trainer import _BaseTrainer
 
     source = inspect.getsource(transformers.Trainer)
-    assert "self.current_gradient_accumulation_steps =" in source, \
+    assert "self.current_gradient_accumulation_steps =" in source, (
         "Trainer no longer sets current_gradient_accumulation_steps"
-    assert "self.model_accepts_loss_kwargs = False" in _source(_BaseTrainer.__init__), \
+    )
+    assert "self.model_accepts_loss_kwargs = False" in _source(_BaseTrainer.__init__), (
         "TRL's trainers let HF scale the loss for accumulation (rlft divides by the accumulation steps itself)"
+    )
 
 
 def _reference_adapter() -> None:
@@ -105,23 +135,40 @@ def _reference_adapter() -> None:
 CONTRACT: list[Assumption] = [
     Assumption("sampler: _get_train_sampler returns a RepeatSampler with seed, shuffle, generator", _sampler),
     Assumption("scoring: _generate_and_score_completions returns the keys rlft reads", _scored_keys),
-    Assumption("scoring: _generate_and_score_completions(self, inputs)",
-               _parameters(GRPOTrainer, "_generate_and_score_completions", ("self", "inputs"))),
+    Assumption(
+        "scoring: _generate_and_score_completions(self, inputs)",
+        _parameters(GRPOTrainer, "_generate_and_score_completions", ("self", "inputs")),
+    ),
     Assumption("loss: GRPO's _compute_loss accepts per-token advantages (B, T)", _per_token_advantages),
     Assumption("rollout_func: called as (prompts, trainer), may return env_mask and logprobs", _rollout_func),
-    Assumption("state: _metrics, _step, _buffered_inputs, ref_model and the buffering in _prepare_inputs",
-               _trainer_state),
-    Assumption("log-probs: _get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, "
-               "batch_size, compute_entropy)",
-               _parameters(GRPOTrainer, "_get_per_token_logps_and_entropies",
-                           ("model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "compute_entropy"))),
-    Assumption("checkpoints: _save_checkpoint(model, trial)",
-               _parameters(GRPOTrainer, "_save_checkpoint", ("self", "model", "trial"))),
-    Assumption("checkpoints: _get_output_dir(trial)", _parameters(GRPOTrainer, "_get_output_dir", ("self", "trial"))),
-    Assumption("checkpoints: _save(output_dir, state_dict)",
-               _parameters(GRPOTrainer, "_save", ("self", "output_dir", "state_dict"))),
-    Assumption("checkpoints: _load_from_checkpoint(resume_from_checkpoint, model)",
-               _parameters(GRPOTrainer, "_load_from_checkpoint", ("self", "resume_from_checkpoint", "model"))),
+    Assumption(
+        "state: _metrics, _step, _buffered_inputs, ref_model and the buffering in _prepare_inputs",
+        _trainer_state,
+    ),
+    Assumption(
+        "log-probs: _get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, "
+        "batch_size, compute_entropy)",
+        _parameters(
+            GRPOTrainer,
+            "_get_per_token_logps_and_entropies",
+            ("model", "input_ids", "attention_mask", "logits_to_keep", "batch_size", "compute_entropy"),
+        ),
+    ),
+    Assumption(
+        "checkpoints: _save_checkpoint(model, trial)",
+        _parameters(GRPOTrainer, "_save_checkpoint", ("self", "model", "trial")),
+    ),
+    Assumption(
+        "checkpoints: _get_output_dir(trial)", _parameters(GRPOTrainer, "_get_output_dir", ("self", "trial"))
+    ),
+    Assumption(
+        "checkpoints: _save(output_dir, state_dict)",
+        _parameters(GRPOTrainer, "_save", ("self", "output_dir", "state_dict")),
+    ),
+    Assumption(
+        "checkpoints: _load_from_checkpoint(resume_from_checkpoint, model)",
+        _parameters(GRPOTrainer, "_load_from_checkpoint", ("self", "resume_from_checkpoint", "model")),
+    ),
     Assumption("accumulation: current_gradient_accumulation_steps, HF loss scaling off", _accumulation_steps),
     Assumption("reference: trl.trainer.utils.use_adapter for a PEFT policy's reference", _reference_adapter),
 ]
@@ -141,8 +188,9 @@ def check_contract() -> None:
     broken = broken_assumptions()
     if broken:
         lines = "\n".join(f"  - {name}: {detail}" for name, detail in broken)
-        raise AssertionError(f"the installed TRL breaks {len(broken)} assumption(s) of rlft/algorithms/trl_bridge.py:"
-                             f"\n{lines}")
+        raise AssertionError(
+            f"the installed TRL breaks {len(broken)} assumption(s) of rlft/algorithms/trl_bridge.py:\n{lines}"
+        )
 
 
 def test_installed_trl_keeps_the_contract():
@@ -150,6 +198,7 @@ def test_installed_trl_keeps_the_contract():
 
 
 # ------------------------------------------------------------------------ the contract catches simulated changes
+
 
 def test_a_removed_private_method_fails_naming_it(monkeypatch):
     monkeypatch.delattr(GRPOTrainer, "_get_per_token_logps_and_entropies")
@@ -162,14 +211,23 @@ def test_a_changed_signature_fails_naming_it(monkeypatch):
         return None
 
     monkeypatch.setattr(GRPOTrainer, "_save_checkpoint", _save_checkpoint)
-    with pytest.raises(AssertionError, match=r"checkpoints: _save_checkpoint\(model, trial\).*lacks parameter.*trial"):
+    with pytest.raises(
+        AssertionError, match=r"checkpoints: _save_checkpoint\(model, trial\).*lacks parameter.*trial"
+    ):
         check_contract()
 
 
 def test_a_renamed_returned_key_fails_naming_it(monkeypatch):
     def _generate_and_score_completions(self, inputs):
-        return {"prompt_ids": 0, "prompt_mask": 0, "completion_ids": 0, "completion_mask": 0, "advantages": 0,
-                "num_items_in_batch": 0, "env_mask": 0}  # tool_mask renamed
+        return {
+            "prompt_ids": 0,
+            "prompt_mask": 0,
+            "completion_ids": 0,
+            "completion_mask": 0,
+            "advantages": 0,
+            "num_items_in_batch": 0,
+            "env_mask": 0,
+        }  # tool_mask renamed
 
     monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", _generate_and_score_completions)
     broken = dict(broken_assumptions())

@@ -49,9 +49,9 @@ class NonFiniteError(RlftError):
 # ------------------------------------------------------------------------------------------- finding checkpoints
 def checkpoint_step(path: Path) -> int | None:
     name = path.name
-    if not name.startswith(PREFIX) or not name[len(PREFIX):].isdigit():
+    if not name.startswith(PREFIX) or not name[len(PREFIX) :].isdigit():
         return None
-    return int(name[len(PREFIX):])
+    return int(name[len(PREFIX) :])
 
 
 def is_complete(path: str | Path) -> bool:
@@ -80,8 +80,10 @@ def resolve_resume(output_dir: str | Path, resume: str | bool) -> Path:
         if found is None:
             incomplete = [p.name for p in list_checkpoints(output_dir)]
             detail = f"; incomplete (never resumed from): {', '.join(incomplete)}" if incomplete else ""
-            raise CheckpointError(f"--resume: no complete checkpoint under {output_dir}{detail}. "
-                                  "Start without --resume, or pass --resume <checkpoint folder>")
+            raise CheckpointError(
+                f"--resume: no complete checkpoint under {output_dir}{detail}. "
+                "Start without --resume, or pass --resume <checkpoint folder>"
+            )
         return found
     path = Path(resume)
     if not path.is_dir():
@@ -89,8 +91,10 @@ def resolve_resume(output_dir: str | Path, resume: str | bool) -> Path:
         hint = f" (complete checkpoints: {', '.join(choices)})" if choices else ""
         raise CheckpointError(f"--resume {path}: no such folder{hint}")
     if not is_complete(path):
-        raise CheckpointError(f"--resume {path}: the checkpoint is incomplete (no {COMPLETE} marker; it was being "
-                              "written when the run stopped). Resume from an older one or pass --resume alone")
+        raise CheckpointError(
+            f"--resume {path}: the checkpoint is incomplete (no {COMPLETE} marker; it was being "
+            "written when the run stopped). Resume from an older one or pass --resume alone"
+        )
     return path
 
 
@@ -99,9 +103,11 @@ def refuse_to_overwrite(output_dir: Path) -> None:
     found = list_checkpoints(output_dir)
     if found:
         names = ", ".join(p.name for p in found[-3:])
-        raise CheckpointError(f"{output_dir} already holds checkpoints of an earlier RL run ({names}). Continue "
-                              "it with `rlft train --resume`, or start a new run under another `name` "
-                              "(or move that folder away)")
+        raise CheckpointError(
+            f"{output_dir} already holds checkpoints of an earlier RL run ({names}). Continue "
+            "it with `rlft train --resume`, or start a new run under another `name` "
+            "(or move that folder away)"
+        )
 
 
 def rotate(output_dir: Path, keep: int | None) -> None:
@@ -143,11 +149,18 @@ class ResumableTrainerMixin:
 
     # ------------------------------------------------------------------------------------ state to carry
     def _rlft_state(self) -> dict[str, Any]:
-        metrics = {mode: {k: list(v) for k, v in values.items()}
-                   for mode, values in trl_bridge.all_metrics(self).items()}
-        return {"version": 1, "global_step": self.state.global_step, "trl_step": trl_bridge.micro_step(self),
-                "rollout": self.episode_rollout.state_dict(), "pending_metrics": metrics,
-                "nonfinite": {"streak": self._nonfinite_streak, "total": self._nonfinite_total}}
+        metrics = {
+            mode: {k: list(v) for k, v in values.items()}
+            for mode, values in trl_bridge.all_metrics(self).items()
+        }
+        return {
+            "version": 1,
+            "global_step": self.state.global_step,
+            "trl_step": trl_bridge.micro_step(self),
+            "rollout": self.episode_rollout.state_dict(),
+            "pending_metrics": metrics,
+            "nonfinite": {"streak": self._nonfinite_streak, "total": self._nonfinite_total},
+        }
 
     def _load_rlft_state(self, state: dict[str, Any]) -> None:
         trl_bridge.set_micro_step(self, int(state["trl_step"]))
@@ -166,8 +179,12 @@ class ResumableTrainerMixin:
             state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
             self._load_rlft_state(state)
             buffer = path / f"rollout_buffer_{self.accelerator.process_index}.pt"
-            trl_bridge.set_buffered_inputs(self, torch.load(buffer, map_location=self.accelerator.device,
-                                                            weights_only=True) if buffer.is_file() else None)
+            trl_bridge.set_buffered_inputs(
+                self,
+                torch.load(buffer, map_location=self.accelerator.device, weights_only=True)
+                if buffer.is_file()
+                else None,
+            )
             resume_from_checkpoint = str(path)
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
 
@@ -175,8 +192,10 @@ class ResumableTrainerMixin:
     def write_checkpoint(self, model, trial) -> None:
         bad = nonfinite_parameters(self.accelerator.unwrap_model(self.model))
         if bad:
-            raise NonFiniteError(f"refusing to save a checkpoint at step {self.state.global_step}: non-finite "
-                                 f"weights in {', '.join(bad[:5])}")
+            raise NonFiniteError(
+                f"refusing to save a checkpoint at step {self.state.global_step}: non-finite "
+                f"weights in {', '.join(bad[:5])}"
+            )
         run_dir = Path(self.checkpoint_run_dir(trial))
         name = f"{PREFIX}{self.state.global_step}"
         staging_root = run_dir / STAGING
@@ -246,11 +265,15 @@ class ResumableTrainerMixin:
                 return step(*args, **kwargs)
             self._skip_step(reason or "non-finite values on another process")
             return None
+
         return guarded
 
     def _nonfinite_gradient(self) -> str | None:
-        named = [(n, p.grad) for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
-                 if p.grad is not None]
+        named = [
+            (n, p.grad)
+            for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
+            if p.grad is not None
+        ]
         # One device-to-host sync per step; the parameter is named only when something is wrong.
         if not named or torch.stack([torch.isfinite(g).all() for _, g in named]).all():
             return None
@@ -262,13 +285,20 @@ class ResumableTrainerMixin:
         self._nonfinite_total += 1
         self._log_nonfinite(skipped=True)
         step = self.state.global_step + 1
-        logger.warning("step %d skipped, weights unchanged: %s (%d in a row; rl.max_nonfinite_steps = %d)",
-                       step, reason, self._nonfinite_streak, self.rlft_max_nonfinite_steps)
+        logger.warning(
+            "step %d skipped, weights unchanged: %s (%d in a row; rl.max_nonfinite_steps = %d)",
+            step,
+            reason,
+            self._nonfinite_streak,
+            self.rlft_max_nonfinite_steps,
+        )
         if self._nonfinite_streak >= self.rlft_max_nonfinite_steps:
-            raise NonFiniteError(f"{self._nonfinite_streak} optimizer steps in a row skipped (last, step {step}: "
-                                 f"{reason}); aborting. The last complete checkpoint is in {self.args.output_dir}. "
-                                 "Lower the learning rate, check the reward functions for NaN/inf, or raise "
-                                 "rl.max_nonfinite_steps")
+            raise NonFiniteError(
+                f"{self._nonfinite_streak} optimizer steps in a row skipped (last, step {step}: "
+                f"{reason}); aborting. The last complete checkpoint is in {self.args.output_dir}. "
+                "Lower the learning rate, check the reward functions for NaN/inf, or raise "
+                "rl.max_nonfinite_steps"
+            )
 
     def _log_nonfinite(self, skipped: bool) -> None:
         metrics = trl_bridge.metrics(self)

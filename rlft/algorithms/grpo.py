@@ -60,7 +60,11 @@ class EpisodeRollout:
     def state_dict(self) -> dict[str, Any]:
         """What an exact resume needs: the sampling stream position, the env-step count, the reward design's
         normalisers and alarm."""
-        state: dict[str, Any] = {"calls": self.calls, "env_steps": self.env_steps, "env_failures": self.env_failures}
+        state: dict[str, Any] = {
+            "calls": self.calls,
+            "env_steps": self.env_steps,
+            "env_failures": self.env_failures,
+        }
         if self.reward_design is not None:
             state["reward"] = self.reward_design.state_dict()
         return state
@@ -83,9 +87,14 @@ class EpisodeRollout:
         self.calls += 1
         episodes = self.engine.play(seeds_of(prompts), generator=generator, batch_size=self.batch_size)
         # Counts summed over processes, so that every process logs the same rate and takes the same decision.
-        local = [sum(e.num_turns for e in episodes), sum(e.failure is not None for e in episodes), len(episodes)]
-        counts = trainer.accelerator.reduce(torch.tensor(local, dtype=torch.float, device=trainer.accelerator.device),
-                                            reduction="sum")
+        local = [
+            sum(e.num_turns for e in episodes),
+            sum(e.failure is not None for e in episodes),
+            len(episodes),
+        ]
+        counts = trainer.accelerator.reduce(
+            torch.tensor(local, dtype=torch.float, device=trainer.accelerator.device), reduction="sum"
+        )
         turns, failed, total = (int(v) for v in counts.tolist())
         self.env_steps += turns
         self.env_failures += failed
@@ -97,8 +106,9 @@ class EpisodeRollout:
         if self.reward_design is not None:  # composes episode.rewards in place, before the batch is built
             for key, value in self.reward_design.apply(episodes, trainer.accelerator).items():
                 metrics[key].append(value)
-        batch = RolloutBatch.from_episodes(episodes, pad_id=self.engine.tokenizer.pad_token_id,
-                                           device=trainer.accelerator.device)
+        batch = RolloutBatch.from_episodes(
+            episodes, pad_id=self.engine.tokenizer.pad_token_id, device=trainer.accelerator.device
+        )
         for listener in self._listeners:
             listener(batch)
         return batch
@@ -108,9 +118,15 @@ class EpisodeRollout:
         return self.play(prompts, trainer).to_trl_rollout()
 
 
-def episode_return(completions: list, episode_return: list[float | None], success: list[float | None] | None = None,
-                   turns: list[float | None] | None = None, invalid_actions: list[float | None] | None = None,
-                   log_metric=None, **kwargs) -> list[float | None]:
+def episode_return(
+    completions: list,
+    episode_return: list[float | None],
+    success: list[float | None] | None = None,
+    turns: list[float | None] | None = None,
+    invalid_actions: list[float | None] | None = None,
+    log_metric=None,
+    **kwargs,
+) -> list[float | None]:
     """Reward function for TRL: the episode's return (sum of its per-turn env rewards); None for a failed one.
 
     Logged episode metrics are means over the healthy episodes only.
@@ -119,8 +135,12 @@ def episode_return(completions: list, episode_return: list[float | None], succes
     [1.0, 0.0, None]
     """
     if log_metric is not None:
-        for name, values in (("episode/success", success), ("episode/turns", turns),
-                             ("episode/invalid_actions", invalid_actions), ("episode/return", episode_return)):
+        for name, values in (
+            ("episode/success", success),
+            ("episode/turns", turns),
+            ("episode/invalid_actions", invalid_actions),
+            ("episode/return", episode_return),
+        ):
             healthy = [v for v in values or [] if v is not None]
             if healthy:
                 log_metric(name, float(np.mean(healthy)))
@@ -139,8 +159,16 @@ class RlftGRPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
         super().__init__(*args, rollout_func=episode_rollout, **kwargs)
 
 
-def build_grpo_trainer(model, tokenizer, args, engine: RolloutEngine, train_seeds: list[int],
-                       batch_size: int, callbacks: list | None = None, max_nonfinite_steps: int = 3):
+def build_grpo_trainer(
+    model,
+    tokenizer,
+    args,
+    engine: RolloutEngine,
+    train_seeds: list[int],
+    batch_size: int,
+    callbacks: list | None = None,
+    max_nonfinite_steps: int = 3,
+):
     """TRL's GRPOTrainer on a policy loaded from a saved checkpoint.
 
     With `beta > 0` TRL loads the reference policy from `model.config._name_or_path`, the same checkpoint

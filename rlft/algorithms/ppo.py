@@ -61,14 +61,25 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
     ValueModel or ValueHead (built from `args.critic` / `args.critic_init` when None).
     """
 
-    def __init__(self, model, args: PPOConfig, episode_rollout: EpisodeRollout, critic=None,
-                 max_nonfinite_steps: int = 3, **kwargs):
+    def __init__(
+        self,
+        model,
+        args: PPOConfig,
+        episode_rollout: EpisodeRollout,
+        critic=None,
+        max_nonfinite_steps: int = 3,
+        **kwargs,
+    ):
         self._rlft_init(episode_rollout, max_nonfinite_steps)
         if critic is None:
-            critic = build_critic(args.critic, args.critic_init, model, trust_remote_code=args.trust_remote_code)
+            critic = build_critic(
+                args.critic, args.critic_init, model, trust_remote_code=args.trust_remote_code
+            )
         if (args.critic == "separate") != isinstance(critic, ValueModel):
-            raise ValueError(f"critic type '{args.critic}' needs a "
-                             f"{'ValueModel' if args.critic == 'separate' else 'ValueHead'}, got {type(critic).__name__}")
+            raise ValueError(
+                f"critic type '{args.critic}' needs a "
+                f"{'ValueModel' if args.critic == 'separate' else 'ValueHead'}, got {type(critic).__name__}"
+            )
         model.add_module(ATTRIBUTE, critic)
         super().__init__(model=model, args=args, **kwargs)
         self.kl_controller = kl_controller(args.kl_coef, args.target_kl, args.kl_horizon)
@@ -95,8 +106,9 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
         for group in optimizer.param_groups:
             group["params"] = [p for p in group["params"] if id(p) not in critic_ids]
         params = [p for p in self.critic.parameters() if p.requires_grad]
-        optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": self.args.weight_decay,
-                                   "rlft_critic": True})
+        optimizer.add_param_group(
+            {"params": params, "lr": lr, "weight_decay": self.args.weight_decay, "rlft_critic": True}
+        )
         return optimizer
 
     # ---------------------------------------------------------------------------------------------- rollout
@@ -107,9 +119,16 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
         coef = self.kl_controller.value
         ref_logprobs, rollout_kl = None, None
         if coef > 0:
-            ids, att = self.sequences(batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask)
-            ref_logprobs = trl_bridge.reference_logps(self, ids, att, batch.completion_ids.shape[1],
-                                                      batch_size=self.args.per_device_train_batch_size)
+            ids, att = self.sequences(
+                batch.prompt_ids, batch.prompt_mask, batch.completion_ids, batch.completion_mask
+            )
+            ref_logprobs = trl_bridge.reference_logps(
+                self,
+                ids,
+                att,
+                batch.completion_ids.shape[1],
+                batch_size=self.args.per_device_train_batch_size,
+            )
             if self.args.kl_penalty == "reward":
                 per_token = batch.add_kl_penalty(ref_logprobs, coef)
             else:  # at rollout time pi = pi_behaviour, so this is the loss term's k3 before any update
@@ -117,8 +136,9 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
             rollout_kl = global_mean(self.accelerator, per_token, mask)
         with torch.no_grad():
             values, bootstrap = self.rollout_values(batch)
-        raw_advantages, _ = batch.compute_gae(values, bootstrap, self.args.gamma, self.args.lam,
-                                              level=self.args.advantage_level)
+        raw_advantages, _ = batch.compute_gae(
+            values, bootstrap, self.args.gamma, self.args.lam, level=self.args.advantage_level
+        )
         # Whitened over the whole rollout batch, across processes: a minibatch holds few episodes, and its own
         # statistics (CleanRL's per-minibatch `norm_adv`) would be noisy with sparse episode rewards.
         if self.args.whiten_advantages:
@@ -134,8 +154,9 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
         ids, att, bootstrap_index = batch.critic_inputs()
         return batch.split_critic_values(self.critic_values(ids, att).float(), bootstrap_index)
 
-    def trainer_inputs(self, batch: RolloutBatch, ref_logprobs: torch.Tensor | None,
-                       loss_kl_coef: float) -> dict[str, torch.Tensor]:
+    def trainer_inputs(
+        self, batch: RolloutBatch, ref_logprobs: torch.Tensor | None, loss_kl_coef: float
+    ) -> dict[str, torch.Tensor]:
         """The batch's tensors as TRL buffers them (shuffled and split into minibatches along rows).
 
         `num_items_in_batch`, the loss tokens of the whole generation batch across processes, and the KL
@@ -143,10 +164,16 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
         mid-batch saves them with the buffer).
         """
         inputs = {
-            "prompt_ids": batch.prompt_ids, "prompt_mask": batch.prompt_mask,
-            "completion_ids": batch.completion_ids, "completion_mask": batch.completion_mask,
-            "env_mask": batch.env_mask, "old_logprobs": batch.logprobs, "advantages": batch.advantages,
-            "returns": batch.returns, "old_values": batch.values, "value_mask": batch.value_mask,
+            "prompt_ids": batch.prompt_ids,
+            "prompt_mask": batch.prompt_mask,
+            "completion_ids": batch.completion_ids,
+            "completion_mask": batch.completion_mask,
+            "env_mask": batch.env_mask,
+            "old_logprobs": batch.logprobs,
+            "advantages": batch.advantages,
+            "returns": batch.returns,
+            "old_values": batch.values,
+            "value_mask": batch.value_mask,
             "num_items_in_batch": self.accelerator.gather(batch.env_mask.sum()).sum(),
             "kl_coef": torch.tensor(float(loss_kl_coef), device=batch.env_mask.device),
         }
@@ -157,22 +184,34 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
     def _log_rollout(self, batch: RolloutBatch, advantages, rollout_kl: float | None, coef: float) -> None:
         metrics = trl_bridge.metrics(self)
         accelerator, healthy = self.accelerator, batch.healthy
-        if getattr(self.episode_rollout, "reward_design", None) is None:  # a design logs them, over all processes
+        if (
+            getattr(self.episode_rollout, "reward_design", None) is None
+        ):  # a design logs them, over all processes
             for name, totals in batch.component_returns.items():
                 metrics[f"episode/reward/{name}"].append(sum(totals) / max(len(totals), 1))
         # GRPO gets these through TRL's reward function; PPO scores its batch itself. Means over healthy episodes.
-        for name, value in (("reward", lambda e: e.episode_return), ("episode/return", lambda e: e.episode_return),
-                            ("episode/success", lambda e: float(e.success)), ("episode/turns", lambda e: e.num_turns),
-                            ("episode/invalid_actions", lambda e: float(e.invalid_actions))):
-            per_episode = torch.tensor([float(value(e)) if ok else 0.0 for e, ok in zip(batch.episodes, healthy)],
-                                       device=batch.rewards.device)
-            metrics[name].append(global_mean(accelerator, per_episode, torch.tensor(healthy, device=per_episode.device)))
+        for name, value in (
+            ("reward", lambda e: e.episode_return),
+            ("episode/return", lambda e: e.episode_return),
+            ("episode/success", lambda e: float(e.success)),
+            ("episode/turns", lambda e: e.num_turns),
+            ("episode/invalid_actions", lambda e: float(e.invalid_actions)),
+        ):
+            per_episode = torch.tensor(
+                [float(value(e)) if ok else 0.0 for e, ok in zip(batch.episodes, healthy)],
+                device=batch.rewards.device,
+            )
+            metrics[name].append(
+                global_mean(accelerator, per_episode, torch.tensor(healthy, device=per_episode.device))
+            )
         vm = batch.value_mask.bool()
         metrics["ppo/values"].append(global_mean(accelerator, batch.values, vm.float()))
         metrics["ppo/returns"].append(global_mean(accelerator, batch.returns, vm.float()))
         metrics["ppo/advantages"].append(global_mean(accelerator, advantages, batch.env_mask.float()))
         metrics["ppo/explained_variance"].append(explained_variance(batch.values[vm], batch.returns[vm]))
-        metrics["ppo/truncated_bootstrapped"].append(sum(bool(e.truncated) for e in batch.episodes) / max(len(batch), 1))
+        metrics["ppo/truncated_bootstrapped"].append(
+            sum(bool(e.truncated) for e in batch.episodes) / max(len(batch), 1)
+        )
         metrics["kl_coef"].append(coef)
         if rollout_kl is not None:
             # Reward mode: this is the KL in the objective. Loss mode: `kl` is logged per minibatch by the loss.
@@ -180,8 +219,12 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
 
     # ------------------------------------------------------------------------------------------------- loss
     @staticmethod
-    def sequences(prompt_ids, prompt_mask, completion_ids, completion_mask) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.cat([prompt_ids, completion_ids], dim=1), torch.cat([prompt_mask, completion_mask], dim=1)
+    def sequences(
+        prompt_ids, prompt_mask, completion_ids, completion_mask
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([prompt_ids, completion_ids], dim=1), torch.cat(
+            [prompt_mask, completion_mask], dim=1
+        )
 
     def policy_forward(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, width: int):
         """Per-token log-probs and entropies of the last `width` tokens (B, T), and for a shared critic the
@@ -192,8 +235,9 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
             body = backbone_of(self.accelerator.unwrap_model(model))
             handle = body.register_forward_hook(lambda module, inputs, output: hidden.append(output[0]))
         try:
-            logprobs, entropy = trl_bridge.per_token_logps_and_entropies(self, model, input_ids, attention_mask,
-                                                                         width, compute_entropy=True)
+            logprobs, entropy = trl_bridge.per_token_logps_and_entropies(
+                self, model, input_ids, attention_mask, width, compute_entropy=True
+            )
         finally:
             if handle is not None:
                 handle.remove()
@@ -209,24 +253,37 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
         """
         if return_outputs:
             raise ValueError("PPOTrainer does not return outputs")
-        ids, att = self.sequences(inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"],
-                                  inputs["completion_mask"])
+        ids, att = self.sequences(
+            inputs["prompt_ids"], inputs["prompt_mask"], inputs["completion_ids"], inputs["completion_mask"]
+        )
         start, width = inputs["prompt_ids"].shape[1], inputs["completion_ids"].shape[1]
         logprobs, entropy, hidden = self.policy_forward(model, ids, att, width)
         values = self.critic(hidden) if hidden is not None else self.critic(ids, att)
-        values = values[:, start - 1: start - 1 + width].float()
+        values = values[:, start - 1 : start - 1 + width].float()
         training = self.model.training
         token_count = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
         if training:  # in eval the batch is neither split into minibatches nor accumulated
             token_count = token_count / self.args.steps_per_generation
         mask = inputs["completion_mask"] * inputs["env_mask"]
         loss, metrics = ppo_objective(
-            logprobs, inputs["old_logprobs"], inputs["advantages"], mask, values, inputs["old_values"],
-            inputs["returns"], inputs["value_mask"], token_count=token_count,
-            clip_coef=(self.epsilon_low, self.epsilon_high), clip_coef_value=self.args.cliprange_value,
-            vf_coef=self.args.vf_coef, ent_coef=self.args.entropy_coef, entropy=entropy,
-            kl_coef=float(inputs["kl_coef"]), ref_logprobs=inputs.get("ref_logprobs"),
-            kl_ratio_weighted=self.args.use_bias_correction_kl)
+            logprobs,
+            inputs["old_logprobs"],
+            inputs["advantages"],
+            mask,
+            values,
+            inputs["old_values"],
+            inputs["returns"],
+            inputs["value_mask"],
+            token_count=token_count,
+            clip_coef=(self.epsilon_low, self.epsilon_high),
+            clip_coef_value=self.args.cliprange_value,
+            vf_coef=self.args.vf_coef,
+            ent_coef=self.args.entropy_coef,
+            entropy=entropy,
+            kl_coef=float(inputs["kl_coef"]),
+            ref_logprobs=inputs.get("ref_logprobs"),
+            kl_ratio_weighted=self.args.use_bias_correction_kl,
+        )
         logged = trl_bridge.metrics(self, "train" if training else "eval")
         for name, value in metrics.items():
             gathered = self.accelerator.gather(value.detach().float().reshape(1))
@@ -238,8 +295,11 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
         """The policy without the critic (a clean `from_pretrained` folder) and the critic in `critic/`."""
         output_dir = output_dir or self.args.output_dir
         if state_dict is not None:
-            state_dict = {k: v for k, v in state_dict.items()
-                          if not k.startswith(f"{ATTRIBUTE}.") and f".{ATTRIBUTE}." not in k}
+            state_dict = {
+                k: v
+                for k, v in state_dict.items()
+                if not k.startswith(f"{ATTRIBUTE}.") and f".{ATTRIBUTE}." not in k
+            }
         policy = self.accelerator.unwrap_model(self.model)
         with detached_critic(policy):
             super().write_model_files(output_dir, state_dict=state_dict)
@@ -252,8 +312,11 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
         with detached_critic(policy) as critic:
             super().read_model_files(checkpoint, policy)
         path = os.path.join(checkpoint, "critic")
-        state = load_critic(path).state_dict() if isinstance(critic, ValueModel) else load_file(
-            os.path.join(path, HEAD_FILE))
+        state = (
+            load_critic(path).state_dict()
+            if isinstance(critic, ValueModel)
+            else load_file(os.path.join(path, HEAD_FILE))
+        )
         critic.load_state_dict(state)
 
     def save_critic(self, path: str) -> str:
@@ -300,14 +363,30 @@ def detached_critic(policy: torch.nn.Module):
             policy.add_module(ATTRIBUTE, critic)
 
 
-def build_ppo_trainer(model, tokenizer, args: PPOConfig, engine, train_seeds: list[int], batch_size: int,
-                      callbacks: list | None = None, critic=None, max_nonfinite_steps: int = 3):
+def build_ppo_trainer(
+    model,
+    tokenizer,
+    args: PPOConfig,
+    engine,
+    train_seeds: list[int],
+    batch_size: int,
+    callbacks: list | None = None,
+    critic=None,
+    max_nonfinite_steps: int = 3,
+):
     """PPOTrainer on a loaded policy, its critic built from `args.critic` / `args.critic_init`."""
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     rollout = EpisodeRollout(engine, seed=args.seed, batch_size=batch_size)
     # TRL's constructor wants a reward function; PPO scores its batches itself and never calls it.
-    trainer = PPOTrainer(model=model, args=args, episode_rollout=rollout, critic=critic,
-                         max_nonfinite_steps=max_nonfinite_steps,
-                         reward_funcs=[episode_return], train_dataset=task_dataset(train_seeds),
-                         processing_class=tokenizer, callbacks=callbacks)
+    trainer = PPOTrainer(
+        model=model,
+        args=args,
+        episode_rollout=rollout,
+        critic=critic,
+        max_nonfinite_steps=max_nonfinite_steps,
+        reward_funcs=[episode_return],
+        train_dataset=task_dataset(train_seeds),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
     return trainer, rollout

@@ -32,7 +32,8 @@ class Algorithm:
 
 
 ALGORITHMS: dict[str, Algorithm] = {
-    algorithm.name: algorithm for algorithm in (
+    algorithm.name: algorithm
+    for algorithm in (
         Algorithm("grpo", GRPOConfig, build_grpo_trainer, "TRL's GRPOTrainer as it is (group baseline)"),
         Algorithm("ppo", PPOConfig, build_ppo_trainer, "PPO with a critic and GAE, on rlft's loss"),
     )
@@ -42,5 +43,7 @@ ALGORITHMS: dict[str, Algorithm] = {
 def get_algorithm(name: str) -> Algorithm:
     """The registered algorithm called `name`; a ConfigError naming the registered ones otherwise."""
     if name not in ALGORITHMS:
-        raise ConfigError(f"rl.algorithm = {name!r}: not a registered algorithm{did_you_mean(name, ALGORITHMS)}")
+        raise ConfigError(
+            f"rl.algorithm = {name!r}: not a registered algorithm{did_you_mean(name, ALGORITHMS)}"
+        )
     return ALGORITHMS[name]

@@ -61,7 +61,9 @@ def set_buffered_inputs(trainer, minibatches: list[dict[str, Any]] | None) -> No
 
 def gradient_accumulation_steps(trainer) -> int:
     """The accumulation steps of the optimizer step in progress (set by the Trainer's loop; the config's before)."""
-    return int(getattr(trainer, "current_gradient_accumulation_steps", trainer.args.gradient_accumulation_steps))
+    return int(
+        getattr(trainer, "current_gradient_accumulation_steps", trainer.args.gradient_accumulation_steps)
+    )
 
 
 def fresh_rollout(trainer) -> bool:
@@ -70,28 +72,47 @@ def fresh_rollout(trainer) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- log-probs
-def per_token_logps_and_entropies(trainer, model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                                  logits_to_keep: int, compute_entropy: bool = False,
-                                  batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+def per_token_logps_and_entropies(
+    trainer,
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    compute_entropy: bool = False,
+    batch_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """TRL's per-token log-probs of the last `logits_to_keep` tokens (B, T), logits scaled by the trainer's
     temperature as at sampling time, and their entropies (B, T) when asked."""
     logps, entropies, _ = trainer._get_per_token_logps_and_entropies(
-        model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size, compute_entropy=compute_entropy)
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=batch_size,
+        compute_entropy=compute_entropy,
+    )
     return logps, entropies
 
 
-def reference_logps(trainer, input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int,
-                    batch_size: int | None = None) -> torch.Tensor:
+def reference_logps(
+    trainer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    logits_to_keep: int,
+    batch_size: int | None = None,
+) -> torch.Tensor:
     """Per-token log-probs under the reference policy, as TRL computes them: its `ref_model`, or for a PEFT
     policy the base model (adapter disabled) or the adapter loaded under the name "ref"."""
     with torch.no_grad():
         if trainer.ref_model is not None:
-            return per_token_logps_and_entropies(trainer, trainer.ref_model, input_ids, attention_mask,
-                                                 logits_to_keep, batch_size=batch_size)[0]
+            return per_token_logps_and_entropies(
+                trainer, trainer.ref_model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size
+            )[0]
         model = trainer.accelerator.unwrap_model(trainer.model)
         with use_adapter(model, adapter_name="ref" if "ref" in model.peft_config else None):
-            return per_token_logps_and_entropies(trainer, trainer.model, input_ids, attention_mask,
-                                                 logits_to_keep, batch_size=batch_size)[0]
+            return per_token_logps_and_entropies(
+                trainer, trainer.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size
+            )[0]
 
 
 # ----------------------------------------------------------------------------------------- sampler

@@ -20,14 +20,24 @@ import torch
 from rlft.config.schema import Config, ModelConfig
 
 SFT_DEFAULTS: dict[str, Any] = {
-    "num_train_epochs": 3, "learning_rate": 1e-3, "per_device_train_batch_size": 16,
-    "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
+    "num_train_epochs": 3,
+    "learning_rate": 1e-3,
+    "per_device_train_batch_size": 16,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.05,
 }
 RL_DEFAULTS: dict[str, Any] = {
-    "learning_rate": 5e-5, "num_generations": 8, "per_device_train_batch_size": 32, "max_steps": 50,
-    "lr_scheduler_type": "constant", "beta": 0.0, "loss_type": "dapo",
+    "learning_rate": 5e-5,
+    "num_generations": 8,
+    "per_device_train_batch_size": 32,
+    "max_steps": 50,
+    "lr_scheduler_type": "constant",
+    "beta": 0.0,
+    "loss_type": "dapo",
     # A complete checkpoint every 10 steps, the last 2 kept (`rlft train --resume` continues from it).
-    "save_strategy": "steps", "save_steps": 10, "save_total_limit": 2,
+    "save_strategy": "steps",
+    "save_steps": 10,
+    "save_total_limit": 2,
 }
 ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
     "grpo": {},
@@ -36,7 +46,10 @@ ALGORITHM_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 # center_rewards_coefficient 0.01 (Eisenstein et al., 2023, eq. 2) so that ensemble members agree on where zero is.
 RM_DEFAULTS: dict[str, Any] = {
-    "num_train_epochs": 3, "per_device_train_batch_size": 16, "lr_scheduler_type": "cosine", "warmup_steps": 0.05,
+    "num_train_epochs": 3,
+    "per_device_train_batch_size": 16,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.05,
     "center_rewards_coefficient": 0.01,
 }
 # The embedded tiny model starts from random weights and learns at the SFT stage's rate; a pretrained one keeps
@@ -76,9 +89,14 @@ def rl_defaults(config: Config) -> dict[str, Any]:
     the completion budget is the whole episode's (prompt + turns + observations) token cap.
     """
     rollout = config.rollout
-    return {**RL_DEFAULTS, "max_completion_length": rollout.max_episode_tokens,
-            "temperature": rollout.temperature, "top_p": rollout.top_p,
-            **tracking_defaults(config, "rl"), **ALGORITHM_DEFAULTS.get(config.rl.algorithm, {})}
+    return {
+        **RL_DEFAULTS,
+        "max_completion_length": rollout.max_episode_tokens,
+        "temperature": rollout.temperature,
+        "top_p": rollout.top_p,
+        **tracking_defaults(config, "rl"),
+        **ALGORITHM_DEFAULTS.get(config.rl.algorithm, {}),
+    }
 
 
 def rm_defaults(model_cfg: ModelConfig) -> dict[str, Any]:

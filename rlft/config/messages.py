@@ -41,7 +41,9 @@ def _resolve_loc(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, type
             node = members[0]  # `X | None`: pydantic puts no label in the location
         if get_origin(node) is Annotated:
             node = get_args(node)[0]
-        if get_origin(node) is dict and isinstance(part, str):  # a mapping's key, e.g. reward.components.<name>
+        if get_origin(node) is dict and isinstance(
+            part, str
+        ):  # a mapping's key, e.g. reward.components.<name>
             parts.append(part)
             node = get_args(node)[1]
             continue
@@ -60,7 +62,9 @@ def _resolve_loc(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[str, type
     return ".".join(parts) or "<top level>", owner
 
 
-def validation_error_lines(exc: ValidationError, locate, special=None, strip_value_error: bool = False) -> list[str]:
+def validation_error_lines(
+    exc: ValidationError, locate, special=None, strip_value_error: bool = False
+) -> list[str]:
     """One line per key of a pydantic error, naming the key and what was expected; shared by configs and sweeps.
 
     `locate(loc)` gives the dotted key and the valid names an unknown key is compared with (or None);
@@ -98,4 +102,3 @@ def format_validation_error(exc: ValidationError, source: str, root: type[BaseMo
 
     lines = validation_error_lines(exc, locate)
     return f"{source}: invalid configuration:\n  - " + "\n  - ".join(lines)
-

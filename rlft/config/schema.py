@@ -52,11 +52,37 @@ from rlft.config.yaml_io import apply_overrides, parse_overrides, read_yaml
 from rlft.errors import ConfigError
 
 __all__ = [
-    "AdapterConfig", "Config", "EnvConfig", "EnvPreferences", "EnvRewardComponent", "EvalConfig", "ExpertDemos",
-    "JsonlDemos", "JsonlPreferences", "LoraSettings", "ModelConfig", "RewardAlarmConfig", "RewardComponent",
-    "RewardConfig", "RlConfig", "RmConfig", "RmEnsembleConfig", "RmRewardComponent", "RolloutConfig",
-    "RuleRewardComponent", "SeedRange", "SftConfig", "TinyModelConfig", "TrackingConfig", "WandbConfig",
-    "apply_overrides", "config_to_dict", "load_config", "parse_overrides", "read_yaml", "save_config",
+    "AdapterConfig",
+    "Config",
+    "EnvConfig",
+    "EnvPreferences",
+    "EnvRewardComponent",
+    "EvalConfig",
+    "ExpertDemos",
+    "JsonlDemos",
+    "JsonlPreferences",
+    "LoraSettings",
+    "ModelConfig",
+    "RewardAlarmConfig",
+    "RewardComponent",
+    "RewardConfig",
+    "RlConfig",
+    "RmConfig",
+    "RmEnsembleConfig",
+    "RmRewardComponent",
+    "RolloutConfig",
+    "RuleRewardComponent",
+    "SeedRange",
+    "SftConfig",
+    "TinyModelConfig",
+    "TrackingConfig",
+    "WandbConfig",
+    "apply_overrides",
+    "config_to_dict",
+    "load_config",
+    "parse_overrides",
+    "read_yaml",
+    "save_config",
     "validation_error_lines",
 ]
 
@@ -82,8 +108,11 @@ class Config(Section):
         return Path(self.output_dir) / self.name
 
 
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
-                raw: dict[str, Any] | None = None) -> Config:
+def load_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    raw: dict[str, Any] | None = None,
+) -> Config:
     """Load, override and validate a configuration (keys and types). Raises `ConfigError` naming the key.
 
     What the config points at is not checked here: see `rlft.stages.checks.load_checked_config`.

@@ -26,12 +26,16 @@ class TinyModelConfig(Section):
     num_heads: int = Field(4, gt=0)
     intermediate_size: int = Field(256, gt=0)
     max_position_embeddings: int = Field(2048, gt=0)
-    corpus_episodes: int = Field(200, gt=0, description="random + expert episodes whose text builds the vocabulary")
+    corpus_episodes: int = Field(
+        200, gt=0, description="random + expert episodes whose text builds the vocabulary"
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> TinyModelConfig:
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+            raise ValueError(
+                f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})"
+            )
         return self
 
 
@@ -49,8 +53,11 @@ class ModelConfig(Section):
     tiny: TinyModelConfig | None = None
     chat_template: Literal["auto", "on", "off"] = "auto"
     trust_remote_code: bool = False
-    revision: str | None = Field(None, description="hub revision of name_or_path; a commit hash pins the weights and "
-                                 "code to the ones you checked (unset: the hub's main branch); a local folder has none")
+    revision: str | None = Field(
+        None,
+        description="hub revision of name_or_path; a commit hash pins the weights and "
+        "code to the ones you checked (unset: the hub's main branch); a local folder has none",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     lora: LoraSettings | None = None
 
@@ -88,14 +95,25 @@ class EnvConfig(Section):
 class RolloutConfig(Section):
     num_envs: int = Field(64, gt=0, description="concurrent episodes in one batched rollout")
     max_action_tokens: int = Field(4, gt=0)
-    max_episode_tokens: int = Field(1024, gt=0, description="prompt + completion cap; episodes past it truncate")
+    max_episode_tokens: int = Field(
+        1024, gt=0, description="prompt + completion cap; episodes past it truncate"
+    )
     temperature: float = Field(1.0, gt=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     stop_on_newline: bool = True
-    env_step_timeout_s: float | None = Field(30.0, gt=0.0, description="an env.step or env.reset slower than this "
-                                             "fails its episode (left out of the batch); null waits forever")
-    max_env_failure_rate: float = Field(0.1, ge=0.0, le=1.0, description="abort when more than this fraction of "
-                                        "a rollout batch's episodes fail (env raised, hung, malformed observation)")
+    env_step_timeout_s: float | None = Field(
+        30.0,
+        gt=0.0,
+        description="an env.step or env.reset slower than this "
+        "fails its episode (left out of the batch); null waits forever",
+    )
+    max_env_failure_rate: float = Field(
+        0.1,
+        ge=0.0,
+        le=1.0,
+        description="abort when more than this fraction of "
+        "a rollout batch's episodes fail (env raised, hung, malformed observation)",
+    )
 
 
 class ExpertDemos(Section):
@@ -131,11 +149,19 @@ ALGORITHMS = ("grpo", "ppo")
 
 class RlConfig(Section):
     algorithm: Literal[ALGORITHMS] = "grpo"
-    init_from: str = Field("sft", description="'sft' (this run's SFT checkpoint), 'base', or a checkpoint path")
-    trainer: dict[str, Any] = Field(default_factory=dict,
-                                    description="passed to trl.GRPOConfig (grpo) or rlft.algorithms.ppo.PPOConfig (ppo)")
-    max_nonfinite_steps: int = Field(3, gt=0, description="abort after this many optimizer steps in a row skipped "
-                                     "for a non-finite loss, reward, value or gradient")
+    init_from: str = Field(
+        "sft", description="'sft' (this run's SFT checkpoint), 'base', or a checkpoint path"
+    )
+    trainer: dict[str, Any] = Field(
+        default_factory=dict,
+        description="passed to trl.GRPOConfig (grpo) or rlft.algorithms.ppo.PPOConfig (ppo)",
+    )
+    max_nonfinite_steps: int = Field(
+        3,
+        gt=0,
+        description="abort after this many optimizer steps in a row skipped "
+        "for a non-finite loss, reward, value or gradient",
+    )
 
 
 class JsonlPreferences(Section):
@@ -143,8 +169,11 @@ class JsonlPreferences(Section):
 
     source: Literal["jsonl"] = "jsonl"
     path: str
-    eval_path: str | None = Field(None, description="held-out pairs; unset: eval_fraction of the file's pairs are "
-                                  "held out, whole prompts at a time")
+    eval_path: str | None = Field(
+        None,
+        description="held-out pairs; unset: eval_fraction of the file's pairs are "
+        "held out, whole prompts at a time",
+    )
     eval_fraction: float = Field(0.2, ge=0.0, lt=1.0)
 
 
@@ -157,31 +186,46 @@ class EnvPreferences(Section):
     eval_episodes: int = Field(200, ge=0, description="held-out episodes, on seeds from eval.seed_start")
     budget: int = Field(1000, gt=0, description="at most this many training pairs")
     eval_budget: int = Field(500, gt=0, description="at most this many held-out pairs")
-    noise: float = Field(0.0, ge=0.0, description="Bradley-Terry temperature in gold units: P(a preferred to b) = "
-                         "sigmoid((gold_a - gold_b) / noise); 0 always prefers the higher gold")
-    gold: str = Field("return", description="'return' (the episode's summed env reward) or 'module:function' "
-                      "called with the played-episode record (envs.experts.play_expert_episode) -> float")
-    policy: Literal["expert", "random"] = Field("expert", description="who plays: the env's expert with epsilon "
-                                                "random actions, or uniformly random actions")
+    noise: float = Field(
+        0.0,
+        ge=0.0,
+        description="Bradley-Terry temperature in gold units: P(a preferred to b) = "
+        "sigmoid((gold_a - gold_b) / noise); 0 always prefers the higher gold",
+    )
+    gold: str = Field(
+        "return",
+        description="'return' (the episode's summed env reward) or 'module:function' "
+        "called with the played-episode record (envs.experts.play_expert_episode) -> float",
+    )
+    policy: Literal["expert", "random"] = Field(
+        "expert",
+        description="who plays: the env's expert with epsilon random actions, or uniformly random actions",
+    )
     epsilon: float = Field(0.5, ge=0.0, le=1.0)
     seed: int = Field(0, description="seeds the players, the pair sample and the labels")
 
 
 class RmEnsembleConfig(Section):
     size: int = Field(1, ge=1, description="members; member i trains with seed + i into checkpoints/rm_<i>")
-    data: Literal["same", "bootstrap", "disjoint"] = Field("same", description="each member's training pairs: all "
-                                                           "of them, a bootstrap resample, or a 1/size shard")
+    data: Literal["same", "bootstrap", "disjoint"] = Field(
+        "same",
+        description="each member's training pairs: all of them, a bootstrap resample, or a 1/size shard",
+    )
     aggregate: Literal["mean", "min", "mean_minus_std"] = "mean"
     k: float = Field(1.0, ge=0.0, description="mean_minus_std: mean - k * std over members")
-    normalize: bool = Field(True, description="standardise each member by its training-score mean and std first")
+    normalize: bool = Field(
+        True, description="standardise each member by its training-score mean and std first"
+    )
 
 
 class RmConfig(Section):
     """`rlft rm`: a Bradley-Terry reward model (rlft/rewards/models/) trained with TRL's RewardTrainer."""
 
     data: EnvPreferences | JsonlPreferences = Field(default_factory=EnvPreferences, discriminator="source")
-    model: ModelConfig | None = Field(None, description="unset: the policy's model section (tiny or name_or_path) "
-                                      "with a one-label score head")
+    model: ModelConfig | None = Field(
+        None,
+        description="unset: the policy's model section (tiny or name_or_path) with a one-label score head",
+    )
     trainer: dict[str, Any] = Field(default_factory=dict, description="passed to trl.RewardConfig")
     ensemble: RmEnsembleConfig = Field(default_factory=RmEnsembleConfig)
     batch_size: int = Field(32, gt=0, description="texts per forward pass when scoring held-out pairs")
@@ -199,11 +243,19 @@ class RmConfig(Section):
 class EvalConfig(Section):
     episodes: int = Field(200, gt=0)
     seed_start: int = Field(10_000_000, ge=0, description="held-out seeds start here, far from train seeds")
-    disjoint_tasks: bool = Field(True, description="skip held-out seeds whose task (map) appeared in training")
-    greedy: bool = Field(True, description="headline numbers from greedy decoding; sampled ones are reported too")
+    disjoint_tasks: bool = Field(
+        True, description="skip held-out seeds whose task (map) appeared in training"
+    )
+    greedy: bool = Field(
+        True, description="headline numbers from greedy decoding; sampled ones are reported too"
+    )
     batch_size: int = Field(128, gt=0)
-    every_steps: int | None = Field(None, gt=0, description="during RL, evaluate on held-out seeds every N steps "
-                                    "(learning curves against env steps); off by default")
+    every_steps: int | None = Field(
+        None,
+        gt=0,
+        description="during RL, evaluate on held-out seeds every N steps "
+        "(learning curves against env steps); off by default",
+    )
     during_episodes: int = Field(100, gt=0, description="held-out episodes per evaluation during RL")
 
 
@@ -217,10 +269,17 @@ class WandbConfig(Section):
 
 
 class TrackingConfig(Section):
-    experiment: str | None = Field(None, description="the experiment this run belongs to (wandb group unless "
-                                   "wandb.group is set; `rlft launch` sets it); unset: the run name")
-    transcripts_every: int | None = Field(None, gt=0, description="during RL, log a sample of episode transcripts "
-                                          "every N steps (wandb table + transcripts.jsonl); unset: logging_steps")
+    experiment: str | None = Field(
+        None,
+        description="the experiment this run belongs to (wandb group unless "
+        "wandb.group is set; `rlft launch` sets it); unset: the run name",
+    )
+    transcripts_every: int | None = Field(
+        None,
+        gt=0,
+        description="during RL, log a sample of episode transcripts "
+        "every N steps (wandb table + transcripts.jsonl); unset: logging_steps",
+    )
     transcript_samples: int = Field(4, ge=0, description="episodes per transcript sample; 0 turns them off")
     wandb: WandbConfig = Field(default_factory=WandbConfig)
 
@@ -229,8 +288,11 @@ class _RewardComponentBase(Section):
     """What every reward component has (rlft/rewards): composed value = weight x clip(normalise(raw))."""
 
     weight: float = Field(1.0, description="multiplies the component after normalisation and clipping")
-    normalize: bool = Field(False, description="running mean / std normalisation of the values the component "
-                            "emits (each turn's for turn-level components, the episode's for episode-level ones)")
+    normalize: bool = Field(
+        False,
+        description="running mean / std normalisation of the values the component "
+        "emits (each turn's for turn-level components, the episode's for episode-level ones)",
+    )
     clip: tuple[float, float] | None = Field(None, description="[lo, hi] applied after normalisation")
 
     @field_validator("weight", mode="before")
@@ -260,26 +322,38 @@ class RmRewardComponent(_RewardComponentBase):
     """A learned reward model's score of the transcript (rlft.rewards.models.scoring.load_reward_model)."""
 
     kind: Literal["rm"]
-    path: str | list[str] | None = Field(None, description="a reward-model folder, or several (an ensemble); null: "
-                                         "this run's checkpoints/rm, trained by `rlft rm` (which `rlft pipeline` "
-                                         "runs before RL when the config has an `rm` section)")
-    level: Literal["episode", "turn"] = Field("episode", description="episode: the whole transcript's score on the "
-                                              "last turn; turn: each turn the change in score its action made")
+    path: str | list[str] | None = Field(
+        None,
+        description="a reward-model folder, or several (an ensemble); null: "
+        "this run's checkpoints/rm, trained by `rlft rm` (which `rlft pipeline` "
+        "runs before RL when the config has an `rm` section)",
+    )
+    level: Literal["episode", "turn"] = Field(
+        "episode",
+        description="episode: the whole transcript's score on the "
+        "last turn; turn: each turn the change in score its action made",
+    )
     aggregate: Literal["mean", "min", "mean_minus_std"] | None = Field(
-        None, description="how an ensemble's scores combine; null: its ensemble.json's, else mean")
-    k: float | None = Field(None, ge=0.0, description="mean_minus_std: mean - k * std; null: ensemble.json's, else 1")
+        None, description="how an ensemble's scores combine; null: its ensemble.json's, else mean"
+    )
+    k: float | None = Field(
+        None, ge=0.0, description="mean_minus_std: mean - k * std; null: ensemble.json's, else 1"
+    )
 
 
 class RuleRewardComponent(_RewardComponentBase):
     """A rule function: a built-in name (valid_action, length_penalty, potential_shaping) or 'module:function'."""
 
     kind: Literal["rule"]
-    function: str = Field(..., description="a built-in rule name or 'module:function' (rlft/rewards/rules.py)")
+    function: str = Field(
+        ..., description="a built-in rule name or 'module:function' (rlft/rewards/rules.py)"
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="passed to the function on every call")
 
 
-RewardComponent = Annotated[EnvRewardComponent | RmRewardComponent | RuleRewardComponent,
-                            Field(discriminator="kind")]
+RewardComponent = Annotated[
+    EnvRewardComponent | RmRewardComponent | RuleRewardComponent, Field(discriminator="kind")
+]
 
 
 class RewardAlarmConfig(Section):
@@ -296,13 +370,20 @@ class RewardAlarmConfig(Section):
 class RewardConfig(Section):
     """The reward design (rlft/rewards). The default, the env reward alone with weight 1, is rlft without one."""
 
-    name: str | None = Field(None, description="a label for the design (wandb tag reward:<name>); unset: the "
-                             "component names joined by '+'")
+    name: str | None = Field(
+        None,
+        description="a label for the design (wandb tag reward:<name>); unset: the "
+        "component names joined by '+'",
+    )
     components: dict[str, RewardComponent] = Field(
         default_factory=lambda: {"env": EnvRewardComponent(kind="env")},
-        description="name -> component; the episode reward is their sum")
-    gold: str = Field("env", description="'env' (the env's own return and success), 'none', or 'module:function' "
-                      "(a rule function; its values summed per episode)")
+        description="name -> component; the episode reward is their sum",
+    )
+    gold: str = Field(
+        "env",
+        description="'env' (the env's own return and success), 'none', or 'module:function' "
+        "(a rule function; its values summed per episode)",
+    )
     alarm: RewardAlarmConfig = Field(default_factory=RewardAlarmConfig)
 
     @field_validator("gold")
@@ -317,6 +398,7 @@ class RewardConfig(Section):
         if not self.components:
             raise ValueError("no reward components; expected at least one (e.g. env: {kind: env})")
         if self.alarm.enabled and self.gold == "none":
-            raise ValueError("alarm.enabled is true but gold is 'none': the alarm compares the proxy with a gold "
-                             "signal")
+            raise ValueError(
+                "alarm.enabled is true but gold is 'none': the alarm compares the proxy with a gold signal"
+            )
         return self

@@ -22,14 +22,27 @@ from rlft.errors import ConfigError, did_you_mean
 # Keys rlft owns: set from other sections of the config (or per stage), not by the user in `*.trainer`.
 _RESERVED = {"output_dir", "seed"}
 # `report_to` adds TRL's own integrations (tensorboard, trackio, ...) beside rlft's tracking; wandb is rlft's.
-_REPORT_TO_OWNED = {"wandb": "rlft logs every stage to wandb itself (tracking.wandb: grouped, tagged, with "
-                             "transcripts); remove 'wandb' from report_to",
-                    "all": "'all' includes wandb, which rlft logs itself; list the integrations, e.g. [tensorboard]"}
+_REPORT_TO_OWNED = {
+    "wandb": "rlft logs every stage to wandb itself (tracking.wandb: grouped, tagged, with "
+    "transcripts); remove 'wandb' from report_to",
+    "all": "'all' includes wandb, which rlft logs itself; list the integrations, e.g. [tensorboard]",
+}
 _REPORT_TO_PACKAGES = {"tensorboard": "tensorboard", "trackio": "trackio"}
 _POSITIVE = {
-    "learning_rate", "per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
-    "num_generations", "num_train_epochs", "max_completion_length", "steps_per_generation", "num_iterations",
-    "max_length", "generation_batch_size", "temperature", "kl_horizon", "critic_learning_rate",
+    "learning_rate",
+    "per_device_train_batch_size",
+    "per_device_eval_batch_size",
+    "gradient_accumulation_steps",
+    "num_generations",
+    "num_train_epochs",
+    "max_completion_length",
+    "steps_per_generation",
+    "num_iterations",
+    "max_length",
+    "generation_batch_size",
+    "temperature",
+    "kl_horizon",
+    "critic_learning_rate",
 }
 
 
@@ -41,7 +54,9 @@ def check_trainer_overrides(key: str, overrides: dict[str, Any], cls: type) -> N
     names = dataclass_field_names(cls)
     for name, value in overrides.items():
         if name in _RESERVED:
-            raise ConfigError(f"key '{key}.{name}' is set by rlft (output_dir from the run, seed from 'seed')")
+            raise ConfigError(
+                f"key '{key}.{name}' is set by rlft (output_dir from the run, seed from 'seed')"
+            )
         if name == "report_to":
             _check_report_to(f"{key}.{name}", value)
         if name not in names:
@@ -56,10 +71,19 @@ def check_trainer_overrides(key: str, overrides: dict[str, Any], cls: type) -> N
             raise ConfigError(f"key '{key}.{name}' = {value!r}: {msg}") from None
         if isinstance(value, bool) and not isinstance(validated, bool):
             # pydantic's lax mode reads `true` as 1; TRL would train with a batch size of True.
-            raise ConfigError(f"key '{key}.{name}' = {value!r}: expected {type(validated).__name__}, got a boolean")
+            raise ConfigError(
+                f"key '{key}.{name}' = {value!r}: expected {type(validated).__name__}, got a boolean"
+            )
         if isinstance(value, str) and isinstance(validated, (int, float)) and not isinstance(validated, bool):
-            value = overrides[name] = validated  # a quoted number ("1e-3"): hand TRL the number, not the string
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0 and name in _POSITIVE:
+            value = overrides[name] = (
+                validated  # a quoted number ("1e-3"): hand TRL the number, not the string
+            )
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and value <= 0
+            and name in _POSITIVE
+        ):
             raise ConfigError(f"key '{key}.{name}' = {value!r}: expected a value > 0")
 
 
@@ -67,19 +91,24 @@ def _check_report_to(key: str, value: Any) -> None:
     """TRL's integrations are allowed beside rlft's tracking, except wandb (rlft's own); the package must exist."""
     names = [value] if isinstance(value, str) else value if isinstance(value, list) else None
     if names is None or not all(isinstance(n, str) for n in names):
-        raise ConfigError(f"key '{key}' = {value!r}: expected an integration name or a list of them "
-                          "(e.g. [tensorboard, trackio])")
+        raise ConfigError(
+            f"key '{key}' = {value!r}: expected an integration name or a list of them "
+            "(e.g. [tensorboard, trackio])"
+        )
     for name in names:
         if name in _REPORT_TO_OWNED:
             raise ConfigError(f"key '{key}' = {value!r}: {_REPORT_TO_OWNED[name]}")
         package = _REPORT_TO_PACKAGES.get(name)
         if package is not None and find_spec(package) is None:
-            raise ConfigError(f"key '{key}' = {value!r}: '{name}' needs the {package} package "
-                              f"(pip install {package}, or pip install -e '.[tracking]')")
+            raise ConfigError(
+                f"key '{key}' = {value!r}: '{name}' needs the {package} package "
+                f"(pip install {package}, or pip install -e '.[tracking]')"
+            )
 
 
-def build_trainer_config(cls: type, overrides: dict[str, Any], output_dir: str, seed: int,
-                         defaults: dict[str, Any] | None = None) -> Any:
+def build_trainer_config(
+    cls: type, overrides: dict[str, Any], output_dir: str, seed: int, defaults: dict[str, Any] | None = None
+) -> Any:
     """Instantiate the TRL config class `cls` for a stage.
 
     Precedence: `base_defaults()` < the stage's `defaults` (rlft/config/defaults.py) < the user's `*.trainer`

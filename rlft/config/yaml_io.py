@@ -29,15 +29,19 @@ class _YamlLoader(yaml.SafeLoader):
             key = key_node.value
             if key in first_line:
                 raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping", node.start_mark,
+                    "while constructing a mapping",
+                    node.start_mark,
                     f"duplicate key '{key}' (first on line {first_line[key]}); expected each key once",
-                    key_node.start_mark)
+                    key_node.start_mark,
+                )
             first_line[key] = key_node.start_mark.line + 1
         return super().construct_mapping(node, deep=deep)
 
 
 _YamlLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789")
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
 )
 
 
@@ -89,7 +93,9 @@ def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not valid UTF-8 ({exc.reason}); save the config as UTF-8") from None
+        raise ConfigError(
+            f"{path}:{line}: not valid UTF-8 ({exc.reason}); save the config as UTF-8"
+        ) from None
     try:
         raw = load_yaml(text)
     except yaml.YAMLError as exc:

@@ -23,8 +23,14 @@ from __future__ import annotations
 import torch
 
 
-def token_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, bootstrap: torch.Tensor,
-              gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def token_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    bootstrap: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GAE over the tokens where `mask` is 1.
 
     Args:
@@ -64,8 +70,14 @@ def action_starts(mask: torch.Tensor) -> torch.Tensor:
     return mask & ~previous
 
 
-def turn_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, bootstrap: torch.Tensor,
-             gamma: float, lam: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def turn_gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    mask: torch.Tensor,
+    bootstrap: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """GAE with one step per action; the advantage is spread over the action's tokens.
 
     Returns advantages (B, T) on every model token, returns (B, T) on each action's first token, and that
@@ -80,7 +92,9 @@ def turn_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, bo
     mask = mask.bool()
     starts = action_starts(mask)
     # Move every token's reward onto its action's first token: turn reward = sum over the action's tokens.
-    turn_index = torch.cumsum(starts.long(), dim=1) - 1  # which action each token belongs to (-1 before the first)
+    turn_index = (
+        torch.cumsum(starts.long(), dim=1) - 1
+    )  # which action each token belongs to (-1 before the first)
     turn_rewards = torch.zeros_like(rewards, dtype=torch.float)
     first_position = torch.where(starts, torch.arange(mask.shape[1]).expand_as(mask), 0)
     start_of_turn = torch.zeros_like(turn_index)
@@ -95,8 +109,13 @@ def turn_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, bo
     return advantages, returns, starts
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, mean: torch.Tensor | None = None,
-                  std: torch.Tensor | None = None, eps: float = 1e-8) -> torch.Tensor:
+def masked_whiten(
+    x: torch.Tensor,
+    mask: torch.Tensor,
+    mean: torch.Tensor | None = None,
+    std: torch.Tensor | None = None,
+    eps: float = 1e-8,
+) -> torch.Tensor:
     """(x - mean) / std over masked entries; 0 elsewhere. Pass mean/std to use statistics gathered elsewhere."""
     mask = mask.bool()
     if mean is None or std is None:

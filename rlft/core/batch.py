@@ -34,7 +34,7 @@ def _pad(rows: list[list], value, left: bool = False, dtype=torch.long) -> torch
     out = torch.full((len(rows), width), value, dtype=dtype)
     for i, row in enumerate(rows):
         if row:
-            target = out[i, width - len(row):] if left else out[i, :len(row)]
+            target = out[i, width - len(row) :] if left else out[i, : len(row)]
             target.copy_(torch.tensor(row, dtype=dtype))
     return out
 
@@ -61,15 +61,20 @@ class RolloutBatch:
 
     # ------------------------------------------------------------------------------------------ building
     @classmethod
-    def from_episodes(cls, episodes: list[Episode], pad_id: int = 0,
-                      device: torch.device | str = "cpu") -> RolloutBatch:
+    def from_episodes(
+        cls, episodes: list[Episode], pad_id: int = 0, device: torch.device | str = "cpu"
+    ) -> RolloutBatch:
         """Pad the episodes' tokens into tensors on `device` (reward design already applied)."""
         prompts = [e.prompt_ids or [pad_id] for e in episodes]
         completions = [e.completion_ids or [pad_id] for e in episodes]
-        env_mask = [[0] * len(c) if e.failure is not None else e.mask or [0] for e, c in zip(episodes, completions)]
+        env_mask = [
+            [0] * len(c) if e.failure is not None else e.mask or [0] for e, c in zip(episodes, completions)
+        ]
         logprobs = [e.logprobs or [0.0] for e in episodes]
-        rewards = [[0.0] * len(c) if e.failure is not None else e.token_rewards() or [0.0]
-                   for e, c in zip(episodes, completions)]
+        rewards = [
+            [0.0] * len(c) if e.failure is not None else e.token_rewards() or [0.0]
+            for e, c in zip(episodes, completions)
+        ]
         components: dict[str, list[float]] = {}
         for episode in episodes:
             if episode.failure is None:
@@ -77,7 +82,8 @@ class RolloutBatch:
                     components.setdefault(name, []).append(float(sum(values)))
         env = _pad(env_mask, 0).to(device)
         return cls(
-            episodes=list(episodes), pad_id=pad_id,
+            episodes=list(episodes),
+            pad_id=pad_id,
             prompt_ids=_pad(prompts, pad_id, left=True).to(device),
             prompt_mask=_pad([[1] * len(p) for p in prompts], 0, left=True).to(device),
             completion_ids=_pad(completions, pad_id).to(device),
@@ -131,7 +137,9 @@ class RolloutBatch:
             "prompt_ids": [e.prompt_ids or [self.pad_id] for e in self.episodes],
             "completion_ids": [e.completion_ids or [self.pad_id] for e in self.episodes],
             "logprobs": [e.logprobs or [0.0] for e in self.episodes],
-            "env_mask": [[0] * max(len(e.mask), 1) if e.failure is not None else e.mask for e in self.episodes],
+            "env_mask": [
+                [0] * max(len(e.mask), 1) if e.failure is not None else e.mask for e in self.episodes
+            ],
             "episode_return": self.per_episode(lambda e: e.episode_return),
             "success": self.per_episode(lambda e: float(e.success)),
             "turns": self.per_episode(lambda e: float(e.num_turns)),
@@ -149,32 +157,42 @@ class RolloutBatch:
             input_ids, attention_mask: (B, P + T + E), E the longest final observation.
             bootstrap_index: (B,) the position whose value is the bootstrap; -1 where there is none.
         """
-        tails = [e.final_observation_ids if truncated else []
-                 for e, truncated in zip(self.episodes, self.truncated)]
+        tails = [
+            e.final_observation_ids if truncated else []
+            for e, truncated in zip(self.episodes, self.truncated)
+        ]
         extra = max((len(t) for t in tails), default=0)
-        ids = torch.cat([self.completion_ids, self.completion_ids.new_full((len(self), extra), self.pad_id)], dim=1)
+        ids = torch.cat(
+            [self.completion_ids, self.completion_ids.new_full((len(self), extra), self.pad_id)], dim=1
+        )
         att = torch.cat([self.completion_mask, self.completion_mask.new_zeros((len(self), extra))], dim=1)
         lengths = self.completion_mask.sum(dim=1).tolist()
         start = self.prompt_ids.shape[1]
         bootstrap_index = torch.full((len(self),), -1, dtype=torch.long)
         for i, tail in enumerate(tails):
             if tail:
-                ids[i, lengths[i]: lengths[i] + len(tail)] = torch.tensor(tail, device=ids.device)
-                att[i, lengths[i]: lengths[i] + len(tail)] = 1
+                ids[i, lengths[i] : lengths[i] + len(tail)] = torch.tensor(tail, device=ids.device)
+                att[i, lengths[i] : lengths[i] + len(tail)] = 1
                 bootstrap_index[i] = start + lengths[i] + len(tail) - 1
-        return (torch.cat([self.prompt_ids, ids], dim=1), torch.cat([self.prompt_mask, att], dim=1),
-                bootstrap_index.to(ids.device))
+        return (
+            torch.cat([self.prompt_ids, ids], dim=1),
+            torch.cat([self.prompt_mask, att], dim=1),
+            bootstrap_index.to(ids.device),
+        )
 
-    def split_critic_values(self, full: torch.Tensor,
-                            bootstrap_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def split_critic_values(
+        self, full: torch.Tensor, bootstrap_index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The critic's (B, P + T + E) output as values before each completion token (B, T) and bootstrap (B,).
 
         Position P - 1 + t holds V of the state before completion token t; 0 bootstrap where there is none.
         """
         start, width = self.prompt_ids.shape[1], self.completion_ids.shape[1]
-        values = full[:, start - 1: start - 1 + width]
+        values = full[:, start - 1 : start - 1 + width]
         index = bootstrap_index.clamp(min=0).unsqueeze(1)
-        bootstrap = torch.where(bootstrap_index >= 0, full.gather(1, index).squeeze(1), torch.zeros_like(full[:, 0]))
+        bootstrap = torch.where(
+            bootstrap_index >= 0, full.gather(1, index).squeeze(1), torch.zeros_like(full[:, 0])
+        )
         return values, bootstrap
 
     # ------------------------------------------------------------------------------------------ advantages
@@ -187,8 +205,9 @@ class RolloutBatch:
         self.rewards = self.rewards - coef * per_token
         return per_token
 
-    def compute_gae(self, values: torch.Tensor, bootstrap: torch.Tensor, gamma: float, lam: float,
-                    level: str = "token") -> tuple[torch.Tensor, torch.Tensor]:
+    def compute_gae(
+        self, values: torch.Tensor, bootstrap: torch.Tensor, gamma: float, lam: float, level: str = "token"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """GAE over model tokens (rlft/core/advantages.py); stores values, returns, advantages and value_mask.
 
         Args:
@@ -198,7 +217,9 @@ class RolloutBatch:
                 trained on each action's first token only).
         """
         if level == "turn":
-            advantages, returns, value_mask = turn_gae(self.rewards, values, self.env_mask, bootstrap, gamma, lam)
+            advantages, returns, value_mask = turn_gae(
+                self.rewards, values, self.env_mask, bootstrap, gamma, lam
+            )
         elif level == "token":
             advantages, returns = token_gae(self.rewards, values, self.env_mask, bootstrap, gamma, lam)
             value_mask = self.env_mask.bool()
@@ -224,7 +245,9 @@ class RolloutBatch:
         >>> RolloutBatch.from_episodes(eps).group_advantages(2, eps=0.0).tolist()   # std sqrt(2)
         [-0.7071067690849304, 0.7071067690849304]
         """
-        returns = torch.tensor([float("nan") if r is None else r for r in self.per_episode(lambda e: e.episode_return)])
+        returns = torch.tensor(
+            [float("nan") if r is None else r for r in self.per_episode(lambda e: e.episode_return)]
+        )
         grouped = returns.view(-1, group_size)
         healthy = ~torch.isnan(grouped)
         count = healthy.sum(dim=1, keepdim=True)

@@ -112,7 +112,13 @@ class Episode:
 
     def summary(self) -> dict[str, Any]:
         return {
-            "seed": self.seed, "return": self.episode_return, "success": self.success, "turns": self.num_turns,
-            "terminated": self.terminated, "truncated": self.truncated, "invalid_actions": self.invalid_actions,
-            "task_id": self.task_id, "failure": self.failure,
+            "seed": self.seed,
+            "return": self.episode_return,
+            "success": self.success,
+            "turns": self.num_turns,
+            "terminated": self.terminated,
+            "truncated": self.truncated,
+            "invalid_actions": self.invalid_actions,
+            "task_id": self.task_id,
+            "failure": self.failure,
         }

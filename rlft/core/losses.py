@@ -31,8 +31,12 @@ def masked_sum(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * mask.to(x.dtype)).sum()
 
 
-def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
-                        clip_coef: float | tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    clip_coef: float | tuple[float, float],
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CleanRL's clipped surrogate per token, max(pg_loss1, pg_loss2), and the probability ratio.
 
     Args:
@@ -56,8 +60,13 @@ def clipped_policy_loss(logprobs: torch.Tensor, old_logprobs: torch.Tensor, adva
     return torch.max(pg_loss1, pg_loss2), ratio
 
 
-def clipped_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                       clip: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+def clipped_value_loss(
+    values: torch.Tensor,
+    old_values: torch.Tensor,
+    returns: torch.Tensor,
+    mask: torch.Tensor,
+    clip: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """CleanRL's clipped value loss, 0.5 * max((V - R)^2, (V_clip - R)^2), masked mean; and the clip fraction.
 
     Args:
@@ -95,10 +104,26 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(logp.exp() * logp).sum(-1)
 
 
-def ppo_objective(logprobs, old_logprobs, advantages, mask, values, old_values, returns, value_mask, *,
-                  token_count: float, clip_coef: float | tuple[float, float] = 0.2, clip_coef_value: float | None = 0.2,
-                  vf_coef: float = 0.5, ent_coef: float = 0.0, entropy=None, kl_coef: float = 0.0,
-                  ref_logprobs=None, kl_ratio_weighted: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_objective(
+    logprobs,
+    old_logprobs,
+    advantages,
+    mask,
+    values,
+    old_values,
+    returns,
+    value_mask,
+    *,
+    token_count: float,
+    clip_coef: float | tuple[float, float] = 0.2,
+    clip_coef_value: float | None = 0.2,
+    vf_coef: float = 0.5,
+    ent_coef: float = 0.0,
+    entropy=None,
+    kl_coef: float = 0.0,
+    ref_logprobs=None,
+    kl_ratio_weighted: bool = True,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The PPO loss of one minibatch (CleanRL's ppo.py), and every number it logs.
 
     Args:
@@ -130,8 +155,10 @@ def ppo_objective(logprobs, old_logprobs, advantages, mask, values, old_values, 
         low, high = clip_coef if isinstance(clip_coef, tuple) else (clip_coef, clip_coef)
         on = mask.bool()
         metrics = {
-            "ppo/policy_loss": pg_loss.detach(), "ppo/value_loss": v_loss.detach(),
-            "ppo/value_clipfrac": v_clipfrac.detach(), "ppo/entropy": entropy_loss.detach(),
+            "ppo/policy_loss": pg_loss.detach(),
+            "ppo/value_loss": v_loss.detach(),
+            "ppo/value_clipfrac": v_clipfrac.detach(),
+            "ppo/entropy": entropy_loss.detach(),
             "ppo/approx_kl": masked_mean((ratio - 1) - log_ratio, mask),
             "ppo/ratio_mean": masked_mean(ratio, mask),
             "ppo/ratio_max_deviation": ((ratio - 1).abs() * on).max() if on.any() else ratio.new_zeros(()),

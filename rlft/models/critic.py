@@ -75,7 +75,9 @@ class ValueModel(nn.Module):
         self.head = head or ValueHead(hidden_size_of(backbone))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        hidden = self.backbone(
+            input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+        ).last_hidden_state
         return self.head(hidden)
 
 
@@ -83,7 +85,9 @@ def is_critic_dir(path: str | Path) -> bool:
     return (Path(path) / CRITIC_FILE).is_file()
 
 
-def save_critic(critic: nn.Module, path: str | Path, kind: str, source: str, policy: nn.Module | None = None) -> Path:
+def save_critic(
+    critic: nn.Module, path: str | Path, kind: str, source: str, policy: nn.Module | None = None
+) -> Path:
     """Write a critic folder that reloads on its own. `critic` is a ValueModel, or a ValueHead with its policy."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -94,8 +98,9 @@ def save_critic(critic: nn.Module, path: str | Path, kind: str, source: str, pol
     backbone = _merged(backbone)
     backbone.save_pretrained(path, safe_serialization=True)
     save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, path / HEAD_FILE)
-    (path / CRITIC_FILE).write_text(json.dumps({"type": kind, "source": source,
-                                                "hidden_size": hidden_size_of(backbone)}, indent=2))
+    (path / CRITIC_FILE).write_text(
+        json.dumps({"type": kind, "source": source, "hidden_size": hidden_size_of(backbone)}, indent=2)
+    )
     return path
 
 
@@ -130,17 +135,24 @@ def load_critic(path: str | Path, dtype: torch.dtype | None = None) -> ValueMode
     return ValueModel(backbone, head).to(dtype or backbone.dtype)
 
 
-def critic_from_reward_model(path: str | Path, dtype: torch.dtype | None = None,
-                             trust_remote_code: bool = False) -> ValueModel:
+def critic_from_reward_model(
+    path: str | Path, dtype: torch.dtype | None = None, trust_remote_code: bool = False
+) -> ValueModel:
     """A ValueModel whose backbone and head are a one-label sequence classifier's (a Bradley-Terry RM)."""
     from transformers import AutoModelForSequenceClassification
 
     # bandit B615 is a false positive: `rl.trainer.critic_init` is checked to be a local folder (rlft/config/schema.py),
     # not a hub id.
-    model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True, dtype=dtype,  # nosec B615
-                                                               trust_remote_code=trust_remote_code)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        path,
+        use_safetensors=True,
+        dtype=dtype,  # nosec B615
+        trust_remote_code=trust_remote_code,
+    )
     if model.config.num_labels != 1:
-        raise CheckpointError(f"'{path}': a reward model has one label, this one has {model.config.num_labels}")
+        raise CheckpointError(
+            f"'{path}': a reward model has one label, this one has {model.config.num_labels}"
+        )
     score = getattr(model, "score", None) or getattr(model, "classifier", None)
     if not isinstance(score, nn.Linear):
         raise CheckpointError(f"'{path}': cannot find a linear score head on {type(model).__name__}")
@@ -163,8 +175,10 @@ def build_critic(kind: str, init: str, policy: nn.Module, trust_remote_code: boo
         if init != "policy":
             source = load_critic(init) if is_critic_dir(init) else critic_from_reward_model(init)
             if source.head.summary.in_features != head.summary.in_features:
-                raise CheckpointError(f"critic_init '{init}' has hidden size {source.head.summary.in_features}, "
-                                      f"the policy {head.summary.in_features}")
+                raise CheckpointError(
+                    f"critic_init '{init}' has hidden size {source.head.summary.in_features}, "
+                    f"the policy {head.summary.in_features}"
+                )
             head.load_state_dict(source.head.state_dict())
         return head.to(dtype)
     if init == "policy":
@@ -175,5 +189,7 @@ def build_critic(kind: str, init: str, policy: nn.Module, trust_remote_code: boo
         return load_critic(init, dtype=dtype)
     if (Path(init) / "config.json").is_file():
         return critic_from_reward_model(init, dtype=dtype, trust_remote_code=trust_remote_code)
-    raise CheckpointError(f"critic_init '{init}' is neither 'policy', a saved critic ({CRITIC_FILE}) "
-                          "nor a reward-model folder (config.json)")
+    raise CheckpointError(
+        f"critic_init '{init}' is neither 'policy', a saved critic ({CRITIC_FILE}) "
+        "nor a reward-model folder (config.json)"
+    )

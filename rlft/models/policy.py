@@ -145,7 +145,9 @@ def load_policy(cfg: ModelConfig, seed: int, env_factory=None, max_turns: int = 
 def torch_dtype(name: str) -> torch.dtype | str:
     """The torch dtype of `model.dtype`: 'auto' is bfloat16 where the GPU has it, float32 otherwise."""
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        return (
+            torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+        )
     return getattr(torch, name)
 
 
@@ -153,20 +155,32 @@ def load_pretrained(name_or_path: str, cfg: ModelConfig | None = None):
     """`from_pretrained` of a local folder or hub id (also how rlft's own checkpoints reload)."""
     cfg = cfg or ModelConfig(name_or_path=name_or_path)
     path = Path(name_or_path)
-    if path.exists() and not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+    if (
+        path.exists()
+        and not (path / "config.json").is_file()
+        and not (path / "adapter_config.json").is_file()
+    ):
         raise CheckpointError(f"'{name_or_path}' has no config.json: not a saved model")
-    revision = None if path.exists() else cfg.revision  # a hub id may be pinned; a local folder has no revisions
+    revision = (
+        None if path.exists() else cfg.revision
+    )  # a hub id may be pinned; a local folder has no revisions
     try:
         tokenizer = load_tokenizer(name_or_path, cfg.trust_remote_code, revision)
         if (path / "adapter_config.json").is_file():
             from peft import AutoPeftModelForCausalLM
 
             model = AutoPeftModelForCausalLM.from_pretrained(
-                name_or_path, dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code, is_trainable=True
+                name_or_path,
+                dtype=torch_dtype(cfg.dtype),
+                trust_remote_code=cfg.trust_remote_code,
+                is_trainable=True,
             )
         else:
             model = AutoModelForCausalLM.from_pretrained(
-                name_or_path, dtype=torch_dtype(cfg.dtype), trust_remote_code=cfg.trust_remote_code, use_safetensors=True,
+                name_or_path,
+                dtype=torch_dtype(cfg.dtype),
+                trust_remote_code=cfg.trust_remote_code,
+                use_safetensors=True,
                 revision=revision,
             )
     except OSError as exc:
@@ -206,8 +220,13 @@ def apply_lora(model: PreTrainedModel, lora: LoraSettings) -> PreTrainedModel:
     if isinstance(model, PeftModel):
         return model
 
-    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=lora.target_modules, task_type="CAUSAL_LM")
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
     return get_peft_model(model, config)
 
 

@@ -7,5 +7,14 @@ from rlft.rewards.normalization import RunningMeanStd
 from rlft.rewards.references import check_reward_references
 from rlft.rewards.rules import BUILTIN_RULES, call_rule, length_penalty, potential_shaping, valid_action
 
-__all__ = ["BUILTIN_RULES", "RewardDesign", "RunningMeanStd", "build_reward_design", "call_rule",
-           "check_reward_references", "length_penalty", "potential_shaping", "valid_action"]
+__all__ = [
+    "BUILTIN_RULES",
+    "RewardDesign",
+    "RunningMeanStd",
+    "build_reward_design",
+    "call_rule",
+    "check_reward_references",
+    "length_penalty",
+    "potential_shaping",
+    "valid_action",
+]

@@ -80,8 +80,14 @@ class OverOptimizationAlarm(TrainerCallback):
         proxy, gold: the logged metric names.
     """
 
-    def __init__(self, window: int = 20, min_t: float = 3.0, stop: bool = False, proxy: str = "proxy/return",
-                 gold: str = "gold/return"):
+    def __init__(
+        self,
+        window: int = 20,
+        min_t: float = 3.0,
+        stop: bool = False,
+        proxy: str = "proxy/return",
+        gold: str = "gold/return",
+    ):
         self.window, self.min_t, self.stop = window, min_t, stop
         self.proxy_key, self.gold_key = proxy, gold
         self.history: list[tuple[int, float, float]] = []  # (step, proxy, gold), the last `window`
@@ -90,13 +96,15 @@ class OverOptimizationAlarm(TrainerCallback):
 
     @classmethod
     def from_config(cls, config) -> OverOptimizationAlarm:
-        return cls(window=config.window, min_t=config.min_t, stop=config.stop, proxy=config.proxy, gold=config.gold)
+        return cls(
+            window=config.window, min_t=config.min_t, stop=config.stop, proxy=config.proxy, gold=config.gold
+        )
 
     def observe(self, step: int, proxy: float, gold: float) -> AlarmEvent | None:
         """Add one logged step; the event when the alarm fires on it."""
         if not (math.isfinite(proxy) and math.isfinite(gold)):
             return None
-        self.history = (self.history + [(int(step), float(proxy), float(gold))])[-self.window:]
+        self.history = (self.history + [(int(step), float(proxy), float(gold))])[-self.window :]
         if len(self.history) < self.window:
             return None
         proxy_trend = trend([p for _, p, _ in self.history])
@@ -118,15 +126,29 @@ class OverOptimizationAlarm(TrainerCallback):
         event = self.observe(state.global_step, proxy, gold)
         if event is None:
             return control
-        logs.update({"alarm/overoptimization": 1.0, "alarm/proxy_slope": event.proxy.slope,
-                     "alarm/gold_slope": event.gold.slope, "alarm/proxy_t": event.proxy.t,
-                     "alarm/gold_t": event.gold.t})
+        logs.update(
+            {
+                "alarm/overoptimization": 1.0,
+                "alarm/proxy_slope": event.proxy.slope,
+                "alarm/gold_slope": event.gold.slope,
+                "alarm/proxy_t": event.proxy.t,
+                "alarm/gold_t": event.gold.t,
+            }
+        )
         if first and state.is_world_process_zero:
             logger.warning(
                 "over-optimisation alarm at step %d: over the last %d logged steps %s rose (slope %+.4g per step, "
-                "t = %.1f) while %s fell (slope %+.4g, t = %.1f)%s", event.step, self.window, self.proxy_key,
-                event.proxy.slope, event.proxy.t, self.gold_key, event.gold.slope, event.gold.t,
-                "; stopping after a checkpoint (reward.alarm.stop)" if self.stop else "")
+                "t = %.1f) while %s fell (slope %+.4g, t = %.1f)%s",
+                event.step,
+                self.window,
+                self.proxy_key,
+                event.proxy.slope,
+                event.proxy.t,
+                self.gold_key,
+                event.gold.slope,
+                event.gold.t,
+                "; stopping after a checkpoint (reward.alarm.stop)" if self.stop else "",
+            )
         if self.stop:
             control.should_save = True
             control.should_training_stop = True

@@ -63,7 +63,7 @@ def transcript(instructions: str, observations: Sequence[str], actions: Sequence
     had (rlft.rewards.models.preferences.transcript_text, rlft's plain turn format), ending with the observation
     that followed the last of those turns. `observations` are s_0 .. s_K, the final one included.
     """
-    prompt, completion = transcript_text(instructions, list(observations[:turns + 1]), list(actions[:turns]))
+    prompt, completion = transcript_text(instructions, list(observations[: turns + 1]), list(actions[:turns]))
     return prompt + completion
 
 
@@ -71,7 +71,7 @@ def action_token_counts(episode: Episode) -> list[int]:
     """Tokens the model sampled for each action (env tokens between actions have mask 0)."""
     counts, start = [], 0
     for end in episode.action_ends:
-        counts.append(sum(episode.mask[start:end + 1]))
+        counts.append(sum(episode.mask[start : end + 1]))
         start = end + 1
     return counts
 
@@ -91,11 +91,18 @@ def episode_fields(episode: Episode, action_names: Sequence[str] | None, instruc
     after = (list(episode.observations) + [last])[:k]
     flags = list(episode.invalid_action_flags or [None] * k)
     return {
-        "observations": before, "next_observations": after, "terminated": episode.terminated,
-        "truncated": episode.truncated, "invalid_action": flags, "action_tokens": action_token_counts(episode),
-        "action_names": list(action_names) if action_names else None, "instructions": instructions,
+        "observations": before,
+        "next_observations": after,
+        "terminated": episode.terminated,
+        "truncated": episode.truncated,
+        "invalid_action": flags,
+        "action_tokens": action_token_counts(episode),
+        "action_names": list(action_names) if action_names else None,
+        "instructions": instructions,
         "prompt": (instructions + "\n" if instructions else "") + episode.first_observation,
-        "env_rewards": env_rewards(episode), "success": episode.success, "seed": episode.seed,
+        "env_rewards": env_rewards(episode),
+        "success": episode.success,
+        "seed": episode.seed,
         "task_id": episode.task_id,
     }
 
@@ -126,8 +133,13 @@ class RewardDesign:
         scorers: a scorer per rm component name (tests pass fakes); loaded from the config when absent.
     """
 
-    def __init__(self, config: RewardConfig, action_names: Sequence[str] | None = None, instructions: str = "",
-                 scorers: dict[str, Scorer] | None = None):
+    def __init__(
+        self,
+        config: RewardConfig,
+        action_names: Sequence[str] | None = None,
+        instructions: str = "",
+        scorers: dict[str, Scorer] | None = None,
+    ):
         self.config = config
         self.action_names = list(action_names) if action_names else None
         self.instructions = instructions
@@ -139,16 +151,20 @@ class RewardDesign:
             elif isinstance(cfg, RmRewardComponent):
                 component.scorer = (scorers or {}).get(name) or load_scorer(cfg, name)
             self.components.append(component)
-        self.gold_function = (resolve_entry_point(config.gold, "reward.gold")
-                              if config.gold not in ("env", "none") else None)
+        self.gold_function = (
+            resolve_entry_point(config.gold, "reward.gold") if config.gold not in ("env", "none") else None
+        )
         self.alarm = None
         if config.alarm.enabled or (config.alarm.enabled is None and config.gold != "none"):
             self.alarm = OverOptimizationAlarm.from_config(config.alarm)
 
     # ---------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"normalizers": {c.name: c.normalizer.state_dict() for c in self.components
-                                                 if c.normalizer is not None}}
+        state: dict[str, Any] = {
+            "normalizers": {
+                c.name: c.normalizer.state_dict() for c in self.components if c.normalizer is not None
+            }
+        }
         if self.alarm is not None:
             state["alarm"] = self.alarm.state_dict()
         return state
@@ -194,11 +210,18 @@ class RewardDesign:
             add("gold/return", [sum(f["env_rewards"]) for f in fields])
             add("gold/success", [float(e.success) for e in healthy])
         elif self.gold_function is not None:
-            add("gold/return", [sum(call_rule(self.gold_function, e.actions, f, {}, "gold"))
-                                for e, f in zip(healthy, fields, strict=True)])
+            add(
+                "gold/return",
+                [
+                    sum(call_rule(self.gold_function, e.actions, f, {}, "gold"))
+                    for e, f in zip(healthy, fields, strict=True)
+                ],
+            )
         keys = list(sums)
         totals = gather(np.array([v for key in keys for v in sums[key]], dtype=np.float64)).sum(axis=0)
-        metrics = {key: float(totals[2 * j] / totals[2 * j + 1]) for j, key in enumerate(keys) if totals[2 * j + 1]}
+        metrics = {
+            key: float(totals[2 * j] / totals[2 * j + 1]) for j, key in enumerate(keys) if totals[2 * j + 1]
+        }
         for component in self.components:
             if component.normalizer is not None:
                 metrics[f"reward/{component.name}/norm_mean"] = component.normalizer.mean
@@ -211,11 +234,15 @@ class RewardDesign:
         if isinstance(cfg, EnvRewardComponent):
             return [list(f["env_rewards"]) for f in fields]
         if isinstance(cfg, RuleRewardComponent):
-            return [call_rule(component.function, list(e.actions), f, component.kwargs, component.name)
-                    for e, f in zip(episodes, fields, strict=True)]
+            return [
+                call_rule(component.function, list(e.actions), f, component.kwargs, component.name)
+                for e, f in zip(episodes, fields, strict=True)
+            ]
         return self._rm_values(component, episodes, fields)
 
-    def _rm_values(self, component: Component, episodes: list[Episode], fields: list[dict]) -> list[list[float]]:
+    def _rm_values(
+        self, component: Component, episodes: list[Episode], fields: list[dict]
+    ) -> list[list[float]]:
         episode_level = component.level == "episode"
         texts: list[str] = []
         for e, f in zip(episodes, fields, strict=True):
@@ -224,15 +251,17 @@ class RewardDesign:
             texts += [transcript(self.instructions, states, e.actions, k) for k in prefixes]
         scores = [float(s) for s in component.scorer.score(texts)] if texts else []
         if len(scores) != len(texts):
-            raise ValueError(f"reward component '{component.name}': the reward model returned {len(scores)} "
-                             f"scores for {len(texts)} texts")
+            raise ValueError(
+                f"reward component '{component.name}': the reward model returned {len(scores)} "
+                f"scores for {len(texts)} texts"
+            )
         values, at = [], 0
         for e in episodes:
             if episode_level:
                 values.append([0.0] * (e.num_turns - 1) + [scores[at]] if e.num_turns else [])
                 at += 1
             else:
-                own = scores[at: at + e.num_turns + 1]
+                own = scores[at : at + e.num_turns + 1]
                 values.append([after - before for before, after in zip(own, own[1:])])
                 at += e.num_turns + 1
         return values
@@ -276,8 +305,10 @@ def build_reward_design(config: Config, scorers: dict[str, Scorer] | None = None
         instructions = str(getattr(unwrapped, "instructions", ""))
     finally:
         env.close()
-    resolved = {name: cfg.model_copy(update={"path": str(run_reward_model(config))})
-                for name, cfg in config.reward.components.items()
-                if isinstance(cfg, RmRewardComponent) and cfg.path is None}
+    resolved = {
+        name: cfg.model_copy(update={"path": str(run_reward_model(config))})
+        for name, cfg in config.reward.components.items()
+        if isinstance(cfg, RmRewardComponent) and cfg.path is None
+    }
     reward = config.reward.model_copy(update={"components": {**config.reward.components, **resolved}})
     return RewardDesign(reward, action_names=names, instructions=instructions, scorers=scorers)

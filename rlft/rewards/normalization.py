@@ -38,12 +38,14 @@ class RunningMeanStd:
         self.m2 += m2 + delta * delta * self.count * count / total
         self.count = total
 
-    def update(self, values: Sequence[float], gather: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+    def update(
+        self, values: Sequence[float], gather: Callable[[np.ndarray], np.ndarray] | None = None
+    ) -> None:
         """Add a batch; with `gather`, every process's batch, merged in process order."""
         x = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
         mean = float(x.mean()) if x.size else 0.0
         local = np.array([x.size, mean, float(((x - mean) ** 2).sum()) if x.size else 0.0])
-        for count, batch_mean, m2 in (gather(local) if gather is not None else local[None]):
+        for count, batch_mean, m2 in gather(local) if gather is not None else local[None]:
             self.merge(float(count), float(batch_mean), float(m2))
 
     def normalize(self, value: float) -> float:
@@ -60,6 +62,7 @@ def gatherer(accelerator) -> Callable[[np.ndarray], np.ndarray]:
     """`row -> rows`: every process's row, in process order (one process: just this one)."""
     if accelerator is None or accelerator.num_processes == 1:
         return lambda row: np.asarray(row, dtype=np.float64)[None]
+
     def gather(row: np.ndarray) -> np.ndarray:
         tensor = torch.tensor(np.asarray(row, dtype=np.float64)[None], device=accelerator.device)
         return accelerator.gather(tensor).cpu().numpy()

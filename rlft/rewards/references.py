@@ -24,7 +24,9 @@ class Scorer(Protocol):
 def resolve_entry_point(spec: str, key: str) -> Callable:
     function = import_entry_point(spec, key)
     if not callable(function):
-        raise ConfigError(f"key '{key}' = '{spec}': {type(function).__name__} is not callable; expected a function")
+        raise ConfigError(
+            f"key '{key}' = '{spec}': {type(function).__name__} is not callable; expected a function"
+        )
     return function
 
 
@@ -35,24 +37,36 @@ def resolve_rule(cfg: RuleRewardComponent, key: str) -> tuple[RuleFunction, dict
     elif cfg.function in BUILTIN_RULES:
         function = BUILTIN_RULES[cfg.function]
     else:
-        raise ConfigError(f"key '{key}.function' = '{cfg.function}': not a built-in rule and not "
-                          f"'module:function'{did_you_mean(cfg.function, BUILTIN_RULES)}")
+        raise ConfigError(
+            f"key '{key}.function' = '{cfg.function}': not a built-in rule and not "
+            f"'module:function'{did_you_mean(cfg.function, BUILTIN_RULES)}"
+        )
     kwargs = dict(cfg.kwargs)
     for name in kwargs:
         if name in FIELDS or name == "actions":
-            raise ConfigError(f"key '{key}.kwargs.{name}': '{name}' is an episode field the rule receives; "
-                              "choose another name")
+            raise ConfigError(
+                f"key '{key}.kwargs.{name}': '{name}' is an episode field the rule receives; "
+                "choose another name"
+            )
     if cfg.function in BUILTIN_RULES:
-        own = [p.name for p in inspect.signature(function).parameters.values()
-               if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD and p.name != "actions" and p.name not in FIELDS]
+        own = [
+            p.name
+            for p in inspect.signature(function).parameters.values()
+            if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD
+            and p.name != "actions"
+            and p.name not in FIELDS
+        ]
         for name in kwargs:
             if name not in own:
-                raise ConfigError(f"key '{key}.kwargs.{name}': {cfg.function} has no option '{name}'"
-                                  f"{did_you_mean(name, own)}")
+                raise ConfigError(
+                    f"key '{key}.kwargs.{name}': {cfg.function} has no option '{name}'"
+                    f"{did_you_mean(name, own)}"
+                )
         for name in ENTRY_POINT_KWARGS.get(cfg.function, ()):
             if name not in kwargs:
-                raise ConfigError(f"key '{key}.kwargs.{name}' is missing: {cfg.function} needs it "
-                                  "('module:function')")
+                raise ConfigError(
+                    f"key '{key}.kwargs.{name}' is missing: {cfg.function} needs it ('module:function')"
+                )
             if isinstance(kwargs[name], str):
                 kwargs[name] = resolve_entry_point(kwargs[name], f"{key}.kwargs.{name}")
     return function, kwargs
@@ -74,16 +88,20 @@ def check_reward_references(config: Config) -> None:
         elif isinstance(cfg, RmRewardComponent):
             if cfg.path is None:
                 if "rm" not in config.model_fields_set and not run_reward_model(config).is_dir():
-                    raise ConfigError(f"key '{key}.path' is null (this run's reward model) but the config has no "
-                                      f"`rm` section to train one and {run_reward_model(config)} does not exist")
+                    raise ConfigError(
+                        f"key '{key}.path' is null (this run's reward model) but the config has no "
+                        f"`rm` section to train one and {run_reward_model(config)} does not exist"
+                    )
                 continue
             paths = [cfg.path] if isinstance(cfg.path, str) else cfg.path
             if not paths:
                 raise ConfigError(f"key '{key}.path' = []: expected a reward-model folder or a list of them")
             for path in paths:
                 if not Path(path).expanduser().is_dir():
-                    raise ConfigError(f"key '{key}.path' = '{path}': no such reward-model folder "
-                                      "(train one with `rlft rm`, or give the folder of a saved one)")
+                    raise ConfigError(
+                        f"key '{key}.path' = '{path}': no such reward-model folder "
+                        "(train one with `rlft rm`, or give the folder of a saved one)"
+                    )
     if reward.gold not in ("env", "none"):
         resolve_entry_point(reward.gold, "reward.gold")
 

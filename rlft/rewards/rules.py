@@ -55,9 +55,15 @@ def _action_name(text: str) -> str:
     return text.strip().lower().rstrip(string.punctuation)
 
 
-def valid_action(actions: list[str], invalid_action: Sequence[bool | None] | None = None,
-                 action_names: Sequence[str] | None = None, valid_reward: float = 0.0, invalid_reward: float = -1.0,
-                 exact: bool = True, **kwargs) -> list[float]:
+def valid_action(
+    actions: list[str],
+    invalid_action: Sequence[bool | None] | None = None,
+    action_names: Sequence[str] | None = None,
+    valid_reward: float = 0.0,
+    invalid_reward: float = -1.0,
+    exact: bool = True,
+    **kwargs,
+) -> list[float]:
     """`valid_reward` for an action the env could parse, `invalid_reward` for one it could not.
 
     The env's own signal (`info["invalid_action"]`, recorded per turn by the rollout) decides, with two
@@ -73,8 +79,10 @@ def valid_action(actions: list[str], invalid_action: Sequence[bool | None] | Non
     [0.0, -1.0]
     """
     if invalid_action is None or any(flag is None for flag in invalid_action):
-        raise ValueError("valid_action needs the env's per-step info['invalid_action'] (a bool); this env does not "
-                         "report it. Use a DiscreteTextEnv adapter, or write a rule that parses the action itself")
+        raise ValueError(
+            "valid_action needs the env's per-step info['invalid_action'] (a bool); this env does not "
+            "report it. Use a DiscreteTextEnv adapter, or write a rule that parses the action itself"
+        )
     names = {name.lower() for name in action_names} if action_names and exact else None
     rewards = []
     for text, invalid in zip(actions, invalid_action, strict=True):
@@ -83,8 +91,14 @@ def valid_action(actions: list[str], invalid_action: Sequence[bool | None] | Non
     return rewards
 
 
-def length_penalty(actions: list[str], budget: int = 16, coef: float = 0.01, unit: str = "token",
-                   action_tokens: Sequence[int] | None = None, **kwargs) -> list[float]:
+def length_penalty(
+    actions: list[str],
+    budget: int = 16,
+    coef: float = 0.01,
+    unit: str = "token",
+    action_tokens: Sequence[int] | None = None,
+    **kwargs,
+) -> list[float]:
     """`-coef` per token (or character) beyond `budget`, for each action.
 
     A blank action (nothing but whitespace) costs `coef` as well: otherwise saying nothing would be the
@@ -99,7 +113,9 @@ def length_penalty(actions: list[str], budget: int = 16, coef: float = 0.01, uni
     if unit not in ("token", "char"):
         raise ValueError(f"length_penalty: unit = {unit!r}; expected 'token' or 'char'")
     if unit == "token" and action_tokens is None:
-        raise ValueError("length_penalty: unit 'token' needs the action_tokens field (pass unit: char otherwise)")
+        raise ValueError(
+            "length_penalty: unit 'token' needs the action_tokens field (pass unit: char otherwise)"
+        )
     rewards = []
     for k, text in enumerate(actions):
         length = action_tokens[k] if unit == "token" else len(text.strip())
@@ -109,9 +125,15 @@ def length_penalty(actions: list[str], budget: int = 16, coef: float = 0.01, uni
     return rewards
 
 
-def potential_shaping(actions: list[str], observations: Sequence[str], next_observations: Sequence[str],
-                      potential: Callable[[str], float], gamma: float = 1.0, terminated: bool = False,
-                      **kwargs) -> list[float]:
+def potential_shaping(
+    actions: list[str],
+    observations: Sequence[str],
+    next_observations: Sequence[str],
+    potential: Callable[[str], float],
+    gamma: float = 1.0,
+    terminated: bool = False,
+    **kwargs,
+) -> list[float]:
     """Potential-based shaping, F(s, s') = gamma * Phi(s') - Phi(s), with Phi a function of the observation text.
 
     Ng, Harada & Russell (1999), "Policy invariance under reward transformations": a shaping reward of this
@@ -146,12 +168,26 @@ BUILTIN_RULES: dict[str, RuleFunction] = {
 # Keyword arguments of built-ins given in the YAML as 'module:function' and resolved before any model loads.
 ENTRY_POINT_KWARGS: dict[str, tuple[str, ...]] = {"potential_shaping": ("potential",)}
 
-FIELDS = ("observations", "next_observations", "terminated", "truncated", "invalid_action", "action_tokens",
-          "action_names", "instructions", "prompt", "env_rewards", "success", "seed", "task_id")
+FIELDS = (
+    "observations",
+    "next_observations",
+    "terminated",
+    "truncated",
+    "invalid_action",
+    "action_tokens",
+    "action_names",
+    "instructions",
+    "prompt",
+    "env_rewards",
+    "success",
+    "seed",
+    "task_id",
+)
 
 
-def call_rule(function: RuleFunction, actions: list[str], fields: dict[str, Any], kwargs: dict[str, Any],
-              name: str) -> list[float]:
+def call_rule(
+    function: RuleFunction, actions: list[str], fields: dict[str, Any], kwargs: dict[str, Any], name: str
+) -> list[float]:
     """Call a rule with the fields it accepts and check that it returned one finite number per action."""
     try:
         parameters = inspect.signature(function).parameters
@@ -163,11 +199,15 @@ def call_rule(function: RuleFunction, actions: list[str], fields: dict[str, Any]
     try:
         values = [float(v) for v in values]
     except (TypeError, ValueError):
-        raise ValueError(f"reward component '{name}': the rule returned {values!r}; expected a list of numbers, "
-                         "one per action") from None
+        raise ValueError(
+            f"reward component '{name}': the rule returned {values!r}; expected a list of numbers, "
+            "one per action"
+        ) from None
     if len(values) != len(actions):
-        raise ValueError(f"reward component '{name}': the rule returned {len(values)} values for "
-                         f"{len(actions)} actions; expected one per action")
+        raise ValueError(
+            f"reward component '{name}': the rule returned {len(values)} values for "
+            f"{len(actions)} actions; expected one per action"
+        )
     # A NaN or inf is passed on, not raised: the trainer skips the step as it does for any non-finite reward
     # (rlft/algorithms/checkpointing.py), and the normaliser leaves it out of its statistics.
     return values

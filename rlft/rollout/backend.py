@@ -77,8 +77,9 @@ class GenerationSession(Protocol):
     live: list[int]  # rows still in the session, in batch order
     forwards: int  # model calls made so far (the engine's `rollout/forwards`)
 
-    def continue_actions(self, budgets: Mapping[int, int], stop_ids: Collection[int],
-                         generator: torch.Generator | None) -> dict[int, ActionChunk]:
+    def continue_actions(
+        self, budgets: Mapping[int, int], stop_ids: Collection[int], generator: torch.Generator | None
+    ) -> dict[int, ActionChunk]:
         """Continue the current action of every live row.
 
         Args:
@@ -138,9 +139,13 @@ class StepwiseSession(ABC):
             (token ids, log-probs), each (len(live),), in the order of `live`.
         """
 
-    def continue_actions(self, budgets: Mapping[int, int], stop_ids: Collection[int],
-                         generator: torch.Generator | None) -> dict[int, ActionChunk]:
+    def continue_actions(
+        self, budgets: Mapping[int, int], stop_ids: Collection[int], generator: torch.Generator | None
+    ) -> dict[int, ActionChunk]:
         """One token for every live row (see `GenerationSession.continue_actions`); budgets and stop ids need
         no check since one token never passes either."""
         token_ids, logprobs = self.sample(generator)
-        return {row: ActionChunk([token], [logprob]) for row, token, logprob in zip(self.live, token_ids, logprobs)}
+        return {
+            row: ActionChunk([token], [logprob])
+            for row, token, logprob in zip(self.live, token_ids, logprobs)
+        }

@@ -23,13 +23,22 @@ from rlft.core.episode import Episode
 from rlft.jsonl import json_objects, row_error
 
 
-def episode_from_turns(turn_format, instructions: str, observations: list[str], actions: list[str],
-                       rewards: list[float] | None = None, seed: int = -1) -> Episode:
+def episode_from_turns(
+    turn_format,
+    instructions: str,
+    observations: list[str],
+    actions: list[str],
+    rewards: list[float] | None = None,
+    seed: int = -1,
+) -> Episode:
     """Lay out observations[k] followed by actions[k] for every turn, in tokens."""
     if len(observations) != len(actions) or not actions:
         raise ValueError("a demonstration needs one observation before each action, and at least one action")
-    episode = Episode(seed=seed, prompt_ids=turn_format.prompt_ids(instructions, observations[0]),
-                      first_observation=observations[0])
+    episode = Episode(
+        seed=seed,
+        prompt_ids=turn_format.prompt_ids(instructions, observations[0]),
+        first_observation=observations[0],
+    )
     for k, action in enumerate(actions):
         if k > 0:
             episode.add_env_tokens(turn_format.observation_ids(observations[k]))
@@ -40,8 +49,15 @@ def episode_from_turns(turn_format, instructions: str, observations: list[str], 
     return episode
 
 
-def expert_demos(env_factory: Callable[[], gym.Env], turn_format, episodes: int, epsilon: float, seed: int,
-                 seed_start: int, max_turns: int) -> tuple[list[Episode], dict[str, float]]:
+def expert_demos(
+    env_factory: Callable[[], gym.Env],
+    turn_format,
+    episodes: int,
+    epsilon: float,
+    seed: int,
+    seed_start: int,
+    max_turns: int,
+) -> tuple[list[Episode], dict[str, float]]:
     """Play the env's expert (with epsilon noise) on seeds `seed_start + i`; return demos and their stats."""
     from envs.experts import expert_for, play_expert_episode
 
@@ -51,15 +67,25 @@ def expert_demos(env_factory: Callable[[], gym.Env], turn_format, episodes: int,
     for i in range(episodes):
         played = play_expert_episode(env, expert, seed=seed_start + i, max_turns=max_turns)
         instructions = getattr(env.unwrapped, "instructions", "")
-        demo = episode_from_turns(turn_format, instructions, played["observations"][: len(played["actions"])],
-                                  played["actions"], played["rewards"], seed=seed_start + i)
+        demo = episode_from_turns(
+            turn_format,
+            instructions,
+            played["observations"][: len(played["actions"])],
+            played["actions"],
+            played["rewards"],
+            seed=seed_start + i,
+        )
         demo.success = bool(played["success"])
         demos.append(demo)
         successes += int(demo.success)
         returns += float(sum(played["rewards"]))
     env.close()
-    return demos, {"demos/episodes": episodes, "demos/success": successes / episodes,
-                   "demos/return": returns / episodes, "demos/epsilon": epsilon}
+    return demos, {
+        "demos/episodes": episodes,
+        "demos/success": successes / episodes,
+        "demos/return": returns / episodes,
+        "demos/epsilon": epsilon,
+    }
 
 
 _fail = row_error
@@ -83,7 +109,9 @@ def _turns_from_row(row: dict[str, Any], path: Path, line: int) -> tuple[str, li
                 if key not in turn:
                     raise _fail(path, line, f"turns[{k}] is missing '{key}'")
                 if not isinstance(turn[key], str):
-                    raise _fail(path, line, f"turns[{k}].{key} must be a string, got {type(turn[key]).__name__}")
+                    raise _fail(
+                        path, line, f"turns[{k}].{key} must be a string, got {type(turn[key]).__name__}"
+                    )
             if not turn["action"].strip():
                 raise _fail(path, line, f"turns[{k}].action is empty")
             observations.append(turn["observation"])
@@ -112,8 +140,12 @@ def _turns_from_messages(messages: Any, path: Path, line: int) -> tuple[str, lis
         if role == expected == "assistant" and not content.strip():
             raise _fail(path, line, f"messages[{k}].content is empty (an assistant turn is an action)")
         if role != expected:
-            raise _fail(path, line, f"messages[{k}].role is '{role}', expected '{expected}' "
-                                    "(user and assistant turns alternate, after an optional system message)")
+            raise _fail(
+                path,
+                line,
+                f"messages[{k}].role is '{role}', expected '{expected}' "
+                "(user and assistant turns alternate, after an optional system message)",
+            )
         (observations if role == "user" else actions).append(content)
         expected = "assistant" if role == "user" else "user"
     if not actions or len(actions) != len(observations):
@@ -133,11 +165,15 @@ def read_jsonl_demos(path: str | Path) -> list[tuple[str, list[str], list[str], 
 
 
 def jsonl_demos(path: str | Path, turn_format) -> list[Episode]:
-    return [episode_from_turns(turn_format, instructions, observations, actions, seed=-number)
-            for instructions, observations, actions, number in read_jsonl_demos(path)]
+    return [
+        episode_from_turns(turn_format, instructions, observations, actions, seed=-number)
+        for instructions, observations, actions, number in read_jsonl_demos(path)
+    ]
 
 
 def sft_rows(episodes: list[Episode]) -> list[dict[str, list[int]]]:
     """Pre-tokenized rows for TRL's SFTTrainer: loss only where `assistant_masks` is 1 (action tokens)."""
-    return [{"input_ids": e.prompt_ids + e.completion_ids,
-             "assistant_masks": [0] * len(e.prompt_ids) + e.mask} for e in episodes]
+    return [
+        {"input_ids": e.prompt_ids + e.completion_ids, "assistant_masks": [0] * len(e.prompt_ids) + e.mask}
+        for e in episodes
+    ]

@@ -91,8 +91,15 @@ class RolloutEngine:
         backend: the generation backend, or its name (`rollout.backend`); `hf` by default.
     """
 
-    def __init__(self, model, tokenizer, turn_format, env_factory: Callable[[], gym.Env],
-                 settings: SamplingSettings, backend: GenerationBackend | str = "hf"):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        turn_format,
+        env_factory: Callable[[], gym.Env],
+        settings: SamplingSettings,
+        backend: GenerationBackend | str = "hf",
+    ):
         self.model = model
         self.backend = make_backend(backend) if isinstance(backend, str) else backend
         self.tokenizer = tokenizer
@@ -114,8 +121,9 @@ class RolloutEngine:
         return self._envs[:n]
 
     @torch.no_grad()
-    def play(self, seeds: Sequence[int], generator: torch.Generator | None = None,
-             batch_size: int | None = None) -> list[Episode]:
+    def play(
+        self, seeds: Sequence[int], generator: torch.Generator | None = None, batch_size: int | None = None
+    ) -> list[Episode]:
         """Play one episode per seed; at most `batch_size` live at once (all of them by default).
 
         Episodes whose env failed come back with `failure` set (see the module docstring); the caller decides
@@ -126,7 +134,7 @@ class RolloutEngine:
         totals: dict[str, float] = {}
         try:
             for start in range(0, len(seeds), batch_size):
-                episodes.extend(self._play_batch(list(seeds[start:start + batch_size]), generator))
+                episodes.extend(self._play_batch(list(seeds[start : start + batch_size]), generator))
                 for key, value in self.stats.items():
                     totals[key] = totals.get(key, 0.0) + value
         except RuntimeError as exc:  # torch.OutOfMemoryError included; rlft.runtime.faults reads the tag
@@ -153,8 +161,9 @@ class RolloutEngine:
             return self._workers[slot].call(call, env, timeout=timeout)
         except EnvCallTimeout:
             self._envs[slot] = self._workers[slot] = None
-            raise EnvFault(f"env.{name} did not return within {timeout:g} s{on_turn} "
-                           "(rollout.env_step_timeout_s)") from None
+            raise EnvFault(
+                f"env.{name} did not return within {timeout:g} s{on_turn} (rollout.env_step_timeout_s)"
+            ) from None
         except Exception as exc:  # noqa: BLE001  (any env error ends only its episode)
             self._envs[slot] = self._workers[slot] = None
             raise EnvFault(f"env.{name} raised {exc!r}{on_turn}") from exc
@@ -165,7 +174,9 @@ class RolloutEngine:
     def _reset(self, slot: int, seed: int) -> tuple[str, dict]:
         result = self._call_env(slot, "reset", lambda env: env.reset(seed=seed))
         if not (isinstance(result, tuple) and len(result) == 2):
-            raise EnvFault(f"env.reset returned a malformed result: {_kind(result)}, expected (observation, info)")
+            raise EnvFault(
+                f"env.reset returned a malformed result: {_kind(result)}, expected (observation, info)"
+            )
         observation, info = result
         _check_output("env.reset returned a malformed result", observation, info)
         return observation, info
@@ -174,7 +185,9 @@ class RolloutEngine:
         result = self._call_env(slot, "step", lambda env: env.step(action), turn=turn)
         where = f"env.step returned a malformed result on turn {turn}"
         if not (isinstance(result, tuple) and len(result) == 5):
-            raise EnvFault(f"{where}: {_kind(result)}, expected (observation, reward, terminated, truncated, info)")
+            raise EnvFault(
+                f"{where}: {_kind(result)}, expected (observation, reward, terminated, truncated, info)"
+            )
         observation, reward, terminated, truncated, info = result
         _check_output(where, observation, info)
         try:
@@ -205,20 +218,36 @@ class RolloutEngine:
         rows = self._start(seeds)
         playing = [row for row in rows if row.episode.failure is None]
         # _take_chunk adds to the token and env-time counters as it goes; the rest is filled in at the end
-        self.stats = {"rollout/forwards": 0, "rollout/sampled_tokens": 0, "rollout/seconds": 0.0,
-                      "rollout/env_seconds": 0.0, "rollout/env_failures": 0}
+        self.stats = {
+            "rollout/forwards": 0,
+            "rollout/sampled_tokens": 0,
+            "rollout/seconds": 0.0,
+            "rollout/env_seconds": 0.0,
+            "rollout/env_failures": 0,
+        }
         t0 = time.perf_counter()
-        session = self.backend.start(self.model, [row.episode.prompt_ids for row in playing], self.settings.sampling())
+        session = self.backend.start(
+            self.model, [row.episode.prompt_ids for row in playing], self.settings.sampling()
+        )
         try:
             while session.live:
-                budgets = {i: self.settings.max_action_tokens - len(playing[i].action_tokens) for i in session.live}
+                budgets = {
+                    i: self.settings.max_action_tokens - len(playing[i].action_tokens) for i in session.live
+                }
                 chunks = session.continue_actions(budgets, self.format.stop_ids, generator)
-                session.drop([i for i, chunk in chunks.items() if self._take_chunk(session, i, playing[i], chunk)])
+                session.drop(
+                    [i for i, chunk in chunks.items() if self._take_chunk(session, i, playing[i], chunk)]
+                )
         finally:
             forwards = session.forwards
             session.close()
-        self.stats.update({"rollout/forwards": forwards, "rollout/seconds": time.perf_counter() - t0,
-                           "rollout/env_failures": sum(row.episode.failure is not None for row in rows)})
+        self.stats.update(
+            {
+                "rollout/forwards": forwards,
+                "rollout/seconds": time.perf_counter() - t0,
+                "rollout/env_failures": sum(row.episode.failure is not None for row in rows),
+            }
+        )
         return [row.episode for row in rows]
 
     def _take_chunk(self, session: GenerationSession, i: int, row: _Row, chunk: ActionChunk) -> bool:
@@ -228,7 +257,10 @@ class RolloutEngine:
             row.episode.add_sampled(token, logprob)
             row.action_tokens.append(token)
         self.stats["rollout/sampled_tokens"] += len(chunk.token_ids)
-        if row.action_tokens[-1] not in self.format.stop_ids and len(row.action_tokens) < self.settings.max_action_tokens:
+        if (
+            row.action_tokens[-1] not in self.format.stop_ids
+            and len(row.action_tokens) < self.settings.max_action_tokens
+        ):
             return False
         t_env = time.perf_counter()
         segment = self._end_action(row)
@@ -246,7 +278,9 @@ class RolloutEngine:
         action_ids = row.action_tokens[:-1] if stop else row.action_tokens
         text = self.tokenizer.decode(action_ids, skip_special_tokens=True).strip()
         try:
-            observation, reward, terminated, truncated, info = self._step(row.slot, text, episode.num_turns + 1)
+            observation, reward, terminated, truncated, info = self._step(
+                row.slot, text, episode.num_turns + 1
+            )
         except EnvFault as fault:
             episode.failure = str(fault)
             return None
@@ -288,16 +322,33 @@ def _check_output(where: str, observation: Any, info: Any) -> None:
         raise EnvFault(f"{where}: info is {_kind(info)}, expected dict")
 
 
-def check_env_failures(episodes: Sequence[Episode], max_rate: float, failed: int | None = None,
-                       total: int | None = None, where: str = "rollout batch") -> None:
+def check_env_failures(
+    episodes: Sequence[Episode],
+    max_rate: float,
+    failed: int | None = None,
+    total: int | None = None,
+    where: str = "rollout batch",
+) -> None:
     """Raise EnvFailureError when more than `max_rate` of the episodes failed (counts may be global ones)."""
     local = [(e.seed, e.failure) for e in episodes if e.failure is not None]
-    check_failure_rate(len(local) if failed is None else failed, len(episodes) if total is None else total,
-                       local, max_rate, where)
+    check_failure_rate(
+        len(local) if failed is None else failed,
+        len(episodes) if total is None else total,
+        local,
+        max_rate,
+        where,
+    )
 
 
-def play_one_at_a_time(model, tokenizer, turn_format, env: gym.Env, seed: int, settings: SamplingSettings,
-                       generator: torch.Generator | None = None) -> Episode:
+def play_one_at_a_time(
+    model,
+    tokenizer,
+    turn_format,
+    env: gym.Env,
+    seed: int,
+    settings: SamplingSettings,
+    generator: torch.Generator | None = None,
+) -> Episode:
     """The baseline the benchmark compares with: one episode, `model.generate` once per turn (LlamaGym-style).
 
     Each turn re-encodes nothing (token ids are kept) but recomputes the whole context, as a per-turn
@@ -310,11 +361,18 @@ def play_one_at_a_time(model, tokenizer, turn_format, env: gym.Env, seed: int, s
     stop_ids = sorted(turn_format.stop_ids)
     for turn in range(settings.max_turns):
         inputs = torch.tensor([context], device=next(model.parameters()).device)
-        out = model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=settings.max_action_tokens,
-                             do_sample=not settings.greedy, temperature=settings.temperature, top_p=settings.top_p,
-                             top_k=0,  # generate() would otherwise apply transformers' default top_k=50
-                             eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id)
-        action = out[0, inputs.shape[1]:].tolist()
+        out = model.generate(
+            inputs,
+            attention_mask=torch.ones_like(inputs),
+            max_new_tokens=settings.max_action_tokens,
+            do_sample=not settings.greedy,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            top_k=0,  # generate() would otherwise apply transformers' default top_k=50
+            eos_token_id=stop_ids,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        action = out[0, inputs.shape[1] :].tolist()
         if action and action[-1] in turn_format.stop_ids:
             text_ids = action[:-1]
         else:

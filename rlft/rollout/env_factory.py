@@ -31,8 +31,10 @@ def import_entry_point(spec: str, key: str) -> Any:
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = [n for n in dir(obj) if not n.startswith("_")]
-            raise ConfigError(f"key '{key}' = '{spec}': '{module_name}' has no attribute '{attr}'"
-                              f"{did_you_mean(part, names)}")
+            raise ConfigError(
+                f"key '{key}' = '{spec}': '{module_name}' has no attribute '{attr}'"
+                f"{did_you_mean(part, names)}"
+            )
         obj = getattr(obj, part)
     return obj
 
@@ -55,8 +57,10 @@ def _registered_id(env_id: str) -> str | None:
     if name in gym.registry:
         return name
     if not name.replace(".", "_").isidentifier():  # `Env-v0`, `ns/Env-v0`: an env id, not an attribute
-        raise ConfigError(f"key 'env.id' = '{env_id}': importing '{module_name}' did not register '{name}'"
-                          f"{did_you_mean(name, list(gym.registry))}")
+        raise ConfigError(
+            f"key 'env.id' = '{env_id}': importing '{module_name}' did not register '{name}'"
+            f"{did_you_mean(name, list(gym.registry))}"
+        )
     return None
 
 
@@ -69,8 +73,10 @@ def check_env_reference(cfg: EnvConfig) -> None:
     _ensure_registered()
     if _registered_id(cfg.id) is None:
         if ":" not in cfg.id:
-            raise ConfigError(f"key 'env.id' = '{cfg.id}': not a registered gymnasium env"
-                              f"{did_you_mean(cfg.id, list(gym.registry))}")
+            raise ConfigError(
+                f"key 'env.id' = '{cfg.id}': not a registered gymnasium env"
+                f"{did_you_mean(cfg.id, list(gym.registry))}"
+            )
         import_entry_point(cfg.id, "env.id")
     if cfg.adapter is not None:
         for field in ("renderer", "parser"):
@@ -88,8 +94,10 @@ def _instantiate(cfg: EnvConfig) -> gym.Env:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"key 'env.kwargs': {cfg.id} rejected {cfg.kwargs}: {exc}") from None
     if not isinstance(env, gym.Env):
-        raise ConfigError(f"key 'env.id' = '{cfg.id}': made a {type(env).__name__}, not a gymnasium.Env; expected a "
-                          "registered env id or 'module:Class' of a gymnasium.Env subclass")
+        raise ConfigError(
+            f"key 'env.id' = '{cfg.id}': made a {type(env).__name__}, not a gymnasium.Env; expected a "
+            "registered env id or 'module:Class' of a gymnasium.Env subclass"
+        )
     return env
 
 
@@ -102,8 +110,10 @@ def make_env(cfg: EnvConfig) -> gym.Env:
     if isinstance(env.action_space, gym.spaces.Text):
         if cfg.adapter is not None:
             env.close()
-            raise ConfigError(f"key 'env.adapter': {cfg.id} already speaks text (Text action space); "
-                              "the adapter is for envs with a Discrete action space, remove it")
+            raise ConfigError(
+                f"key 'env.adapter': {cfg.id} already speaks text (Text action space); "
+                "the adapter is for envs with a Discrete action space, remove it"
+            )
         return env
     if isinstance(env.action_space, gym.spaces.Discrete):
         adapter = cfg.adapter
@@ -117,15 +127,20 @@ def make_env(cfg: EnvConfig) -> gym.Env:
             parser = import_entry_point(adapter.parser, "env.adapter.parser")
         try:
             return DiscreteTextEnv(
-                env, action_names=names, renderer=renderer, parser=parser,
+                env,
+                action_names=names,
+                renderer=renderer,
+                parser=parser,
                 instructions=adapter.instructions if adapter else "",
                 invalid_action=adapter.invalid_action if adapter else "penalty",
                 invalid_penalty=adapter.invalid_penalty if adapter else 0.0,
             )
         except ValueError as exc:
             raise ConfigError(f"key 'env.adapter': {exc}") from None
-    raise ConfigError(f"key 'env.id' = '{cfg.id}': action space {env.action_space} is neither Text nor Discrete; "
-                      "rlft needs a text env or a Discrete env it can adapt")
+    raise ConfigError(
+        f"key 'env.id' = '{cfg.id}': action space {env.action_space} is neither Text nor Discrete; "
+        "rlft needs a text env or a Discrete env it can adapt"
+    )
 
 
 def make_envs(cfg: EnvConfig, n: int) -> list[gym.Env]:

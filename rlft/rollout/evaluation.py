@@ -58,9 +58,15 @@ def summarize(episodes: Sequence[Episode]) -> dict[str, float]:
     lo, hi = wilson_interval(wins, n)
     mean, r_lo, r_hi = mean_interval([e.episode_return for e in episodes])
     return {
-        "episodes": n, "success": wins / n if n else 0.0, "success_ci_low": lo, "success_ci_high": hi,
-        "return": mean, "return_ci_low": r_lo, "return_ci_high": r_hi,
-        "failed": failed, "failure_rate": failed / total if total else 0.0,
+        "episodes": n,
+        "success": wins / n if n else 0.0,
+        "success_ci_low": lo,
+        "success_ci_high": hi,
+        "return": mean,
+        "return_ci_low": r_lo,
+        "return_ci_high": r_hi,
+        "failed": failed,
+        "failure_rate": failed / total if total else 0.0,
         "turns": float(np.mean([e.num_turns for e in episodes])) if n else 0.0,
         "invalid_actions": float(np.mean([e.invalid_actions for e in episodes])) if n else 0.0,
     }
@@ -92,12 +98,16 @@ def held_out_seeds(env_factory: Callable[[], gym.Env], env_cfg: EnvConfig, eval_
         seed += 1
     env.close()
     if len(seeds) < eval_cfg.episodes:
-        raise RuntimeError(f"only {len(seeds)} held-out seeds have tasks unseen in training; "
-                           "shrink env.train_seeds.count or set eval.disjoint_tasks=false")
+        raise RuntimeError(
+            f"only {len(seeds)} held-out seeds have tasks unseen in training; "
+            "shrink env.train_seeds.count or set eval.disjoint_tasks=false"
+        )
     return seeds
 
 
-def evaluate_policy(engine, seeds: Sequence[int], batch_size: int, seed: int = 0) -> tuple[dict, list[Episode]]:
+def evaluate_policy(
+    engine, seeds: Sequence[int], batch_size: int, seed: int = 0
+) -> tuple[dict, list[Episode]]:
     """Play the policy on `seeds` (greedy or sampled per the engine's settings) and summarise."""
     import torch
 
@@ -109,7 +119,9 @@ def evaluate_policy(engine, seeds: Sequence[int], batch_size: int, seed: int = 0
     return summarize(episodes), episodes
 
 
-def evaluate_expert(env_factory: Callable[[], gym.Env], seeds: Sequence[int], max_turns: int) -> dict[str, float]:
+def evaluate_expert(
+    env_factory: Callable[[], gym.Env], seeds: Sequence[int], max_turns: int
+) -> dict[str, float]:
     """The env's expert (noise-free) on the same seeds, measured the same way."""
     from envs.experts import expert_for, play_expert_episode
 

@@ -65,13 +65,18 @@ class HFSession(StepwiseSession):
         for i, row in enumerate(live):
             pending = self.pending[row]
             n = len(pending)
-            input_ids[i, width - n:] = torch.tensor(pending)
-            new_mask[i, width - n:] = 1
-            positions[i, width - n:] = torch.arange(self.positions[row], self.positions[row] + n)
+            input_ids[i, width - n :] = torch.tensor(pending)
+            new_mask[i, width - n :] = 1
+            positions[i, width - n :] = torch.arange(self.positions[row], self.positions[row] + n)
             self.positions[row] += n
         attention_mask = torch.cat([self.past_mask, new_mask.to(self.device)], dim=1)
-        out = self.model(input_ids=input_ids.to(self.device), attention_mask=attention_mask,
-                         position_ids=positions.to(self.device), past_key_values=self.cache, use_cache=True)
+        out = self.model(
+            input_ids=input_ids.to(self.device),
+            attention_mask=attention_mask,
+            position_ids=positions.to(self.device),
+            past_key_values=self.cache,
+            use_cache=True,
+        )
         self.cache, self.past_mask = out.past_key_values, attention_mask
         self.forwards += 1
         tokens, logprobs = sample_next_tokens(out.logits[:, -1, :].float(), self.sampling, generator)
@@ -102,8 +107,9 @@ class HFSession(StepwiseSession):
             self.model.train()
 
 
-def sample_next_tokens(logits: torch.Tensor, sampling: Sampling,
-                       generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_next_tokens(
+    logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Sample one token per row; return it with its log-prob under softmax(logits / temperature).
 
     The log-prob is the temperature-scaled one, the quantity TRL's trainers compute

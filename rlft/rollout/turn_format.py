@@ -50,7 +50,7 @@ class ChatFormat:
         user = [{"role": "user", "content": "x"}]
         opened = self._template(user, add_generation_prompt=True)
         closed = self._template(user + [{"role": "assistant", "content": "y"}], add_generation_prompt=False)
-        for token in closed[len(opened):]:
+        for token in closed[len(opened) :]:
             if token in self.stop_ids:
                 return token
         return self.tokenizer.eos_token_id
@@ -78,8 +78,10 @@ class ChatFormat:
             prefix = prefix[: eos_positions[-1] + 1]
         full = self._template(dummy + [{"role": "user", "content": observation}], add_generation_prompt=True)
         if full[: len(prefix)] != prefix:
-            raise ValueError("chat template: the conversation prefix is not a prefix of the longer conversation")
-        return full[len(prefix):]
+            raise ValueError(
+                "chat template: the conversation prefix is not a prefix of the longer conversation"
+            )
+        return full[len(prefix) :]
 
     def action_ids(self, action: str) -> list[int]:
         return self.tokenizer.encode(action, add_special_tokens=False) + [self.end_of_action]
@@ -89,7 +91,11 @@ def _eos_ids(tokenizer) -> set[int]:
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     for token in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
         token_id = tokenizer.convert_tokens_to_ids(token)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id and token in tokenizer.get_vocab():
+        if (
+            isinstance(token_id, int)
+            and token_id != tokenizer.unk_token_id
+            and token in tokenizer.get_vocab()
+        ):
             ids.add(token_id)
     return ids
 

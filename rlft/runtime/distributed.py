@@ -43,7 +43,9 @@ def is_main_process() -> bool:
 
 def ddp_timeout_s(config: Any) -> int:
     """The longest `ddp_timeout` the config gives its trainers (seconds), else transformers' default."""
-    values = [int(section.trainer.get("ddp_timeout", DEFAULT_TIMEOUT_S)) for section in (config.sft, config.rl)]
+    values = [
+        int(section.trainer.get("ddp_timeout", DEFAULT_TIMEOUT_S)) for section in (config.sft, config.rl)
+    ]
     return max(values)
 
 

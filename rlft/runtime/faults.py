@@ -27,6 +27,7 @@ REASONS_SHOWN = 3
 
 # ================================================================================= env calls with a timeout
 
+
 class EnvCallTimeout(Exception):
     """An env call did not return in time; the call is abandoned, still running in its worker thread."""
 
@@ -48,8 +49,12 @@ class EnvWorker:
         self.env = env
         self._calls: queue.SimpleQueue = queue.SimpleQueue()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
-        thread = threading.Thread(target=_serve, args=(self._calls, self._results), daemon=True,
-                                  name=f"rlft-env-{type(env).__name__}")
+        thread = threading.Thread(
+            target=_serve,
+            args=(self._calls, self._results),
+            daemon=True,
+            name=f"rlft-env-{type(env).__name__}",
+        )
         thread.start()
         # Stop the thread when the worker is dropped (the thread holds the queues, not the worker).
         weakref.finalize(self, self._calls.put, None)
@@ -78,6 +83,7 @@ def _serve(calls: queue.SimpleQueue, results: queue.SimpleQueue) -> None:
 
 # ========================================================================================== failure rate
 
+
 def failure_summary(failures: Sequence[tuple[int, str]], shown: int = REASONS_SHOWN) -> str:
     """The first `shown` (seed, reason) pairs, and how many more.
 
@@ -90,8 +96,13 @@ def failure_summary(failures: Sequence[tuple[int, str]], shown: int = REASONS_SH
     return text
 
 
-def check_failure_rate(failed: int, total: int, failures: Sequence[tuple[int, str]], max_rate: float,
-                       where: str = "rollout batch") -> None:
+def check_failure_rate(
+    failed: int,
+    total: int,
+    failures: Sequence[tuple[int, str]],
+    max_rate: float,
+    where: str = "rollout batch",
+) -> None:
     """Raise EnvFailureError when `failed / total` exceeds `max_rate`; warn when some failed.
 
     Args:
@@ -110,11 +121,13 @@ def check_failure_rate(failed: int, total: int, failures: Sequence[tuple[int, st
             f"{failed} of {total} episodes ({rate:.0%}) in a {where} failed, more than "
             f"rollout.max_env_failure_rate = {max_rate:g}: {summary}. Fix the env, raise "
             "rollout.env_step_timeout_s if it is only slow, or raise rollout.max_env_failure_rate to carry on "
-            "(failed episodes are left out of the batch)")
+            "(failed episodes are left out of the batch)"
+        )
     logger.warning("%d of %d episodes in a %s failed and were left out: %s", failed, total, where, summary)
 
 
 # ========================================================================================== out of memory
+
 
 def is_out_of_memory(exc: BaseException) -> bool:
     """CUDA's `torch.OutOfMemoryError`, or the RuntimeError the CPU and MPS allocators raise."""
@@ -138,19 +151,26 @@ def arg_value(trainer_args, name: str, default: Any) -> Any:
 def memory_knobs(config, stage: str, phase: str, trainer_args=None) -> list[str]:
     """The settings that lower memory for this stage and phase, most relevant first, with current values."""
     r = config.rollout
-    generation = [f"rollout.num_envs = {r.num_envs} (episodes generated at once)",
-                  f"rollout.max_episode_tokens = {r.max_episode_tokens}",
-                  f"rollout.max_action_tokens = {r.max_action_tokens}"]
+    generation = [
+        f"rollout.num_envs = {r.num_envs} (episodes generated at once)",
+        f"rollout.max_episode_tokens = {r.max_episode_tokens}",
+        f"rollout.max_action_tokens = {r.max_action_tokens}",
+    ]
     if stage == "eval":
         return [f"eval.batch_size = {config.eval.batch_size} (episodes generated at once)", *generation[1:]]
     section = "sft" if stage == "sft" else "rl"
     trainer = config.sft.trainer if stage == "sft" else config.rl.trainer
-    batch = arg_value(trainer_args, "per_device_train_batch_size",
-                      trainer.get("per_device_train_batch_size", "default"))
-    accumulation = arg_value(trainer_args, "gradient_accumulation_steps", trainer.get("gradient_accumulation_steps", 1))
-    update = [f"{section}.trainer.per_device_train_batch_size = {batch}",
-              f"{section}.trainer.gradient_accumulation_steps = {accumulation} (raise it as you lower the "
-              "batch size, to keep the effective batch)"]
+    batch = arg_value(
+        trainer_args, "per_device_train_batch_size", trainer.get("per_device_train_batch_size", "default")
+    )
+    accumulation = arg_value(
+        trainer_args, "gradient_accumulation_steps", trainer.get("gradient_accumulation_steps", 1)
+    )
+    update = [
+        f"{section}.trainer.per_device_train_batch_size = {batch}",
+        f"{section}.trainer.gradient_accumulation_steps = {accumulation} (raise it as you lower the "
+        "batch size, to keep the effective batch)",
+    ]
     if stage == "sft":
         return update
     return generation + update if phase == "rollout generation" else update + generation
@@ -160,16 +180,25 @@ def out_of_memory_message(config, stage: str, exc: BaseException, trainer_args=N
     phase = getattr(exc, "rlft_phase", None) or {"sft": "update", "eval": "evaluation"}.get(stage, "update")
     first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     section = "sft" if stage == "sft" else "rl"
-    checkpointing = arg_value(trainer_args, "gradient_checkpointing",
-                              (config.sft.trainer if stage == "sft" else config.rl.trainer).get("gradient_checkpointing", False))
-    others = [f"{section}.trainer.gradient_checkpointing = {checkpointing} (true trades compute for memory)",
-              f"model.lora = {'on' if config.model.lora is not None else 'off'} (LoRA trains far fewer "
-              "parameters)", "or a smaller model (model.name_or_path)"]
+    checkpointing = arg_value(
+        trainer_args,
+        "gradient_checkpointing",
+        (config.sft.trainer if stage == "sft" else config.rl.trainer).get("gradient_checkpointing", False),
+    )
+    others = [
+        f"{section}.trainer.gradient_checkpointing = {checkpointing} (true trades compute for memory)",
+        f"model.lora = {'on' if config.model.lora is not None else 'off'} (LoRA trains far fewer parameters)",
+        "or a smaller model (model.name_or_path)",
+    ]
     knobs = memory_knobs(config, stage, phase, trainer_args)
     if stage == "eval":
         others = others[-1:]
-    return (f"out of memory during {stage} ({phase}): {first_line}. Lower one of: " + "; ".join(knobs)
-            + "; or change " + "; ".join(others))
+    return (
+        f"out of memory during {stage} ({phase}): {first_line}. Lower one of: "
+        + "; ".join(knobs)
+        + "; or change "
+        + "; ".join(others)
+    )
 
 
 @contextlib.contextmanager

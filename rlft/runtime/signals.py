@@ -59,8 +59,11 @@ class GracefulStop(TrainerCallback):
             signal.raise_signal(signum)
             return
         self.signum = signum
-        logger.warning("%s received: finishing the current step, saving a checkpoint, then exiting "
-                       "(send it again to exit at once)", signal.Signals(signum).name)
+        logger.warning(
+            "%s received: finishing the current step, saving a checkpoint, then exiting "
+            "(send it again to exit at once)",
+            signal.Signals(signum).name,
+        )
 
     # ----------------------------------------------------------------------------------- callback
     def _requested(self) -> bool:

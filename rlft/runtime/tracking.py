@@ -81,14 +81,21 @@ class Tracker:
 
             os.environ.setdefault("WANDB_SILENT", "true")
             self._wandb = wandb.init(
-                project=settings.project, entity=settings.entity, mode=settings.mode,
-                group=experiment_group(config), job_type=stage, name=f"{config.name}-{stage}",
-                tags=run_tags(config), config=config_to_dict(config),
-                dir=str(self.run_dir), reinit="create_new",
+                project=settings.project,
+                entity=settings.entity,
+                mode=settings.mode,
+                group=experiment_group(config),
+                job_type=stage,
+                name=f"{config.name}-{stage}",
+                tags=run_tags(config),
+                config=config_to_dict(config),
+                dir=str(self.run_dir),
+                reinit="create_new",
                 **({"id": previous, "resume": "allow"} if previous else {}),
             )
-            self.ids_path.write_text(json.dumps({**self._run_ids(), stage: self._wandb.id}, indent=1),
-                                     encoding="utf-8")
+            self.ids_path.write_text(
+                json.dumps({**self._run_ids(), stage: self._wandb.id}, indent=1), encoding="utf-8"
+            )
         except Exception as exc:  # noqa: BLE001 - tracking must never stop training
             logger.warning("wandb could not start (%s); continuing with metrics.jsonl only", exc)
             self._wandb = None
@@ -96,7 +103,12 @@ class Tracker:
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if not self.enabled:
             return
-        record = {"stage": self.stage, "step": step, "time": time.time(), **{k: _clean(v) for k, v in metrics.items()}}
+        record = {
+            "stage": self.stage,
+            "step": step,
+            "time": time.time(),
+            **{k: _clean(v) for k, v in metrics.items()},
+        }
         with self.metrics_path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         if self._wandb is not None:
@@ -118,8 +130,9 @@ class Tracker:
             return
         try:
             key = "trainer" if name in (None, self.stage) else f"trainer/{name}"
-            self._wandb.config.update({key: record["trainer"], "versions": record["versions"]},
-                                      allow_val_change=True)
+            self._wandb.config.update(
+                {key: record["trainer"], "versions": record["versions"]}, allow_val_change=True
+            )
         except Exception as exc:  # noqa: BLE001 - tracking must never stop training
             logger.warning("wandb config update failed (%s); wandb is off for the rest of this stage", exc)
             self._wandb = None
@@ -155,7 +168,11 @@ class Tracker:
             offline = self._wandb.settings.mode == "offline"
             run_dir = getattr(self._wandb.settings, "sync_dir", None) or self._wandb.dir
             self._wandb.finish()
-            return f"wandb sync {Path(run_dir).parent if str(run_dir).endswith('files') else run_dir}" if offline else None
+            return (
+                f"wandb sync {Path(run_dir).parent if str(run_dir).endswith('files') else run_dir}"
+                if offline
+                else None
+            )
         except Exception as exc:  # noqa: BLE001
             logger.warning("wandb finish failed (%s)", exc)
             return None
@@ -199,8 +216,13 @@ def reward_design_name(config: Config) -> str:
 
 def run_tags(config: Config) -> list[str]:
     """wandb tags: the user's, then algorithm, env id, `reward:<design>` and `seed:<n>` (wandb caps a tag at 64)."""
-    tags = [*config.tracking.wandb.tags, config.rl.algorithm, config.env.id,
-            f"reward:{reward_design_name(config)}", f"seed:{config.seed}"]
+    tags = [
+        *config.tracking.wandb.tags,
+        config.rl.algorithm,
+        config.env.id,
+        f"reward:{reward_design_name(config)}",
+        f"seed:{config.seed}",
+    ]
     return list(dict.fromkeys(tag[:64] for tag in tags))
 
 
@@ -219,14 +241,22 @@ def transcript_rows(episodes: list, count: int, rng: random.Random) -> list[dict
         episode = episodes[index]
         seen = [episode.first_observation, *episode.observations]
         for turn in range(episode.num_turns) or [None]:
-            rows.append({
-                "episode": index, "seed": episode.seed, "turn": turn,
-                "observation": seen[turn] if turn is not None and turn < len(seen) else episode.first_observation,
-                "action": episode.actions[turn] if turn is not None else "",
-                **{f"reward/{name}": _turn_value(episode.rewards.get(name), turn) for name in components},
-                "reward": episode.turn_rewards[turn] if turn is not None else 0.0,
-                "return": episode.episode_return, "success": bool(episode.success), "failure": episode.failure,
-            })
+            rows.append(
+                {
+                    "episode": index,
+                    "seed": episode.seed,
+                    "turn": turn,
+                    "observation": seen[turn]
+                    if turn is not None and turn < len(seen)
+                    else episode.first_observation,
+                    "action": episode.actions[turn] if turn is not None else "",
+                    **{f"reward/{name}": _turn_value(episode.rewards.get(name), turn) for name in components},
+                    "reward": episode.turn_rewards[turn] if turn is not None else 0.0,
+                    "return": episode.episode_return,
+                    "success": bool(episode.success),
+                    "failure": episode.failure,
+                }
+            )
     return rows
 
 
@@ -261,11 +291,14 @@ class TranscriptCallback(TrainerCallback):
             return
         self._logged = batch
         try:
-            rows = transcript_rows(batch.episodes, self.samples,
-                                   random.Random(self.seed * 1_000_003 + state.global_step))
+            rows = transcript_rows(
+                batch.episodes, self.samples, random.Random(self.seed * 1_000_003 + state.global_step)
+            )
             self.tracker.log_transcripts(rows, step=state.global_step)
         except Exception as exc:  # noqa: BLE001 - tracking must never stop training
-            logger.warning("transcripts could not be logged (%s); they are off for the rest of the stage", exc)
+            logger.warning(
+                "transcripts could not be logged (%s); they are off for the rest of the stage", exc
+            )
             self.samples = 0
 
 
@@ -274,11 +307,15 @@ def attach_tracking(trainer, tracker: Tracker, config: Config, rollout=None) -> 
     <stage>` (unless TENSORBOARD_LOGGING_DIR says otherwise), and with a rollout (an `EpisodeRollout`), transcripts
     are sampled from the batches it builds."""
     for callback in trainer.callback_handler.callbacks:
-        if type(callback).__name__ == "TensorBoardCallback" and getattr(callback, "logging_dir", None) is None:
+        if (
+            type(callback).__name__ == "TensorBoardCallback"
+            and getattr(callback, "logging_dir", None) is None
+        ):
             callback.logging_dir = str(tracker.run_dir / "tensorboard" / tracker.stage)
     if rollout is not None and config.tracking.transcript_samples > 0:
-        transcripts = TranscriptCallback(tracker, config.tracking.transcript_samples,
-                                         config.tracking.transcripts_every, seed=config.seed)
+        transcripts = TranscriptCallback(
+            tracker, config.tracking.transcript_samples, config.tracking.transcripts_every, seed=config.seed
+        )
         rollout.add_listener(transcripts.on_rollout_batch)
         trainer.add_callback(transcripts)
 

@@ -30,8 +30,11 @@ from rlft.stages.sft import sft_trainer_args
 REWARD_SOURCES = ("env",)
 
 
-def load_checked_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None,
-                        raw: dict[str, Any] | None = None) -> Config:
+def load_checked_config(
+    path: str | os.PathLike | None = None,
+    overrides: list[str] | None = None,
+    raw: dict[str, Any] | None = None,
+) -> Config:
     """`load_config` (keys and types), then `check_config` (references). Raises `ConfigError` naming the key."""
     config = load_config(path, overrides, raw=raw)
     check_config(config)
@@ -47,7 +50,9 @@ def check_config(config: Config) -> None:
     if isinstance(config.sft.demos, JsonlDemos):
         if not Path(config.sft.demos.path).is_file():
             raise ConfigError(f"key 'sft.demos.path' = '{config.sft.demos.path}': file does not exist")
-        read_jsonl_demos(config.sft.demos.path)  # a malformed row fails here (file:line), not after a model loads
+        read_jsonl_demos(
+            config.sft.demos.path
+        )  # a malformed row fails here (file:line), not after a model loads
     if config.rl.init_from not in ("sft", "base"):
         _check_checkpoint_path(config.rl.init_from, "rl.init_from")
     check_trainer_overrides("sft.trainer", config.sft.trainer, trainer_config_class("sft"))
@@ -68,7 +73,11 @@ def check_trainer_configs(config: Config) -> None:
     `num_generations`, a scheduler name must exist, ...); building the configs is cheap and creates nothing
     on disk. Each is built by the same function its stage uses, with its defaults.
     """
-    builds = (("sft.trainer", sft_trainer_args), ("rl.trainer", rl_trainer_args), ("rm.trainer", rm_trainer_args))
+    builds = (
+        ("sft.trainer", sft_trainer_args),
+        ("rl.trainer", rl_trainer_args),
+        ("rm.trainer", rm_trainer_args),
+    )
     for key, build in builds:
         try:
             build(config)
@@ -81,23 +90,31 @@ def _check_reward_weights(weights: list[float] | None) -> None:
         return
     count = len(REWARD_SOURCES)
     if len(weights) != count:
-        raise ConfigError(f"key 'rl.trainer.reward_weights' = {weights!r}: {len(weights)} weights for {count} "
-                          f"reward source(s) ({', '.join(REWARD_SOURCES)}); expected a list of {count} or leave it "
-                          "unset")
+        raise ConfigError(
+            f"key 'rl.trainer.reward_weights' = {weights!r}: {len(weights)} weights for {count} "
+            f"reward source(s) ({', '.join(REWARD_SOURCES)}); expected a list of {count} or leave it "
+            "unset"
+        )
     if not any(weights):
-        raise ConfigError(f"key 'rl.trainer.reward_weights' = {weights!r}: no reward source has a non-zero weight, "
-                          "so there is no reward to learn from; expected at least one non-zero weight")
+        raise ConfigError(
+            f"key 'rl.trainer.reward_weights' = {weights!r}: no reward source has a non-zero weight, "
+            "so there is no reward to learn from; expected at least one non-zero weight"
+        )
 
 
 def _check_critic_path(path: str) -> None:
     """`rl.trainer.critic_init`: a saved critic (critic.json) or a reward model (config.json)."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise ConfigError(f"key 'rl.trainer.critic_init' = '{path}': no such folder "
-                          "(expected 'policy', a saved critic folder or a reward-model folder)")
+        raise ConfigError(
+            f"key 'rl.trainer.critic_init' = '{path}': no such folder "
+            "(expected 'policy', a saved critic folder or a reward-model folder)"
+        )
     if not (folder / "critic.json").is_file() and not (folder / "config.json").is_file():
-        raise ConfigError(f"key 'rl.trainer.critic_init' = '{path}': neither a saved critic (critic.json) "
-                          "nor a reward model (config.json)")
+        raise ConfigError(
+            f"key 'rl.trainer.critic_init' = '{path}': neither a saved critic (critic.json) "
+            "nor a reward model (config.json)"
+        )
 
 
 def _check_rm(config: Config) -> None:
@@ -110,8 +127,10 @@ def _check_rm(config: Config) -> None:
             if path is not None:
                 read_preferences(path)  # a malformed row fails here (file:line), not after a model loads
     elif data.gold != "return" and not callable(import_entry_point(data.gold, "rm.data.gold")):
-        raise ConfigError(f"key 'rm.data.gold' = '{data.gold}': not callable; expected 'return' or "
-                          "'module:function' (played episode -> float)")
+        raise ConfigError(
+            f"key 'rm.data.gold' = '{data.gold}': not callable; expected 'return' or "
+            "'module:function' (played episode -> float)"
+        )
     model = config.rm.model
     if model is not None and model.name_or_path is not None:
         _check_model_path(model.name_or_path, "rm.model.name_or_path")
@@ -119,8 +138,10 @@ def _check_rm(config: Config) -> None:
         raise ConfigError("key 'rm.model.lora': LoRA is not supported for reward models yet; remove it")
     for name in ("trust_remote_code", "model_init_kwargs"):
         if name in config.rm.trainer:
-            raise ConfigError(f"key 'rm.trainer.{name}' is set by rlft from rm.model (trust_remote_code, revision, "
-                              "dtype); set it there")
+            raise ConfigError(
+                f"key 'rm.trainer.{name}' is set by rlft from rm.model (trust_remote_code, revision, "
+                "dtype); set it there"
+            )
     check_trainer_overrides("rm.trainer", config.rm.trainer, trainer_config_class("rm"))
 
 
@@ -128,14 +149,18 @@ def _check_checkpoint_path(path: str, key: str) -> None:
     """A checkpoint is a `save_pretrained` folder: full weights (config.json) or a LoRA adapter (adapter_config.json)."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise ConfigError(f"key '{key}' = '{path}': no such checkpoint folder (expected 'sft', 'base' or a path)")
+        raise ConfigError(
+            f"key '{key}' = '{path}': no such checkpoint folder (expected 'sft', 'base' or a path)"
+        )
     if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
         raise ConfigError(f"key '{key}' = '{path}': folder is not a saved checkpoint (no config.json)")
 
 
 def _check_model_path(name_or_path: str, key: str = "model.name_or_path") -> None:
     """A local path must exist; a hub id (`org/name`) is accepted as long as it looks like one."""
-    looks_local = name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").split("/", 1)[-1]
+    looks_local = (
+        name_or_path.startswith((".", "/", "~")) or os.sep in name_or_path.strip("/").split("/", 1)[-1]
+    )
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

@@ -1,11 +1,11 @@
 """What every stage shares: the run directory, checkpoints, the env factory, the turn format and sampling.
 
-    runs/<name>/config.yaml           the configuration as given (validated, defaults of rlft's own sections in)
-    runs/<name>/resolved/<stage>.yaml the configuration a stage trained with: every default, every TRL argument,
-                                      package versions (rlft/config/resolved.py)
-    runs/<name>/metrics.jsonl         every stage's logged metrics, one JSON object per line
-    runs/<name>/checkpoints/<stage>/  base, sft, rl: safetensors weights + tokenizer (save_pretrained)
-    runs/<name>/eval.json             held-out results per policy, the expert alongside
+runs/<name>/config.yaml           the configuration as given (validated, defaults of rlft's own sections in)
+runs/<name>/resolved/<stage>.yaml the configuration a stage trained with: every default, every TRL argument,
+                                  package versions (rlft/config/resolved.py)
+runs/<name>/metrics.jsonl         every stage's logged metrics, one JSON object per line
+runs/<name>/checkpoints/<stage>/  base, sft, rl: safetensors weights + tokenizer (save_pretrained)
+runs/<name>/eval.json             held-out results per policy, the expert alongside
 """
 
 from __future__ import annotations
@@ -33,8 +33,11 @@ def checkpoint_dir(config: Config, stage: str) -> Path:
 
 
 # The TRL config class each stage (and each RL algorithm) trains with; `*.trainer` keys are checked against it.
-TRAINER_CONFIGS: dict[str, type] = {"sft": SFTConfig, "rm": RewardConfig,
-                                     **{name: a.config_class for name, a in ALGORITHMS.items()}}
+TRAINER_CONFIGS: dict[str, type] = {
+    "sft": SFTConfig,
+    "rm": RewardConfig,
+    **{name: a.config_class for name, a in ALGORITHMS.items()},
+}
 
 
 def trainer_config_class(kind: str) -> type:
@@ -58,15 +61,22 @@ def prepare_run(config: Config) -> Path:
 
 def sampling_settings(config: Config, greedy: bool = False):
     r = config.rollout
-    return SamplingSettings(max_turns=config.env.max_turns, max_action_tokens=r.max_action_tokens,
-                            max_episode_tokens=r.max_episode_tokens, temperature=r.temperature, top_p=r.top_p,
-                            greedy=greedy, env_step_timeout_s=r.env_step_timeout_s,
-                            max_env_failure_rate=r.max_env_failure_rate)
+    return SamplingSettings(
+        max_turns=config.env.max_turns,
+        max_action_tokens=r.max_action_tokens,
+        max_episode_tokens=r.max_episode_tokens,
+        temperature=r.temperature,
+        top_p=r.top_p,
+        greedy=greedy,
+        env_step_timeout_s=r.env_step_timeout_s,
+        max_env_failure_rate=r.max_env_failure_rate,
+    )
 
 
 def turn_format_for(config: Config, tokenizer):
-    return make_format(tokenizer, uses_chat_template(tokenizer, config.model.chat_template),
-                       config.rollout.stop_on_newline)
+    return make_format(
+        tokenizer, uses_chat_template(tokenizer, config.model.chat_template), config.rollout.stop_on_newline
+    )
 
 
 def ensure_base_checkpoint(config: Config) -> Path:
@@ -86,7 +96,9 @@ def load_checkpoint(path: str | Path, config: Config):
     path = Path(path)
     if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise CheckpointError(f"'{path}' is not a saved checkpoint (no config.json)")
-    return load_pretrained(str(path), config.model.model_copy(update={"name_or_path": str(path), "tiny": None}))
+    return load_pretrained(
+        str(path), config.model.model_copy(update={"name_or_path": str(path), "tiny": None})
+    )
 
 
 def load_trainable(path: Path, config: Config):

@@ -29,7 +29,9 @@ from rlft.stages.common import (
 logger = logging.getLogger(__name__)
 
 
-MAIN_PROCESS_EVAL = "evaluation runs on the main process (rank 0), which prints the table and writes eval.json"
+MAIN_PROCESS_EVAL = (
+    "evaluation runs on the main process (rank 0), which prints the table and writes eval.json"
+)
 
 
 def run_eval(config: Config, policies: dict[str, Path] | None = None, expert: bool = True) -> dict[str, Any]:
@@ -46,17 +48,32 @@ def run_eval(config: Config, policies: dict[str, Path] | None = None, expert: bo
         model, tokenizer = load_checkpoint(path, config)
         if torch.cuda.is_available():
             model = model.cuda()
-        engine = RolloutEngine(model, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
-                               sampling_settings(config, greedy=True))
+        engine = RolloutEngine(
+            model,
+            tokenizer,
+            turn_format_for(config, tokenizer),
+            env_factory(config),
+            sampling_settings(config, greedy=True),
+        )
         with out_of_memory_guard(config, "eval"):
             greedy, _ = evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)
             engine.settings = sampling_settings(config, greedy=False)
             sampled, _ = evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)
         # The headline numbers are the policy as configured (eval.greedy); both are kept.
         headline = greedy if config.eval.greedy else sampled
-        results["policies"][label] = {**headline, "greedy": greedy, "sampled": sampled, "checkpoint": str(path)}
-        tracker.log({f"{label}/{mode}/{k}": v for mode, summary in (("greedy", greedy), ("sampled", sampled))
-                     for k, v in summary.items()})
+        results["policies"][label] = {
+            **headline,
+            "greedy": greedy,
+            "sampled": sampled,
+            "checkpoint": str(path),
+        }
+        tracker.log(
+            {
+                f"{label}/{mode}/{k}": v
+                for mode, summary in (("greedy", greedy), ("sampled", sampled))
+                for k, v in summary.items()
+            }
+        )
     if expert:
         try:
             results["policies"]["expert"] = evaluate_expert(env_factory(config), seeds, config.env.max_turns)
@@ -76,23 +93,30 @@ def default_policies(config: Config) -> dict[str, Path]:
         if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
             found[label] = path
     if not found:
-        raise CheckpointError(f"{config.run_dir}/checkpoints has no checkpoint to evaluate; run sft or train first")
+        raise CheckpointError(
+            f"{config.run_dir}/checkpoints has no checkpoint to evaluate; run sft or train first"
+        )
     return found
 
 
 def format_table(results: dict[str, Any]) -> str:
     """Markdown table: success and return with 95% CIs, greedy and sampled (at the rollout temperature)."""
+
     def cell(r: dict[str, float], key: str) -> str:
         return f"{r[key]:.3f} [{r[key + '_ci_low']:.3f}, {r[key + '_ci_high']:.3f}]"
 
     if not results["policies"] and results.get("note"):
         return results["note"]
     count = results["seeds"]["count"]
-    rows = [f"held-out episodes: {count}",
-            "| policy | success, greedy (95% CI) | success, sampled (95% CI) | return, greedy | turns |",
-            "|---|---|---|---|---|"]
+    rows = [
+        f"held-out episodes: {count}",
+        "| policy | success, greedy (95% CI) | success, sampled (95% CI) | return, greedy | turns |",
+        "|---|---|---|---|---|",
+    ]
     for label, r in results["policies"].items():
         greedy, sampled = r.get("greedy", r), r.get("sampled", r)
-        rows.append(f"| {label} | {cell(greedy, 'success')} | {cell(sampled, 'success')} | "
-                    f"{cell(greedy, 'return')} | {greedy['turns']:.1f} |")
+        rows.append(
+            f"| {label} | {cell(greedy, 'success')} | {cell(sampled, 'success')} | "
+            f"{cell(greedy, 'return')} | {greedy['turns']:.1f} |"
+        )
     return "\n".join(rows)

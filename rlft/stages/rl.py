@@ -40,8 +40,10 @@ def resolve_init(config: Config) -> Path:
     if config.rl.init_from == "sft":
         path = checkpoint_dir(config, "sft")
         if not ((path / "config.json").is_file() or (path / "adapter_config.json").is_file()):
-            raise CheckpointError(f"rl.init_from = 'sft' but {path} has no checkpoint; run `rlft sft` first "
-                                  "or set rl.init_from=base")
+            raise CheckpointError(
+                f"rl.init_from = 'sft' but {path} has no checkpoint; run `rlft sft` first "
+                "or set rl.init_from=base"
+            )
         return path
     if config.rl.init_from == "base":
         return ensure_base_checkpoint(config)
@@ -54,10 +56,17 @@ def rl_trainer_args(config: Config):
     Also built at validation (rlft.stages.checks), so TRL's own checks run before a model loads.
     """
     if "temperature" in config.rl.trainer or "top_p" in config.rl.trainer:
-        raise ConfigError("set the sampling temperature / top_p under 'rollout', not 'rl.trainer' "
-                          "(the rollout samples, and TRL must score with the same temperature)")
-    return build_trainer_config(trainer_config_class(config.rl.algorithm), config.rl.trainer,
-                                str(config.run_dir / "trainer" / "rl"), config.seed, defaults=rl_defaults(config))
+        raise ConfigError(
+            "set the sampling temperature / top_p under 'rollout', not 'rl.trainer' "
+            "(the rollout samples, and TRL must score with the same temperature)"
+        )
+    return build_trainer_config(
+        trainer_config_class(config.rl.algorithm),
+        config.rl.trainer,
+        str(config.run_dir / "trainer" / "rl"),
+        config.seed,
+        defaults=rl_defaults(config),
+    )
 
 
 def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | None = None) -> Path:
@@ -75,17 +84,23 @@ def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | N
     prepare_run(config)
     design = build_reward_design(config)  # None for the default (the env reward alone); loads reward models
     model, tokenizer = load_trainable(resolve_init(config), config)
-    engine = RolloutEngine(None, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
-                           sampling_settings(config))
+    engine = RolloutEngine(
+        None, tokenizer, turn_format_for(config, tokenizer), env_factory(config), sampling_settings(config)
+    )
     train = config.env.train_seeds
     tracker = Tracker(config, "rl", config.run_dir, resume=bool(resume))
     seeds = list(range(train.start, train.start + train.count))
     # The over-optimisation alarm adds its event to the logs, so it reads them before the tracker writes them.
     alarm = [design.alarm] if design is not None and design.alarm is not None else []
     callbacks = [*alarm, TrackerCallback(tracker), *(callbacks or [])]
-    build_kwargs = {"batch_size": config.rollout.num_envs, "callbacks": callbacks,
-                    "max_nonfinite_steps": config.rl.max_nonfinite_steps}
-    trainer, rollout = get_algorithm(config.rl.algorithm).build(model, tokenizer, args, engine, seeds, **build_kwargs)
+    build_kwargs = {
+        "batch_size": config.rollout.num_envs,
+        "callbacks": callbacks,
+        "max_nonfinite_steps": config.rl.max_nonfinite_steps,
+    }
+    trainer, rollout = get_algorithm(config.rl.algorithm).build(
+        model, tokenizer, args, engine, seeds, **build_kwargs
+    )
     rollout.reward_design = design
     if config.eval.every_steps:
         trainer.add_callback(held_out_eval_callback(config, tracker, trainer, rollout, tokenizer))
@@ -100,8 +115,11 @@ def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | N
     if stop.signum is not None:
         record_sync_command(tracker.finish())
         name = signal_name(stop.signum)
-        raise Interrupted(f"stopped by {name} after step {stop.stopped_at}; checkpoint written under "
-                          f"{args.output_dir}. Continue with: rlft train --config <config> --resume", stop.signum)
+        raise Interrupted(
+            f"stopped by {name} after step {stop.stopped_at}; checkpoint written under "
+            f"{args.output_dir}. Continue with: rlft train --config <config> --resume",
+            stop.signum,
+        )
     # PPO: the policy alone, and the critic beside it in critic/ (reloads with rlft.models.critic.load_critic).
     path = save_trained(trainer, checkpoint_dir(config, "rl"))
     record_sync_command(tracker.finish())
@@ -115,8 +133,13 @@ def signal_name(signum: int) -> str:
 def held_out_eval_callback(config: Config, tracker: Tracker, trainer, rollout, tokenizer):
     """Periodic held-out evaluation during RL (`eval.every_steps`), on the first `eval.during_episodes` seeds."""
     seeds = held_out_seeds(env_factory(config), config.env, config.eval)[: config.eval.during_episodes]
-    engine = RolloutEngine(None, tokenizer, turn_format_for(config, tokenizer), env_factory(config),
-                           sampling_settings(config, greedy=config.eval.greedy))
+    engine = RolloutEngine(
+        None,
+        tokenizer,
+        turn_format_for(config, tokenizer),
+        env_factory(config),
+        sampling_settings(config, greedy=config.eval.greedy),
+    )
 
     def evaluate(policy) -> dict[str, float]:
         engine.model = policy

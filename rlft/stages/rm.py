@@ -50,7 +50,9 @@ def rm_model_config(config: Config) -> ModelConfig:
 
 def rm_trainer_args(config: Config):
     """The stage's `trl.RewardConfig` (also built at validation, so TRL's own checks run before a model loads)."""
-    return reward_config(rm_model_config(config), config.rm.trainer, config.run_dir / "trainer" / "rm", config.seed)
+    return reward_config(
+        rm_model_config(config), config.rm.trainer, config.run_dir / "trainer" / "rm", config.seed
+    )
 
 
 def preference_data(config: Config) -> tuple[list, list, dict[str, Any]]:
@@ -62,9 +64,13 @@ def preference_data(config: Config) -> tuple[list, list, dict[str, Any]]:
             train, held_out = pairs, read_preferences(data.eval_path)
         else:
             train, held_out = split_by_prompt(pairs, data.eval_fraction, config.seed)
-        info = {"source": "jsonl", "path": data.path,
-                "held_out": data.eval_path or f"{data.eval_fraction} of the pairs, whole prompts at a time",
-                "train_pairs": len(train), "held_out_pairs": len(held_out)}
+        info = {
+            "source": "jsonl",
+            "path": data.path,
+            "held_out": data.eval_path or f"{data.eval_fraction} of the pairs, whole prompts at a time",
+            "train_pairs": len(train),
+            "held_out_pairs": len(held_out),
+        }
         return train, held_out, info
     return _env_pairs(config)
 
@@ -76,28 +82,47 @@ def _env_pairs(config: Config) -> tuple[list, list, dict[str, Any]]:
 
     def pairs_from(first_seed: int, episodes: int, budget: int, seed: int, label: str):
         seeds = [first_seed + i for i in range(max(1, episodes // per_task))]
-        items, play = play_scored_episodes(env_factory(config), seeds, per_task, data.policy, data.epsilon, seed,
-                                           config.env.max_turns, gold)
+        items, play = play_scored_episodes(
+            env_factory(config), seeds, per_task, data.policy, data.epsilon, seed, config.env.max_turns, gold
+        )
         pairs, stats = build_preference_pairs(items, budget, data.noise, seed, source=label)
         stats.extra.update(play)
         return pairs, stats
 
-    train, train_stats = pairs_from(config.env.train_seeds.start, data.episodes, data.budget, data.seed, "episode")
+    train, train_stats = pairs_from(
+        config.env.train_seeds.start, data.episodes, data.budget, data.seed, "episode"
+    )
     if not train:
-        raise DataError(f"rm.data: no training pairs: of {train_stats.ties + train_stats.identical} within-task pairs "
-                        f"of {train_stats.items} episodes, {train_stats.ties} tie on gold and {train_stats.identical} "
-                        "are the same text; raise rm.data.epsilon or episodes_per_task, or use a finer gold signal")
+        raise DataError(
+            f"rm.data: no training pairs: of {train_stats.ties + train_stats.identical} within-task pairs "
+            f"of {train_stats.items} episodes, {train_stats.ties} tie on gold and {train_stats.identical} "
+            "are the same text; raise rm.data.epsilon or episodes_per_task, or use a finer gold signal"
+        )
     held_out, held_stats = ([], None)
     if data.eval_episodes:
-        held_out, held_stats = pairs_from(config.eval.seed_start, data.eval_episodes, data.eval_budget, data.seed + 1,
-                                          "held-out episode")
-    info = {"source": "env", "env": config.env.id, "gold": data.gold, "policy": data.policy,
-            "epsilon": data.epsilon if data.policy == "expert" else None, "episodes": data.episodes,
-            "episodes_per_task": per_task, "budget": data.budget, "noise": data.noise, "seed": data.seed,
-            "train_seeds_from": config.env.train_seeds.start, "held_out_seeds_from": config.eval.seed_start,
-            "train_pairs": len(train), "held_out_pairs": len(held_out), "ties_skipped": train_stats.ties,
-            "label_noise_rate": train_stats.label_noise_rate,
-            "train": train_stats.as_dict(), "held_out": held_stats.as_dict() if held_stats else None}
+        held_out, held_stats = pairs_from(
+            config.eval.seed_start, data.eval_episodes, data.eval_budget, data.seed + 1, "held-out episode"
+        )
+    info = {
+        "source": "env",
+        "env": config.env.id,
+        "gold": data.gold,
+        "policy": data.policy,
+        "epsilon": data.epsilon if data.policy == "expert" else None,
+        "episodes": data.episodes,
+        "episodes_per_task": per_task,
+        "budget": data.budget,
+        "noise": data.noise,
+        "seed": data.seed,
+        "train_seeds_from": config.env.train_seeds.start,
+        "held_out_seeds_from": config.eval.seed_start,
+        "train_pairs": len(train),
+        "held_out_pairs": len(held_out),
+        "ties_skipped": train_stats.ties,
+        "label_noise_rate": train_stats.label_noise_rate,
+        "train": train_stats.as_dict(),
+        "held_out": held_stats.as_dict() if held_stats else None,
+    }
     return train, held_out, info
 
 
@@ -151,7 +176,9 @@ def run_rm(config: Config) -> Path:
     tracker.log({f"data/{k}": v for k, v in data_info.items() if isinstance(v, (int, float, str))}, step=0)
     corpus = None
     if model_cfg.tiny is not None:  # the policy's vocabulary first (same ids), then the preference texts
-        episodes = (config.model.tiny or model_cfg.tiny).corpus_episodes  # as rlft.models.policy.load_policy builds it
+        episodes = (
+            config.model.tiny or model_cfg.tiny
+        ).corpus_episodes  # as rlft.models.policy.load_policy builds it
         corpus = env_corpus(env_factory(config), episodes, config.env.max_turns, config.seed)
         corpus += pair_corpus(train + held_out)
     tokenizer = reward_model_tokenizer(model_cfg, corpus or ())
@@ -160,21 +187,37 @@ def run_rm(config: Config) -> Path:
     for i, name in enumerate(names):
         prefix = "" if ensemble.size == 1 else f"{name}/"
         pairs = member_pairs(train, ensemble.data, i, ensemble.size, config.seed)
-        member_info = {**data_info, "member": f"{i + 1} of {ensemble.size} ({ensemble.data} data)"} \
-            if ensemble.size > 1 else data_info
+        member_info = (
+            {**data_info, "member": f"{i + 1} of {ensemble.size} ({ensemble.data} data)"}
+            if ensemble.size > 1
+            else data_info
+        )
         if ensemble.size > 1:
             member_info["member_train_pairs"] = len(pairs)
-        result = train_reward_model(pairs, held_out, model_cfg=model_cfg,
-                                    output_dir=config.run_dir / "trainer" / name, seed=config.seed + i,
-                                    trainer=config.rm.trainer, tokenizer=tokenizer, data=member_info,
-                                    callbacks=[_MemberCallback(tracker, prefix, name)], save_to=checkpoint_dir(config, name),
-                                    batch_size=config.rm.batch_size)
+        result = train_reward_model(
+            pairs,
+            held_out,
+            model_cfg=model_cfg,
+            output_dir=config.run_dir / "trainer" / name,
+            seed=config.seed + i,
+            trainer=config.rm.trainer,
+            tokenizer=tokenizer,
+            data=member_info,
+            callbacks=[_MemberCallback(tracker, prefix, name)],
+            save_to=checkpoint_dir(config, name),
+            batch_size=config.rm.batch_size,
+        )
         tracker.log(_held_out_logs(result.metrics, f"{prefix}held_out/"))
     path = checkpoint_dir(config, "rm")
     if ensemble.size > 1 and main:
         path.mkdir(parents=True, exist_ok=True)
-        manifest = {"members": [f"../{name}" for name in names], "aggregate": ensemble.aggregate,
-                    "k": ensemble.k, "normalize": ensemble.normalize, "data": ensemble.data}
+        manifest = {
+            "members": [f"../{name}" for name in names],
+            "aggregate": ensemble.aggregate,
+            "k": ensemble.k,
+            "normalize": ensemble.normalize,
+            "data": ensemble.data,
+        }
         (path / ENSEMBLE_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
         if held_out:
             rm = load_reward_model(path, batch_size=config.rm.batch_size)

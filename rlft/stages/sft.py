@@ -28,8 +28,13 @@ from rlft.stages.common import (
 
 def sft_trainer_args(config: Config):
     """The stage's `trl.SFTConfig` (also built at validation, so TRL's own checks run before a model loads)."""
-    return build_trainer_config(trainer_config_class("sft"), config.sft.trainer,
-                                str(config.run_dir / "trainer" / "sft"), config.seed, defaults=sft_defaults(config))
+    return build_trainer_config(
+        trainer_config_class("sft"),
+        config.sft.trainer,
+        str(config.run_dir / "trainer" / "sft"),
+        config.seed,
+        defaults=sft_defaults(config),
+    )
 
 
 def run_sft(config: Config) -> Path:
@@ -40,15 +45,27 @@ def run_sft(config: Config) -> Path:
     tracker = Tracker(config, "sft", config.run_dir)
     demos_cfg = config.sft.demos
     if isinstance(demos_cfg, ExpertDemos):
-        demos, stats = expert_demos(env_factory(config), fmt, demos_cfg.episodes, demos_cfg.epsilon,
-                                    demos_cfg.seed, config.env.train_seeds.start, config.env.max_turns)
+        demos, stats = expert_demos(
+            env_factory(config),
+            fmt,
+            demos_cfg.episodes,
+            demos_cfg.epsilon,
+            demos_cfg.seed,
+            config.env.train_seeds.start,
+            config.env.max_turns,
+        )
         tracker.log(stats, step=0)
     else:
         demos = jsonl_demos(demos_cfg.path, fmt)
         tracker.log({"demos/episodes": len(demos)}, step=0)
     # TrackerCallback records the arguments the trainer starts with in runs/<name>/resolved/sft.yaml and wandb.
-    trainer = SFTTrainer(model=model, args=sft_trainer_args(config), train_dataset=Dataset.from_list(sft_rows(demos)),
-                         processing_class=tokenizer, callbacks=[TrackerCallback(tracker)])
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_trainer_args(config),
+        train_dataset=Dataset.from_list(sft_rows(demos)),
+        processing_class=tokenizer,
+        callbacks=[TrackerCallback(tracker)],
+    )
     attach_tracking(trainer, tracker, config)  # tensorboard (report_to) under the run dir
     with out_of_memory_guard(config, "sft", trainer.args):
         trainer.train()

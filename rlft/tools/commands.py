@@ -66,12 +66,16 @@ def check_earlier_stages(command: str, config: Config) -> None:
             for a design that uses this run's, no checkpoint at all for `eval`).
     """
     if command == "train" and config.rl.init_from == "sft":
-        stage_rl.resolve_init(config)  # no SFT checkpoint yet: CheckpointError naming the command to run first
+        stage_rl.resolve_init(
+            config
+        )  # no SFT checkpoint yet: CheckpointError naming the command to run first
     if command == "train":
         rm_path = run_reward_model(config)
         if _uses_run_reward_model(config) and not rm_path.is_dir():
-            raise CheckpointError(f"the reward design uses this run's reward model but {rm_path} does not exist; "
-                                  "run `rlft rm` first (or `rlft pipeline`, which trains it)")
+            raise CheckpointError(
+                f"the reward design uses this run's reward model but {rm_path} does not exist; "
+                "run `rlft rm` first (or `rlft pipeline`, which trains it)"
+            )
     elif command == "eval":
         stage_eval.default_policies(config)  # no checkpoint at all: CheckpointError
 
@@ -79,4 +83,3 @@ def check_earlier_stages(command: str, config: Config) -> None:
 def _uses_run_reward_model(config: Config) -> bool:
     """An rm component without a path scores with the reward model `rlft rm` trains in this run directory."""
     return any(isinstance(c, RmRewardComponent) and c.path is None for c in config.reward.components.values())
-

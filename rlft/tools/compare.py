@@ -26,12 +26,19 @@ from rlft.tools.report.runs import (
     load_run,
 )
 
-if TYPE_CHECKING:  # numpy, matplotlib and rliable load only when a report is made, not with every rlft command
+if (
+    TYPE_CHECKING
+):  # numpy, matplotlib and rliable load only when a report is made, not with every rlft command
     from rlft.tools.report.figures import Plot
     from rlft.tools.report.stats import FinalScores
 
-FIGURE_NAMES = ("learning_curves", "final_performance", "performance_profiles", "reward_components",
-                "gold_vs_proxy")
+FIGURE_NAMES = (
+    "learning_curves",
+    "final_performance",
+    "performance_profiles",
+    "reward_components",
+    "gold_vs_proxy",
+)
 METRICS = (("success", "success"), ("return", "return"))
 DEFAULT_REPS = 2000
 
@@ -58,8 +65,13 @@ def figures_dir_for(out: Path) -> Path:
     return out.with_name(f"{out.stem}_figures")
 
 
-def compare(paths: list[str | Path], out: str | Path = "report.html", ignore: tuple[str, ...] = (),
-            reps: int = DEFAULT_REPS, seed: int = 0) -> Report:
+def compare(
+    paths: list[str | Path],
+    out: str | Path = "report.html",
+    ignore: tuple[str, ...] = (),
+    reps: int = DEFAULT_REPS,
+    seed: int = 0,
+) -> Report:
     """Read the runs under `paths`, write the HTML page to `out` and one PNG per figure beside it."""
     # numpy, matplotlib and rliable load here, when a report is made, not with every rlft command (the CLI
     # imports this module to build its parser).
@@ -79,10 +91,16 @@ def compare(paths: list[str | Path], out: str | Path = "report.html", ignore: tu
             points[metric], intervals[metric] = interval_estimates(score_matrices(finals[metric]), reps, seed)
     labels = [label for metric, label in METRICS if metric in points]
     plots = [
-        figures.metric_curves(variants, ["eval/success", "eval/return"], "learning_curves",
-                              "Held-out learning curves", reps, seed,
-                              "No held-out evaluation during RL in any run (eval/success, eval/return against "
-                              "episode/env_steps_total); set eval.every_steps to log it."),
+        figures.metric_curves(
+            variants,
+            ["eval/success", "eval/return"],
+            "learning_curves",
+            "Held-out learning curves",
+            reps,
+            seed,
+            "No held-out evaluation during RL in any run (eval/success, eval/return against "
+            "episode/env_steps_total); set eval.every_steps to log it.",
+        ),
         figures.final_performance(points, intervals, labels),
         figures.profiles({m: score_matrices(finals[m]) for m in points}, labels, reps, seed),
         figures.reward_components(variants, reps, seed),
@@ -105,8 +123,9 @@ def compare(paths: list[str | Path], out: str | Path = "report.html", ignore: tu
     return report
 
 
-def _page(report: Report, sources: list[str], ignored: tuple[str, ...], reps: int,
-          pngs: dict[str, Path]) -> str:
+def _page(
+    report: Report, sources: list[str], ignored: tuple[str, ...], reps: int, pngs: dict[str, Path]
+) -> str:
     from rlft.tools.report import figures, page  # matplotlib: see `compare`
 
     by_name = {p.name: p for p in report.plots}
@@ -115,37 +134,71 @@ def _page(report: Report, sources: list[str], ignored: tuple[str, ...], reps: in
     def fig(name: str) -> str:
         return page.figure_html(by_name[name], pngs.get(name), here)
 
-    finals_html = "".join(page.finals_table(label, report.finals[metric], report.points[metric],
-                                            report.intervals[metric])
-                          for metric, label in METRICS if metric in report.points)
+    finals_html = "".join(
+        page.finals_table(label, report.finals[metric], report.points[metric], report.intervals[metric])
+        for metric, label in METRICS
+        if metric in report.points
+    )
     if not finals_html:
-        finals_html = page.notes_html(["No run has a final held-out score: neither eval.json with an rl policy "
-                                   "(rlft eval) nor eval/success logged during RL."])
+        finals_html = page.notes_html(
+            [
+                "No run has a final held-out score: neither eval.json with an rl policy "
+                "(rlft eval) nor eval/success logged during RL."
+            ]
+        )
     finals_html += fig("final_performance") + fig("performance_profiles")
     alarms = {v.label: figures.alarm_events(v) for v in report.variants}
-    problems = [f"{run.name}: {problem}" for v in report.variants for run in v.runs for problem in run.problems]
+    problems = [
+        f"{run.name}: {problem}" for v in report.variants for run in v.runs for problem in run.problems
+    ]
     return page.render(
-        title="rlft compare", sources=sources, variants=report.variants, differences=report.differences,
-        ignored=ignored, finals_html=finals_html, problems=problems, reps=reps,
-        sections=[("Learning curves (held-out, during RL)", fig("learning_curves")),
-                  ("Reward components", fig("reward_components")),
-                  ("Gold against proxy", fig("gold_vs_proxy") + page.alarms_table(alarms))])
+        title="rlft compare",
+        sources=sources,
+        variants=report.variants,
+        differences=report.differences,
+        ignored=ignored,
+        finals_html=finals_html,
+        problems=problems,
+        reps=reps,
+        sections=[
+            ("Learning curves (held-out, during RL)", fig("learning_curves")),
+            ("Reward components", fig("reward_components")),
+            ("Gold against proxy", fig("gold_vs_proxy") + page.alarms_table(alarms)),
+        ],
+    )
 
 
 # ------------------------------------------------------------------------------------------------ CLI
 def add_compare_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register `rlft compare` on the CLI's subparsers (it takes run paths, not --config)."""
-    p = sub.add_parser("compare", help="an offline HTML dashboard comparing runs (seeds grouped into variants)",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", metavar="RUN_OR_DIR",
-                   help="run directories (with config.yaml) or folders holding them, e.g. runs/exp")
+    p = sub.add_parser(
+        "compare",
+        help="an offline HTML dashboard comparing runs (seeds grouped into variants)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="RUN_OR_DIR",
+        help="run directories (with config.yaml) or folders holding them, e.g. runs/exp",
+    )
     p.add_argument("--out", default="report.html", help="the HTML file; PNGs go to <stem>_figures/ beside it")
-    p.add_argument("--ignore", action="append", default=[], metavar="KEY",
-                   help="a config key (dotted; a section drops all its keys) that does not make runs different "
-                        "variants, besides seed, name, output_dir and tracking; e.g. rl.init_from when each "
-                        "seed starts from its own SFT checkpoint. Repeatable.")
-    p.add_argument("--reps", type=int, default=DEFAULT_REPS,
-                   help=f"bootstrap replications for every confidence interval (default {DEFAULT_REPS})")
+    p.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="KEY",
+        help="a config key (dotted; a section drops all its keys) that does not make runs different "
+        "variants, besides seed, name, output_dir and tracking; e.g. rl.init_from when each "
+        "seed starts from its own SFT checkpoint. Repeatable.",
+    )
+    p.add_argument(
+        "--reps",
+        type=int,
+        default=DEFAULT_REPS,
+        help=f"bootstrap replications for every confidence interval (default {DEFAULT_REPS})",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default 0)")
     return p
 
@@ -155,8 +208,10 @@ def run_compare(args: argparse.Namespace) -> int:
         raise CompareError(f"--reps must be at least 1, got {args.reps}")
     report = compare(args.paths, args.out, tuple(args.ignore), args.reps, args.seed)
     runs = sum(len(v.runs) for v in report.variants)
-    print(f"{runs} runs in {len(report.variants)} variants: "
-          + ", ".join(f"{v.label} ({len(v.runs)})" for v in report.variants))
+    print(
+        f"{runs} runs in {len(report.variants)} variants: "
+        + ", ".join(f"{v.label} ({len(v.runs)})" for v in report.variants)
+    )
     for plot in report.plots:
         if plot.figure is None:
             print(f"  {plot.name}: not drawn ({'; '.join(plot.notes)})", file=sys.stderr)

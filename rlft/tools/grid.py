@@ -73,25 +73,37 @@ def read_grid(path: str | os.PathLike) -> Grid:
     raw = read_yaml(path)
     for key in raw:
         if key not in GRID_KEYS:
-            raise ConfigError(f"{source}: unknown key '{key}'{did_you_mean(str(key), GRID_KEYS)}; a grid has "
-                              f"{', '.join(GRID_KEYS)}")
+            raise ConfigError(
+                f"{source}: unknown key '{key}'{did_you_mean(str(key), GRID_KEYS)}; a grid has "
+                f"{', '.join(GRID_KEYS)}"
+            )
     for key in ("experiment", "configs"):
         if key not in raw:
             raise ConfigError(f"{source}: missing required key '{key}'")
     experiment = raw["experiment"]
     if not isinstance(experiment, str) or not _NAME.match(experiment):
-        raise ConfigError(f"{source}: key 'experiment' = {experiment!r}: expected a folder name (letters, digits, "
-                          "'.', '_', '-', '+')")
+        raise ConfigError(
+            f"{source}: key 'experiment' = {experiment!r}: expected a folder name (letters, digits, "
+            "'.', '_', '-', '+')"
+        )
     command = raw.get("command", "pipeline")
     if command not in COMMANDS:
-        raise ConfigError(f"{source}: key 'command' = {command!r}: expected one of {', '.join(COMMANDS)}"
-                          f"{did_you_mean(str(command), COMMANDS)}")
+        raise ConfigError(
+            f"{source}: key 'command' = {command!r}: expected one of {', '.join(COMMANDS)}"
+            f"{did_you_mean(str(command), COMMANDS)}"
+        )
     output_dir = raw.get("output_dir", "runs")
     if not isinstance(output_dir, str) or not output_dir:
         raise ConfigError(f"{source}: key 'output_dir' = {output_dir!r}: expected a folder")
-    return Grid(source, experiment, _read_configs(source, raw["configs"]),
-                _read_variants(source, raw.get("overrides", [[]])), _read_seeds(source, raw.get("seeds", [0])),
-                command, output_dir)
+    return Grid(
+        source,
+        experiment,
+        _read_configs(source, raw["configs"]),
+        _read_variants(source, raw.get("overrides", [[]])),
+        _read_seeds(source, raw.get("seeds", [0])),
+        command,
+        output_dir,
+    )
 
 
 def _read_configs(source: str, configs: Any) -> list[str]:
@@ -101,8 +113,10 @@ def _read_configs(source: str, configs: Any) -> list[str]:
         if not isinstance(config, str):
             raise ConfigError(f"{source}: key 'configs[{index}]' = {config!r}: expected a path")
         if not Path(config).is_file():
-            raise ConfigError(f"{source}: key 'configs[{index}]' = '{config}': file does not exist (paths are "
-                              f"relative to where rlft runs: {Path.cwd()})")
+            raise ConfigError(
+                f"{source}: key 'configs[{index}]' = '{config}': file does not exist (paths are "
+                f"relative to where rlft runs: {Path.cwd()})"
+            )
     return list(configs)
 
 
@@ -112,12 +126,16 @@ def _read_variants(source: str, overrides: Any) -> list[tuple[str | None, str, l
         named = [(str(name), f"overrides.{name}", items) for name, items in overrides.items()]
         for name, key, _ in named:
             if not _NAME.match(name):
-                raise ConfigError(f"{source}: key '{key}': expected a name of letters, digits, '.', '_', '-', '+'")
+                raise ConfigError(
+                    f"{source}: key '{key}': expected a name of letters, digits, '.', '_', '-', '+'"
+                )
     elif isinstance(overrides, list) and overrides:
         named = [(None, f"overrides[{index}]", items) for index, items in enumerate(overrides)]
     else:
-        raise ConfigError(f"{source}: key 'overrides' = {overrides!r}: expected a list of override lists "
-                          "([[], [rl.trainer.learning_rate=1e-4]]) or a mapping name -> override list")
+        raise ConfigError(
+            f"{source}: key 'overrides' = {overrides!r}: expected a list of override lists "
+            "([[], [rl.trainer.learning_rate=1e-4]]) or a mapping name -> override list"
+        )
     variants = []
     for name, key, items in named:
         _check_overrides(source, key, items)
@@ -128,7 +146,9 @@ def _read_variants(source: str, overrides: Any) -> list[tuple[str | None, str, l
     if len(set(names)) < len(names):  # two list variants that slug alike: number them instead
         variants = [(f"v{i}" if items else None, key, items) for i, (_, key, items) in enumerate(variants)]
     if sum(1 for _, _, items in variants if not items) > 1:
-        raise ConfigError(f"{source}: key 'overrides': more than one variant without overrides (the same runs twice)")
+        raise ConfigError(
+            f"{source}: key 'overrides': more than one variant without overrides (the same runs twice)"
+        )
     return variants
 
 
@@ -141,8 +161,10 @@ def _check_overrides(source: str, key: str, items: Any) -> None:
         raise ConfigError(f"{source}: key '{key}': {exc}") from None
     for path, _ in parsed:
         if ".".join(path) in LAUNCH_KEYS:
-            raise ConfigError(f"{source}: key '{key}': '{'.'.join(path)}' is set by rlft launch for each job "
-                              "(name, output_dir, seed and tracking.experiment come from the grid)")
+            raise ConfigError(
+                f"{source}: key '{key}': '{'.'.join(path)}' is set by rlft launch for each job "
+                "(name, output_dir, seed and tracking.experiment come from the grid)"
+            )
 
 
 def _variant_name(items: list[str]) -> str:
@@ -156,8 +178,11 @@ def _variant_name(items: list[str]) -> str:
 
 
 def _read_seeds(source: str, seeds: Any) -> list[int]:
-    if not isinstance(seeds, list) or not seeds or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)
+    ):
         raise ConfigError(f"{source}: key 'seeds' = {seeds!r}: expected a non-empty list of integers >= 0")
     if len(set(seeds)) < len(seeds):
         raise ConfigError(f"{source}: key 'seeds' = {seeds!r}: a seed is listed twice")
@@ -176,18 +201,32 @@ def expand(grid: Grid) -> list[Job]:
     for index, config in enumerate(grid.configs):
         stem = Path(config).stem
         if stem in stems:
-            raise ConfigError(f"{grid.path}: key 'configs': configs[{stems[stem]}] and configs[{index}] are both "
-                              f"named '{stem}', so their runs would share folders; rename one")
+            raise ConfigError(
+                f"{grid.path}: key 'configs': configs[{stems[stem]}] and configs[{index}] are both "
+                f"named '{stem}', so their runs would share folders; rename one"
+            )
         stems[stem] = index
         for variant, variant_key, items in grid.variants:
             for seed in grid.seeds:
                 name = f"{stem}-{variant}-s{seed}" if variant else f"{stem}-s{seed}"
-                launch = [f"name={_yaml_value(name)}", f"output_dir={_yaml_value(str(grid.experiment_dir))}",
-                          f"seed={seed}", f"tracking.experiment={_yaml_value(grid.experiment)}"]
-                jobs.append(Job(name=name, config=config, config_key=f"configs[{index}]",
-                                variant_key=variant_key if items else None, seed=seed, overrides=[*items, *launch],
-                                run_dir=grid.experiment_dir / name,
-                                log_path=grid.experiment_dir / "logs" / f"{name}.log"))
+                launch = [
+                    f"name={_yaml_value(name)}",
+                    f"output_dir={_yaml_value(str(grid.experiment_dir))}",
+                    f"seed={seed}",
+                    f"tracking.experiment={_yaml_value(grid.experiment)}",
+                ]
+                jobs.append(
+                    Job(
+                        name=name,
+                        config=config,
+                        config_key=f"configs[{index}]",
+                        variant_key=variant_key if items else None,
+                        seed=seed,
+                        overrides=[*items, *launch],
+                        run_dir=grid.experiment_dir / name,
+                        log_path=grid.experiment_dir / "logs" / f"{name}.log",
+                    )
+                )
     return jobs
 
 
@@ -205,9 +244,14 @@ def read_marker(run_dir: Path) -> dict[str, Any]:
 
 def write_marker(job: Job, command: str) -> None:
     job.run_dir.mkdir(parents=True, exist_ok=True)
-    record = {**read_marker(job.run_dir), command: {
-        "status": job.status, "exit_code": job.exit_code,
-        "seconds": round(job.seconds, 1), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "steps": [shlex.join(["rlft", *step]) for step in job.steps]}}
+    record = {
+        **read_marker(job.run_dir),
+        command: {
+            "status": job.status,
+            "exit_code": job.exit_code,
+            "seconds": round(job.seconds, 1),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "steps": [shlex.join(["rlft", *step]) for step in job.steps],
+        },
+    }
     (job.run_dir / MARKER).write_text(json.dumps(record, indent=1), encoding="utf-8")
-

@@ -45,18 +45,42 @@ def summary_table(jobs: list[Job]) -> str:
 
 def accelerate_commands(jobs: list[Job], command: str, accelerate_config: str) -> list[str]:
     """The same jobs under `accelerate launch` on a GPU machine: one after another, each over every GPU."""
-    return [shlex.join(["accelerate", "launch", "--config_file", accelerate_config, "-m", "rlft.cli",
-                        *job.argv(command)]) for job in jobs]
+    return [
+        shlex.join(
+            ["accelerate", "launch", "--config_file", accelerate_config, "-m", "rlft.cli", *job.argv(command)]
+        )
+        for job in jobs
+    ]
 
 
 def write_summary(grid: Grid, jobs: list[Job]) -> Path:
     path = grid.experiment_dir / "launch_summary.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"grid": grid.path, "experiment": grid.experiment, "command": grid.command,
-                                "jobs": [{"job": j.name, "status": j.status, "note": j.note, "exit_code": j.exit_code,
-                                          "seconds": round(j.seconds, 1), "run_dir": str(j.run_dir),
-                                          "config": j.config, "seed": j.seed, "overrides": j.overrides}
-                                         for j in jobs]}, indent=1), encoding="utf-8")
+    path.write_text(
+        json.dumps(
+            {
+                "grid": grid.path,
+                "experiment": grid.experiment,
+                "command": grid.command,
+                "jobs": [
+                    {
+                        "job": j.name,
+                        "status": j.status,
+                        "note": j.note,
+                        "exit_code": j.exit_code,
+                        "seconds": round(j.seconds, 1),
+                        "run_dir": str(j.run_dir),
+                        "config": j.config,
+                        "seed": j.seed,
+                        "overrides": j.overrides,
+                    }
+                    for j in jobs
+                ],
+            },
+            indent=1,
+        ),
+        encoding="utf-8",
+    )
     return path
 
 
@@ -77,15 +101,27 @@ def _positive(text: str) -> int:
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register `rlft launch` on the CLI's subparsers."""
-    parser = subparsers.add_parser("launch", help="run a grid of configs x overrides x seeds (configs/grids/)",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "launch",
+        help="run a grid of configs x overrides x seeds (configs/grids/)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--grid", required=True, help="grid YAML file (configs/grids/)")
-    parser.add_argument("--parallel", type=_positive, default=1, metavar="N",
-                        help="run N jobs at a time, each its own process (default 1: one after another, in this "
-                             "process)")
+    parser.add_argument(
+        "--parallel",
+        type=_positive,
+        default=1,
+        metavar="N",
+        help="run N jobs at a time, each its own process (default 1: one after another, in this process)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the commands and run nothing")
-    parser.add_argument("--accelerate-config", default=DEFAULT_ACCELERATE_CONFIG, metavar="FILE",
-                        help=f"accelerate config in the printed GPU commands (default {DEFAULT_ACCELERATE_CONFIG})")
+    parser.add_argument(
+        "--accelerate-config",
+        default=DEFAULT_ACCELERATE_CONFIG,
+        metavar="FILE",
+        help=f"accelerate config in the printed GPU commands (default {DEFAULT_ACCELERATE_CONFIG})",
+    )
     return parser
 
 
@@ -110,9 +146,12 @@ def run(args: argparse.Namespace, run_argv: Callable[[list[str]], int]) -> int:
     jobs = expand(grid)
     prepare(grid, jobs)
     todo = [job for job in jobs if job.steps]
-    print(f"rlft launch: experiment '{grid.experiment}' ({grid.path}): {len(jobs)} jobs, {len(todo)} to run, "
-          f"{sum(j.status == 'skipped' for j in jobs)} completed earlier, {sum(j.status == 'blocked' for j in jobs)} "
-          f"blocked; command {grid.command}" + ("" if args.dry_run else f", {args.parallel} at a time"), flush=True)
+    print(
+        f"rlft launch: experiment '{grid.experiment}' ({grid.path}): {len(jobs)} jobs, {len(todo)} to run, "
+        f"{sum(j.status == 'skipped' for j in jobs)} completed earlier, {sum(j.status == 'blocked' for j in jobs)} "
+        f"blocked; command {grid.command}" + ("" if args.dry_run else f", {args.parallel} at a time"),
+        flush=True,
+    )
     gpu_lines = accelerate_commands(jobs, grid.command, args.accelerate_config)
     if args.dry_run:
         _print_dry_run(jobs, gpu_lines)

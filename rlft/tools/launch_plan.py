@@ -22,7 +22,9 @@ def prepare(grid: Grid, jobs: list[Job]) -> None:
     """
     problems: list[str] = []
     for job in jobs:
-        where = f"key '{job.config_key}' = '{job.config}'" + (f" with key '{job.variant_key}'" if job.variant_key else "")
+        where = f"key '{job.config_key}' = '{job.config}'" + (
+            f" with key '{job.variant_key}'" if job.variant_key else ""
+        )
         try:
             config = load_checked_config(job.config, job.overrides)
         except ConfigError as exc:
@@ -34,8 +36,10 @@ def prepare(grid: Grid, jobs: list[Job]) -> None:
             problems.append(f"job {job.name} ({where}): {exc}")
     if problems:
         shown = problems[:10] + ([f"... and {len(problems) - 10} more"] if len(problems) > 10 else [])
-        raise ConfigError(f"{grid.path}: {len(problems)} of {len(jobs)} jobs cannot start; nothing was run:\n  - "
-                          + "\n  - ".join(shown))
+        raise ConfigError(
+            f"{grid.path}: {len(problems)} of {len(jobs)} jobs cannot start; nothing was run:\n  - "
+            + "\n  - ".join(shown)
+        )
 
 
 def _plan(job: Job, config: Config, command: str) -> None:
@@ -53,5 +57,7 @@ def _plan(job: Job, config: Config, command: str) -> None:
         job.note = f"resuming RL from {latest_complete(rl_dir).name}"
         job.steps = [[*job.argv("train"), "--resume"]] + ([job.argv("eval")] if command == "pipeline" else [])
         return
-    check_earlier_stages(command, config)  # e.g. no SFT checkpoint: a CheckpointError naming the command to run
+    check_earlier_stages(
+        command, config
+    )  # e.g. no SFT checkpoint: a CheckpointError naming the command to run
     job.steps = [job.argv(command)]

@@ -84,7 +84,9 @@ class Runner:
             job.note = f"see {job.log_path}"
         write_marker(job, self.command)
         number = self.todo.index(job) + 1
-        self._say(f"[{number}/{len(self.todo)}] {job.name}: {job.status} (exit code {exit_code}, {seconds:.0f} s)")
+        self._say(
+            f"[{number}/{len(self.todo)}] {job.name}: {job.status} (exit code {exit_code}, {seconds:.0f} s)"
+        )
 
     # -- one at a time, in this process ------------------------------------------------------------------------
 
@@ -116,8 +118,10 @@ class Runner:
                 time.sleep(0.2)
         except (KeyboardInterrupt, _Stop) as stop:
             self.stop_signal = getattr(stop, "signum", signal.SIGINT)
-            self._say(f"rlft launch: {signal.Signals(self.stop_signal).name}: the running jobs checkpoint and stop; "
-                      "no new job starts")
+            self._say(
+                f"rlft launch: {signal.Signals(self.stop_signal).name}: the running jobs checkpoint and stop; "
+                "no new job starts"
+            )
             with self._lock:
                 for process in self._running.values():
                     process.send_signal(self.stop_signal)
@@ -152,9 +156,13 @@ class Runner:
                         return 128 + self.stop_signal
                     # Its own session: a Ctrl-C at the terminal reaches the launcher only, which passes it on
                     # once (a second signal would make the job exit without its checkpoint).
-                    process = subprocess.Popen([sys.executable, "-m", "rlft.cli", *step], stdout=log,
-                                               stderr=subprocess.STDOUT, env=job_environment(slot, self.parallel),
-                                               start_new_session=True)
+                    process = subprocess.Popen(
+                        [sys.executable, "-m", "rlft.cli", *step],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        env=job_environment(slot, self.parallel),
+                        start_new_session=True,
+                    )
                     self._running[job.name] = process
                 exit_code = process.wait()
                 with self._lock:
@@ -172,8 +180,13 @@ def _raise_stop(signum, frame) -> None:
     raise _Stop(signum)
 
 
-def job_environment(slot: int, parallel: int, environ: dict[str, str] | None = None,
-                    cpu_count: int | None = None, gpu_count: int | None = None) -> dict[str, str]:
+def job_environment(
+    slot: int,
+    parallel: int,
+    environ: dict[str, str] | None = None,
+    cpu_count: int | None = None,
+    gpu_count: int | None = None,
+) -> dict[str, str]:
     """The environment of the job in `slot` of `parallel`: 1/parallel of the CPU threads (unless the user set
     OMP_NUM_THREADS), and with GPUs, GPU `slot % count` (unless CUDA_VISIBLE_DEVICES is set)."""
     env = dict(os.environ if environ is None else environ)
@@ -202,8 +215,11 @@ def run_in_process(argv: list[str], log_path: Path, run_argv: RunArgv) -> int:
     """
     root = logging.getLogger()
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("a", encoding="utf-8") as log, contextlib.redirect_stdout(log), \
-            contextlib.redirect_stderr(log):
+    with (
+        log_path.open("a", encoding="utf-8") as log,
+        contextlib.redirect_stdout(log),
+        contextlib.redirect_stderr(log),
+    ):
         handlers, root.handlers = root.handlers, [logging.StreamHandler(log)]
         root.handlers[0].setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
         print(f"$ {shlex.join(['rlft', *argv])}", flush=True)

@@ -11,12 +11,23 @@ import argparse
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register `rlft sweep` on the CLI's subparsers."""
-    p = sub.add_parser("sweep", help="hyperparameter search: an Optuna study over a sweep file (configs/sweeps/)")
+    p = sub.add_parser(
+        "sweep", help="hyperparameter search: an Optuna study over a sweep file (configs/sweeps/)"
+    )
     p.add_argument("--config", required=True, help="sweep YAML: base config, search space, study, storage")
-    p.add_argument("--n-trials", type=int, default=None, help="the study's total number of trials (replaces the "
-                   "file's n_trials); a study that holds fewer continues up to it")
-    p.add_argument("--storage", default=None, help="an RDB URL (sqlite:///..., postgresql://...) shared by every "
-                   "worker of the study (replaces the file's storage)")
+    p.add_argument(
+        "--n-trials",
+        type=int,
+        default=None,
+        help="the study's total number of trials (replaces the "
+        "file's n_trials); a study that holds fewer continues up to it",
+    )
+    p.add_argument(
+        "--storage",
+        default=None,
+        help="an RDB URL (sqlite:///..., postgresql://...) shared by every "
+        "worker of the study (replaces the file's storage)",
+    )
     p.add_argument("--validate", action="store_true", help="check the sweep file and exit")
     p.add_argument("overrides", nargs="*", help="key.sub=value overrides of the base config, for every trial")
 
@@ -30,8 +41,10 @@ def main(args: argparse.Namespace) -> int:
 
     sweep = load_sweep(args.config, args.overrides, n_trials=args.n_trials, storage=args.storage)
     if args.validate:
-        print(f"{args.config}: ok (study {sweep.study}, {len(sweep.file.params)} params, {sweep.n_trials} trials, "
-              f"storage {redact(sweep.storage_url)})")
+        print(
+            f"{args.config}: ok (study {sweep.study}, {len(sweep.file.params)} params, {sweep.n_trials} trials, "
+            f"storage {redact(sweep.storage_url)})"
+        )
         return 0
     summary = run_sweep(sweep)
     print(format_summary(summary))

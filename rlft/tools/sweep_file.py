@@ -44,10 +44,21 @@ from rlft.rollout.evaluation import summarize
 from rlft.stages.checks import load_checked_config
 
 STAGES = ("sft", "rl", "eval")
-SAMPLERS = {"tpe": "TPESampler", "random": "RandomSampler", "cmaes": "CmaEsSampler", "gp": "GPSampler",
-            "qmc": "QMCSampler"}
-PRUNERS = {"median": "MedianPruner", "percentile": "PercentilePruner", "hyperband": "HyperbandPruner",
-           "successive_halving": "SuccessiveHalvingPruner", "threshold": "ThresholdPruner", "none": "NopPruner"}
+SAMPLERS = {
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "cmaes": "CmaEsSampler",
+    "gp": "GPSampler",
+    "qmc": "QMCSampler",
+}
+PRUNERS = {
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "hyperband": "HyperbandPruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "threshold": "ThresholdPruner",
+    "none": "NopPruner",
+}
 
 
 class _Section(BaseModel):
@@ -103,8 +114,10 @@ class CategoricalParam(_Section):
     def _scalars(cls, choices: list[Any]) -> list[Any]:
         for choice in choices:
             if choice is not None and not isinstance(choice, (bool, int, float, str)):
-                raise ValueError(f"choice {choice!r} is a {type(choice).__name__}; expected null, a boolean, a "
-                                 "number or a string")
+                raise ValueError(
+                    f"choice {choice!r} is a {type(choice).__name__}; expected null, a boolean, a "
+                    "number or a string"
+                )
         if len({json.dumps(c) for c in choices}) < len(choices):
             raise ValueError(f"a choice is listed twice in {choices!r}")
         return choices
@@ -116,10 +129,18 @@ Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator=
 class HeartbeatSettings(_Section):
     """How a trial left RUNNING by a killed process is found: no heartbeat for `grace_period_s`."""
 
-    interval_s: int | None = Field(60, gt=0, description="a running trial's heartbeat period; null: none, and a "
-                                   "killed process's trial stays RUNNING")
-    grace_period_s: int = Field(300, gt=0, description="a RUNNING trial with no heartbeat for this long is FAIL")
-    max_retry: int = Field(1, ge=0, description="such a trial is queued again with the same params this many times")
+    interval_s: int | None = Field(
+        60,
+        gt=0,
+        description="a running trial's heartbeat period; null: none, and a "
+        "killed process's trial stays RUNNING",
+    )
+    grace_period_s: int = Field(
+        300, gt=0, description="a RUNNING trial with no heartbeat for this long is FAIL"
+    )
+    max_retry: int = Field(
+        1, ge=0, description="such a trial is queued again with the same params this many times"
+    )
 
 
 class SweepFile(_Section):
@@ -136,7 +157,9 @@ class SweepFile(_Section):
     sampler: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: {"tpe": {}})
     pruner: dict[str, dict[str, Any] | None] | None = Field(default_factory=lambda: {"median": {}})
     heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
-    overrides: dict[str, Any] = Field(default_factory=dict, description="dotted key -> value, for every trial")
+    overrides: dict[str, Any] = Field(
+        default_factory=dict, description="dotted key -> value, for every trial"
+    )
     enqueue: list[dict[str, Any]] = Field(default_factory=list, description="params of trials to run first")
     params: dict[str, Param] = Field(..., min_length=1)
 
@@ -169,11 +192,17 @@ def override(key: str, value: Any) -> str:
     return f"{key}={json.dumps(value)}"
 
 
-def trial_config(sweep: Sweep, params: dict[str, Any], name: str, output_dir: str | Path | None = None) -> Config:
+def trial_config(
+    sweep: Sweep, params: dict[str, Any], name: str, output_dir: str | Path | None = None
+) -> Config:
     """The base config with the sampled params applied, named `name`, in `runs/<study>/` unless told."""
     output_dir = sweep.study_dir if output_dir is None else output_dir
-    overrides = [*sweep.base_overrides, *(override(k, v) for k, v in params.items()),
-                 override("name", name), override("output_dir", str(output_dir))]
+    overrides = [
+        *sweep.base_overrides,
+        *(override(k, v) for k, v in params.items()),
+        override("name", name),
+        override("output_dir", str(output_dir)),
+    ]
     return load_checked_config(sweep.base_path, overrides)
 
 
@@ -189,7 +218,8 @@ def _key_of(loc: tuple[Any, ...]) -> str:
         if isinstance(part, int) or (i == 1 and loc[0] in ("params", "overrides", "sampler", "pruner")):
             parts[-1] += f"[{part}]"
         elif (i == 2 and loc[0] == "params" and part in ("float", "int", "categorical")) or re.match(
-                r"(literal|list|dict|nullable)\[", str(part)):
+            r"(literal|list|dict|nullable)\[", str(part)
+        ):
             continue  # pydantic's label for a union member
         else:
             parts.append(str(part))
@@ -199,8 +229,11 @@ def _key_of(loc: tuple[Any, ...]) -> str:
 def _format_errors(exc: ValidationError, source: Path) -> str:
     def locate(loc: tuple[Any, ...]) -> tuple[str, set[str]]:
         key = _key_of(loc)
-        owners = ({FloatParam, IntParam, CategoricalParam} if key.startswith("params[")
-                  else {{"heartbeat": HeartbeatSettings}.get(key.split(".")[0], SweepFile)})
+        owners = (
+            {FloatParam, IntParam, CategoricalParam}
+            if key.startswith("params[")
+            else {{"heartbeat": HeartbeatSettings}.get(key.split(".")[0], SweepFile)}
+        )
         return key, set().union(*(owner.model_fields for owner in owners))
 
     def missing_type(err: dict[str, Any], key: str) -> str | None:
@@ -217,8 +250,10 @@ def build_optuna(kind: str, spec: dict[str, dict[str, Any] | None] | None, sourc
     names, module = (SAMPLERS, optuna.samplers) if kind == "sampler" else (PRUNERS, optuna.pruners)
     spec = spec or {"none": {}}
     if len(spec) != 1:
-        raise ConfigError(f"{source}: key '{kind}': expected one entry (name: {{arguments}}), got {sorted(spec)}")
-    (name, kwargs), = spec.items()
+        raise ConfigError(
+            f"{source}: key '{kind}': expected one entry (name: {{arguments}}), got {sorted(spec)}"
+        )
+    ((name, kwargs),) = spec.items()
     if name not in names:
         raise ConfigError(f"{source}: key '{kind}': unknown {kind} '{name}'{did_you_mean(name, names)}")
     cls = getattr(module, names[name])
@@ -229,7 +264,9 @@ def build_optuna(kind: str, spec: dict[str, dict[str, Any] | None] | None, sourc
         allowed = [p for p in inspect.signature(cls).parameters if p != "self"]
         bad = next((k for k in kwargs if k not in allowed), None)
         hint = did_you_mean(bad, allowed) if bad else ""
-        raise ConfigError(f"{source}: key '{kind}.{name}': {exc} for optuna.{kind}s.{cls.__name__}{hint}") from None
+        raise ConfigError(
+            f"{source}: key '{kind}.{name}': {exc} for optuna.{kind}s.{cls.__name__}{hint}"
+        ) from None
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -260,8 +297,10 @@ def _check_storage(url: str, source: Path) -> None:
     try:
         make_url(url)
     except ArgumentError as exc:
-        raise ConfigError(f"{source}: key 'storage' = {url!r}: not a database URL ({exc}); expected e.g. "
-                          "sqlite:///runs/study.db or postgresql://user@host/db") from None
+        raise ConfigError(
+            f"{source}: key 'storage' = {url!r}: not a database URL ({exc}); expected e.g. "
+            "sqlite:///runs/study.db or postgresql://user@host/db"
+        ) from None
 
 
 def redact(url: str) -> str:
@@ -274,21 +313,31 @@ def _check_metric(file: SweepFile, stages: list[str], base: Config, source: Path
     if not file.metric.startswith("eval/"):
         return  # a key the RL stage logs (TRL's or rlft's); a typo fails the first trial with the keys it saw
     keys = sorted(summarize([]))
-    if file.metric[len("eval/"):] not in keys:
-        raise ConfigError(f"{source}: key 'metric' = {file.metric!r}: not a held-out metric"
-                          f"{did_you_mean(file.metric[5:], keys)}; expected eval/<{'|'.join(keys)}>")
+    if file.metric[len("eval/") :] not in keys:
+        raise ConfigError(
+            f"{source}: key 'metric' = {file.metric!r}: not a held-out metric"
+            f"{did_you_mean(file.metric[5:], keys)}; expected eval/<{'|'.join(keys)}>"
+        )
     during = base.eval.every_steps is not None or "eval.every_steps" in file.params
     if not during and "eval" not in stages:
-        raise ConfigError(f"{source}: key 'metric' = {file.metric!r} is never measured: add eval to 'stages' or "
-                          "set eval.every_steps (under 'overrides')")
+        raise ConfigError(
+            f"{source}: key 'metric' = {file.metric!r} is never measured: add eval to 'stages' or "
+            "set eval.every_steps (under 'overrides')"
+        )
     pruning = file.pruner is not None and next(iter(file.pruner)) != "none"
     if pruning and not during:
-        raise ConfigError(f"{source}: key 'pruner': the pruner needs {file.metric} during RL; set eval.every_steps "
-                          "under 'overrides' (e.g. {eval.every_steps: 10}), or 'pruner: null' for none")
+        raise ConfigError(
+            f"{source}: key 'pruner': the pruner needs {file.metric} during RL; set eval.every_steps "
+            "under 'overrides' (e.g. {eval.every_steps: 10}), or 'pruner: null' for none"
+        )
 
 
-def load_sweep(path: str | Path, overrides: list[str] | None = None, n_trials: int | None = None,
-               storage: str | None = None) -> Sweep:
+def load_sweep(
+    path: str | Path,
+    overrides: list[str] | None = None,
+    n_trials: int | None = None,
+    storage: str | None = None,
+) -> Sweep:
     """Read and check a sweep file; raises `ConfigError` naming the key. Loads no model.
 
     Args:
@@ -302,8 +351,9 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, n_trials: i
         raw = read_yaml(path)
     except ConfigError as exc:
         if "the file is empty" in str(exc):
-            raise ConfigError(f"{path}: the sweep file is empty; expected at least 'base', 'study' and "
-                              "'params'") from None
+            raise ConfigError(
+                f"{path}: the sweep file is empty; expected at least 'base', 'study' and 'params'"
+            ) from None
         raise
     try:
         file = SweepFile.model_validate(raw)
@@ -313,12 +363,16 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, n_trials: i
         raise ConfigError(f"--n-trials = {n_trials}: expected a number of trials > 0")
     base_path = (path.parent / file.base).resolve()
     if not base_path.is_file():
-        raise ConfigError(f"{path}: key 'base' = {file.base!r}: no such file ({base_path}); the path is relative "
-                          "to the sweep file")
+        raise ConfigError(
+            f"{path}: key 'base' = {file.base!r}: no such file ({base_path}); the path is relative "
+            "to the sweep file"
+        )
     stages = list(STAGES) if file.stages == "pipeline" else list(file.stages)
     if "rl" not in stages or stages != [s for s in STAGES if s in stages]:
-        raise ConfigError(f"{path}: key 'stages' = {file.stages!r}: expected 'pipeline' or stages in the order "
-                          "sft, rl, eval, with rl among them (the pruner watches the RL stage)")
+        raise ConfigError(
+            f"{path}: key 'stages' = {file.stages!r}: expected 'pipeline' or stages in the order "
+            "sft, rl, eval, with rl among them (the pruner watches the RL stage)"
+        )
     both = sorted(set(file.overrides) & set(file.params))
     if both:
         raise ConfigError(f"{path}: key 'overrides': {', '.join(both)} is also in 'params'; keep it in one")
@@ -331,16 +385,27 @@ def load_sweep(path: str | Path, overrides: list[str] | None = None, n_trials: i
     if base.tracking.wandb.group is None:  # a study's wandb runs side by side
         base_overrides.append(override("tracking.wandb.group", file.study))
     if "sft" not in stages and base.rl.init_from == "sft":
-        raise ConfigError(f"{path}: key 'stages' = {file.stages!r} has no sft but the base config's rl.init_from "
-                          "is 'sft'; add sft, or set rl.init_from (base or a checkpoint) under 'overrides'")
+        raise ConfigError(
+            f"{path}: key 'stages' = {file.stages!r} has no sft but the base config's rl.init_from "
+            "is 'sft'; add sft, or set rl.init_from (base or a checkpoint) under 'overrides'"
+        )
     _check_metric(file, stages, base, path)
     build_optuna("sampler", file.sampler, path)
     build_optuna("pruner", file.pruner, path)
     study_dir = Path(base.output_dir) / file.study
     url = storage or file.storage or _default_storage(study_dir)
     _check_storage(url, path)
-    sweep = Sweep(path=path, file=file, base_path=base_path, base_overrides=base_overrides, base_config=base,
-                  stages=stages, study_dir=study_dir, storage_url=url, n_trials=n_trials or file.n_trials)
+    sweep = Sweep(
+        path=path,
+        file=file,
+        base_path=base_path,
+        base_overrides=base_overrides,
+        base_config=base,
+        stages=stages,
+        study_dir=study_dir,
+        storage_url=url,
+        n_trials=n_trials or file.n_trials,
+    )
     _check_params(sweep)
     return sweep
 
@@ -354,18 +419,24 @@ def _check_params(sweep: Sweep) -> None:
             try:
                 load_checked_config(sweep.base_path, [*sweep.base_overrides, override(key, value)])
             except ConfigError as exc:
-                raise ConfigError(f"{source}: key 'params[{key}]': {key}={json.dumps(value)} does not make a valid "
-                                  f"config; expected a config field and values it accepts:\n{exc}") from None
+                raise ConfigError(
+                    f"{source}: key 'params[{key}]': {key}={json.dumps(value)} does not make a valid "
+                    f"config; expected a config field and values it accepts:\n{exc}"
+                ) from None
     for i, params in enumerate(file.enqueue):
         for key, value in params.items():
             if key not in file.params:
-                raise ConfigError(f"{source}: key 'enqueue[{i}].{key}': not in 'params'"
-                                  f"{did_you_mean(key, file.params)}")
+                raise ConfigError(
+                    f"{source}: key 'enqueue[{i}].{key}': not in 'params'{did_you_mean(key, file.params)}"
+                )
             problem = _check_in_space(value, file.params[key])
             if problem:
                 raise ConfigError(f"{source}: key 'enqueue[{i}].{key}': {problem}")
         try:
-            load_checked_config(sweep.base_path,
-                                [*sweep.base_overrides, *(override(k, v) for k, v in params.items())])
+            load_checked_config(
+                sweep.base_path, [*sweep.base_overrides, *(override(k, v) for k, v in params.items())]
+            )
         except ConfigError as exc:
-            raise ConfigError(f"{source}: key 'enqueue[{i}]': these params do not make a valid config:\n{exc}") from None
+            raise ConfigError(
+                f"{source}: key 'enqueue[{i}]': these params do not make a valid config:\n{exc}"
+            ) from None

@@ -106,10 +106,12 @@ def final_value(sweep: Sweep, config: Config, pruning: PruningCallback) -> float
     else the last value the RL stage logged."""
     if "eval" in sweep.stages and sweep.metric.startswith("eval/"):
         results = json.loads((config.run_dir / "eval.json").read_text(encoding="utf-8"))
-        return float(results["policies"]["rl"][sweep.metric[len("eval/"):]])
+        return float(results["policies"]["rl"][sweep.metric[len("eval/") :]])
     if not pruning.values:
-        raise RlftError(f"metric '{sweep.metric}' was never logged by the rl stage (see "
-                        f"{config.run_dir / 'metrics.jsonl'} for the keys it logs); fix 'metric' in {sweep.path}")
+        raise RlftError(
+            f"metric '{sweep.metric}' was never logged by the rl stage (see "
+            f"{config.run_dir / 'metrics.jsonl'} for the keys it logs); fix 'metric' in {sweep.path}"
+        )
     return pruning.values[max(pruning.values)]
 
 
@@ -124,8 +126,9 @@ def run_stages(sweep: Sweep, config: Config, trial) -> float:
             rl_path = stages.run_rl(config, callbacks=[pruning])
             if pruning.pruned_at is not None:
                 trial.set_user_attr("pruned_at_step", pruning.pruned_at)
-                raise optuna.TrialPruned(f"{sweep.metric} = {pruning.values[pruning.pruned_at]:.4g} at step "
-                                         f"{pruning.pruned_at}")
+                raise optuna.TrialPruned(
+                    f"{sweep.metric} = {pruning.values[pruning.pruned_at]:.4g} at step {pruning.pruned_at}"
+                )
         else:  # the trained policy only: the base policy and the expert are the same in every trial
             stages.run_eval(config, policies={"rl": rl_path}, expert=False)
     return final_value(sweep, config, pruning)
@@ -155,13 +158,18 @@ class Objective:
         trial.set_user_attr("pid", os.getpid())
         run_dir = self.sweep.study_dir / f"trial-{trial.number}"
         trial.set_user_attr("run_dir", str(run_dir))
-        print(f"trial {trial.number}: {', '.join(f'{k}={v}' for k, v in params.items())}  ({run_dir})", flush=True)
+        print(
+            f"trial {trial.number}: {', '.join(f'{k}={v}' for k, v in params.items())}  ({run_dir})",
+            flush=True,
+        )
         try:
             config = trial_config(self.sweep, params, f"trial-{trial.number}")
             write_trial_record(run_dir, trial, "RUNNING", params)
             value = run_stages(self.sweep, config, trial)
         except optuna.TrialPruned:
-            write_trial_record(run_dir, trial, "PRUNED", params, pruned_at=trial.user_attrs.get("pruned_at_step"))
+            write_trial_record(
+                run_dir, trial, "PRUNED", params, pruned_at=trial.user_attrs.get("pruned_at_step")
+            )
             raise
         except (Exception, KeyboardInterrupt) as exc:
             message = str(exc) if isinstance(exc, RlftError) else f"{type(exc).__name__}: {exc}"
@@ -177,15 +185,29 @@ class Objective:
         return value
 
 
-def write_trial_record(run_dir: Path, trial, state: str, params: dict[str, Any], value: float | None = None,
-                       error: str | None = None, pruned_at: int | None = None) -> None:
+def write_trial_record(
+    run_dir: Path,
+    trial,
+    state: str,
+    params: dict[str, Any],
+    value: float | None = None,
+    error: str | None = None,
+    pruned_at: int | None = None,
+) -> None:
     """trial.json in the trial's run directory, when the run got that far (a config error leaves none)."""
     if state == "RUNNING":
         run_dir.mkdir(parents=True, exist_ok=True)
     elif not run_dir.is_dir():
         return
-    record = {"study": trial.study.study_name, "trial": trial.number, "state": state, "params": params,
-              "value": value, "error": error, "pruned_at_step": pruned_at}
+    record = {
+        "study": trial.study.study_name,
+        "trial": trial.number,
+        "state": state,
+        "params": params,
+        "value": value,
+        "error": error,
+        "pruned_at_step": pruned_at,
+    }
     _write_atomic(run_dir / "trial.json", json.dumps(record, indent=2) + "\n")
 
 
@@ -203,12 +225,19 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def _trial_row(trial) -> dict[str, Any]:
     value = trial.value if trial.value is not None and math.isfinite(trial.value) else None
-    return {"trial": trial.number, "state": trial.state.name, "value": value, "params": trial.params,
-            "error": trial.user_attrs.get("error"), "pruned_at_step": trial.user_attrs.get("pruned_at_step"),
-            "host": trial.user_attrs.get("host"), "pid": trial.user_attrs.get("pid"),
-            "run_dir": trial.user_attrs.get("run_dir"),
-            "retry_of": (trial.system_attrs.get("retry_history") or [None])[-1],
-            "duration_s": trial.duration.total_seconds() if trial.duration is not None else None}
+    return {
+        "trial": trial.number,
+        "state": trial.state.name,
+        "value": value,
+        "params": trial.params,
+        "error": trial.user_attrs.get("error"),
+        "pruned_at_step": trial.user_attrs.get("pruned_at_step"),
+        "host": trial.user_attrs.get("host"),
+        "pid": trial.user_attrs.get("pid"),
+        "run_dir": trial.user_attrs.get("run_dir"),
+        "retry_of": (trial.system_attrs.get("retry_history") or [None])[-1],
+        "duration_s": trial.duration.total_seconds() if trial.duration is not None else None,
+    }
 
 
 def summarize_study(sweep: Sweep, study) -> dict[str, Any]:
@@ -217,14 +246,23 @@ def summarize_study(sweep: Sweep, study) -> dict[str, Any]:
     trials = [_trial_row(t) for t in frozen]
     for row in trials:
         if row["state"] == "FAIL" and not row["error"] and row["trial"] in retried:
-            row["error"] = f"its worker stopped without recording it (no heartbeat); retried as trial {retried[row['trial']]}"
+            row["error"] = (
+                f"its worker stopped without recording it (no heartbeat); retried as trial {retried[row['trial']]}"
+            )
     complete = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None]
     best = None
     if complete:
         pick = max if sweep.file.direction == "maximize" else min
         best = pick(complete, key=lambda t: t["value"])
-    return {"study": sweep.study, "storage": redact(sweep.storage_url), "direction": sweep.file.direction,
-            "metric": sweep.metric, "params": list(sweep.file.params), "best": best, "trials": trials}
+    return {
+        "study": sweep.study,
+        "storage": redact(sweep.storage_url),
+        "direction": sweep.file.direction,
+        "metric": sweep.metric,
+        "params": list(sweep.file.params),
+        "best": best,
+        "trials": trials,
+    }
 
 
 def write_results(sweep: Sweep, study) -> dict[str, Any]:
@@ -237,16 +275,26 @@ def write_results(sweep: Sweep, study) -> dict[str, Any]:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["trial", "state", "value", *summary["params"], "error"])
     for t in summary["trials"]:
-        writer.writerow([t["trial"], t["state"], "" if t["value"] is None else t["value"],
-                         *(t["params"].get(k, "") for k in summary["params"]), t["error"] or ""])
+        writer.writerow(
+            [
+                t["trial"],
+                t["state"],
+                "" if t["value"] is None else t["value"],
+                *(t["params"].get(k, "") for k in summary["params"]),
+                t["error"] or "",
+            ]
+        )
     _write_atomic(out / "summary.csv", buffer.getvalue())
     if summary["best"] is not None:
         _write_atomic(out / "best_config.yaml", best_config_text(sweep, summary["best"]))
     for t in summary["trials"]:  # a killed worker's trial, failed since by its stale heartbeat
         record = Path(t["run_dir"] or "/nonexistent") / "trial.json"
         if t["state"] == "FAIL" and record.is_file() and json.loads(record.read_text())["state"] == "RUNNING":
-            _write_atomic(record, json.dumps({**json.loads(record.read_text()), "state": "FAIL",
-                                              "error": t["error"]}, indent=2) + "\n")
+            _write_atomic(
+                record,
+                json.dumps({**json.loads(record.read_text()), "state": "FAIL", "error": t["error"]}, indent=2)
+                + "\n",
+            )
     return summary
 
 
@@ -256,27 +304,42 @@ def best_config_text(sweep: Sweep, best: dict[str, Any]) -> str:
     config = trial_config(sweep, best["params"], f"{sweep.study}-best", sweep.base_config.output_dir)
     params = ", ".join(f"{k}={v}" for k, v in best["params"].items())
     path = sweep.study_dir / "best_config.yaml"
-    commands = ["pipeline"] if sweep.stages == ["sft", "rl", "eval"] else [
-        {"sft": "sft", "rl": "train", "eval": "eval"}[stage] for stage in sweep.stages]
-    header = (f"# The best trial of study '{sweep.study}' (rlft sweep --config {sweep.path}): trial {best['trial']}, "
-              f"{sweep.metric} = {best['value']:.4g}.\n# Params: {params}\n"
-              f"# Command:  {' && '.join(f'rlft {c} --config {path}' for c in commands)}\n\n")
+    commands = (
+        ["pipeline"]
+        if sweep.stages == ["sft", "rl", "eval"]
+        else [{"sft": "sft", "rl": "train", "eval": "eval"}[stage] for stage in sweep.stages]
+    )
+    header = (
+        f"# The best trial of study '{sweep.study}' (rlft sweep --config {sweep.path}): trial {best['trial']}, "
+        f"{sweep.metric} = {best['value']:.4g}.\n# Params: {params}\n"
+        f"# Command:  {' && '.join(f'rlft {c} --config {path}' for c in commands)}\n\n"
+    )
     return header + yaml.safe_dump(config_to_dict(config), sort_keys=False)
 
 
 def format_summary(summary: dict[str, Any]) -> str:
     """A markdown table of the study's trials, then the best one."""
     keys = summary["params"]
-    rows = [f"study {summary['study']} ({summary['storage']}): {summary['direction']} {summary['metric']}",
-            "| trial | state | value | " + " | ".join(keys) + " |", "|---|---|---|" + "---|" * len(keys)]
+    rows = [
+        f"study {summary['study']} ({summary['storage']}): {summary['direction']} {summary['metric']}",
+        "| trial | state | value | " + " | ".join(keys) + " |",
+        "|---|---|---|" + "---|" * len(keys),
+    ]
     for t in summary["trials"]:
         value = "" if t["value"] is None else f"{t['value']:.4g}"
-        note = f" at step {t['pruned_at_step']}" if t["state"] == "PRUNED" and t["pruned_at_step"] is not None else ""
+        note = (
+            f" at step {t['pruned_at_step']}"
+            if t["state"] == "PRUNED" and t["pruned_at_step"] is not None
+            else ""
+        )
         cells = [_short(t["params"].get(k, "")) for k in keys]
         rows.append(f"| {t['trial']} | {t['state']}{note} | {value} | " + " | ".join(cells) + " |")
     best = summary["best"]
-    rows.append(f"best: trial {best['trial']}, {summary['metric']} = {best['value']:.4g}" if best else
-                "best: none yet (no trial completed)")
+    rows.append(
+        f"best: trial {best['trial']}, {summary['metric']} = {best['value']:.4g}"
+        if best
+        else "best: none yet (no trial completed)"
+    )
     return "\n".join(rows)
 
 
@@ -319,8 +382,11 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
         study.enqueue_trial(params, skip_if_exists=True)
     remaining = sweep.n_trials - _counted(study)
     if remaining <= 0:
-        print(f"study {sweep.study} already holds {_counted(study)} trials (n_trials = {sweep.n_trials}); "
-              "raise --n-trials to run more", file=sys.stderr)
+        print(
+            f"study {sweep.study} already holds {_counted(study)} trials (n_trials = {sweep.n_trials}); "
+            "raise --n-trials to run more",
+            file=sys.stderr,
+        )
         return write_results(sweep, study)
     objective = Objective(sweep)
 
@@ -337,14 +403,22 @@ def run_sweep(sweep: Sweep) -> dict[str, Any]:
 
     start = time.perf_counter()
     try:
-        study.optimize(objective, n_trials=remaining, timeout=sweep.file.timeout, catch=(Exception,),
-                       callbacks=[after_trial])
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            timeout=sweep.file.timeout,
+            catch=(Exception,),
+            callbacks=[after_trial],
+        )
     except KeyboardInterrupt as exc:  # outside training (SFT, eval): optuna recorded the trial as FAIL
         objective.interrupted = exc
     summary = write_results(sweep, study)
     print(f"study directory: {sweep.study_dir}  ({time.perf_counter() - start:.0f} s)")
     if objective.interrupted is not None:
         signum = getattr(objective.interrupted, "signum", signal.SIGINT)
-        raise Interrupted(f"sweep stopped by {signal.Signals(signum).name}; the trial in flight is recorded as FAIL. "
-                          "Run the same command again to continue the study", signum)
+        raise Interrupted(
+            f"sweep stopped by {signal.Signals(signum).name}; the trial in flight is recorded as FAIL. "
+            "Run the same command again to continue the study",
+            signum,
+        )
     return summary

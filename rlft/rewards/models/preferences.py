@@ -75,7 +75,9 @@ def pairs_to_dataset(pairs: Sequence[PreferencePair]):
 
     if not pairs:
         raise DataError("no preference pairs")
-    return Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs])
+    return Dataset.from_list(
+        [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in pairs]
+    )
 
 
 def pair_texts(pair: PreferencePair) -> tuple[Text, Text]:
@@ -94,12 +96,18 @@ _fail = row_error
 def _check_messages(value: Any, name: str, path: Path, line: int, allow_empty: bool) -> list[dict[str, str]]:
     if not isinstance(value, list) or (not value and not allow_empty):
         kind = "a list" if allow_empty else "a non-empty list"
-        raise _fail(path, line, f"'{name}' must be {kind} of {{role, content}} messages like 'chosen', "
-                                f"got {type(value).__name__ if not isinstance(value, list) else 'an empty list'}")
+        raise _fail(
+            path,
+            line,
+            f"'{name}' must be {kind} of {{role, content}} messages like 'chosen', "
+            f"got {type(value).__name__ if not isinstance(value, list) else 'an empty list'}",
+        )
     for k, message in enumerate(value):
         if not isinstance(message, dict) or set(message) != {"role", "content"}:
             got = sorted(message) if isinstance(message, dict) else type(message).__name__
-            raise _fail(path, line, f"{name}[{k}] must be an object with exactly 'role' and 'content', got {got}")
+            raise _fail(
+                path, line, f"{name}[{k}] must be an object with exactly 'role' and 'content', got {got}"
+            )
         role, content = message["role"], message["content"]
         if role not in ROLES:
             raise _fail(path, line, f"{name}[{k}].role is {role!r}; expected one of {', '.join(ROLES)}")
@@ -113,10 +121,14 @@ def _check_messages(value: Any, name: str, path: Path, line: int, allow_empty: b
 def _pair_from_row(row: dict[str, Any], path: Path, line: int) -> PreferencePair:
     extra = sorted(set(row) - set(FIELDS))
     if extra:
-        raise _fail(path, line, f"unknown field(s) {extra}; expected 'prompt' (optional), 'chosen' and 'rejected'")
+        raise _fail(
+            path, line, f"unknown field(s) {extra}; expected 'prompt' (optional), 'chosen' and 'rejected'"
+        )
     for name in ("chosen", "rejected"):
         if name not in row:
-            raise _fail(path, line, f"missing field '{name}'; expected 'prompt' (optional), 'chosen' and 'rejected'")
+            raise _fail(
+                path, line, f"missing field '{name}'; expected 'prompt' (optional), 'chosen' and 'rejected'"
+            )
     conversational = isinstance(row["chosen"], list)
     prompt = row.get("prompt", [] if conversational else "")
     if conversational:
@@ -127,13 +139,19 @@ def _pair_from_row(row: dict[str, Any], path: Path, line: int) -> PreferencePair
         for name in FIELDS:
             value = row.get(name, "")
             if not isinstance(value, str):
-                raise _fail(path, line, f"'{name}' must be a string like 'chosen' (or all three lists of "
-                                        f"messages), got {type(value).__name__}")
+                raise _fail(
+                    path,
+                    line,
+                    f"'{name}' must be a string like 'chosen' (or all three lists of "
+                    f"messages), got {type(value).__name__}",
+                )
         for name in ("chosen", "rejected"):
             if not row[name].strip():
                 raise _fail(path, line, f"'{name}' is empty")
     if row["chosen"] == row["rejected"]:
-        raise _fail(path, line, "'chosen' and 'rejected' are the same; a preference needs two different completions")
+        raise _fail(
+            path, line, "'chosen' and 'rejected' are the same; a preference needs two different completions"
+        )
     return PreferencePair(prompt, row["chosen"], row["rejected"], source=f"{path}:{line}")
 
 
@@ -150,8 +168,12 @@ def read_preferences(path: str | Path) -> list[PreferencePair]:
         pair = _pair_from_row(row, path, number)
         if pairs and pair.conversational != pairs[0].conversational:
             kinds = ("text", "conversational")
-            raise _fail(path, number, f"row is {kinds[pair.conversational]} but line 1 is "
-                                      f"{kinds[pairs[0].conversational]}; expected one format in a file")
+            raise _fail(
+                path,
+                number,
+                f"row is {kinds[pair.conversational]} but line 1 is "
+                f"{kinds[pairs[0].conversational]}; expected one format in a file",
+            )
         pairs.append(pair)
     return pairs
 
@@ -208,10 +230,20 @@ class PairStats:
         return self.disagree / self.pairs if self.pairs else 0.0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"items": self.items, "prompts": self.prompts, "candidates": self.candidates, "ties": self.ties,
-                "identical": self.identical, "pairs": self.pairs, "budget": self.budget, "noise": self.noise,
-                "seed": self.seed, "label_noise_rate": self.label_noise_rate,
-                "expected_label_noise_rate": self.expected_disagree, **self.extra}
+        return {
+            "items": self.items,
+            "prompts": self.prompts,
+            "candidates": self.candidates,
+            "ties": self.ties,
+            "identical": self.identical,
+            "pairs": self.pairs,
+            "budget": self.budget,
+            "noise": self.noise,
+            "seed": self.seed,
+            "label_noise_rate": self.label_noise_rate,
+            "expected_label_noise_rate": self.expected_disagree,
+            **self.extra,
+        }
 
 
 def sigmoid(x: float) -> float:
@@ -240,8 +272,13 @@ def _prompt_key(prompt: Text) -> str:
     return prompt if isinstance(prompt, str) else json.dumps(prompt, sort_keys=True)
 
 
-def build_preference_pairs(items: Sequence[tuple[Text, Text, float]], budget: int, noise: float = 0.0,
-                           seed: int = 0, source: str = "item") -> tuple[list[PreferencePair], PairStats]:
+def build_preference_pairs(
+    items: Sequence[tuple[Text, Text, float]],
+    budget: int,
+    noise: float = 0.0,
+    seed: int = 0,
+    source: str = "item",
+) -> tuple[list[PreferencePair], PairStats]:
     """Draw at most `budget` within-prompt pairs and label each by Bradley-Terry sampling from the gold.
 
     Args:
@@ -267,7 +304,7 @@ def build_preference_pairs(items: Sequence[tuple[Text, Text, float]], budget: in
     candidates: list[tuple[int, int]] = []
     for members in groups.values():
         for n, a in enumerate(members):
-            for b in members[n + 1:]:
+            for b in members[n + 1 :]:
                 if items[a][2] == items[b][2]:
                     stats.ties += 1
                 elif items[a][1] == items[b][1]:
@@ -289,15 +326,24 @@ def build_preference_pairs(items: Sequence[tuple[Text, Text, float]], budget: in
         if a_preferred != (gold_a > gold_b):
             stats.disagree += 1
         (c, r) = (a, b) if a_preferred else (b, a)
-        pairs.append(PreferencePair(prompt, items[c][1], items[r][1], source=f"{source} {c} > {source} {r}",
-                                    gold_chosen=float(items[c][2]), gold_rejected=float(items[r][2])))
+        pairs.append(
+            PreferencePair(
+                prompt,
+                items[c][1],
+                items[r][1],
+                source=f"{source} {c} > {source} {r}",
+                gold_chosen=float(items[c][2]),
+                gold_rejected=float(items[r][2]),
+            )
+        )
     stats.pairs = len(pairs)
     stats.expected_disagree = expected / len(pairs) if pairs else 0.0
     return pairs, stats
 
 
-def split_by_prompt(pairs: Sequence[PreferencePair], eval_fraction: float,
-                    seed: int = 0) -> tuple[list[PreferencePair], list[PreferencePair]]:
+def split_by_prompt(
+    pairs: Sequence[PreferencePair], eval_fraction: float, seed: int = 0
+) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """Hold out about `eval_fraction` of the pairs, whole prompts at a time, so held-out prompts are unseen.
 
     With a single distinct prompt (or none), pairs are split one by one instead. Both parts are non-empty
@@ -330,7 +376,9 @@ def split_by_prompt(pairs: Sequence[PreferencePair], eval_fraction: float,
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def transcript_text(instructions: str, observations: Sequence[str], actions: Sequence[str]) -> tuple[str, str]:
+def transcript_text(
+    instructions: str, observations: Sequence[str], actions: Sequence[str]
+) -> tuple[str, str]:
     """An episode as (prompt, completion) text, laid out as rlft's plain turn format writes it.
 
     `instructions \\n observation \\nAction:` then ` action \\n observation \\nAction:` per turn, and the final

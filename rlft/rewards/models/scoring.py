@@ -33,7 +33,9 @@ import torch
 from rlft.errors import CheckpointError
 from rlft.models import policy  # module attribute calls: tests trap policy.load_tokenizer
 
-RM_FILE = "rm.json"  # how the model was trained and how to score with it (written by rlft.rewards.models.train)
+RM_FILE = (
+    "rm.json"  # how the model was trained and how to score with it (written by rlft.rewards.models.train)
+)
 ENSEMBLE_FILE = "ensemble.json"  # {"members": [relative folders], "aggregate", "k", "normalize"}
 AGGREGATES = ("mean", "min", "mean_minus_std")
 Aggregate = Literal["mean", "min", "mean_minus_std"]
@@ -58,7 +60,9 @@ def encode_texts(tokenizer, texts: Sequence[str], append_eos: bool = True) -> li
     ids = []
     for text in texts:
         if not isinstance(text, str):
-            raise TypeError(f"score() takes strings, got {type(text).__name__}; use score_conversations for messages")
+            raise TypeError(
+                f"score() takes strings, got {type(text).__name__}; use score_conversations for messages"
+            )
         if append_eos and not text.endswith(eos):
             text = text + eos
         ids.append(list(tokenizer(text)["input_ids"]))
@@ -68,10 +72,14 @@ def encode_texts(tokenizer, texts: Sequence[str], append_eos: bool = True) -> li
 def encode_conversations(tokenizer, conversations: Sequence[Conversation]) -> list[list[int]]:
     """Token ids of conversations through the chat template, as TRL's RewardTrainer makes them (no EOS added)."""
     if getattr(tokenizer, "chat_template", None) is None:
-        raise CheckpointError("conversational preferences need a tokenizer with a chat template "
-                              "(the embedded tiny model: model.chat_template: on)")
-    return [list(tokenizer.apply_chat_template(list(c), tokenize=True, return_dict=True)["input_ids"])
-            for c in conversations]
+        raise CheckpointError(
+            "conversational preferences need a tokenizer with a chat template "
+            "(the embedded tiny model: model.chat_template: on)"
+        )
+    return [
+        list(tokenizer.apply_chat_template(list(c), tokenize=True, return_dict=True)["input_ids"])
+        for c in conversations
+    ]
 
 
 class RewardModelScorer:
@@ -89,10 +97,17 @@ class RewardModelScorer:
         trust_remote_code: passed to transformers when loading a folder (False unless a config sets it).
     """
 
-    def __init__(self, model: str | Path | torch.nn.Module, tokenizer=None, batch_size: int = 32,
-                 max_length: int | None = None, padding_side: Literal["left", "right"] = "right",
-                 normalize: bool = False, device: str | torch.device | None = None,
-                 trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model: str | Path | torch.nn.Module,
+        tokenizer=None,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        padding_side: Literal["left", "right"] = "right",
+        normalize: bool = False,
+        device: str | torch.device | None = None,
+        trust_remote_code: bool = False,
+    ):
         self.info: dict[str, Any] = {}
         self.path: Path | None = None
         if isinstance(model, (str, Path)):
@@ -114,12 +129,18 @@ class RewardModelScorer:
         self.max_length = max_length if max_length is not None else self.info.get("max_length")
         self.padding_side = padding_side
         self.append_eos = bool(self.info.get("append_eos", True))
-        self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_token_id = (
+            tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        )
         if self.pad_token_id is None:
-            raise CheckpointError("the reward model's tokenizer has neither a pad nor an EOS token to pad with")
+            raise CheckpointError(
+                "the reward model's tokenizer has neither a pad nor an EOS token to pad with"
+            )
         text_config = model.config.get_text_config()
         if text_config.pad_token_id is None:
-            text_config.pad_token_id = self.pad_token_id  # the classifier pools the last token that is not this
+            text_config.pad_token_id = (
+                self.pad_token_id
+            )  # the classifier pools the last token that is not this
         self._positions = "position_ids" in inspect.signature(model.forward).parameters
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         if device is not None:
@@ -128,7 +149,9 @@ class RewardModelScorer:
         if normalize:
             stats = self.info.get("normalization")
             if not stats:
-                raise CheckpointError(f"{self.path or 'this reward model'}: no normalization statistics in {RM_FILE}")
+                raise CheckpointError(
+                    f"{self.path or 'this reward model'}: no normalization statistics in {RM_FILE}"
+                )
             self.offset, self.scale = float(stats["mean"]), max(float(stats["std"]), 1e-8)
         self.truncated = 0
 
@@ -148,11 +171,11 @@ class RewardModelScorer:
             raise ValueError("cannot score an empty sequence")
         if self.max_length is not None:
             self.truncated += sum(len(s) > self.max_length for s in sequences)
-            sequences = [s[-self.max_length:] for s in sequences]
+            sequences = [s[-self.max_length :] for s in sequences]
         scores = [0.0] * len(sequences)
         order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
         for start in range(0, len(order), self.batch_size):
-            rows = order[start:start + self.batch_size]
+            rows = order[start : start + self.batch_size]
             values = self._forward([sequences[i] for i in rows])
             for i, value in zip(rows, values):
                 scores[i] = (value - self.offset) / self.scale
@@ -201,7 +224,9 @@ class RewardEnsemble:
 
     def member_scores(self, texts: Sequence[str]) -> np.ndarray:
         """Scores of every member, shape (members, texts)."""
-        return np.asarray([s.score(texts) for s in self.scorers], dtype=np.float64).reshape(len(self.scorers), -1)
+        return np.asarray([s.score(texts) for s in self.scorers], dtype=np.float64).reshape(
+            len(self.scorers), -1
+        )
 
     def score(self, texts: Sequence[str]) -> list[float]:
         return self.combine(self.member_scores(texts))
@@ -231,7 +256,8 @@ def _load_classifier(path: Path, trust_remote_code: bool = False):
         # bandit B615 is a false positive: a local folder (its config.json is checked above), not a hub id, so
         # there is no revision to pin.
         model = AutoModelForSequenceClassification.from_pretrained(  # nosec B615
-            str(path), use_safetensors=True, trust_remote_code=trust_remote_code)
+            str(path), use_safetensors=True, trust_remote_code=trust_remote_code
+        )
     except OSError as exc:
         raise CheckpointError(f"cannot load reward model '{path}': {exc}") from None
     if tokenizer.pad_token is None:
@@ -239,11 +265,17 @@ def _load_classifier(path: Path, trust_remote_code: bool = False):
     return model, tokenizer
 
 
-def load_reward_model(path: str | Path | Sequence[str | Path], aggregate: Aggregate | None = None,
-                      k: float | None = None, normalize: bool | None = None, batch_size: int = 32,
-                      max_length: int | None = None, padding_side: Literal["left", "right"] = "right",
-                      device: str | torch.device | None = None,
-                      trust_remote_code: bool = False) -> RewardModelScorer | RewardEnsemble:
+def load_reward_model(
+    path: str | Path | Sequence[str | Path],
+    aggregate: Aggregate | None = None,
+    k: float | None = None,
+    normalize: bool | None = None,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    padding_side: Literal["left", "right"] = "right",
+    device: str | torch.device | None = None,
+    trust_remote_code: bool = False,
+) -> RewardModelScorer | RewardEnsemble:
     """A reward model folder, an ensemble folder (with ensemble.json) or a list of folders, ready to `score`.
 
     For an ensemble folder, `aggregate`, `k` and `normalize` default to what its ensemble.json says; for a list
@@ -254,8 +286,15 @@ def load_reward_model(path: str | Path | Sequence[str | Path], aggregate: Aggreg
         folder = Path(path)
         manifest = folder / ENSEMBLE_FILE
         if not manifest.is_file():
-            return RewardModelScorer(folder, batch_size=batch_size, max_length=max_length, padding_side=padding_side,
-                                     normalize=bool(normalize), device=device, trust_remote_code=trust_remote_code)
+            return RewardModelScorer(
+                folder,
+                batch_size=batch_size,
+                max_length=max_length,
+                padding_side=padding_side,
+                normalize=bool(normalize),
+                device=device,
+                trust_remote_code=trust_remote_code,
+            )
         settings = json.loads(manifest.read_text(encoding="utf-8"))
         members = [folder / member for member in settings.get("members", [])]
     else:
@@ -263,8 +302,18 @@ def load_reward_model(path: str | Path | Sequence[str | Path], aggregate: Aggreg
     if not members:
         raise CheckpointError(f"'{path}': an ensemble with no members")
     normalize = settings.get("normalize", False) if normalize is None else normalize
-    scorers = [RewardModelScorer(m, batch_size=batch_size, max_length=max_length, padding_side=padding_side,
-                                 normalize=bool(normalize), device=device, trust_remote_code=trust_remote_code)
-               for m in members]
-    return RewardEnsemble(scorers, aggregate or settings.get("aggregate", "mean"),
-                          settings.get("k", 1.0) if k is None else k)
+    scorers = [
+        RewardModelScorer(
+            m,
+            batch_size=batch_size,
+            max_length=max_length,
+            padding_side=padding_side,
+            normalize=bool(normalize),
+            device=device,
+            trust_remote_code=trust_remote_code,
+        )
+        for m in members
+    ]
+    return RewardEnsemble(
+        scorers, aggregate or settings.get("aggregate", "mean"), settings.get("k", 1.0) if k is None else k
+    )

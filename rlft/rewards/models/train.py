@@ -47,7 +47,9 @@ def reward_config(model_cfg: ModelConfig, overrides: dict[str, Any], output_dir:
     """`trl.RewardConfig`: rlft's defaults for this model (rlft.config.defaults.rm_defaults) < the user's keys."""
     from trl import RewardConfig
 
-    return build_trainer_config(RewardConfig, dict(overrides), str(output_dir), seed, defaults=rm_defaults(model_cfg))
+    return build_trainer_config(
+        RewardConfig, dict(overrides), str(output_dir), seed, defaults=rm_defaults(model_cfg)
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -74,8 +76,9 @@ def reward_model_tokenizer(model_cfg: ModelConfig, corpus: Sequence[str] = ()):
     if model_cfg.tiny is not None:
         return policy.build_word_tokenizer(corpus, chat_template=model_cfg.chat_template == "on")
     local = Path(model_cfg.name_or_path).expanduser().exists()
-    tokenizer = policy.load_tokenizer(model_cfg.name_or_path, model_cfg.trust_remote_code,
-                               None if local else model_cfg.revision)
+    tokenizer = policy.load_tokenizer(
+        model_cfg.name_or_path, model_cfg.trust_remote_code, None if local else model_cfg.revision
+    )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -94,10 +97,17 @@ def build_reward_model(model_cfg: ModelConfig, tokenizer, seed: int) -> torch.nn
     from trl.trainer.reward_trainer import suppress_seqcls_warning
 
     local = Path(model_cfg.name_or_path).expanduser().exists()
-    with suppress_seqcls_warning():  # a causal LM checkpoint has no score head and an LM head the classifier drops
+    with (
+        suppress_seqcls_warning()
+    ):  # a causal LM checkpoint has no score head and an LM head the classifier drops
         model = AutoModelForSequenceClassification.from_pretrained(
-            model_cfg.name_or_path, num_labels=1, dtype=policy.torch_dtype(model_cfg.dtype), use_safetensors=True,
-            trust_remote_code=model_cfg.trust_remote_code, revision=None if local else model_cfg.revision)
+            model_cfg.name_or_path,
+            num_labels=1,
+            dtype=policy.torch_dtype(model_cfg.dtype),
+            use_safetensors=True,
+            trust_remote_code=model_cfg.trust_remote_code,
+            revision=None if local else model_cfg.revision,
+        )
     model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
     return model
 
@@ -105,8 +115,10 @@ def build_reward_model(model_cfg: ModelConfig, tokenizer, seed: int) -> torch.nn
 def describe_model(model_cfg: ModelConfig) -> str:
     if model_cfg.tiny is not None:
         t = model_cfg.tiny
-        return (f"embedded tiny {t.architecture} (hidden {t.hidden_size}, {t.num_layers} layers, {t.num_heads} heads), "
-                "random init, word-level tokenizer made locally")
+        return (
+            f"embedded tiny {t.architecture} (hidden {t.hidden_size}, {t.num_layers} layers, {t.num_heads} heads), "
+            "random init, word-level tokenizer made locally"
+        )
     revision = f" @ {model_cfg.revision}" if model_cfg.revision else ""
     return f"{model_cfg.name_or_path}{revision}"
 
@@ -129,13 +141,18 @@ def check_pair_lengths(pairs: Sequence[PreferencePair], tokenizer, max_length: i
     if max_length is None or not pairs:
         return
     chosen, rejected = encode_pairs(pairs, tokenizer)
-    long = [(p.source, max(len(c), len(r))) for p, c, r in zip(pairs, chosen, rejected)
-            if max(len(c), len(r)) > max_length]
+    long = [
+        (p.source, max(len(c), len(r)))
+        for p, c, r in zip(pairs, chosen, rejected)
+        if max(len(c), len(r)) > max_length
+    ]
     if long:
         shown = "; ".join(f"{source} ({length} tokens)" for source, length in long[:5])
-        raise DataError(f"{len(long)} {what} pair(s) longer than rm.trainer.max_length = {max_length} tokens, which "
-                        f"TRL would drop: {shown}{' ...' if len(long) > 5 else ''}; raise rm.trainer.max_length or "
-                        "shorten them")
+        raise DataError(
+            f"{len(long)} {what} pair(s) longer than rm.trainer.max_length = {max_length} tokens, which "
+            f"TRL would drop: {shown}{' ...' if len(long) > 5 else ''}; raise rm.trainer.max_length or "
+            "shorten them"
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -148,11 +165,12 @@ def score_pairs(scorer, pairs: Sequence[PreferencePair]) -> tuple[np.ndarray, np
     chosen, rejected = zip(*(pair_texts(p) for p in pairs))
     score = scorer.score_conversations if pairs[0].conversational else scorer.score
     rewards = np.asarray(score(list(chosen) + list(rejected)), dtype=np.float64)
-    return rewards[: len(pairs)], rewards[len(pairs):]
+    return rewards[: len(pairs)], rewards[len(pairs) :]
 
 
-def preference_metrics(margins: Sequence[float], gold_agrees: Sequence[bool | None] | None = None,
-                       bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+def preference_metrics(
+    margins: Sequence[float], gold_agrees: Sequence[bool | None] | None = None, bins: int = CALIBRATION_BINS
+) -> dict[str, Any]:
     """Accuracy and calibration of Bradley-Terry probabilities p = sigmoid(margin), margin = r(chosen) - r(rejected).
 
     Args:
@@ -181,16 +199,23 @@ def preference_metrics(margins: Sequence[float], gold_agrees: Sequence[bool | No
     for b in range(bins):
         members = which == b
         count = int(members.sum())
-        row = {"bin": f"[{edges[b]:.1f}, {edges[b + 1]:.1f}{']' if b == bins - 1 else ')'}", "count": count,
-               "confidence": float(confidence[members].mean()) if count else None,
-               "accuracy": float(correct[members].mean()) if count else None}
+        row = {
+            "bin": f"[{edges[b]:.1f}, {edges[b + 1]:.1f}{']' if b == bins - 1 else ')'}",
+            "count": count,
+            "confidence": float(confidence[members].mean()) if count else None,
+            "accuracy": float(correct[members].mean()) if count else None,
+        }
         if count:
             ece += count / margins.size * abs(row["accuracy"] - row["confidence"])
         reliability.append(row)
     metrics: dict[str, Any] = {
-        "pairs": int(margins.size), "accuracy": float(correct.mean()), "brier": float(np.mean((1.0 - p) ** 2)),
-        "log_loss": float(np.mean(np.logaddexp(0.0, -margins))), "ece": float(ece),
-        "mean_margin": float(margins.mean()), "reliability": reliability,
+        "pairs": int(margins.size),
+        "accuracy": float(correct.mean()),
+        "brier": float(np.mean((1.0 - p) ** 2)),
+        "log_loss": float(np.mean(np.logaddexp(0.0, -margins))),
+        "ece": float(ece),
+        "mean_margin": float(margins.mean()),
+        "reliability": reliability,
     }
     if gold_agrees is not None:
         known = [(c, a) for c, a in zip(correct, gold_agrees) if a is not None]
@@ -199,7 +224,9 @@ def preference_metrics(margins: Sequence[float], gold_agrees: Sequence[bool | No
     return metrics
 
 
-def evaluate_preferences(scorer, pairs: Sequence[PreferencePair], bins: int = CALIBRATION_BINS) -> dict[str, Any]:
+def evaluate_preferences(
+    scorer, pairs: Sequence[PreferencePair], bins: int = CALIBRATION_BINS
+) -> dict[str, Any]:
     """`preference_metrics` of a scorer (or ensemble) on held-out pairs."""
     chosen, rejected = score_pairs(scorer, pairs)
     return preference_metrics(chosen - rejected, [p.agrees_with_gold for p in pairs], bins)
@@ -221,11 +248,21 @@ class RewardModelResult:
     scorer: RewardModelScorer
 
 
-def train_reward_model(train_pairs: Sequence[PreferencePair], eval_pairs: Sequence[PreferencePair] = (), *,
-                       model_cfg: ModelConfig, output_dir: str | Path, seed: int = 0,
-                       trainer: dict[str, Any] | None = None, corpus: Sequence[str] | None = None,
-                       tokenizer=None, data: dict[str, Any] | None = None, callbacks: list | None = None,
-                       save_to: str | Path | None = None, batch_size: int = 32) -> RewardModelResult:
+def train_reward_model(
+    train_pairs: Sequence[PreferencePair],
+    eval_pairs: Sequence[PreferencePair] = (),
+    *,
+    model_cfg: ModelConfig,
+    output_dir: str | Path,
+    seed: int = 0,
+    trainer: dict[str, Any] | None = None,
+    corpus: Sequence[str] | None = None,
+    tokenizer=None,
+    data: dict[str, Any] | None = None,
+    callbacks: list | None = None,
+    save_to: str | Path | None = None,
+    batch_size: int = 32,
+) -> RewardModelResult:
     """Train a reward model on `train_pairs` with TRL's RewardTrainer; evaluate on `eval_pairs`; save it.
 
     Args:
@@ -251,17 +288,27 @@ def train_reward_model(train_pairs: Sequence[PreferencePair], eval_pairs: Sequen
         raise DataError("training and held-out pairs mix text and conversational formats; use one")
     args = reward_config(model_cfg, trainer or {}, output_dir, seed)
     if tokenizer is None:
-        tokenizer = reward_model_tokenizer(model_cfg, list(corpus) if corpus is not None else
-                                           pair_corpus(train_pairs + eval_pairs))
+        tokenizer = reward_model_tokenizer(
+            model_cfg, list(corpus) if corpus is not None else pair_corpus(train_pairs + eval_pairs)
+        )
     if train_pairs[0].conversational:
         encode_conversations(tokenizer, [[{"role": "user", "content": "x"}]])  # no chat template: fail now
     check_pair_lengths(train_pairs, tokenizer, args.max_length, "training")
     check_pair_lengths(eval_pairs, tokenizer, args.max_length, "held-out")
     model = build_reward_model(model_cfg, tokenizer, seed)
-    reward_trainer = RewardTrainer(model=model, args=args, train_dataset=pairs_to_dataset(train_pairs),
-                                   processing_class=tokenizer, callbacks=callbacks)
-    if len(reward_trainer.train_dataset) != len(train_pairs):  # the length check above should make this impossible
-        raise DataError(f"RewardTrainer kept {len(reward_trainer.train_dataset)} of {len(train_pairs)} training pairs")
+    reward_trainer = RewardTrainer(
+        model=model,
+        args=args,
+        train_dataset=pairs_to_dataset(train_pairs),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    if len(reward_trainer.train_dataset) != len(
+        train_pairs
+    ):  # the length check above should make this impossible
+        raise DataError(
+            f"RewardTrainer kept {len(reward_trainer.train_dataset)} of {len(train_pairs)} training pairs"
+        )
     reward_trainer.train()
     model = reward_trainer.accelerator.unwrap_model(reward_trainer.model)
     scorer = RewardModelScorer(model, tokenizer, batch_size=batch_size, max_length=args.max_length)
@@ -271,25 +318,46 @@ def train_reward_model(train_pairs: Sequence[PreferencePair], eval_pairs: Sequen
     if save_to is not None:
         path = save_trained(reward_trainer, Path(save_to))
         if reward_trainer.accelerator.is_main_process:
-            info = rm_info(model_cfg, args, seed, data or {}, len(train_pairs), len(eval_pairs), metrics,
-                           normalization, train_pairs[0].conversational)
+            info = rm_info(
+                model_cfg,
+                args,
+                seed,
+                data or {},
+                len(train_pairs),
+                len(eval_pairs),
+                metrics,
+                normalization,
+                train_pairs[0].conversational,
+            )
             (path / RM_FILE).write_text(json.dumps(info, indent=2), encoding="utf-8")
             (path / "README.md").write_text(model_card(info), encoding="utf-8")
         reward_trainer.accelerator.wait_for_everyone()
     return RewardModelResult(path, metrics, model, tokenizer, scorer)
 
 
-def training_score_stats(scorer: RewardModelScorer, pairs: Sequence[PreferencePair], seed: int) -> dict[str, float]:
+def training_score_stats(
+    scorer: RewardModelScorer, pairs: Sequence[PreferencePair], seed: int
+) -> dict[str, float]:
     """Mean and std of the model's scores on (up to NORMALIZATION_TEXTS of) its training texts."""
     rng = np.random.default_rng(seed)
-    chosen, rejected = score_pairs(scorer, [pairs[int(i)] for i in
-                                            rng.permutation(len(pairs))[: NORMALIZATION_TEXTS // 2]])
+    chosen, rejected = score_pairs(
+        scorer, [pairs[int(i)] for i in rng.permutation(len(pairs))[: NORMALIZATION_TEXTS // 2]]
+    )
     scores = np.concatenate([chosen, rejected])
     return {"mean": float(scores.mean()), "std": float(scores.std()), "texts": int(scores.size)}
 
 
-def rm_info(model_cfg: ModelConfig, args, seed: int, data: dict[str, Any], train_count: int, eval_count: int,
-            metrics: dict[str, Any], normalization: dict[str, float], conversational: bool) -> dict[str, Any]:
+def rm_info(
+    model_cfg: ModelConfig,
+    args,
+    seed: int,
+    data: dict[str, Any],
+    train_count: int,
+    eval_count: int,
+    metrics: dict[str, Any],
+    normalization: dict[str, float],
+    conversational: bool,
+) -> dict[str, Any]:
     return {
         "format": "rlft-reward-model/1",
         "base_model": describe_model(model_cfg),
@@ -301,9 +369,13 @@ def rm_info(model_cfg: ModelConfig, args, seed: int, data: dict[str, Any], train
         "append_eos": not conversational,
         "max_length": args.max_length,
         "normalization": normalization,
-        "trainer": {"learning_rate": args.learning_rate, "num_train_epochs": args.num_train_epochs,
-                    "max_steps": args.max_steps, "per_device_train_batch_size": args.per_device_train_batch_size,
-                    "center_rewards_coefficient": args.center_rewards_coefficient},
+        "trainer": {
+            "learning_rate": args.learning_rate,
+            "num_train_epochs": args.num_train_epochs,
+            "max_steps": args.max_steps,
+            "per_device_train_batch_size": args.per_device_train_batch_size,
+            "center_rewards_coefficient": args.center_rewards_coefficient,
+        },
     }
 
 
@@ -316,15 +388,25 @@ def _fmt(value: Any) -> str:
 def model_card(info: dict[str, Any]) -> str:
     """A README.md: what the reward model is, what it was trained on, how well it ranks held-out pairs."""
     data = info["data"]
-    lines = ["---", "library_name: transformers", "tags: [rlft, reward-model, trl]", "---", "",
-             "# Reward model", "",
-             "A Bradley-Terry reward model (one-label sequence classifier) trained by `rlft rm` with TRL's "
-             "`RewardTrainer`.", "",
-             f"- **Base model**: {info['base_model']}",
-             f"- **Seed**: {info['seed']}",
-             f"- **Pairs**: {info['pairs']['train']} training, {info['pairs']['held_out']} held out"]
-    lines += ["", "## Data", ""] + [f"- **{key}**: {_fmt(value) if not isinstance(value, (dict, list)) else json.dumps(value)}"
-                                    for key, value in data.items()]
+    lines = [
+        "---",
+        "library_name: transformers",
+        "tags: [rlft, reward-model, trl]",
+        "---",
+        "",
+        "# Reward model",
+        "",
+        "A Bradley-Terry reward model (one-label sequence classifier) trained by `rlft rm` with TRL's "
+        "`RewardTrainer`.",
+        "",
+        f"- **Base model**: {info['base_model']}",
+        f"- **Seed**: {info['seed']}",
+        f"- **Pairs**: {info['pairs']['train']} training, {info['pairs']['held_out']} held out",
+    ]
+    lines += ["", "## Data", ""] + [
+        f"- **{key}**: {_fmt(value) if not isinstance(value, (dict, list)) else json.dumps(value)}"
+        for key, value in data.items()
+    ]
     if not data:
         lines.append("Not described (trained through the API without a `data` description).")
     held = info["held_out"]
@@ -333,25 +415,54 @@ def model_card(info: dict[str, Any]) -> str:
         lines.append("No held-out pairs: not evaluated.")
     else:
         lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {name} | {_fmt(held[name])} |" for name in
-                  ("pairs", "accuracy", "gold_accuracy", "brier", "log_loss", "ece", "mean_margin") if name in held]
-        lines += ["", "Accuracy counts a tie as 1/2; p = sigmoid(r(chosen) - r(rejected)); Brier = mean (1 - p)^2; "
-                  "ECE over confidence max(p, 1 - p) bins."
-                  + (" gold_accuracy: against the gold order, before label noise." if "gold_accuracy" in held else ""),
-                  "", "| confidence bin | pairs | mean confidence | accuracy |", "|---|---|---|---|"]
-        lines += [f"| {r['bin']} | {r['count']} | {_fmt(r['confidence'])} | {_fmt(r['accuracy'])} |"
-                  for r in held["reliability"]]
+        lines += [
+            f"| {name} | {_fmt(held[name])} |"
+            for name in ("pairs", "accuracy", "gold_accuracy", "brier", "log_loss", "ece", "mean_margin")
+            if name in held
+        ]
+        lines += [
+            "",
+            "Accuracy counts a tie as 1/2; p = sigmoid(r(chosen) - r(rejected)); Brier = mean (1 - p)^2; "
+            "ECE over confidence max(p, 1 - p) bins."
+            + (
+                " gold_accuracy: against the gold order, before label noise."
+                if "gold_accuracy" in held
+                else ""
+            ),
+            "",
+            "| confidence bin | pairs | mean confidence | accuracy |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {r['bin']} | {r['count']} | {_fmt(r['confidence'])} | {_fmt(r['accuracy'])} |"
+            for r in held["reliability"]
+        ]
     trainer = info["trainer"]
-    lines += ["", "## Training", "",
-              "Loss -log sigmoid(r(chosen) - r(rejected))"
-              + (f" + {trainer['center_rewards_coefficient']} * mean(r^2)"
-                 if trainer["center_rewards_coefficient"] else "") + ".",
-              f"learning rate {trainer['learning_rate']}, epochs {trainer['num_train_epochs']}, "
-              f"max steps {trainer['max_steps']}, batch {trainer['per_device_train_batch_size']} pairs per device, "
-              f"max length {info['max_length']}.",
-              "", "## Use", "", "```python", "from rlft.rewards.models.scoring import load_reward_model", "",
-              "rm = load_reward_model('<this folder>')",
-              "rm.score(['<prompt + completion text>'])" if not info["conversational"] else
-              "rm.score_conversations([[{'role': 'user', 'content': '...'}, {'role': 'assistant', 'content': '...'}]])",
-              "```", ""]
+    lines += [
+        "",
+        "## Training",
+        "",
+        "Loss -log sigmoid(r(chosen) - r(rejected))"
+        + (
+            f" + {trainer['center_rewards_coefficient']} * mean(r^2)"
+            if trainer["center_rewards_coefficient"]
+            else ""
+        )
+        + ".",
+        f"learning rate {trainer['learning_rate']}, epochs {trainer['num_train_epochs']}, "
+        f"max steps {trainer['max_steps']}, batch {trainer['per_device_train_batch_size']} pairs per device, "
+        f"max length {info['max_length']}.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "from rlft.rewards.models.scoring import load_reward_model",
+        "",
+        "rm = load_reward_model('<this folder>')",
+        "rm.score(['<prompt + completion text>'])"
+        if not info["conversational"]
+        else "rm.score_conversations([[{'role': 'user', 'content': '...'}, {'role': 'assistant', 'content': '...'}]])",
+        "```",
+        "",
+    ]
     return "\n".join(lines)

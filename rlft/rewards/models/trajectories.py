@@ -35,10 +35,16 @@ def gold_return(episode: dict[str, Any]) -> float:
     return float(episode["return"])
 
 
-def play_scored_episodes(env_factory: Callable, task_seeds: Sequence[int], per_task: int, policy: str,
-                         epsilon: float, seed: int, max_turns: int,
-                         gold: Callable[[dict[str, Any]], float] = gold_return,
-                         ) -> tuple[list[tuple[str, str, float]], dict[str, float]]:
+def play_scored_episodes(
+    env_factory: Callable,
+    task_seeds: Sequence[int],
+    per_task: int,
+    policy: str,
+    epsilon: float,
+    seed: int,
+    max_turns: int,
+    gold: Callable[[dict[str, Any]], float] = gold_return,
+) -> tuple[list[tuple[str, str, float]], dict[str, float]]:
     """Play `per_task` episodes from each reset seed; return `(prompt, completion, gold)` items and stats.
 
     Args:
@@ -61,26 +67,34 @@ def play_scored_episodes(env_factory: Callable, task_seeds: Sequence[int], per_t
         names = list(getattr(env.unwrapped, "action_names", []) or [])
         if not names:
             env.close()
-            raise DataError("rm.data.policy = 'random': the env lists no action_names to choose from; "
-                            "use policy: expert")
+            raise DataError(
+                "rm.data.policy = 'random': the env lists no action_names to choose from; use policy: expert"
+            )
         actor = RandomActor(names, seed=seed)
     items, returns, successes = [], [], []
     try:
         for task_seed in task_seeds:
             for _ in range(per_task):
                 episode = play_expert_episode(env, actor, seed=task_seed, max_turns=max_turns)
-                prompt, completion = transcript_text(episode["instructions"], episode["observations"],
-                                                     episode["actions"])
+                prompt, completion = transcript_text(
+                    episode["instructions"], episode["observations"], episode["actions"]
+                )
                 value = gold(episode)
                 if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-                    raise DataError(f"gold signal returned {value!r} for the episode of seed {task_seed}; "
-                                    "expected a finite number")
+                    raise DataError(
+                        f"gold signal returned {value!r} for the episode of seed {task_seed}; "
+                        "expected a finite number"
+                    )
                 items.append((prompt, completion, float(value)))
                 returns.append(episode["return"])
                 successes.append(episode["success"])
     finally:
         env.close()
     golds = [g for _, _, g in items]
-    return items, {"episodes": len(items), "return_mean": float(np.mean(returns)),
-                   "success_rate": float(np.mean(successes)), "gold_mean": float(np.mean(golds)),
-                   "gold_std": float(np.std(golds))}
+    return items, {
+        "episodes": len(items),
+        "return_mean": float(np.mean(returns)),
+        "success_rate": float(np.mean(successes)),
+        "gold_mean": float(np.mean(golds)),
+        "gold_std": float(np.std(golds)),
+    }

@@ -23,12 +23,24 @@ from rlft.tools.report.stats import (
     series,
 )
 
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf"]
+PALETTE = [
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+]
 PROXY_COLOR, GOLD_COLOR, ALARM_COLOR = "#1f77b4", "#ff7f0e", "#d62728"
-BAND_NOTE = ("Line: mean over seeds; band: its 95% stratified-bootstrap CI (rliable, per x point); thin lines: "
-             "single seeds. x grid: 100 evenly spaced env-step values over the range every seed of the "
-             "variant covers, each seed linearly interpolated onto it (no extrapolation).")
+BAND_NOTE = (
+    "Line: mean over seeds; band: its 95% stratified-bootstrap CI (rliable, per x point); thin lines: "
+    "single seeds. x grid: 100 evenly spaced env-step values over the range every seed of the "
+    "variant covers, each seed linearly interpolated onto it (no extrapolation)."
+)
 
 
 @dataclass
@@ -56,16 +68,31 @@ def _grid(panels: int, ncols: int = 3, width: float = 5.0, height: float = 3.6) 
 
 def _draw_band(ax, curve: Band, color: str, label: str, linestyle: str = "-") -> None:
     if len(curve.x) == 1:
-        ax.errorbar(curve.x, curve.mean, yerr=[curve.mean - curve.low, curve.high - curve.mean], fmt="o",
-                    color=color, label=label)
+        ax.errorbar(
+            curve.x,
+            curve.mean,
+            yerr=[curve.mean - curve.low, curve.high - curve.mean],
+            fmt="o",
+            color=color,
+            label=label,
+        )
         return
     ax.plot(curve.x, curve.mean, color=color, linestyle=linestyle, linewidth=2, label=label)
     if curve.seeds > 1:
         ax.fill_between(curve.x, curve.low, curve.high, color=color, alpha=0.2, linewidth=0)
 
 
-def _draw_metric(ax, variant: Variant, key: str, color: str, label: str, reps: int, seed: int,
-                 notes: list[str], linestyle: str = "-") -> bool:
+def _draw_metric(
+    ax,
+    variant: Variant,
+    key: str,
+    color: str,
+    label: str,
+    reps: int,
+    seed: int,
+    notes: list[str],
+    linestyle: str = "-",
+) -> bool:
     """Seeds faintly, then the variant's band. False when no run of the variant logged `key`."""
     curves = [c for c in (series(run, key) for run in variant.runs) if c is not None]
     if not curves:
@@ -81,8 +108,9 @@ def _draw_metric(ax, variant: Variant, key: str, color: str, label: str, reps: i
     return True
 
 
-def metric_curves(variants: list[Variant], keys: list[str], name: str, title: str, reps: int, seed: int,
-                  missing: str) -> Plot:
+def metric_curves(
+    variants: list[Variant], keys: list[str], name: str, title: str, reps: int, seed: int, missing: str
+) -> Plot:
     """One panel per key (that some run logged), every variant in each, against env steps."""
     plot = Plot(name, title, caption=BAND_NOTE)
     logged = set(keys_matching([r for v in variants for r in v.runs], lambda k: k in keys))
@@ -94,7 +122,9 @@ def metric_curves(variants: list[Variant], keys: list[str], name: str, title: st
     plot.figure, axes = _grid(len(present))
     for ax, key in zip(axes, present):
         for variant in variants:
-            if not _draw_metric(ax, variant, key, colors[variant.label], variant.label, reps, seed, plot.notes):
+            if not _draw_metric(
+                ax, variant, key, colors[variant.label], variant.label, reps, seed, plot.notes
+            ):
                 plot.notes.append(f"{variant.label}: no '{key}' logged.")
         ax.set_title(key)
         ax.set_xlabel("env steps (" + X_KEY + ")")
@@ -103,23 +133,30 @@ def metric_curves(variants: list[Variant], keys: list[str], name: str, title: st
     return plot
 
 
-def final_performance(points: dict, intervals: dict, metric_labels: list[str], name: str = "final_performance"
-                      ) -> Plot:
+def final_performance(
+    points: dict, intervals: dict, metric_labels: list[str], name: str = "final_performance"
+) -> Plot:
     """Per metric (a row) the IQM, median and mean (columns) of each variant with their 95% CIs.
 
     `points[metric][label]` has shape (3,), `intervals[metric][label]` (2, 3), in AGGREGATES order.
     """
-    plot = Plot(name, "Final held-out performance: aggregates with 95% stratified-bootstrap CIs",
-                caption="Bar: 95% stratified-bootstrap CI (rliable.library.get_interval_estimates); black tick: "
-                        "the point estimate. IQM = interquartile mean (rliable.metrics.aggregate_iqm).")
+    plot = Plot(
+        name,
+        "Final held-out performance: aggregates with 95% stratified-bootstrap CIs",
+        caption="Bar: 95% stratified-bootstrap CI (rliable.library.get_interval_estimates); black tick: "
+        "the point estimate. IQM = interquartile mean (rliable.metrics.aggregate_iqm).",
+    )
     if not points:
-        plot.notes.append("No run has a final held-out score (eval.json's rl policy or eval/success during RL).")
+        plot.notes.append(
+            "No run has a final held-out score (eval.json's rl policy or eval/success during RL)."
+        )
         return plot
     labels = list(next(iter(points.values())))
     colors = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(labels)}
     nrows = len(points)
-    figure = Figure(figsize=(4.2 * len(AGGREGATES), 0.6 * len(labels) * nrows + 1.2 * nrows),
-                    layout="constrained")
+    figure = Figure(
+        figsize=(4.2 * len(AGGREGATES), 0.6 * len(labels) * nrows + 1.2 * nrows), layout="constrained"
+    )
     axes = figure.subplots(nrows, len(AGGREGATES), squeeze=False)
     for row, (metric, metric_label) in enumerate(zip(points, metric_labels)):
         mine = list(points[metric])
@@ -139,16 +176,24 @@ def final_performance(points: dict, intervals: dict, metric_labels: list[str], n
     return plot
 
 
-def profiles(matrices: dict[str, dict[str, np.ndarray]], metric_labels: list[str], reps: int, seed: int,
-             name: str = "performance_profiles") -> Plot:
+def profiles(
+    matrices: dict[str, dict[str, np.ndarray]],
+    metric_labels: list[str],
+    reps: int,
+    seed: int,
+    name: str = "performance_profiles",
+) -> Plot:
     """Performance profiles (rliable): the fraction of runs whose final score exceeds each threshold tau."""
     from rliable import plot_utils
 
-    plot = Plot(name, "Performance profiles of the final held-out scores",
-                caption="Fraction of runs (seeds) with a final score above tau, with 95% stratified-bootstrap "
-                        "CIs (rliable.library.create_performance_profile, drawn by "
-                        "rliable.plot_utils.plot_performance_profiles). A curve above another everywhere "
-                        "dominates it.")
+    plot = Plot(
+        name,
+        "Performance profiles of the final held-out scores",
+        caption="Fraction of runs (seeds) with a final score above tau, with 95% stratified-bootstrap "
+        "CIs (rliable.library.create_performance_profile, drawn by "
+        "rliable.plot_utils.plot_performance_profiles). A curve above another everywhere "
+        "dominates it.",
+    )
     if not matrices:
         plot.notes.append("No run has a final held-out score.")
         return plot
@@ -165,11 +210,19 @@ def profiles(matrices: dict[str, dict[str, np.ndarray]], metric_labels: list[str
         taus = np.linspace(low, high, 101)
         curves, cis = performance_profiles(scores, taus, reps, seed)
         colors = {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(scores)}
-        plot_utils.plot_performance_profiles(curves, taus, performance_profile_cis=cis, ax=ax, colors=colors,
-                                             xlabel=rf"final {metric_label} ($\tau$)",
-                                             ylabel=r"fraction of runs with score $> \tau$",
-                                             labelsize="medium", ticklabelsize="medium", legend=True,
-                                             legendsize="small")
+        plot_utils.plot_performance_profiles(
+            curves,
+            taus,
+            performance_profile_cis=cis,
+            ax=ax,
+            colors=colors,
+            xlabel=rf"final {metric_label} ($\tau$)",
+            ylabel=r"fraction of runs with score $> \tau$",
+            labelsize="medium",
+            ticklabelsize="medium",
+            legend=True,
+            legendsize="small",
+        )
         ax.set_title(f"final {metric_label}")
     return plot
 
@@ -178,10 +231,18 @@ def reward_components(variants: list[Variant], reps: int, seed: int) -> Plot:
     """Every `episode/reward/<component>` and `reward/<name>/...` key the runs logged, against env steps."""
     runs = [r for v in variants for r in v.runs]
     keys = keys_matching(runs, lambda k: k.startswith(("episode/reward/", "reward/")))
-    plot = metric_curves(variants, keys, "reward_components", "Reward components during RL", reps, seed,
-                         "No per-component reward was logged (episode/reward/<component>, reward/<name>/...).")
-    plot.caption = ("Each reward component as logged per rollout batch (training episodes, not held-out). "
-                    + BAND_NOTE)
+    plot = metric_curves(
+        variants,
+        keys,
+        "reward_components",
+        "Reward components during RL",
+        reps,
+        seed,
+        "No per-component reward was logged (episode/reward/<component>, reward/<name>/...).",
+    )
+    plot.caption = (
+        "Each reward component as logged per rollout batch (training episodes, not held-out). " + BAND_NOTE
+    )
     return plot
 
 
@@ -201,13 +262,17 @@ def gold_vs_proxy(variants: list[Variant], reps: int, seed: int) -> Plot:
     """Per variant (a row): each `proxy/<x>` beside its `gold/<x>` (own y axes), alarm events marked."""
     runs = [r for v in variants for r in v.runs]
     keys = keys_matching(runs, lambda k: k.startswith(("gold/", "proxy/")))
-    plot = Plot("gold_vs_proxy", "Gold against proxy reward",
-                caption="Solid (left axis): the optimised proxy; dashed (right axis): the gold signal; red "
-                        "dotted line: the first alarm/overoptimization event of each seed that fired (proxy "
-                        "trending up while gold trends down), red ticks along the top: every event. " + BAND_NOTE)
+    plot = Plot(
+        "gold_vs_proxy",
+        "Gold against proxy reward",
+        caption="Solid (left axis): the optimised proxy; dashed (right axis): the gold signal; red "
+        "dotted line: the first alarm/overoptimization event of each seed that fired (proxy "
+        "trending up while gold trends down), red ticks along the top: every event. " + BAND_NOTE,
+    )
     if not keys:
-        plot.notes.append("No gold/ or proxy/ metrics were logged (a reward design with a gold signal logs "
-                          "them).")
+        plot.notes.append(
+            "No gold/ or proxy/ metrics were logged (a reward design with a gold signal logs them)."
+        )
         return plot
     suffixes = list(dict.fromkeys(k.split("/", 1)[1] for k in keys))
     # paired suffixes first (the comparison this figure is for), then keys with no partner
@@ -221,28 +286,63 @@ def gold_vs_proxy(variants: list[Variant], reps: int, seed: int) -> Plot:
             ax = axes[row][col]
             handles_from = [ax]
             drew_proxy = f"proxy/{suffix}" in keys and _draw_metric(
-                ax, variant, f"proxy/{suffix}", PROXY_COLOR, f"proxy/{suffix}", reps, seed, plot.notes)
+                ax, variant, f"proxy/{suffix}", PROXY_COLOR, f"proxy/{suffix}", reps, seed, plot.notes
+            )
             gold_ax = ax.twinx() if drew_proxy else ax
             if gold_ax is not ax:
                 handles_from.append(gold_ax)
             drew_gold = f"gold/{suffix}" in keys and _draw_metric(
-                gold_ax, variant, f"gold/{suffix}", GOLD_COLOR, f"gold/{suffix}", reps, seed, plot.notes,
-                linestyle="--")
+                gold_ax,
+                variant,
+                f"gold/{suffix}",
+                GOLD_COLOR,
+                f"gold/{suffix}",
+                reps,
+                seed,
+                plot.notes,
+                linestyle="--",
+            )
             if drew_proxy:
                 ax.set_ylabel(f"proxy/{suffix}", color=PROXY_COLOR)
             if drew_gold:
                 gold_ax.set_ylabel(f"gold/{suffix}", color=GOLD_COLOR)
             if not (drew_proxy or drew_gold):
-                ax.text(0.5, 0.5, f"{variant.label}: no proxy/{suffix} or gold/{suffix}", ha="center",
-                        va="center", transform=ax.transAxes)
+                ax.text(
+                    0.5,
+                    0.5,
+                    f"{variant.label}: no proxy/{suffix} or gold/{suffix}",
+                    ha="center",
+                    va="center",
+                    transform=ax.transAxes,
+                )
             for i, (event_seed, xs) in enumerate(events.items()):
                 # the first event of each seed as a line, every event as a tick along the top
-                ax.axvline(xs[0], color=ALARM_COLOR, linestyle=":", linewidth=1.5,
-                           label="alarm/overoptimization" if i == 0 else None)
-                ax.scatter(xs, [0.97] * len(xs), marker="v", s=14, color=ALARM_COLOR,
-                           transform=ax.get_xaxis_transform(), clip_on=False)
-                ax.annotate(f"alarm, seed {event_seed}", (xs[0], 0.9), xycoords=("data", "axes fraction"),
-                            color=ALARM_COLOR, fontsize="x-small", rotation=90, va="top", ha="right")
+                ax.axvline(
+                    xs[0],
+                    color=ALARM_COLOR,
+                    linestyle=":",
+                    linewidth=1.5,
+                    label="alarm/overoptimization" if i == 0 else None,
+                )
+                ax.scatter(
+                    xs,
+                    [0.97] * len(xs),
+                    marker="v",
+                    s=14,
+                    color=ALARM_COLOR,
+                    transform=ax.get_xaxis_transform(),
+                    clip_on=False,
+                )
+                ax.annotate(
+                    f"alarm, seed {event_seed}",
+                    (xs[0], 0.9),
+                    xycoords=("data", "axes fraction"),
+                    color=ALARM_COLOR,
+                    fontsize="x-small",
+                    rotation=90,
+                    va="top",
+                    ha="right",
+                )
             handles, labels = [], []
             for a in handles_from:
                 h, lab = a.get_legend_handles_labels()

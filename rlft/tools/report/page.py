@@ -36,8 +36,12 @@ def _fmt(value: float | None) -> str:
 
 def _table(header: list[str], rows: list[list[str]], numeric: set[int] = frozenset()) -> str:
     head = "".join(f"<th>{_e(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td{' class=num' if i in numeric else ''}>{cell}</td>"
-                                    for i, cell in enumerate(row)) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f"<td{' class=num' if i in numeric else ''}>{cell}</td>" for i, cell in enumerate(row))
+        + "</tr>"
+        for row in rows
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -51,24 +55,33 @@ def figure_html(plot: Plot, png: Path | None, relative_to: Path) -> str:
         return f"<h3>{_e(plot.title)}</h3>" + notes_html(plot.notes or ["not drawn"])
     data = base64.b64encode(png.read_bytes()).decode("ascii")
     link = Path(os.path.relpath(png.resolve(), relative_to.resolve())).as_posix()
-    return (f'<figure id="fig-{_e(plot.name)}"><h3>{_e(plot.title)}</h3>'
-            f'<img alt="{_e(plot.title)}" src="data:image/png;base64,{data}">'
-            f'<figcaption>{_e(plot.caption)} PNG: <a href="{_e(link)}">{_e(link)}</a></figcaption>'
-            f"</figure>" + notes_html(plot.notes))
+    return (
+        f'<figure id="fig-{_e(plot.name)}"><h3>{_e(plot.title)}</h3>'
+        f'<img alt="{_e(plot.title)}" src="data:image/png;base64,{data}">'
+        f'<figcaption>{_e(plot.caption)} PNG: <a href="{_e(link)}">{_e(link)}</a></figcaption>'
+        f"</figure>" + notes_html(plot.notes)
+    )
 
 
 def variants_table(variants: list[Variant]) -> str:
-    rows = [[f"<b>{_e(v.label)}</b>", str(len(v.runs)),
-             _e(", ".join("?" if s is None else str(s) for s in v.seeds)),
-             "<br>".join(f"{_e(r.name)} <span class=meta>({_e(r.path)})</span>" for r in v.runs)]
-            for v in variants]
+    rows = [
+        [
+            f"<b>{_e(v.label)}</b>",
+            str(len(v.runs)),
+            _e(", ".join("?" if s is None else str(s) for s in v.seeds)),
+            "<br>".join(f"{_e(r.name)} <span class=meta>({_e(r.path)})</span>" for r in v.runs),
+        ]
+        for v in variants
+    ]
     return _table(["variant", "runs", "seeds", "run directories"], rows, numeric={1})
 
 
 def differences_table(variants: list[Variant], differences: list[str], ignored: tuple[str, ...]) -> str:
-    intro = (f"<p>Keys of the resolved configs (config.yaml) whose values differ between variants; runs are "
-             f"grouped into variants by every other key, ignoring <code>{_e(', '.join(ignored))}</code> "
-             f"(the seed is the replicate).</p>")
+    intro = (
+        f"<p>Keys of the resolved configs (config.yaml) whose values differ between variants; runs are "
+        f"grouped into variants by every other key, ignoring <code>{_e(', '.join(ignored))}</code> "
+        f"(the seed is the replicate).</p>"
+    )
     if len(variants) < 2:
         return intro + notes_html(["One variant: nothing to compare."])
     rows = [[f"<code>{_e(key)}</code>", *(_e(config_value(v, key)) for v in variants)] for key in differences]
@@ -79,30 +92,57 @@ def finals_table(metric_label: str, finals, points: dict, intervals: dict) -> st
     rows = []
     for label, scores in finals.scores.items():
         point, interval = points[label], intervals[label]
-        per_seed = ", ".join(f"{'?' if s is None else s}: {_fmt(v)}"
-                             for s, v in zip(finals.seeds[label], scores))
-        rows.append([f"<b>{_e(label)}</b>", str(len(scores)),
-                     f"{_fmt(point[0])} [{_fmt(interval[0][0])}, {_fmt(interval[1][0])}]",
-                     f"{_fmt(point[1])} [{_fmt(interval[0][1])}, {_fmt(interval[1][1])}]",
-                     f"{_fmt(point[2])} [{_fmt(interval[0][2])}, {_fmt(interval[1][2])}]",
-                     _e(per_seed), _e(", ".join(dict.fromkeys(finals.sources[label])))])
-    header = ["variant", "seeds", f"IQM {metric_label} [95% CI]", "median [95% CI]", "mean [95% CI]",
-              "per seed", "from"]
+        per_seed = ", ".join(
+            f"{'?' if s is None else s}: {_fmt(v)}" for s, v in zip(finals.seeds[label], scores)
+        )
+        rows.append(
+            [
+                f"<b>{_e(label)}</b>",
+                str(len(scores)),
+                f"{_fmt(point[0])} [{_fmt(interval[0][0])}, {_fmt(interval[1][0])}]",
+                f"{_fmt(point[1])} [{_fmt(interval[0][1])}, {_fmt(interval[1][1])}]",
+                f"{_fmt(point[2])} [{_fmt(interval[0][2])}, {_fmt(interval[1][2])}]",
+                _e(per_seed),
+                _e(", ".join(dict.fromkeys(finals.sources[label]))),
+            ]
+        )
+    header = [
+        "variant",
+        "seeds",
+        f"IQM {metric_label} [95% CI]",
+        "median [95% CI]",
+        "mean [95% CI]",
+        "per seed",
+        "from",
+    ]
     return f"<h3>Final held-out {_e(metric_label)}</h3>" + _table(header, rows, numeric={1, 2, 3, 4})
 
 
 def alarms_table(alarms: dict[str, dict]) -> str:
-    rows = [[_e(label), _e(seed), _fmt(xs[0]), str(len(xs))]
-            for label, by_seed in alarms.items() for seed, xs in by_seed.items()]
+    rows = [
+        [_e(label), _e(seed), _fmt(xs[0]), str(len(xs))]
+        for label, by_seed in alarms.items()
+        for seed, xs in by_seed.items()
+    ]
     if not rows:
         return ""
-    return ("<h3>Over-optimisation alarms</h3>"
-            + _table(["variant", "seed", "first event at env steps", "events"], rows, numeric={2, 3}))
+    return "<h3>Over-optimisation alarms</h3>" + _table(
+        ["variant", "seed", "first event at env steps", "events"], rows, numeric={2, 3}
+    )
 
 
-def render(*, title: str, sources: list[str], variants: list[Variant], differences: list[str],
-           ignored: tuple[str, ...], finals_html: str, sections: list[tuple[str, str]], problems: list[str],
-           reps: int) -> str:
+def render(
+    *,
+    title: str,
+    sources: list[str],
+    variants: list[Variant],
+    differences: list[str],
+    ignored: tuple[str, ...],
+    finals_html: str,
+    sections: list[tuple[str, str]],
+    problems: list[str],
+    reps: int,
+) -> str:
     """The whole page; `sections` are (heading, inner html) in order."""
     runs = sum(len(v.runs) for v in variants)
     body = [
@@ -115,14 +155,19 @@ def render(*, title: str, sources: list[str], variants: list[Variant], differenc
         f"noisy than the median), and every aggregate has a 95% stratified-bootstrap confidence interval "
         f"({reps} bootstrap replications, percentile method). With few seeds the intervals are wide: that is "
         "the uncertainty, not a defect of the report.</p>",
-        "<h2>Variants</h2>", variants_table(variants),
-        "<h2>Configuration differences</h2>", differences_table(variants, differences, ignored),
-        "<h2>Final performance</h2>", finals_html,
+        "<h2>Variants</h2>",
+        variants_table(variants),
+        "<h2>Configuration differences</h2>",
+        differences_table(variants, differences, ignored),
+        "<h2>Final performance</h2>",
+        finals_html,
     ]
     for heading, inner in sections:
         body += [f"<h2>{_e(heading)}</h2>", inner]
     if problems:
         body += ["<h2>Problems reading runs</h2>", notes_html(problems)]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>{_e(title)}</title><link rel=\"icon\" href=\"data:,\"><style>{CSS}</style></head>"
-            "<body>" + "\n".join(body) + "</body></html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<title>{_e(title)}</title><link rel="icon" href="data:,"><style>{CSS}</style></head>'
+        "<body>" + "\n".join(body) + "</body></html>\n"
+    )

@@ -107,8 +107,12 @@ def load_run(path: Path) -> Run:
     except RlftError as exc:
         raise CompareError(f"run '{path}': {exc}") from None
     seed = config.get("seed")
-    run = Run(path=path, name=str(config.get("name") or path.name), config=config,
-              seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None)
+    run = Run(
+        path=path,
+        name=str(config.get("name") or path.name),
+        config=config,
+        seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+    )
     run.records = _read_records(path / "metrics.jsonl", run.problems)
     eval_path = path / "eval.json"
     if eval_path.is_file():
@@ -176,8 +180,10 @@ def group_variants(runs: list[Run], ignore: tuple[str, ...] = DEFAULT_IGNORED) -
         flat = {k: v for k, v in flatten(run.config).items() if not _ignored(k, ignore)}
         identity = json.dumps(flat, sort_keys=True, default=str)
         groups.setdefault(identity, (flat, []))[1].append(run)
-    variants = [Variant(label="", config=flat, runs=sorted(members, key=_seed_order))
-                for flat, members in groups.values()]
+    variants = [
+        Variant(label="", config=flat, runs=sorted(members, key=_seed_order))
+        for flat, members in groups.values()
+    ]
     for variant, label in zip(variants, _labels(variants)):
         variant.label = label
     return variants
@@ -190,8 +196,11 @@ def _seed_order(run: Run) -> tuple[int, str]:
 def config_differences(variants: list[Variant]) -> list[str]:
     """The flattened keys whose value is not the same in every variant (a key absent in some counts)."""
     keys = list(dict.fromkeys(k for v in variants for k in v.config))
-    return [k for k in keys
-            if len({json.dumps(v.config.get(k, _ABSENT), sort_keys=True, default=str) for v in variants}) > 1]
+    return [
+        k
+        for k in keys
+        if len({json.dumps(v.config.get(k, _ABSENT), sort_keys=True, default=str) for v in variants}) > 1
+    ]
 
 
 _ABSENT = "(absent)"

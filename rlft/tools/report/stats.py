@@ -176,8 +176,9 @@ def aggregate_all(matrix: np.ndarray) -> np.ndarray:
     """IQM, median and mean over all runs and tasks (rliable.metrics), in AGGREGATES order."""
     from rliable import metrics
 
-    return np.array([metrics.aggregate_iqm(matrix), metrics.aggregate_median(matrix),
-                     metrics.aggregate_mean(matrix)])
+    return np.array(
+        [metrics.aggregate_iqm(matrix), metrics.aggregate_median(matrix), metrics.aggregate_mean(matrix)]
+    )
 
 
 def interval_estimates(matrices: dict[str, np.ndarray], reps: int, seed: int = 0):
@@ -196,7 +197,9 @@ def performance_profiles(matrices: dict[str, np.ndarray], taus: np.ndarray, reps
     from rliable import library as rly
 
     with _seeded(seed):
-        return rly.create_performance_profile(matrices, taus, reps=reps, custom_profile_func=score_distribution)
+        return rly.create_performance_profile(
+            matrices, taus, reps=reps, custom_profile_func=score_distribution
+        )
 
 
 def score_distribution(scores: np.ndarray, taus: np.ndarray) -> np.ndarray:
