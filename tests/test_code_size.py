@@ -55,7 +55,9 @@ def test_oversized_reports_long_modules_and_functions(tmp_path):
     body = "\n".join(f"    x{i} = {i}" for i in range(5))
     source = tmp_path / "m.py"
     # short: a 3-line signature and a docstring around a 1-line body; long: a docstring and a 5-line body
-    source.write_text(f'def short(\n    a,\n):\n    """Doc."""\n    return a\n\n\ndef long():\n    """Doc."""\n{body}\n')
+    source.write_text(
+        f'def short(\n    a,\n):\n    """Doc."""\n    return a\n\n\ndef long():\n    """Doc."""\n{body}\n'
+    )
     assert oversized(source, max_module=100, max_function=4) == ["m.py::long (5 lines)"]
     assert oversized(source, max_module=100, max_function=5) == []
     assert oversized(source, max_module=13, max_function=100) == ["m.py (14 lines)"]
