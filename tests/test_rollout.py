@@ -406,3 +406,19 @@ def test_backend_factory_by_name():
     assert isinstance(make_backend("hf"), HFBackend)
     with pytest.raises(ConfigError, match=r"rollout\.backend: unknown backend 'hff' \(did you mean 'hf'\?\)"):
         make_backend("hff")
+
+
+def test_the_config_accepts_exactly_the_registered_backends():
+    from rlft.config.sections import BACKENDS as CONFIG_BACKENDS
+    from rlft.rollout.engine import BACKENDS
+
+    assert set(CONFIG_BACKENDS) == set(BACKENDS)
+
+
+def test_the_stage_engine_uses_the_configured_backend(tmp_path, monkeypatch):
+    from rlft.stages import common
+
+    monkeypatch.setattr(common, "turn_format_for", lambda config, tokenizer: "format")
+    config = tiny_config(output_dir=str(tmp_path), **{"rollout": {"backend": "hf"}})
+    engine = common.rollout_engine(config, tokenizer=None)
+    assert isinstance(engine.backend, HFBackend) and engine.model is None

@@ -92,7 +92,13 @@ class EnvConfig(Section):
     train_seeds: SeedRange = Field(default_factory=SeedRange)
 
 
+BACKENDS = ("hf",)  # rlft.rollout.engine.BACKENDS holds their classes (tests/test_rollout.py checks both agree)
+
+
 class RolloutConfig(Section):
+    backend: Literal[BACKENDS] = Field(
+        "hf", description="generation backend: 'hf' (one batched forward per token, one KV cache)"
+    )
     num_envs: int = Field(64, gt=0, description="concurrent episodes in one batched rollout")
     max_action_tokens: int = Field(4, gt=0)
     max_episode_tokens: int = Field(

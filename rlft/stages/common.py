@@ -22,7 +22,7 @@ from rlft.algorithms.registry import ALGORITHMS
 from rlft.config.schema import Config, save_config
 from rlft.errors import CheckpointError, ConfigError, did_you_mean
 from rlft.models.policy import apply_lora, load_policy, load_pretrained, save_policy, uses_chat_template
-from rlft.rollout.engine import SamplingSettings
+from rlft.rollout.engine import RolloutEngine, SamplingSettings
 from rlft.rollout.env_factory import make_env
 from rlft.rollout.turn_format import make_format
 from rlft.runtime.distributed import ddp_timeout_s, process_state
@@ -70,6 +70,18 @@ def sampling_settings(config: Config, greedy: bool = False):
         greedy=greedy,
         env_step_timeout_s=r.env_step_timeout_s,
         max_env_failure_rate=r.max_env_failure_rate,
+    )
+
+
+def rollout_engine(config: Config, tokenizer, model=None, greedy: bool = False) -> RolloutEngine:
+    """The configured engine (`rollout.backend`, the turn format, a fresh env per slot); `model` may be set later."""
+    return RolloutEngine(
+        model,
+        tokenizer,
+        turn_format_for(config, tokenizer),
+        env_factory(config),
+        sampling_settings(config, greedy=greedy),
+        backend=config.rollout.backend,
     )
 
 

@@ -11,7 +11,6 @@ import torch
 
 from rlft.config.schema import Config
 from rlft.errors import CheckpointError
-from rlft.rollout.engine import RolloutEngine
 from rlft.rollout.evaluation import evaluate_expert, evaluate_policy, held_out_seeds
 from rlft.runtime.distributed import ddp_timeout_s, process_state
 from rlft.runtime.faults import out_of_memory_guard
@@ -22,8 +21,8 @@ from rlft.stages.common import (
     load_checkpoint,
     prepare_run,
     record_sync_command,
+    rollout_engine,
     sampling_settings,
-    turn_format_for,
 )
 
 logger = logging.getLogger(__name__)
@@ -48,13 +47,7 @@ def run_eval(config: Config, policies: dict[str, Path] | None = None, expert: bo
         model, tokenizer = load_checkpoint(path, config)
         if torch.cuda.is_available():
             model = model.cuda()
-        engine = RolloutEngine(
-            model,
-            tokenizer,
-            turn_format_for(config, tokenizer),
-            env_factory(config),
-            sampling_settings(config, greedy=True),
-        )
+        engine = rollout_engine(config, tokenizer, model, greedy=True)
         with out_of_memory_guard(config, "eval"):
             greedy, _ = evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)
             engine.settings = sampling_settings(config, greedy=False)

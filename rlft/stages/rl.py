@@ -12,7 +12,6 @@ from rlft.config.schema import Config
 from rlft.config.trainer_args import build_trainer_config
 from rlft.errors import CheckpointError, ConfigError
 from rlft.rewards import build_reward_design
-from rlft.rollout.engine import RolloutEngine
 from rlft.rollout.evaluation import evaluate_policy, held_out_seeds
 from rlft.runtime.distributed import save_trained
 from rlft.runtime.faults import out_of_memory_guard
@@ -30,9 +29,8 @@ from rlft.stages.common import (
     load_trainable,
     prepare_run,
     record_sync_command,
-    sampling_settings,
+    rollout_engine,
     trainer_config_class,
-    turn_format_for,
 )
 
 
@@ -84,9 +82,7 @@ def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | N
     prepare_run(config)
     design = build_reward_design(config)  # None for the default (the env reward alone); loads reward models
     model, tokenizer = load_trainable(resolve_init(config), config)
-    engine = RolloutEngine(
-        None, tokenizer, turn_format_for(config, tokenizer), env_factory(config), sampling_settings(config)
-    )
+    engine = rollout_engine(config, tokenizer)
     train = config.env.train_seeds
     tracker = Tracker(config, "rl", config.run_dir, resume=bool(resume))
     seeds = list(range(train.start, train.start + train.count))
@@ -133,13 +129,7 @@ def signal_name(signum: int) -> str:
 def held_out_eval_callback(config: Config, tracker: Tracker, trainer, rollout, tokenizer):
     """Periodic held-out evaluation during RL (`eval.every_steps`), on the first `eval.during_episodes` seeds."""
     seeds = held_out_seeds(env_factory(config), config.env, config.eval)[: config.eval.during_episodes]
-    engine = RolloutEngine(
-        None,
-        tokenizer,
-        turn_format_for(config, tokenizer),
-        env_factory(config),
-        sampling_settings(config, greedy=config.eval.greedy),
-    )
+    engine = rollout_engine(config, tokenizer, greedy=config.eval.greedy)
 
     def evaluate(policy) -> dict[str, float]:
         engine.model = policy
