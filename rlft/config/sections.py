@@ -92,7 +92,9 @@ class EnvConfig(Section):
     train_seeds: SeedRange = Field(default_factory=SeedRange)
 
 
-BACKENDS = ("hf",)  # rlft.rollout.engine.BACKENDS holds their classes (tests/test_rollout.py checks both agree)
+BACKENDS = (
+    "hf",
+)  # rlft.rollout.engine.BACKENDS holds their classes (tests/test_rollout.py checks both agree)
 
 
 class RolloutConfig(Section):
