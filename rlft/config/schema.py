@@ -1,6 +1,6 @@
 """The experiment configuration: one YAML file, `key.sub=value` overrides, validated before anything heavy loads.
 
-`Config` is the root; its sections live in rlft/config/sections.py (re-exported here, so `from
+`Config` is the root; its sections live in rlft/config/sections.py and reward_sections.py (re-exported here, so `from
 rlft.config.schema import EnvConfig` names every config type from one place). Trainer hyperparameters are not
 re-declared: `sft.trainer` passes through to TRL's `SFTConfig`, `rl.trainer` to `GRPOConfig` (or rlft's PPO
 config) and `rm.trainer` to `RewardConfig` (rlft/config/trainer_args.py).
@@ -21,26 +21,28 @@ import yaml
 from pydantic import Field, ValidationError
 
 from rlft.config.messages import format_validation_error, validation_error_lines
+from rlft.config.reward_sections import (
+    EnvRewardComponent,
+    RewardAlarmConfig,
+    RewardComponent,
+    RewardConfig,
+    RmRewardComponent,
+    RuleRewardComponent,
+)
 from rlft.config.sections import (
     AdapterConfig,
     EnvConfig,
     EnvPreferences,
-    EnvRewardComponent,
     EvalConfig,
     ExpertDemos,
     JsonlDemos,
     JsonlPreferences,
     LoraSettings,
     ModelConfig,
-    RewardAlarmConfig,
-    RewardComponent,
-    RewardConfig,
     RlConfig,
     RmConfig,
     RmEnsembleConfig,
-    RmRewardComponent,
     RolloutConfig,
-    RuleRewardComponent,
     Section,
     SeedRange,
     SftConfig,
