@@ -174,14 +174,7 @@ def run_rm(config: Config) -> Path:
             write_preferences(held_out, config.run_dir / "preferences" / "held_out.jsonl")
     tracker = Tracker(config, "rm", config.run_dir)
     tracker.log({f"data/{k}": v for k, v in data_info.items() if isinstance(v, (int, float, str))}, step=0)
-    corpus = None
-    if model_cfg.tiny is not None:  # the policy's vocabulary first (same ids), then the preference texts
-        episodes = (
-            config.model.tiny or model_cfg.tiny
-        ).corpus_episodes  # as rlft.models.policy.load_policy builds it
-        corpus = env_corpus(env_factory(config), episodes, config.env.max_turns, config.seed)
-        corpus += pair_corpus(train + held_out)
-    tokenizer = reward_model_tokenizer(model_cfg, corpus or ())
+    tokenizer = _rm_tokenizer(config, model_cfg, train + held_out)
     ensemble = config.rm.ensemble
     names = ["rm"] if ensemble.size == 1 else [f"rm_{i}" for i in range(ensemble.size)]
     for i, name in enumerate(names):
@@ -210,20 +203,38 @@ def run_rm(config: Config) -> Path:
         tracker.log(_held_out_logs(result.metrics, f"{prefix}held_out/"))
     path = checkpoint_dir(config, "rm")
     if ensemble.size > 1 and main:
-        path.mkdir(parents=True, exist_ok=True)
-        manifest = {
-            "members": [f"../{name}" for name in names],
-            "aggregate": ensemble.aggregate,
-            "k": ensemble.k,
-            "normalize": ensemble.normalize,
-            "data": ensemble.data,
-        }
-        (path / ENSEMBLE_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
-        if held_out:
-            rm = load_reward_model(path, batch_size=config.rm.batch_size)
-            tracker.log(_held_out_logs(evaluate_preferences(rm, held_out), "ensemble/held_out/"))
+        _write_ensemble(config, path, names, held_out, tracker)
     record_sync_command(tracker.finish())
     return path
+
+
+def _rm_tokenizer(config: Config, model_cfg: ModelConfig, pairs: list):
+    """The tokenizer every member shares; the tiny model's vocabulary is the policy's first (same ids), then `pairs`'."""
+    corpus = None
+    if model_cfg.tiny is not None:
+        episodes = (
+            config.model.tiny or model_cfg.tiny
+        ).corpus_episodes  # as rlft.models.policy.load_policy builds it
+        corpus = env_corpus(env_factory(config), episodes, config.env.max_turns, config.seed)
+        corpus += pair_corpus(pairs)
+    return reward_model_tokenizer(model_cfg, corpus or ())
+
+
+def _write_ensemble(config: Config, path: Path, names: list[str], held_out: list, tracker: Tracker) -> None:
+    """checkpoints/rm/ensemble.json over the members `names`; the ensemble's held-out metrics when there are pairs."""
+    ensemble = config.rm.ensemble
+    path.mkdir(parents=True, exist_ok=True)
+    manifest = {
+        "members": [f"../{name}" for name in names],
+        "aggregate": ensemble.aggregate,
+        "k": ensemble.k,
+        "normalize": ensemble.normalize,
+        "data": ensemble.data,
+    }
+    (path / ENSEMBLE_FILE).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    if held_out:
+        rm = load_reward_model(path, batch_size=config.rm.batch_size)
+        tracker.log(_held_out_logs(evaluate_preferences(rm, held_out), "ensemble/held_out/"))
 
 
 def _held_out_logs(metrics: dict[str, Any], prefix: str) -> dict[str, Any]:

@@ -15,13 +15,13 @@ bins of confidence max(p, 1 - p), with the reliability table; and, for pairs bui
 accuracy against the gold order (labels may have been flipped by the label noise).
 
 Saved folder: safetensors weights and config (`save_pretrained`), the tokenizer, `rm.json` (data, counts,
-metrics, scoring settings, training-text score statistics for ensembles) and a model card `README.md`.
+metrics, scoring settings, training-text score statistics for ensembles) and a model card `README.md`
+(rlft.rewards.models.card).
 """
 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +35,7 @@ from rlft.config.schema import ModelConfig
 from rlft.config.trainer_args import build_trainer_config
 from rlft.errors import ConfigError, DataError
 from rlft.models import policy  # module attribute calls: tests trap policy.load_tokenizer
+from rlft.rewards.models.card import model_card, rm_info
 from rlft.rewards.models.preferences import PreferencePair, pair_texts, pairs_to_dataset
 from rlft.rewards.models.scoring import RM_FILE, RewardModelScorer, encode_conversations, encode_texts
 from rlft.runtime.distributed import save_trained
@@ -110,17 +111,6 @@ def build_reward_model(model_cfg: ModelConfig, tokenizer, seed: int) -> torch.nn
         )
     model.config.get_text_config().pad_token_id = tokenizer.pad_token_id
     return model
-
-
-def describe_model(model_cfg: ModelConfig) -> str:
-    if model_cfg.tiny is not None:
-        t = model_cfg.tiny
-        return (
-            f"embedded tiny {t.architecture} (hidden {t.hidden_size}, {t.num_layers} layers, {t.num_heads} heads), "
-            "random init, word-level tokenizer made locally"
-        )
-    revision = f" @ {model_cfg.revision}" if model_cfg.revision else ""
-    return f"{model_cfg.name_or_path}{revision}"
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -345,124 +335,3 @@ def training_score_stats(
     )
     scores = np.concatenate([chosen, rejected])
     return {"mean": float(scores.mean()), "std": float(scores.std()), "texts": int(scores.size)}
-
-
-def rm_info(
-    model_cfg: ModelConfig,
-    args,
-    seed: int,
-    data: dict[str, Any],
-    train_count: int,
-    eval_count: int,
-    metrics: dict[str, Any],
-    normalization: dict[str, float],
-    conversational: bool,
-) -> dict[str, Any]:
-    return {
-        "format": "rlft-reward-model/1",
-        "base_model": describe_model(model_cfg),
-        "seed": seed,
-        "data": data,
-        "pairs": {"train": train_count, "held_out": eval_count},
-        "held_out": metrics,
-        "conversational": conversational,
-        "append_eos": not conversational,
-        "max_length": args.max_length,
-        "normalization": normalization,
-        "trainer": {
-            "learning_rate": args.learning_rate,
-            "num_train_epochs": args.num_train_epochs,
-            "max_steps": args.max_steps,
-            "per_device_train_batch_size": args.per_device_train_batch_size,
-            "center_rewards_coefficient": args.center_rewards_coefficient,
-        },
-    }
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4f}" if math.isfinite(value) else str(value)
-    return "-" if value is None else str(value)
-
-
-def model_card(info: dict[str, Any]) -> str:
-    """A README.md: what the reward model is, what it was trained on, how well it ranks held-out pairs."""
-    data = info["data"]
-    lines = [
-        "---",
-        "library_name: transformers",
-        "tags: [rlft, reward-model, trl]",
-        "---",
-        "",
-        "# Reward model",
-        "",
-        "A Bradley-Terry reward model (one-label sequence classifier) trained by `rlft rm` with TRL's "
-        "`RewardTrainer`.",
-        "",
-        f"- **Base model**: {info['base_model']}",
-        f"- **Seed**: {info['seed']}",
-        f"- **Pairs**: {info['pairs']['train']} training, {info['pairs']['held_out']} held out",
-    ]
-    lines += ["", "## Data", ""] + [
-        f"- **{key}**: {_fmt(value) if not isinstance(value, (dict, list)) else json.dumps(value)}"
-        for key, value in data.items()
-    ]
-    if not data:
-        lines.append("Not described (trained through the API without a `data` description).")
-    held = info["held_out"]
-    lines += ["", "## Held-out preferences", ""]
-    if not held:
-        lines.append("No held-out pairs: not evaluated.")
-    else:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [
-            f"| {name} | {_fmt(held[name])} |"
-            for name in ("pairs", "accuracy", "gold_accuracy", "brier", "log_loss", "ece", "mean_margin")
-            if name in held
-        ]
-        lines += [
-            "",
-            "Accuracy counts a tie as 1/2; p = sigmoid(r(chosen) - r(rejected)); Brier = mean (1 - p)^2; "
-            "ECE over confidence max(p, 1 - p) bins."
-            + (
-                " gold_accuracy: against the gold order, before label noise."
-                if "gold_accuracy" in held
-                else ""
-            ),
-            "",
-            "| confidence bin | pairs | mean confidence | accuracy |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {r['bin']} | {r['count']} | {_fmt(r['confidence'])} | {_fmt(r['accuracy'])} |"
-            for r in held["reliability"]
-        ]
-    trainer = info["trainer"]
-    lines += [
-        "",
-        "## Training",
-        "",
-        "Loss -log sigmoid(r(chosen) - r(rejected))"
-        + (
-            f" + {trainer['center_rewards_coefficient']} * mean(r^2)"
-            if trainer["center_rewards_coefficient"]
-            else ""
-        )
-        + ".",
-        f"learning rate {trainer['learning_rate']}, epochs {trainer['num_train_epochs']}, "
-        f"max steps {trainer['max_steps']}, batch {trainer['per_device_train_batch_size']} pairs per device, "
-        f"max length {info['max_length']}.",
-        "",
-        "## Use",
-        "",
-        "```python",
-        "from rlft.rewards.models.scoring import load_reward_model",
-        "",
-        "rm = load_reward_model('<this folder>')",
-        "rm.score(['<prompt + completion text>'])"
-        if not info["conversational"]
-        else "rm.score_conversations([[{'role': 'user', 'content': '...'}, {'role': 'assistant', 'content': '...'}]])",
-        "```",
-        "",
-    ]
-    return "\n".join(lines)
