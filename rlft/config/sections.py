@@ -77,6 +77,16 @@ class AdapterConfig(Section):
     instructions: str = ""
     invalid_action: Literal["penalty", "terminate"] = "penalty"
     invalid_penalty: float = 0.0
+    expert_method: str | None = Field(
+        None,
+        description="name of the env's expert method (e.g. expert_action), called with the current "
+        "observation (or with none) -> action id or action name",
+    )
+    task_id: str | None = Field(
+        None,
+        description="'module:function' (env, reset observation, reset info) -> task id (e.g. the layout); "
+        "unset: the env's own info['task_id'] or task_id attribute, else one task for every seed",
+    )
 
 
 class SeedRange(Section):
@@ -88,6 +98,12 @@ class EnvConfig(Section):
     id: str = Field(..., description="a registered gymnasium id (e.g. rlft/FrozenLake-v0) or 'module:Class'")
     kwargs: dict[str, Any] = Field(default_factory=dict)
     adapter: AdapterConfig | None = None
+    expert: str | None = Field(
+        None,
+        description="'module:function' (env, observation) -> action id or action name: the hand-written "
+        "expert of an env the adapter wraps; unset: env.adapter.expert_method, the env's make_expert, "
+        "or value iteration on its transition table P",
+    )
     max_turns: int = Field(16, gt=0)
     train_seeds: SeedRange = Field(default_factory=SeedRange)
 
