@@ -1,7 +1,8 @@
 """`rlft sweep --config configs/sweeps/x.yaml [--n-trials N] [--storage URL] [--validate]`: an Optuna study.
 
-The sweep file and its checks: rlft/tools/sweep_file.py (its keys are documented there); the study's storage:
-sweep_study.py; the trials and the study's summary: sweep_run.py.
+The sweep file and its checks: rlft/tools/sweep_file.py (its keys are documented there; modelled in
+sweep_schema.py); the study's storage: sweep_study.py; the trials: sweep_run.py; their records and the study's
+summary: sweep_results.py.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def main(args: argparse.Namespace) -> int:
     # The sweep file's checks and the trials import the stages (torch, TRL: seconds) and Optuna: imported when
     # `rlft sweep` runs, not when the CLI builds its parser, so that other commands do not wait for them.
     from rlft.tools.sweep_file import load_sweep, redact
-    from rlft.tools.sweep_run import format_summary, run_sweep
+    from rlft.tools.sweep_results import format_summary
+    from rlft.tools.sweep_run import run_sweep
 
     sweep = load_sweep(args.config, args.overrides, n_trials=args.n_trials, storage=args.storage)
     if args.validate:

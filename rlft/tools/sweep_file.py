@@ -20,7 +20,7 @@ by the metric as the RL stage logs it (the held-out `eval/*` every `eval.every_s
 raises is recorded as FAIL with the message and the sweep goes on. Several `rlft sweep` processes, on one
 machine or several, share one study through its storage; a trial left RUNNING by a killed process is failed
 (and retried with the same params) once its heartbeat is older than `heartbeat.grace_period_s`.
-This module reads and checks the file (`load_sweep`); the study's storage is opened in rlft/tools/sweep_study.py,
+This module reads and checks the file (`load_sweep`; its keys are modelled in rlft/tools/sweep_schema.py); the study's storage is opened in rlft/tools/sweep_study.py,
 the trials are run in rlft/tools/sweep_run.py, and `rlft sweep` itself is rlft/tools/sweep.py.
 """
 
@@ -31,10 +31,10 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import optuna
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ValidationError
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -42,8 +42,17 @@ from rlft.config.schema import Config, read_yaml, validation_error_lines
 from rlft.errors import ConfigError, did_you_mean
 from rlft.rollout.evaluation import summarize
 from rlft.stages.checks import load_checked_config
+from rlft.tools.sweep_schema import (
+    STAGES,
+    CategoricalParam,
+    FloatParam,
+    HeartbeatSettings,
+    IntParam,
+    SweepFile,
+    check_in_space,
+    sample_values,
+)
 
-STAGES = ("sft", "rl", "eval")
 SAMPLERS = {
     "tpe": "TPESampler",
     "random": "RandomSampler",
@@ -59,109 +68,6 @@ PRUNERS = {
     "threshold": "ThresholdPruner",
     "none": "NopPruner",
 }
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class FloatParam(_Section):
-    """`trial.suggest_float(path, low, high, log=log, step=step)`."""
-
-    type: Literal["float"]
-    low: float
-    high: float
-    log: bool = False
-    step: float | None = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _a_range(self) -> FloatParam:
-        if not self.low < self.high:
-            raise ValueError(f"expected low < high, got low = {self.low}, high = {self.high}")
-        if self.log and self.low <= 0:
-            raise ValueError(f"log: true needs low > 0, got low = {self.low}")
-        if self.log and self.step is not None:
-            raise ValueError("log and step cannot be used together")
-        return self
-
-
-class IntParam(_Section):
-    """`trial.suggest_int(path, low, high, step=step, log=log)`."""
-
-    type: Literal["int"]
-    low: int
-    high: int
-    step: int = Field(1, gt=0)
-    log: bool = False
-
-    @model_validator(mode="after")
-    def _a_range(self) -> IntParam:
-        if not self.low < self.high:
-            raise ValueError(f"expected low < high, got low = {self.low}, high = {self.high}")
-        if self.log and (self.low < 1 or self.step != 1):
-            raise ValueError("log: true needs low >= 1 and step 1")
-        return self
-
-
-class CategoricalParam(_Section):
-    """`trial.suggest_categorical(path, choices)`; choices are scalars (Optuna stores them as such)."""
-
-    type: Literal["categorical"]
-    choices: list[Any] = Field(..., min_length=1)
-
-    @field_validator("choices")
-    @classmethod
-    def _scalars(cls, choices: list[Any]) -> list[Any]:
-        for choice in choices:
-            if choice is not None and not isinstance(choice, (bool, int, float, str)):
-                raise ValueError(
-                    f"choice {choice!r} is a {type(choice).__name__}; expected null, a boolean, a "
-                    "number or a string"
-                )
-        if len({json.dumps(c) for c in choices}) < len(choices):
-            raise ValueError(f"a choice is listed twice in {choices!r}")
-        return choices
-
-
-Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
-
-
-class HeartbeatSettings(_Section):
-    """How a trial left RUNNING by a killed process is found: no heartbeat for `grace_period_s`."""
-
-    interval_s: int | None = Field(
-        60,
-        gt=0,
-        description="a running trial's heartbeat period; null: none, and a "
-        "killed process's trial stays RUNNING",
-    )
-    grace_period_s: int = Field(
-        300, gt=0, description="a RUNNING trial with no heartbeat for this long is FAIL"
-    )
-    max_retry: int = Field(
-        1, ge=0, description="such a trial is queued again with the same params this many times"
-    )
-
-
-class SweepFile(_Section):
-    """The sweep YAML; every key is documented in the module docstring and the README's Sweeps section."""
-
-    base: str
-    study: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    storage: str | None = None
-    direction: Literal["maximize", "minimize"] = "maximize"
-    metric: str = "eval/success"
-    n_trials: int = Field(20, gt=0)
-    timeout: float | None = Field(None, gt=0, description="seconds; this process starts no trial after it")
-    stages: Literal["pipeline"] | list[Literal["sft", "rl", "eval"]] = "pipeline"
-    sampler: dict[str, dict[str, Any] | None] = Field(default_factory=lambda: {"tpe": {}})
-    pruner: dict[str, dict[str, Any] | None] | None = Field(default_factory=lambda: {"median": {}})
-    heartbeat: HeartbeatSettings = Field(default_factory=HeartbeatSettings)
-    overrides: dict[str, Any] = Field(
-        default_factory=dict, description="dotted key -> value, for every trial"
-    )
-    enqueue: list[dict[str, Any]] = Field(default_factory=list, description="params of trials to run first")
-    params: dict[str, Param] = Field(..., min_length=1)
 
 
 @dataclass
@@ -273,22 +179,6 @@ def build_optuna(kind: str, spec: dict[str, dict[str, Any] | None] | None, sourc
         raise ConfigError(f"{source}: key '{kind}.{name}': {exc}") from None
 
 
-def _sample_values(param: FloatParam | IntParam | CategoricalParam) -> list[Any]:
-    """The values each param's path is checked with: both ends of a range, every choice."""
-    if isinstance(param, CategoricalParam):
-        return list(param.choices)
-    return [param.low, param.high]
-
-
-def _check_in_space(value: Any, param: FloatParam | IntParam | CategoricalParam) -> str | None:
-    if isinstance(param, CategoricalParam):
-        return None if value in param.choices else f"{value!r} is not one of {param.choices!r}"
-    number_types = (int,) if isinstance(param, IntParam) else (int, float)
-    if isinstance(value, bool) or not isinstance(value, number_types):
-        return f"{value!r} is not {'an integer' if isinstance(param, IntParam) else 'a number'}"
-    return None if param.low <= value <= param.high else f"{value!r} is outside [{param.low}, {param.high}]"
-
-
 def _default_storage(study_dir: Path) -> str:
     return f"sqlite:///{study_dir.resolve()}/study.db"
 
@@ -347,18 +237,7 @@ def load_sweep(
         storage: replaces the file's `storage` (`--storage`).
     """
     path = Path(path)
-    try:
-        raw = read_yaml(path)
-    except ConfigError as exc:
-        if "the file is empty" in str(exc):
-            raise ConfigError(
-                f"{path}: the sweep file is empty; expected at least 'base', 'study' and 'params'"
-            ) from None
-        raise
-    try:
-        file = SweepFile.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, path)) from None
+    file = _read_sweep_file(path)
     if n_trials is not None and n_trials <= 0:
         raise ConfigError(f"--n-trials = {n_trials}: expected a number of trials > 0")
     base_path = (path.parent / file.base).resolve()
@@ -367,12 +246,7 @@ def load_sweep(
             f"{path}: key 'base' = {file.base!r}: no such file ({base_path}); the path is relative "
             "to the sweep file"
         )
-    stages = list(STAGES) if file.stages == "pipeline" else list(file.stages)
-    if "rl" not in stages or stages != [s for s in STAGES if s in stages]:
-        raise ConfigError(
-            f"{path}: key 'stages' = {file.stages!r}: expected 'pipeline' or stages in the order "
-            "sft, rl, eval, with rl among them (the pruner watches the RL stage)"
-        )
+    stages = _stages_of(file, path)
     both = sorted(set(file.overrides) & set(file.params))
     if both:
         raise ConfigError(f"{path}: key 'overrides': {', '.join(both)} is also in 'params'; keep it in one")
@@ -410,12 +284,39 @@ def load_sweep(
     return sweep
 
 
+def _read_sweep_file(path: Path) -> SweepFile:
+    """The YAML at `path` validated as a `SweepFile`; an empty file or a bad key is a `ConfigError`."""
+    try:
+        raw = read_yaml(path)
+    except ConfigError as exc:
+        if "the file is empty" in str(exc):
+            raise ConfigError(
+                f"{path}: the sweep file is empty; expected at least 'base', 'study' and 'params'"
+            ) from None
+        raise
+    try:
+        return SweepFile.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, path)) from None
+
+
+def _stages_of(file: SweepFile, path: Path) -> list[str]:
+    """The stages each trial runs: `pipeline` is all of them; rl must be among them, in pipeline order."""
+    stages = list(STAGES) if file.stages == "pipeline" else list(file.stages)
+    if "rl" not in stages or stages != [s for s in STAGES if s in stages]:
+        raise ConfigError(
+            f"{path}: key 'stages' = {file.stages!r}: expected 'pipeline' or stages in the order "
+            "sft, rl, eval, with rl among them (the pruner watches the RL stage)"
+        )
+    return stages
+
+
 def _check_params(sweep: Sweep) -> None:
     """Each param's path is a config field: both ends of its range (every choice) applied to the base config,
     one at a time, must validate; each enqueued trial's params, together."""
     file, source = sweep.file, sweep.path
     for key, param in file.params.items():
-        for value in _sample_values(param):
+        for value in sample_values(param):
             try:
                 load_checked_config(sweep.base_path, [*sweep.base_overrides, override(key, value)])
             except ConfigError as exc:
@@ -429,7 +330,7 @@ def _check_params(sweep: Sweep) -> None:
                 raise ConfigError(
                     f"{source}: key 'enqueue[{i}].{key}': not in 'params'{did_you_mean(key, file.params)}"
                 )
-            problem = _check_in_space(value, file.params[key])
+            problem = check_in_space(value, file.params[key])
             if problem:
                 raise ConfigError(f"{source}: key 'enqueue[{i}].{key}': {problem}")
         try:
