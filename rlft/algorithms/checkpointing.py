@@ -7,8 +7,15 @@ An RL checkpoint lives under the trainer's output dir (`runs/<name>/trainer/rl/`
         rlft_state.json         rollout position (calls, env steps), TRL's micro-step counter, the KL
                                 controller, metrics not yet logged
         rollout_buffer_<rank>.pt  the part of the current rollout batch not yet trained on (when there is one)
+        MANIFEST.json           every file's size and sha256, written once every file is fsynced
+                                (rlft.algorithms.checkpoint_manifest); `--resume` skips a checkpoint that
+                                no longer matches it
         COMPLETE                written last; a checkpoint without it is never resumed from
     .staging/checkpoint-<step>/ where a checkpoint is written; renamed into place once complete
+
+Before a save, the disk must have room for one more checkpoint as large as the last one (the model's parameter
+bytes for the first); a write that fails (disk full, folder not writable) removes its staging folder and ends the
+run with a one-line `StorageError` (exit 6) naming the path and the last good checkpoint.
 
 Rotation (`save_total_limit`) runs after the rename and only ever deletes older checkpoints, so at least one
 complete checkpoint always exists once the first one has been written.
@@ -30,7 +37,15 @@ from typing import Any
 import torch
 
 from rlft.algorithms import trl_bridge
+from rlft.algorithms.checkpoint_manifest import fsync_dir, verify, write_manifest
 from rlft.errors import CheckpointError, RlftError
+from rlft.runtime.storage import (
+    StorageError,
+    folder_bytes,
+    free_space_problem,
+    is_storage_fault,
+    storage_error,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -72,14 +87,30 @@ def latest_complete(output_dir: str | Path) -> Path | None:
     return complete[-1] if complete else None
 
 
+def latest_verified(output_dir: str | Path) -> tuple[Path | None, list[str]]:
+    """The newest complete checkpoint whose files match its manifest, and a line per newer one skipped (why)."""
+    skipped = []
+    for path in reversed([p for p in list_checkpoints(output_dir) if is_complete(p)]):
+        problem = verify(path)
+        if problem is None:
+            return path, skipped
+        skipped.append(f"{path.name}: {problem}")
+    return None, skipped
+
+
 def resolve_resume(output_dir: str | Path, resume: str | bool) -> Path:
     """The checkpoint to resume from: the newest complete one (`resume=True`) or a given complete folder."""
     output_dir = Path(output_dir)
     if resume is True:
-        found = latest_complete(output_dir)
+        found, skipped = latest_verified(output_dir)
+        for line in skipped:
+            logger.warning("--resume: skipping %s", line)
+        if found is not None and skipped:
+            logger.warning("--resume: resuming from %s, the newest checkpoint that verifies", found.name)
         if found is None:
-            incomplete = [p.name for p in list_checkpoints(output_dir)]
+            incomplete = [p.name for p in list_checkpoints(output_dir) if not is_complete(p)]
             detail = f"; incomplete (never resumed from): {', '.join(incomplete)}" if incomplete else ""
+            detail += f"; damaged: {'; '.join(skipped)}" if skipped else ""
             raise CheckpointError(
                 f"--resume: no complete checkpoint under {output_dir}{detail}. "
                 "Start without --resume, or pass --resume <checkpoint folder>"
@@ -94,6 +125,12 @@ def resolve_resume(output_dir: str | Path, resume: str | bool) -> Path:
         raise CheckpointError(
             f"--resume {path}: the checkpoint is incomplete (no {COMPLETE} marker; it was being "
             "written when the run stopped). Resume from an older one or pass --resume alone"
+        )
+    problem = verify(path)
+    if problem is not None:
+        raise CheckpointError(
+            f"--resume {path}: the checkpoint is damaged ({problem}). Resume from an older one or pass "
+            "--resume alone (the newest checkpoint that verifies)"
         )
     return path
 
@@ -200,9 +237,30 @@ class ResumableTrainerMixin:
         name = f"{PREFIX}{self.state.global_step}"
         staging_root = run_dir / STAGING
         staging, final = staging_root / name, run_dir / name
+        last_good = latest_complete(run_dir)
+        self._check_free_space(run_dir, name, last_good)
         if self.args.should_save and staging.exists():
             shutil.rmtree(staging)
         self.accelerator.wait_for_everyone()
+        try:
+            self._write_staging(model, trial, staging_root, staging)
+        except Exception as exc:
+            # A failed write (disk full, folder gone read-only) removes the partial checkpoint and ends the run
+            # with one line; anything else (a kill, a bug) leaves the staging folder as it was, never resumed.
+            if not is_storage_fault(exc):
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+            raise storage_error(exc, staging, last_good) from exc
+        if self.args.should_save:
+            if final.exists():  # an incomplete leftover of a run that stopped while renaming
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            fsync_dir(run_dir)
+            rotate(run_dir, self.args.save_total_limit)
+        self.accelerator.wait_for_everyone()
+
+    def _write_staging(self, model, trial, staging_root: Path, staging: Path) -> None:
+        """Every file of the checkpoint into `staging`, then (main process) the manifest and `COMPLETE`."""
         saved = (self.args.output_dir, self.args.save_total_limit)
         self.args.output_dir, self.args.save_total_limit = str(staging_root), None
         try:
@@ -215,13 +273,27 @@ class ResumableTrainerMixin:
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             _write_synced(staging / STATE_FILE, json.dumps(self._rlft_state(), indent=1))
+            write_manifest(staging)  # every file fsynced, then its size and sha256 recorded
             _write_synced(staging / COMPLETE, json.dumps({"step": self.state.global_step}))
-            if final.exists():  # an incomplete leftover of a run that stopped while renaming
-                shutil.rmtree(final)
-            os.replace(staging, final)
-            _fsync_dir(run_dir)
-            rotate(run_dir, self.args.save_total_limit)
-        self.accelerator.wait_for_everyone()
+
+    def _check_free_space(self, run_dir: Path, name: str, last_good: Path | None) -> None:
+        """Room for one more checkpoint as large as the last one (the first: the model's parameter bytes).
+
+        Every rank checks (each writes its own RNG state and rollout buffer); if one lacks room, all stop.
+        """
+        if last_good is not None:
+            needed = folder_bytes(last_good)
+        else:
+            model = self.accelerator.unwrap_model(self.model)
+            needed = sum(p.numel() * p.element_size() for p in model.parameters())
+        problem = free_space_problem(run_dir, needed, name)
+        flag = torch.tensor(0.0 if problem is None else 1.0, device=self.accelerator.device)
+        if self.accelerator.num_processes > 1:
+            flag = self.accelerator.reduce(flag, reduction="max")
+        if flag.item() == 0.0:
+            return
+        resume = f"last good checkpoint: {last_good}" if last_good else "no checkpoint was written yet"
+        raise StorageError(f"{problem or 'not enough free space on another process'}; {resume}")
 
     # ------------------------------------------------------------------------------- non-finite steps
     def check_scored_batch(self, scored: dict[str, Any]) -> None:
@@ -315,16 +387,3 @@ def _write_synced(path: Path, text: str) -> None:
         handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
