@@ -274,84 +274,99 @@ def gold_vs_proxy(variants: list[Variant], reps: int, seed: int) -> Plot:
             "No gold/ or proxy/ metrics were logged (a reward design with a gold signal logs them)."
         )
         return plot
-    suffixes = list(dict.fromkeys(k.split("/", 1)[1] for k in keys))
-    # paired suffixes first (the comparison this figure is for), then keys with no partner
-    panels = [s for s in suffixes if f"proxy/{s}" in keys and f"gold/{s}" in keys]
-    panels += [s for s in suffixes if s not in panels]
+    panels = _gold_proxy_panels(keys)
     figure = Figure(figsize=(5.5 * len(panels), 3.8 * len(variants)), layout="constrained")
     axes = figure.subplots(len(variants), len(panels), squeeze=False)
     for row, variant in enumerate(variants):
         events = alarm_events(variant)
         for col, suffix in enumerate(panels):
             ax = axes[row][col]
-            handles_from = [ax]
-            drew_proxy = f"proxy/{suffix}" in keys and _draw_metric(
-                ax, variant, f"proxy/{suffix}", PROXY_COLOR, f"proxy/{suffix}", reps, seed, plot.notes
-            )
-            gold_ax = ax.twinx() if drew_proxy else ax
-            if gold_ax is not ax:
-                handles_from.append(gold_ax)
-            drew_gold = f"gold/{suffix}" in keys and _draw_metric(
-                gold_ax,
-                variant,
-                f"gold/{suffix}",
-                GOLD_COLOR,
-                f"gold/{suffix}",
-                reps,
-                seed,
-                plot.notes,
-                linestyle="--",
-            )
-            if drew_proxy:
-                ax.set_ylabel(f"proxy/{suffix}", color=PROXY_COLOR)
-            if drew_gold:
-                gold_ax.set_ylabel(f"gold/{suffix}", color=GOLD_COLOR)
-            if not (drew_proxy or drew_gold):
-                ax.text(
-                    0.5,
-                    0.5,
-                    f"{variant.label}: no proxy/{suffix} or gold/{suffix}",
-                    ha="center",
-                    va="center",
-                    transform=ax.transAxes,
-                )
-            for i, (event_seed, xs) in enumerate(events.items()):
-                # the first event of each seed as a line, every event as a tick along the top
-                ax.axvline(
-                    xs[0],
-                    color=ALARM_COLOR,
-                    linestyle=":",
-                    linewidth=1.5,
-                    label="alarm/overoptimization" if i == 0 else None,
-                )
-                ax.scatter(
-                    xs,
-                    [0.97] * len(xs),
-                    marker="v",
-                    s=14,
-                    color=ALARM_COLOR,
-                    transform=ax.get_xaxis_transform(),
-                    clip_on=False,
-                )
-                ax.annotate(
-                    f"alarm, seed {event_seed}",
-                    (xs[0], 0.9),
-                    xycoords=("data", "axes fraction"),
-                    color=ALARM_COLOR,
-                    fontsize="x-small",
-                    rotation=90,
-                    va="top",
-                    ha="right",
-                )
-            handles, labels = [], []
-            for a in handles_from:
-                h, lab = a.get_legend_handles_labels()
-                handles += h
-                labels += lab
-            if handles:
-                ax.legend(handles, labels, fontsize="small", loc="lower left")
+            twin = _draw_gold_and_proxy(ax, variant, suffix, keys, reps, seed, plot.notes)
+            _mark_alarm_events(ax, events)
+            _legend_over(ax, [ax] if twin is None else [ax, twin])
             ax.set_title(f"{variant.label}: {suffix}")
             ax.set_xlabel("env steps")
             ax.grid(alpha=0.25)
     plot.figure = figure
     return plot
+
+
+def _gold_proxy_panels(keys: list[str]) -> list[str]:
+    """The panels' metric suffixes (`<x>` of `proxy/<x>`, `gold/<x>`)."""
+    suffixes = list(dict.fromkeys(k.split("/", 1)[1] for k in keys))
+    # paired suffixes first (the comparison this figure is for), then keys with no partner
+    panels = [s for s in suffixes if f"proxy/{s}" in keys and f"gold/{s}" in keys]
+    return panels + [s for s in suffixes if s not in panels]
+
+
+def _draw_gold_and_proxy(
+    ax, variant: Variant, suffix: str, keys: list[str], reps: int, seed: int, notes: list[str]
+):
+    """`proxy/<suffix>` on `ax` and `gold/<suffix>` on a right-hand twin of it (on `ax` when there is no proxy).
+
+    Returns:
+        The twin axes when one was made, else None.
+    """
+    drew_proxy = f"proxy/{suffix}" in keys and _draw_metric(
+        ax, variant, f"proxy/{suffix}", PROXY_COLOR, f"proxy/{suffix}", reps, seed, notes
+    )
+    gold_ax = ax.twinx() if drew_proxy else ax
+    drew_gold = f"gold/{suffix}" in keys and _draw_metric(
+        gold_ax, variant, f"gold/{suffix}", GOLD_COLOR, f"gold/{suffix}", reps, seed, notes, linestyle="--"
+    )
+    if drew_proxy:
+        ax.set_ylabel(f"proxy/{suffix}", color=PROXY_COLOR)
+    if drew_gold:
+        gold_ax.set_ylabel(f"gold/{suffix}", color=GOLD_COLOR)
+    if not (drew_proxy or drew_gold):
+        ax.text(
+            0.5,
+            0.5,
+            f"{variant.label}: no proxy/{suffix} or gold/{suffix}",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
+    return None if gold_ax is ax else gold_ax
+
+
+def _mark_alarm_events(ax, events: dict[int | None, list[float]]) -> None:
+    """The first event of each seed as a line, every event as a tick along the top."""
+    for i, (event_seed, xs) in enumerate(events.items()):
+        ax.axvline(
+            xs[0],
+            color=ALARM_COLOR,
+            linestyle=":",
+            linewidth=1.5,
+            label="alarm/overoptimization" if i == 0 else None,
+        )
+        ax.scatter(
+            xs,
+            [0.97] * len(xs),
+            marker="v",
+            s=14,
+            color=ALARM_COLOR,
+            transform=ax.get_xaxis_transform(),
+            clip_on=False,
+        )
+        ax.annotate(
+            f"alarm, seed {event_seed}",
+            (xs[0], 0.9),
+            xycoords=("data", "axes fraction"),
+            color=ALARM_COLOR,
+            fontsize="x-small",
+            rotation=90,
+            va="top",
+            ha="right",
+        )
+
+
+def _legend_over(ax, handles_from: list) -> None:
+    """One legend on `ax` for the lines of `ax` and its twin (each axes otherwise keeps its own)."""
+    handles, labels = [], []
+    for a in handles_from:
+        h, lab = a.get_legend_handles_labels()
+        handles += h
+        labels += lab
+    if handles:
+        ax.legend(handles, labels, fontsize="small", loc="lower left")
