@@ -9,6 +9,7 @@ observation. Everything else (dynamics, rewards, seeding) stays the inner env's.
 from __future__ import annotations
 
 import copy
+import difflib
 import string
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, SupportsFloat
@@ -26,6 +27,10 @@ _TRAILING_PUNCTUATION: str = string.punctuation
 Renderer = Callable[[gymnasium.Env, Any], str]
 Parser = Callable[[str], int | None]
 SuccessFn = Callable[[gymnasium.Env, Any, SupportsFloat, bool, dict[str, Any]], bool]
+# The user's hand-written expert: (inner env, inner observation) -> an inner action id or an action name.
+ExpertFn = Callable[[gymnasium.Env, Any], int | str]
+# How the user's tasks are identified: (inner env, reset observation, reset info) -> the task id.
+TaskIdFn = Callable[[gymnasium.Env, Any, dict[str, Any]], Any]
 
 
 def make_parser(action_names: Sequence[str]) -> Parser:
@@ -83,6 +88,7 @@ def _check_arguments(
     max_observation_chars: int,
     render_mode: str | None,
     render_modes: Sequence[str],
+    expert_method: str | None = None,
 ) -> None:
     """ValueError, naming the argument, for a `DiscreteTextEnv` argument that cannot work."""
     if not isinstance(env.action_space, spaces.Discrete):
@@ -98,6 +104,22 @@ def _check_arguments(
         raise ValueError(f"max_observation_chars must be >= 1, got {max_observation_chars}.")
     if render_mode is not None and render_mode not in render_modes:
         raise ValueError(f"render_mode must be None or one of {list(render_modes)}.")
+    if expert_method is not None:
+        _check_expert_method(env, expert_method)
+
+
+def _check_expert_method(env: gymnasium.Env, name: str) -> None:
+    """The inner env (``env.unwrapped``: the user's class, under any wrappers) must have a method ``name``."""
+    user_env = env.unwrapped
+    if callable(getattr(user_env, name, None)):
+        return
+    methods = [m for m in dir(user_env) if not m.startswith("_") and callable(getattr(user_env, m, None))]
+    close = difflib.get_close_matches(name, methods, n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ValueError(
+        f"expert_method {name!r}: {type(user_env).__name__} has no method {name!r}{hint}; expected the name "
+        "of a method of the env that returns the expert's action id or action name"
+    )
 
 
 class DiscreteTextEnv(gymnasium.Env[str, str]):
@@ -114,7 +136,10 @@ class DiscreteTextEnv(gymnasium.Env[str, str]):
     - ``"invalid_action"`` (bool): this step's action text did not parse;
     - ``"invalid_actions"`` (int): invalid actions so far this episode;
     - ``"action_id"`` (int | None): the parsed action id of this step (None on reset and when invalid);
-    - ``"task_id"`` (str): the task instance, e.g. a map layout.
+    - ``"task_id"`` (str): the task instance, e.g. a map layout (see :attr:`task_id`).
+
+    The inner env's expert, when it has one, is named here too (``envs.experts.expert_for`` finds it): an
+    ``expert`` function, or the name of one of the inner env's methods (``expert_method``).
 
     Subclasses (the text versions of Gymnasium's toy-text envs) fix the inner env, renderer, names and
     instructions; one that changes the task on reset overrides ``_reset_inner`` and ``task_id``. This is
@@ -143,6 +168,9 @@ class DiscreteTextEnv(gymnasium.Env[str, str]):
         max_observation_chars: int = 4096,
         success_fn: SuccessFn | None = None,
         render_mode: str | None = None,
+        expert: ExpertFn | None = None,
+        expert_method: str | None = None,
+        task_id_fn: TaskIdFn | None = None,
     ) -> None:
         """Wraps ``env``.
 
@@ -159,6 +187,12 @@ class DiscreteTextEnv(gymnasium.Env[str, str]):
             success_fn: ``(inner env, inner obs, reward, terminated, inner info) -> bool``, evaluated after
                 every inner step; default :func:`default_success`.
             render_mode: ``None`` or ``"ansi"`` (``render()`` returns the current observation text).
+            expert: the inner env's hand-written expert, ``(inner env, inner observation) -> action id or
+                action name``; see ``envs.experts.expert_for``.
+            expert_method: the name of a method of the inner env that is its expert, called with the
+                current inner observation (or with no argument if it takes none).
+            task_id_fn: ``(inner env, reset observation, reset info) -> task id``, how the inner env's tasks
+                are identified; default: the inner env's own ``info["task_id"]`` or ``task_id`` attribute.
 
         Raises:
             ValueError: on an argument that cannot work (see the messages).
@@ -171,6 +205,7 @@ class DiscreteTextEnv(gymnasium.Env[str, str]):
             max_observation_chars,
             render_mode,
             self.metadata["render_modes"],
+            expert_method,
         )
         self.inner = env
         self.action_names: list[str] = list(action_names)
@@ -182,12 +217,17 @@ class DiscreteTextEnv(gymnasium.Env[str, str]):
         self._renderer: Renderer = renderer if renderer is not None else _render_str
         self._parser: Parser = parser if parser is not None else make_parser(self.action_names)
         self._success_fn: SuccessFn = success_fn if success_fn is not None else default_success
+        self.expert: ExpertFn | None = expert
+        self.expert_method = expert_method
+        self._task_id_fn = task_id_fn
 
         self.observation_space = spaces.Text(max_observation_chars, min_length=0, charset=TEXT_CHARSET)
         self.action_space = spaces.Text(MAX_ACTION_CHARS, min_length=0, charset=TEXT_CHARSET)
 
         # Episode state, set by reset().
         self._observation: str = ""
+        self._inner_observation: Any = None
+        self._inner_task_id: str | None = None
         self._inner_info: dict[str, Any] = {}
         self._success = False
         self._invalid_actions = 0
@@ -195,9 +235,27 @@ class DiscreteTextEnv(gymnasium.Env[str, str]):
 
     @property
     def task_id(self) -> str:
-        """The task instance; here the inner env's spec id (or class name). Subclasses refine it."""
+        """The current task, as the inner env identifies it; subclasses (random maps) refine it.
+
+        In order: ``task_id_fn`` of the last reset; the inner env's own ``info["task_id"]`` from its last
+        reset; its ``task_id`` (a property or method naming, say, the layout); else its spec id (or class
+        name), one task for every seed. Kept from the inner env rather than replaced, so ``eval.disjoint_tasks``
+        can hold out the inner env's layouts.
+        """
+        if self._inner_task_id is not None:
+            return self._inner_task_id
+        declared = getattr(self.inner.unwrapped, "task_id", None)
+        if callable(declared):
+            declared = declared()
+        if declared is not None:
+            return str(declared)
         spec = self.inner.spec
         return spec.id if spec is not None else type(self.inner.unwrapped).__name__
+
+    @property
+    def inner_observation(self) -> Any:
+        """The inner env's latest observation (before rendering); what an expert function reads."""
+        return self._inner_observation
 
     def parse_action(self, text: str) -> int | None:
         """The action id that ``text`` names, or ``None`` if it names none."""
@@ -210,9 +268,11 @@ class DiscreteTextEnv(gymnasium.Env[str, str]):
         """Resets the inner env (seeded with ``seed``) and returns the first observation text."""
         super().reset(seed=seed)
         inner_obs, inner_info = self._reset_inner(seed, options)
+        self._inner_task_id = self._identify_task(inner_obs, inner_info)
         self._success = False
         self._invalid_actions = 0
         self._inner_info = inner_info
+        self._inner_observation = inner_obs
         self._observation = self._render(inner_obs)
         return self._observation, self._info(action_id=None, invalid=False)
 
@@ -232,6 +292,7 @@ class DiscreteTextEnv(gymnasium.Env[str, str]):
             self._success_fn(self.inner, inner_obs, reward, terminated, inner_info)
         )
         self._inner_info = inner_info
+        self._inner_observation = inner_obs
         self._observation = self._render(inner_obs)
         info = self._info(action_id, invalid=False)
         return self._observation, float(reward), bool(terminated), bool(truncated), info
@@ -247,6 +308,14 @@ class DiscreteTextEnv(gymnasium.Env[str, str]):
     def _reset_inner(self, seed: int | None, options: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
         """Resets the inner env; the hook a subclass overrides to change the task per episode."""
         return self.inner.reset(seed=seed, options=options)
+
+    def _identify_task(self, inner_obs: Any, inner_info: dict[str, Any]) -> str | None:
+        """The task id the inner env gives on reset (``task_id_fn``, else its info), or None if it gives none."""
+        if self._task_id_fn is not None:
+            return str(self._task_id_fn(self.inner, inner_obs, inner_info))
+        if isinstance(inner_info, dict) and inner_info.get("task_id") is not None:
+            return str(inner_info["task_id"])
+        return None
 
     def _render(self, inner_obs: Any) -> str:
         text = self._renderer(self.inner, inner_obs)

@@ -14,7 +14,7 @@ import sys
 
 from rlft.config.schema import load_config
 from rlft.errors import RlftError
-from rlft.tools import compare, launch, sweep
+from rlft.tools import compare, demos, launch, sweep
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     compare.add_compare_parser(
         sub
     )  # `rlft compare RUN_OR_DIR ... --out report.html`: run paths, not --config
+    demos.add_parser(sub)  # `rlft demos --config x.yaml --out demos.jsonl [--policy CHECKPOINT]`
     sweep.add_parser(sub)  # `rlft sweep --config sweeps/x.yaml [--n-trials N] [--storage URL]`: a sweep file
     launch.add_parser(
         sub
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "compare":
             return compare.run_compare(args)
+        if args.command == "demos":
+            return demos.run(args)  # `rlft demos --config x.yaml --out demos.jsonl`: records demonstrations
         if args.command == "sweep":
             return sweep.main(args)
         if args.command == "launch":

@@ -1,6 +1,7 @@
 """Tests of JSONL demonstrations (rlft/rollout/demos.py): every malformed row fails naming `file:line` and the problem,
 no row is dropped silently, and valid rows (`turns` and `messages` shapes) become token-exact Episodes whose
-mask is 1 exactly on action tokens and the end-of-action token. Blank lines and a UTF-8 BOM are errors too."""
+mask is 1 exactly on action tokens and the end-of-action token. Blank lines and a UTF-8 BOM are errors too.
+Demonstrations recorded by `rlft demos` read back as the expert source's token-exact Episodes."""
 
 from __future__ import annotations
 
@@ -9,10 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from rlft import cli
+from rlft.config.schema import load_config
 from rlft.errors import DataError
-from rlft.models.policy import build_word_tokenizer
-from rlft.rollout.demos import jsonl_demos, read_jsonl_demos, sft_rows
+from rlft.models.policy import build_word_tokenizer, env_corpus
+from rlft.rollout.demos import expert_demos, jsonl_demos, read_jsonl_demos, sft_rows
 from rlft.rollout.turn_format import PlainFormat
+from rlft.stages.common import env_factory
 
 GOOD_ROW = json.dumps({"instructions": "Go to G.", "turns": [{"observation": "cell 0", "action": "right"}]})
 
@@ -91,6 +95,32 @@ BAD_ROWS: list[tuple[str, str, str]] = [
         "empty-assistant",
         '{"messages": [{"role": "user", "content": "o"}, {"role": "assistant", "content": ""}]}',
         "messages[1].content is empty",
+    ),
+    # What a recording (`rlft demos`) adds to a `turns` row is checked as strictly.
+    (
+        "reward-wrong-type",
+        '{"turns": [{"observation": "o", "action": "a", "reward": "1"}]}',
+        "turns[0].reward must be a number, got str",
+    ),
+    (
+        "reward-in-some-turns",
+        '{"turns": [{"observation": "o", "action": "a", "reward": 0}, {"observation": "p", "action": "b"}]}',
+        "turns[1]: give 'reward' in every turn or none",
+    ),
+    (
+        "seed-wrong-type",
+        '{"seed": "3", "turns": [{"observation": "o", "action": "a"}]}',
+        "'seed' must be int",
+    ),
+    (
+        "seed-bool",
+        '{"seed": true, "turns": [{"observation": "o", "action": "a"}]}',
+        "'seed' must be int, got bool",
+    ),
+    (
+        "success-wrong-type",
+        '{"success": 1, "turns": [{"observation": "o", "action": "a"}]}',
+        "'success' must be bool",
     ),
 ]
 
@@ -281,3 +311,35 @@ def test_jsonl_demos_tokenize_with_mask_on_actions(demos_file: Path) -> None:
     rows = sft_rows(episodes)
     assert rows[1]["input_ids"] == episodes[1].prompt_ids + episodes[1].completion_ids
     assert rows[1]["assistant_masks"] == [0] * len(episodes[1].prompt_ids) + [1, 1]
+
+
+# ---------------------------------------------------------------- recorded demonstrations round-trip
+
+
+def test_recorded_demos_read_back_as_the_expert_sources_episodes(tmp_path: Path) -> None:
+    """`rlft demos` -> JSONL -> `sft.demos: {source: jsonl}` gives token for token the Episodes that
+    `sft.demos: {source: expert}` makes with the same settings: prompt, completion, mask, actions, observations,
+    per-turn rewards, seed, success and task id."""
+    raw = {
+        "name": "record",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"tiny": {}},
+        "env": {"id": "rlft/FrozenLakeRandom-v0", "max_turns": 12, "train_seeds": {"start": 40}},
+        "tracking": {"wandb": {"enabled": False}},
+    }
+    config_path = tmp_path / "record.yaml"
+    config_path.write_text(json.dumps(raw), encoding="utf-8")
+    out = tmp_path / "demos.jsonl"
+    argv = ["demos", "--config", str(config_path), "--out", str(out), "--episodes", "12", "--epsilon", "0.3"]
+    assert cli.main([*argv, "--seed", "5"]) == 0
+
+    config = load_config(raw=raw)
+    tokenizer = build_word_tokenizer(env_corpus(env_factory(config), episodes=20, max_turns=12, seed=0))
+    fmt = PlainFormat(tokenizer)
+    expected, _ = expert_demos(env_factory(config), fmt, 12, epsilon=0.3, seed=5, seed_start=40, max_turns=12)
+    recorded = jsonl_demos(out, fmt)
+    assert recorded == expected
+    assert [e.seed for e in recorded] == list(range(40, 52))
+    assert any(not e.success for e in recorded) and any(e.success for e in recorded)  # the noise shows
+    assert len({e.task_id for e in recorded}) > 1  # random maps: each row keeps its own layout
+    assert sft_rows(recorded) == sft_rows(expected)

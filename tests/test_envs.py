@@ -368,3 +368,63 @@ def test_expert_for_rejects_envs_without_an_expert() -> None:
         expert_for(text_cartpole)
     with pytest.raises(TypeError, match="No expert"):
         expert_for(gymnasium.make("FrozenLake-v1"))
+
+
+# ---------------------------------------------------------------- a user's env: task ids and experts kept
+
+
+def _user_text_env(env_cls=None, **adapter) -> DiscreteTextEnv:
+    from tests.user_grid_env import ACTION_NAMES, GridEnv, render
+
+    return DiscreteTextEnv((env_cls or GridEnv)(), ACTION_NAMES, renderer=render, **adapter)
+
+
+def test_adapter_keeps_the_inner_envs_task_id() -> None:
+    env = _user_text_env()
+    _, info = env.reset(seed=3)
+    assert info["task_id"] == "layout3" and env.task_id == "layout3"
+    _, _, _, _, info = env.step("down")  # the inner step's info has no task id: the reset's is kept
+    assert info["task_id"] == "layout3"
+    assert env.reset(seed=43)[1]["task_id"] == "layout3"  # seeds 3 and 43 share a layout
+
+
+def test_an_env_declares_its_tasks_by_attribute_or_adapter_function() -> None:
+    from tests.user_grid_env import LayoutAttributeGridEnv, layout_of
+
+    assert _user_text_env(LayoutAttributeGridEnv).reset(seed=5)[1]["task_id"] == "layout5"
+    assert _user_text_env(task_id_fn=layout_of).reset(seed=5)[1]["task_id"] == "goal6"
+    # An env that says nothing is one task for every seed (its spec id, or its class name).
+    bare = DiscreteTextEnv(gymnasium.make("FrozenLake-v1"), FROZEN_LAKE_NAMES)
+    assert bare.reset(seed=0)[1]["task_id"] == bare.reset(seed=1)[1]["task_id"] == "FrozenLake-v1"
+
+
+def test_held_out_seeds_skip_the_layouts_of_an_adapted_env_trained_on() -> None:
+    from rlft.config.schema import EnvConfig, EvalConfig
+    from rlft.rollout.env_factory import make_env
+    from rlft.rollout.evaluation import held_out_seeds
+    from tests.user_grid_env import ACTION_NAMES, LAYOUTS
+
+    env_cfg = EnvConfig(
+        id="tests.user_grid_env:GridEnv",
+        adapter={"action_names": ACTION_NAMES},
+        train_seeds={"start": 0, "count": 10},  # layouts 0..9
+    )
+    seeds = held_out_seeds(lambda: make_env(env_cfg), env_cfg, EvalConfig(episodes=5, seed_start=1000))
+    assert seeds == [1010, 1011, 1012, 1013, 1014]  # 1000..1009 are layouts 0..9 again (1000 % 40 == 0)
+    assert all(seed % LAYOUTS >= 10 for seed in seeds)
+
+
+def test_adapter_checks_the_expert_method_and_keeps_the_inner_observation() -> None:
+    from tests.user_grid_env import NoExpertGridEnv
+
+    with pytest.raises(ValueError, match="has no method 'expert_actoin'.*did you mean 'expert_action'"):
+        _user_text_env(expert_method="expert_actoin")
+    with pytest.raises(ValueError, match="NoExpertGridEnv has no method 'expert_action'"):
+        _user_text_env(NoExpertGridEnv, expert_method="expert_action")
+    env = _user_text_env(expert_method="expert_action")
+    env.reset(seed=4)  # layout 4: the goal is cell 5 (row 1, column 2)
+    env.step("down")
+    assert (
+        env.inner_observation == 3
+    )  # the inner env's own observation (row 1, column 0), before the renderer
+    assert expert_for(env).act(env) == "right"

@@ -1,26 +1,70 @@
-"""Demonstrations as token-exact Episodes: from an env's expert, or from a JSONL file.
+"""Demonstrations as token-exact Episodes: from an env's expert, or from a JSONL file; and recording them.
 
 Both sources go through `episode_from_turns`, so a demonstration is laid out in tokens exactly as the
 rollout engine lays out a played episode (same prompt, same environment segments, same end-of-action
-token), and SFT trains on the action tokens only.
+token), and SFT trains on the action tokens only. `rlft demos` records the expert's (or a saved policy's)
+episodes as JSONL rows of the first shape below (`demo_row`), with the env's own instructions and
+observation texts, so nobody copies the text layout by hand; read back, they are the same Episodes the
+expert source makes.
 
 JSONL rows take one of two shapes (one JSON object per line)::
 
     {"instructions": "...", "turns": [{"observation": "...", "action": "right"}, ...]}
     {"messages": [{"role": "system", "content": "..."}, {"role": "user", "content": "..."},
                   {"role": "assistant", "content": "right"}, ...]}
+
+A `turns` row may also carry what a recording knows: `"reward"` (a number) in each turn, and the episode's
+`"seed"` (an integer), `"success"` (true / false) and `"task_id"`; without a seed, row `n` gets seed `-n`.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 
+from envs.experts import expert_for, play_expert_episode
 from rlft.core.episode import Episode
 from rlft.jsonl import json_objects, row_error
+
+
+@dataclass
+class DemoRecord:
+    """One demonstration as text: what a JSONL row holds and what a recording writes.
+
+    Attributes:
+        instructions: the task description shown once before the first observation.
+        observations: the observation text before each action, one per turn.
+        actions: the action texts, one per turn.
+        rewards: the env reward of each turn, or None when the row gives none.
+        seed: the reset seed (a row without one: -line).
+        success: whether the episode solved the task (False when the row does not say).
+        task_id: the env's task identity, "" when unknown.
+        line: the JSONL line it was read from (0 for a recording not yet written).
+    """
+
+    instructions: str
+    observations: list[str]
+    actions: list[str]
+    rewards: list[float] | None = None
+    seed: int = -1
+    success: bool = False
+    task_id: str = ""
+    line: int = 0
+
+    def episode(self, turn_format) -> Episode:
+        """The token-exact Episode of this demonstration."""
+        demo = episode_from_turns(
+            turn_format, self.instructions, self.observations, self.actions, self.rewards, seed=self.seed
+        )
+        demo.success = self.success
+        demo.task_id = self.task_id
+        return demo
 
 
 def episode_from_turns(
@@ -59,33 +103,107 @@ def expert_demos(
     max_turns: int,
 ) -> tuple[list[Episode], dict[str, float]]:
     """Play the env's expert (with epsilon noise) on seeds `seed_start + i`; return demos and their stats."""
-    from envs.experts import expert_for, play_expert_episode
+    records = record_expert_demos(env_factory, episodes, epsilon, seed, seed_start, max_turns)
+    return [record.episode(turn_format) for record in records], demo_stats(records, epsilon)
 
+
+def record_expert_demos(
+    env_factory: Callable[[], gym.Env],
+    episodes: int,
+    epsilon: float,
+    seed: int,
+    seed_start: int,
+    max_turns: int,
+) -> list[DemoRecord]:
+    """The expert's episodes (epsilon noise from its generator seeded with `seed`) on seeds `seed_start + i`.
+
+    Raises:
+        envs.experts.NoExpertError: the env has no expert (`rlft.rollout.experts.check_expert` says so
+            before anything runs).
+    """
     env = env_factory()
-    expert = expert_for(env, epsilon=epsilon, seed=seed)
-    demos, successes, returns = [], 0, 0.0
-    for i in range(episodes):
-        played = play_expert_episode(env, expert, seed=seed_start + i, max_turns=max_turns)
-        instructions = getattr(env.unwrapped, "instructions", "")
-        demo = episode_from_turns(
-            turn_format,
-            instructions,
-            played["observations"][: len(played["actions"])],
-            played["actions"],
-            played["rewards"],
-            seed=seed_start + i,
+    try:
+        expert = expert_for(env, epsilon=epsilon, seed=seed)
+        records = []
+        for i in range(episodes):
+            played = play_expert_episode(env, expert, seed=seed_start + i, max_turns=max_turns)
+            turns = len(played["actions"])
+            records.append(
+                DemoRecord(
+                    instructions=getattr(env.unwrapped, "instructions", ""),
+                    observations=played["observations"][:turns],
+                    actions=played["actions"],
+                    rewards=played["rewards"],
+                    seed=seed_start + i,
+                    success=bool(played["success"]),
+                    task_id=str(played["task_id"]),
+                )
+            )
+    finally:
+        env.close()
+    return records
+
+
+def policy_demo_records(episodes: list[Episode], instructions: str) -> list[DemoRecord]:
+    """Played policy episodes as demonstrations; failed episodes (env raised) and empty ones are left out."""
+    return [
+        DemoRecord(
+            instructions=instructions,
+            observations=[episode.first_observation, *episode.observations][: episode.num_turns],
+            actions=list(episode.actions),
+            rewards=list(episode.env_rewards or episode.rewards.get("env", [])),
+            seed=episode.seed,
+            success=episode.success,
+            task_id=episode.task_id,
         )
-        demo.success = bool(played["success"])
-        demos.append(demo)
-        successes += int(demo.success)
-        returns += float(sum(played["rewards"]))
-    env.close()
-    return demos, {
-        "demos/episodes": episodes,
-        "demos/success": successes / episodes,
-        "demos/return": returns / episodes,
-        "demos/epsilon": epsilon,
+        for episode in episodes
+        if episode.failure is None and episode.num_turns > 0
+    ]
+
+
+def demo_stats(records: list[DemoRecord], epsilon: float | None = None) -> dict[str, float]:
+    """Episodes, success rate and mean return of a set of demonstrations (logged by SFT, printed by `rlft demos`)."""
+    count = len(records)
+    stats = {
+        "demos/episodes": count,
+        "demos/success": sum(r.success for r in records) / count if count else 0.0,
+        "demos/return": sum(sum(r.rewards or []) for r in records) / count if count else 0.0,
     }
+    if epsilon is not None:
+        stats["demos/epsilon"] = epsilon
+    return stats
+
+
+def demo_row(record: DemoRecord) -> dict[str, Any]:
+    """The JSONL row of a demonstration, in the `turns` shape `sft.demos: {source: jsonl}` reads."""
+    turns = [
+        {"observation": o, "action": a} for o, a in zip(record.observations, record.actions, strict=True)
+    ]
+    if record.rewards is not None:
+        for turn, reward in zip(turns, record.rewards, strict=True):
+            turn["reward"] = float(reward)
+    return {
+        "instructions": record.instructions,
+        "turns": turns,
+        "seed": record.seed,
+        "success": record.success,
+        "task_id": record.task_id,
+    }
+
+
+def write_jsonl_demos(path: str | Path, records: list[DemoRecord]) -> Path:
+    """Write the rows to `path` at once (a temporary file renamed into place: never a half-written file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with partial.open("w", encoding="utf-8") as out:
+            for record in records:
+                out.write(json.dumps(demo_row(record), ensure_ascii=False) + "\n")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
 
 
 _fail = row_error
@@ -153,22 +271,56 @@ def _turns_from_messages(messages: Any, path: Path, line: int) -> tuple[str, lis
     return instructions, observations, actions
 
 
-def read_jsonl_demos(path: str | Path) -> list[tuple[str, list[str], list[str], int]]:
+# What a recorded `turns` row may carry beside the turns (see the module docstring), with the JSON type each has.
+RECORDING_KEYS = {"seed": int, "success": bool, "task_id": str}
+
+
+def _recording(row: dict[str, Any], path: Path, line: int) -> dict[str, Any]:
+    """The optional recording fields of a `turns` row: the turns' rewards, seed, success, task_id."""
+    found: dict[str, Any] = {"seed": -line}
+    for key, kind in RECORDING_KEYS.items():
+        if key in row:
+            value = row[key]
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise _fail(path, line, f"'{key}' must be {kind.__name__}, got {type(value).__name__}")
+            found[key] = value
+    if "turns" not in row:
+        return found
+    has_reward = ["reward" in turn for turn in row["turns"]]
+    if any(has_reward) and not all(has_reward):
+        raise _fail(
+            path, line, f"turns[{has_reward.index(not has_reward[0])}]: give 'reward' in every turn or none"
+        )
+    if all(has_reward):
+        for k, turn in enumerate(row["turns"]):
+            if not isinstance(turn["reward"], int | float) or isinstance(turn["reward"], bool):
+                raise _fail(
+                    path, line, f"turns[{k}].reward must be a number, got {type(turn['reward']).__name__}"
+                )
+        found["rewards"] = [float(turn["reward"]) for turn in row["turns"]]
+    return found
+
+
+def read_demo_records(path: str | Path) -> list[DemoRecord]:
     """Parse and check every row; the first malformed row raises `DataError` naming `file:line` (rlft.jsonl: a
     blank line and a UTF-8 BOM are errors too)."""
     path = Path(path)
-    rows = []
+    records = []
     for number, row in json_objects(path):
         instructions, observations, actions = _turns_from_row(row, path, number)
-        rows.append((instructions, observations, actions, number))
-    return rows
+        extra = _recording(row, path, number)
+        records.append(DemoRecord(instructions, observations, actions, line=number, **extra))
+    return records
+
+
+def read_jsonl_demos(path: str | Path) -> list[tuple[str, list[str], list[str], int]]:
+    """`read_demo_records` as (instructions, observations, actions, line) tuples."""
+    return [(r.instructions, r.observations, r.actions, r.line) for r in read_demo_records(path)]
 
 
 def jsonl_demos(path: str | Path, turn_format) -> list[Episode]:
-    return [
-        episode_from_turns(turn_format, instructions, observations, actions, seed=-number)
-        for instructions, observations, actions, number in read_jsonl_demos(path)
-    ]
+    """The Episodes of a JSONL file's demonstrations (a recorded row keeps its seed, rewards and success)."""
+    return [record.episode(turn_format) for record in read_demo_records(path)]
 
 
 def sft_rows(episodes: list[Episode]) -> list[dict[str, list[int]]]:

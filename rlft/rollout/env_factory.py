@@ -1,20 +1,21 @@
 """Turning the `env` section of a config into text environments.
 
 An env is named by a registered Gymnasium id (`rlft/FrozenLake-v0`, `FrozenLake-v1`), by `package:Env-v0`
-(Gymnasium's form: import the package that registers the id, then make it) or by a `module:Class` entry point. A text env (Text action space) is used as it is; an env with a
-`Discrete` action space is wrapped by `envs.text_adapter.DiscreteTextEnv`.
+(Gymnasium's form: import the package that registers the id, then make it) or by a `module:Class` entry point.
+A text env (Text action space) is used as it is; an env with a `Discrete` action space is wrapped by
+`envs.text_adapter.DiscreteTextEnv`, which also carries the user's expert (`env.expert`,
+`env.adapter.expert_method`) and how the user's tasks are identified (`env.adapter.task_id`).
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 import gymnasium as gym
 
-from rlft.config.schema import EnvConfig
+from rlft.config.schema import AdapterConfig, EnvConfig
 from rlft.errors import ConfigError, did_you_mean
 
 
@@ -78,12 +79,24 @@ def check_env_reference(cfg: EnvConfig) -> None:
                 f"{did_you_mean(cfg.id, list(gym.registry))}"
             )
         import_entry_point(cfg.id, "env.id")
-    if cfg.adapter is not None:
-        for field in ("renderer", "parser"):
-            spec = getattr(cfg.adapter, field)
-            if spec is not None:
-                import_entry_point(spec, f"env.adapter.{field}")
+    for key, spec in _user_functions(cfg).items():
+        if not callable(import_entry_point(spec, key)):
+            raise ConfigError(f"key '{key}' = '{spec}': not callable; expected 'module:function'")
     make_env(cfg).close()
+
+
+def _user_functions(cfg: EnvConfig) -> dict[str, str]:
+    """The `module:function` entry points the env section names, by config key."""
+    specs = {"env.expert": cfg.expert}
+    if cfg.adapter is not None:
+        specs.update({f"env.adapter.{field}": getattr(cfg.adapter, field) for field in ADAPTER_FUNCTIONS})
+    return {key: spec for key, spec in specs.items() if spec is not None}
+
+
+TEXT_ENV_EXPERT = " (a text env gives its expert through a make_expert(epsilon, seed) method)"
+
+# The adapter keys that name a user's `module:function`, and the DiscreteTextEnv argument each becomes.
+ADAPTER_FUNCTIONS = {"renderer": "renderer", "parser": "parser", "task_id": "task_id_fn"}
 
 
 def _instantiate(cfg: EnvConfig) -> gym.Env:
@@ -108,39 +121,41 @@ def make_env(cfg: EnvConfig) -> gym.Env:
     _ensure_registered()
     env = _instantiate(cfg)
     if isinstance(env.action_space, gym.spaces.Text):
-        if cfg.adapter is not None:
-            env.close()
-            raise ConfigError(
-                f"key 'env.adapter': {cfg.id} already speaks text (Text action space); "
-                "the adapter is for envs with a Discrete action space, remove it"
-            )
+        adapter_only = {"env.adapter": (cfg.adapter, ""), "env.expert": (cfg.expert, TEXT_ENV_EXPERT)}
+        for key, (value, hint) in adapter_only.items():
+            if value is not None:
+                env.close()
+                raise ConfigError(
+                    f"key '{key}': {cfg.id} already speaks text (Text action space); {key} is for envs "
+                    f"with a Discrete action space that rlft adapts, remove it{hint}"
+                )
         return env
     if isinstance(env.action_space, gym.spaces.Discrete):
-        adapter = cfg.adapter
-        names = adapter.action_names if adapter and adapter.action_names else None
-        names = names or [f"action{i}" for i in range(int(env.action_space.n))]
-        renderer: Callable | None = None
-        parser: Callable | None = None
-        if adapter and adapter.renderer:
-            renderer = import_entry_point(adapter.renderer, "env.adapter.renderer")
-        if adapter and adapter.parser:
-            parser = import_entry_point(adapter.parser, "env.adapter.parser")
         try:
-            return DiscreteTextEnv(
-                env,
-                action_names=names,
-                renderer=renderer,
-                parser=parser,
-                instructions=adapter.instructions if adapter else "",
-                invalid_action=adapter.invalid_action if adapter else "penalty",
-                invalid_penalty=adapter.invalid_penalty if adapter else 0.0,
-            )
+            return DiscreteTextEnv(env, **_adapter_arguments(cfg, int(env.action_space.n)))
         except ValueError as exc:
             raise ConfigError(f"key 'env.adapter': {exc}") from None
     raise ConfigError(
         f"key 'env.id' = '{cfg.id}': action space {env.action_space} is neither Text nor Discrete; "
         "rlft needs a text env or a Discrete env it can adapt"
     )
+
+
+def _adapter_arguments(cfg: EnvConfig, n_actions: int) -> dict[str, Any]:
+    """`DiscreteTextEnv` keyword arguments from `env.adapter` and `env.expert` (entry points imported)."""
+    adapter = cfg.adapter or AdapterConfig()
+    arguments: dict[str, Any] = {
+        "action_names": adapter.action_names or [f"action{i}" for i in range(n_actions)],
+        "instructions": adapter.instructions,
+        "invalid_action": adapter.invalid_action,
+        "invalid_penalty": adapter.invalid_penalty,
+        "expert_method": adapter.expert_method,
+    }
+    for field, argument in ADAPTER_FUNCTIONS.items():
+        spec = getattr(adapter, field)
+        arguments[argument] = import_entry_point(spec, f"env.adapter.{field}") if spec else None
+    arguments["expert"] = import_entry_point(cfg.expert, "env.expert") if cfg.expert else None
+    return arguments
 
 
 def make_envs(cfg: EnvConfig, n: int) -> list[gym.Env]:

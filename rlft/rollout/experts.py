@@ -1,0 +1,82 @@
+"""The configured env's expert, checked before anything runs, with errors in the config's terms.
+
+`envs.experts.expert_for` finds an env's expert (the user's function or method behind the adapter, the
+user's `make_expert`, value iteration on a transition table); `rlft.rollout.env_factory.make_env` hands the
+adapter what `env.expert` and `env.adapter.expert_method` name. This module asks for the expert once, on a
+freshly reset env, so a config that needs one and has none (or one that answers with no action) fails with
+exit 2 before any model loads, naming the ways to give the env an expert.
+"""
+
+from __future__ import annotations
+
+from envs.experts import ExpertActionError, NoExpertError, expert_for
+from rlft.config.schema import Config, EnvConfig, ExpertDemos
+from rlft.errors import ConfigError
+from rlft.rollout.env_factory import make_env
+
+EXPERT_OPTIONS = (
+    "give the env an expert: env.expert: 'module:function' (env, observation) -> action id or action "
+    "name; env.adapter.expert_method: the name of the env's expert method (e.g. expert_action); a "
+    "make_expert(epsilon, seed) method on the env whose expert's act(env) returns an action id or name; "
+    "or a tabular transition table P (value iteration)"
+)
+
+
+def expert_key(cfg: EnvConfig) -> str:
+    """The config key that names the env's expert, for errors about what it returned."""
+    if cfg.expert is not None:
+        return "env.expert"
+    if cfg.adapter is not None and cfg.adapter.expert_method is not None:
+        return "env.adapter.expert_method"
+    return "env.id"
+
+
+def check_expert(cfg: EnvConfig, needed_by: str, instead: str) -> None:
+    """Fail now if the env has no expert, or if its first answer (after one reset) names no action.
+
+    Args:
+        cfg: the env section.
+        needed_by: what asks for the expert, e.g. "key 'sft.demos.source' = 'expert'".
+        instead: the closest valid choice that needs no expert, e.g. "sft.demos: {source: jsonl, path: ...}".
+
+    Raises:
+        ConfigError: naming `needed_by`, the ways to give the env an expert and `instead`.
+    """
+    env = make_env(cfg)
+    try:
+        expert = expert_for(env, epsilon=0.0, seed=0)
+        env.reset(seed=cfg.train_seeds.start)
+        expert.act(env)
+    except NoExpertError as exc:
+        raise ConfigError(
+            f"{needed_by} needs the env's expert, and {cfg.id} has none ({exc}); {EXPERT_OPTIONS}; "
+            f"or use {instead}"
+        ) from None
+    except ExpertActionError as exc:
+        raise ConfigError(f"key '{expert_key(cfg)}': {exc}") from None
+    finally:
+        env.close()
+
+
+def expert_demos_needed(config: Config) -> bool:
+    """SFT demos come from the expert: asked for (`sft.demos` set) or by default when RL starts from SFT."""
+    if not isinstance(config.sft.demos, ExpertDemos):
+        return False
+    return "demos" in config.sft.model_fields_set or config.rl.init_from == "sft"
+
+
+def check_expert_demos(config: Config) -> None:
+    """`check_expert` for a config whose SFT demos are the expert's (see `expert_demos_needed`)."""
+    if not expert_demos_needed(config):
+        return
+    asked = "demos" in config.sft.model_fields_set
+    needed_by = (
+        "key 'sft.demos.source' = 'expert'"
+        if asked
+        else "SFT (rl.init_from = 'sft'; sft.demos defaults to source: expert)"
+    )
+    check_expert(
+        config.env,
+        needed_by,
+        "sft.demos: {source: jsonl, path: demos.jsonl} (e.g. written by `rlft demos --policy CHECKPOINT`)",
+    )
