@@ -618,6 +618,10 @@ TRAPS = [
 def model_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Booby-trap every way to load a model; the returned list records each attempt (each also raises)."""
     attempts: list[str] = []
+    # Import every module first (the stages package imports all its stages): a module first imported while the
+    # traps are set would bind a trap by name (`from rlft.models.policy import load_policy`) for the whole session.
+    for module_name in [*dict.fromkeys(m for m, _ in TRAPS), "rlft.stages", "rlft.tools.commands"]:
+        importlib.import_module(module_name)
     for module_name, dotted in TRAPS:
         owner = importlib.import_module(module_name)
         *parents, name = dotted.split(".")
