@@ -152,13 +152,18 @@ def test_sft_on_expert_demos_without_an_expert_fails_validate_with_the_options(t
     assert not (tmp_path / "runs").exists()
 
 
-def test_default_expert_demos_are_checked_only_when_sft_feeds_rl(tmp_path) -> None:
-    env = env_section(env_id="tests.user_grid_env:NoExpertGridEnv")
-    with pytest.raises(ConfigError, match="sft.demos defaults to source: expert"):
-        check_config(load_config(raw=raw_config(tmp_path, env)))  # rl.init_from = sft by default
-    check_config(
-        load_config(raw=raw_config(tmp_path, env, rl={"init_from": "base"}))
-    )  # no SFT: no expert needed
+def test_default_expert_demos_are_checked_when_a_command_runs_sft(tmp_path, capsys) -> None:
+    # sft.demos unset (its default source is the expert): validate and RL-only commands need no expert ...
+    path = write_config(tmp_path, env_section(env_id="tests.user_grid_env:NoExpertGridEnv"))
+    assert cli.main(["validate", "--config", str(path)]) == 0
+    capsys.readouterr()
+    # ... and a command that runs SFT fails before it writes anything, naming the options.
+    for command in ("sft", "pipeline"):
+        assert cli.main([command, "--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "SFT (sft.demos unset: source expert) needs the env's expert" in err
+        assert "env.adapter.expert_method" in err and "source: jsonl" in err
+        assert not (tmp_path / "runs").exists()
 
 
 def test_expert_method_typo_names_the_closest_method(tmp_path) -> None:
@@ -235,3 +240,31 @@ def test_rlft_demos_bad_inputs_exit_2_and_write_nothing(tmp_path, capsys) -> Non
     out.write_text("keep me\n", encoding="utf-8")
     assert cli.main(["demos", "--config", str(config), "--out", str(out)]) == 2
     assert "pass --force" in capsys.readouterr().err and out.read_text(encoding="utf-8") == "keep me\n"
+
+
+def test_rlft_demos_records_a_saved_policy(tmp_path, capsys) -> None:
+    from rlft.models.policy import load_policy, save_policy
+    from rlft.rollout.demos import jsonl_demos, read_demo_records
+    from rlft.rollout.turn_format import PlainFormat
+    from rlft.stages.common import env_factory
+
+    # A policy for an env with no expert: recording from a policy needs none.
+    env = env_section(env_id="tests.user_grid_env:NoExpertGridEnv")
+    config_path = write_config(tmp_path, env, rl={"init_from": "base"})
+    config = load_config(config_path)
+    model, tokenizer = load_policy(config.model, seed=0, env_factory=env_factory(config), max_turns=8)
+    checkpoint = save_policy(model, tokenizer, tmp_path / "policy")
+    out = tmp_path / "policy_demos.jsonl"
+    argv = ["demos", "--config", str(config_path), "--out", str(out), "--policy", str(checkpoint)]
+    assert cli.main([*argv, "--episodes", "3", "--greedy", "--seed-start", "5"]) == 0
+    assert "by the policy" in capsys.readouterr().out
+
+    records = read_demo_records(out)
+    assert [r.seed for r in records] == [5, 6, 7] and all(r.instructions == "Reach G." for r in records)
+    assert [r.task_id for r in records] == ["layout5", "layout6", "layout7"]
+    assert (
+        records[0].observations[0] == "A..\n...\nG.."
+    )  # layout 5: the goal is cell 6, as the renderer draws
+    episodes = jsonl_demos(out, PlainFormat(tokenizer))  # the file is what sft.demos: {source: jsonl} reads
+    assert [len(e.actions) for e in episodes] == [len(r.actions) for r in records]
+    assert all(len(r.rewards) == len(r.actions) >= 1 for r in records)

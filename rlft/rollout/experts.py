@@ -58,23 +58,24 @@ def check_expert(cfg: EnvConfig, needed_by: str, instead: str) -> None:
         env.close()
 
 
-def expert_demos_needed(config: Config) -> bool:
-    """SFT demos come from the expert: asked for (`sft.demos` set) or by default when RL starts from SFT."""
+def expert_demos_needed(config: Config, runs_sft: bool = False) -> bool:
+    """SFT's demos come from the expert: the config asks for them, or a command that runs SFT (`rlft sft`,
+    `rlft pipeline`) finds `sft.demos` unset, whose default source is the expert.
+
+    A config that leaves `sft.demos` unset and never runs SFT (`rl.init_from: base`, or an env whose SFT
+    checkpoint comes from elsewhere) needs no expert, so `rlft validate` alone does not ask for one then.
+    """
     if not isinstance(config.sft.demos, ExpertDemos):
         return False
-    return "demos" in config.sft.model_fields_set or config.rl.init_from == "sft"
+    return runs_sft or "demos" in config.sft.model_fields_set
 
 
-def check_expert_demos(config: Config) -> None:
+def check_expert_demos(config: Config, runs_sft: bool = False) -> None:
     """`check_expert` for a config whose SFT demos are the expert's (see `expert_demos_needed`)."""
-    if not expert_demos_needed(config):
+    if not expert_demos_needed(config, runs_sft):
         return
     asked = "demos" in config.sft.model_fields_set
-    needed_by = (
-        "key 'sft.demos.source' = 'expert'"
-        if asked
-        else "SFT (rl.init_from = 'sft'; sft.demos defaults to source: expert)"
-    )
+    needed_by = "key 'sft.demos.source' = 'expert'" if asked else "SFT (sft.demos unset: source expert)"
     check_expert(
         config.env,
         needed_by,

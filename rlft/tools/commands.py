@@ -14,6 +14,7 @@ from rlft.algorithms.checkpointing import refuse_to_overwrite
 from rlft.config.schema import Config, RmRewardComponent
 from rlft.errors import CheckpointError
 from rlft.rewards.references import run_reward_model
+from rlft.rollout.experts import check_expert_demos
 from rlft.stages import eval as stage_eval
 from rlft.stages import rl as stage_rl
 from rlft.stages.common import collect_sync_commands
@@ -78,6 +79,8 @@ def check_earlier_stages(command: str, config: Config) -> None:
             )
     elif command == "eval":
         stage_eval.default_policies(config)  # no checkpoint at all: CheckpointError
+    if command in ("sft", "pipeline"):
+        check_expert_demos(config, runs_sft=True)  # sft.demos unset (source expert) and the env has none
 
 
 def _uses_run_reward_model(config: Config) -> bool:
