@@ -79,11 +79,12 @@ def verify(folder: str | os.PathLike) -> str | None:
 
 
 def safetensors_problems(folder: str | os.PathLike) -> str | None:
-    """The first safetensors file under `folder` that is not whole, and why; None when all are."""
+    """The first safetensors file under `folder` that is not whole, and why (its path relative to `folder`)."""
     for path in sorted(Path(folder).rglob("*.safetensors")):
         problem = safetensors_problem(path)
         if problem is not None:
-            return problem
+            parent = path.parent.relative_to(folder).as_posix()
+            return problem if parent == "." else f"{parent}/{problem}"
     return None
 
 
@@ -102,7 +103,7 @@ def safetensors_problem(path: str | os.PathLike) -> str | None:
                 raise ValueError(f"header length {header_len} does not fit in {size} bytes")
             header = json.loads(handle.read(header_len))
         end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
-    except (struct.error, ValueError, KeyError, TypeError, IndexError) as exc:
+    except (struct.error, ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
         return f"{path.name}: not a readable safetensors file ({exc}); it is {size} bytes (truncated?)"
     expected = 8 + header_len + end
     if size != expected:

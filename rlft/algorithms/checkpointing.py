@@ -15,7 +15,7 @@ An RL checkpoint lives under the trainer's output dir (`runs/<name>/trainer/rl/`
 
 Before a save, the disk must have room for one more checkpoint as large as the last one (the model's parameter
 bytes for the first); a write that fails (disk full, folder not writable) removes its staging folder and ends the
-run with a one-line `StorageError` (exit 6) naming the path and the last good checkpoint.
+run with a one-line `StorageError` (exit 7) naming the path and the last good checkpoint.
 
 Rotation (`save_total_limit`) runs after the rename and only ever deletes older checkpoints, so at least one
 complete checkpoint always exists once the first one has been written.

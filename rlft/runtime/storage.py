@@ -2,7 +2,7 @@
 
 Before a run starts, a folder that cannot be created or written is a bad input (exit 2, raised by the stages with
 the config key). During a run, a disk that fills up or a folder that turns read-only is a `StorageError` (exit
-6): one line naming the path, the free space left and the last good checkpoint, instead of the writer's own
+7): one line naming the path, the free space left and the last good checkpoint, instead of the writer's own
 error (torch's is `RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos ...`, which never
 says "No space left on device").
 
@@ -26,12 +26,12 @@ _WRITER_FAULTS = ("inline_container", "PytorchStreamWriter", "file write failed"
 
 
 class StorageError(RlftError):
-    """Writing to disk failed during a run (disk full, folder not writable); exit code 6.
+    """Writing to disk failed during a run (disk full, folder not writable); exit code 7.
 
     The message names the path, the free space left and the last good checkpoint to resume from.
     """
 
-    exit_code = 6
+    exit_code = 7
 
 
 def existing_ancestor(path: Path) -> Path:
@@ -82,10 +82,20 @@ def free_space_problem(folder: str | os.PathLike, needed: int, what: str) -> str
     free = free_bytes(folder)
     if free >= needed:
         return None
-    return (
-        f"not enough free space in {folder} for {what}: {free / MB:.1f} MB free, about "
-        f"{needed / MB:.1f} MB needed"
-    )
+    return f"not enough free space in {folder} for {what}: {human_size(free)} free, about {human_size(needed)} needed"
+
+
+def human_size(count: int) -> str:
+    """A byte count as people read it.
+
+    >>> human_size(1536), human_size(5 * 1024**2), human_size(3 * 1024**3)
+    ('1.5 KB', '5.0 MB', '3.00 GB')
+    """
+    if count >= 1024**3:
+        return f"{count / 1024**3:.2f} GB"
+    if count >= MB:
+        return f"{count / MB:.1f} MB"
+    return f"{count / 1024:.1f} KB"
 
 
 def is_storage_fault(exc: BaseException) -> bool:
@@ -112,7 +122,7 @@ def storage_error(
         reason = exc.strerror or str(exc)
     else:
         reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-    space = f"; {free / MB:.1f} MB free there" if free is not None else ""
+    space = f"; {human_size(free)} free there" if free is not None else ""
     then = (
         f"last good checkpoint: {last_good}. Free space (or fix the folder) and continue with --resume"
         if last_good

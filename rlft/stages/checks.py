@@ -20,7 +20,7 @@ from rlft.rewards.models.preferences import read_preferences
 from rlft.rollout.demos import read_jsonl_demos
 from rlft.rollout.env_factory import check_env_reference, import_entry_point
 from rlft.rollout.experts import check_expert_demos
-from rlft.stages.common import trainer_config_class
+from rlft.stages.common import check_loadable, check_output_folder, trainer_config_class
 from rlft.stages.rl import rl_trainer_args
 from rlft.stages.rm import rm_trainer_args
 from rlft.stages.sft import sft_trainer_args
@@ -44,7 +44,9 @@ def load_checked_config(
 
 def check_config(config: Config) -> None:
     """Checks that need imports but no model: env ids, kwargs and adapter (one env is built), entry points,
-    paths, JSONL rows, trainer pass-through keys and TRL's own checks of the built trainer configs."""
+    paths, JSONL rows, trainer pass-through keys and TRL's own checks of the built trainer configs, and that
+    the run folder can be created and written (a probe that leaves nothing behind)."""
+    check_output_folder(config)
     check_env_reference(config.env)
     if config.model.name_or_path is not None:
         _check_model_path(config.model.name_or_path)
@@ -156,6 +158,7 @@ def _check_checkpoint_path(path: str, key: str) -> None:
         )
     if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
         raise ConfigError(f"key '{key}' = '{path}': folder is not a saved checkpoint (no config.json)")
+    check_loadable(folder, key)  # a truncated or altered weight file: named now, not when the model loads
 
 
 def _check_model_path(name_or_path: str, key: str = "model.name_or_path") -> None:

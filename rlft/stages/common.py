@@ -16,8 +16,10 @@ from contextvars import ContextVar
 from functools import partial
 from pathlib import Path
 
+from safetensors import SafetensorError
 from trl import RewardConfig, SFTConfig
 
+from rlft.algorithms.checkpoint_manifest import verify
 from rlft.algorithms.registry import ALGORITHMS
 from rlft.config.schema import Config, save_config
 from rlft.errors import CheckpointError, ConfigError, did_you_mean
@@ -26,6 +28,7 @@ from rlft.rollout.engine import RolloutEngine, SamplingSettings
 from rlft.rollout.env_factory import make_env
 from rlft.rollout.turn_format import make_format
 from rlft.runtime.distributed import ddp_timeout_s, process_state
+from rlft.runtime.storage import output_folder_problem
 
 
 def checkpoint_dir(config: Config, stage: str) -> Path:
@@ -52,11 +55,38 @@ def env_factory(config: Config):
 
 
 def prepare_run(config: Config) -> Path:
-    """The run directory on every rank (a race-free mkdir); config.yaml from the main process only."""
-    config.run_dir.mkdir(parents=True, exist_ok=True)
-    if process_state(ddp_timeout_s(config)).is_main_process:
-        save_config(config, config.run_dir / "config.yaml")
+    """The run directory on every rank (a race-free mkdir); config.yaml from the main process only.
+
+    Raises:
+        ConfigError: the run directory cannot be created or written (exit 2, before the run starts).
+    """
+    check_output_folder(config)
+    try:
+        config.run_dir.mkdir(parents=True, exist_ok=True)
+        if process_state(ddp_timeout_s(config)).is_main_process:
+            save_config(config, config.run_dir / "config.yaml")
+    except OSError as exc:  # the folder changed since the check (or a quota): still before the run starts
+        raise output_folder_error(
+            config, f"{exc.strerror or exc} ({exc.filename or config.run_dir})"
+        ) from None
     return config.run_dir
+
+
+def check_output_folder(config: Config) -> None:
+    """The run directory (`output_dir`/`name`) exists as a writable folder or can be created; nothing is left."""
+    problem = output_folder_problem(config.run_dir)
+    if problem is not None:
+        raise output_folder_error(config, problem)
+
+
+def output_folder_error(config: Config, problem: str) -> ConfigError:
+    fix = "set output_dir to a folder you can write to" + (
+        " (e.g. output_dir=runs)" if config.output_dir != "runs" else ""
+    )
+    return ConfigError(
+        f"key 'output_dir' = '{config.output_dir}' (run folder {config.run_dir}): {problem}; expected a "
+        f"folder rlft can create and write into: {fix}, or move what is in the way"
+    )
 
 
 def sampling_settings(config: Config, greedy: bool = False):
@@ -104,13 +134,38 @@ def ensure_base_checkpoint(config: Config) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, config: Config):
+def check_loadable(path: str | Path, key: str | None = None) -> None:
+    """A saved policy folder that will load: config.json (or a LoRA adapter), files whole and unchanged.
+
+    Reads no tensor: sizes and checksums against its MANIFEST.json when it has one, else each safetensors
+    file against its own header. Raises `CheckpointError` naming the file and the reason (and `key`).
+    """
     path = Path(path)
+    where = f"key '{key}' = '{path}'" if key else f"checkpoint '{path}'"
     if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
-        raise CheckpointError(f"'{path}' is not a saved checkpoint (no config.json)")
-    return load_pretrained(
-        str(path), config.model.model_copy(update={"name_or_path": str(path), "tiny": None})
-    )
+        raise CheckpointError(f"{where} is not a saved checkpoint (no config.json)")
+    problem = verify(path)
+    if problem is not None:
+        raise CheckpointError(
+            # (each problem starts with the file's path relative to the checkpoint folder)
+            f"{where} cannot be loaded: {path}/{problem}. Save it again or point to another checkpoint"
+        )
+
+
+def load_checkpoint(path: str | Path, config: Config):
+    """Load a saved policy (and tokenizer); a folder that fails to load is a `CheckpointError` naming it."""
+    path = Path(path)
+    check_loadable(path)
+    try:
+        return load_pretrained(
+            str(path), config.model.model_copy(update={"name_or_path": str(path), "tiny": None})
+        )
+    # What the loaders raise for a damaged file (safetensors' own error, torch's RuntimeError, a bad JSON's
+    # ValueError, a short read's EOFError), turned into one line that names the folder.
+    except (SafetensorError, RuntimeError, ValueError, EOFError, KeyError) as exc:
+        raise CheckpointError(
+            f"checkpoint '{path}' cannot be loaded: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        ) from None
 
 
 def load_trainable(path: Path, config: Config):

@@ -16,6 +16,7 @@ from rlft.runtime.distributed import ddp_timeout_s, process_state
 from rlft.runtime.faults import out_of_memory_guard
 from rlft.runtime.tracking import Tracker
 from rlft.stages.common import (
+    check_loadable,
     checkpoint_dir,
     env_factory,
     load_checkpoint,
@@ -38,8 +39,10 @@ def run_eval(config: Config, policies: dict[str, Path] | None = None, expert: bo
     if not process_state(ddp_timeout_s(config)).is_main_process:
         # Under `accelerate launch` the main process evaluates alone (no collectives, so nothing to wait for).
         return {"seeds": {"first": None, "count": 0}, "policies": {}, "note": MAIN_PROCESS_EVAL}
-    prepare_run(config)
     policies = policies if policies is not None else default_policies(config)
+    for path in policies.values():  # a damaged checkpoint is named before anything is written
+        check_loadable(path)
+    prepare_run(config)
     seeds = held_out_seeds(env_factory(config), config.env, config.eval)
     tracker = Tracker(config, "eval", config.run_dir)
     results: dict[str, Any] = {"seeds": {"first": seeds[0], "count": len(seeds)}, "policies": {}}

@@ -23,6 +23,7 @@ from rlft.runtime.tracking import (
     attach_tracking,
 )
 from rlft.stages.common import (
+    check_loadable,
     checkpoint_dir,
     ensure_base_checkpoint,
     env_factory,
@@ -79,6 +80,8 @@ def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | N
         resume = resolve_resume(args.output_dir, resume)  # before any model is loaded
     else:
         refuse_to_overwrite(Path(args.output_dir))
+    if config.rl.init_from != "base":  # a damaged start checkpoint is named before the run folder is written
+        check_loadable(resolve_init(config), "rl.init_from")
     prepare_run(config)
     design = build_reward_design(config)  # None for the default (the env reward alone); loads reward models
     model, tokenizer = load_trainable(resolve_init(config), config)
