@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 
 from rlft.config.schema import load_config
 from rlft.errors import RlftError
@@ -54,8 +55,24 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _overrides_after_resume(args: argparse.Namespace, argv: list[str]) -> None:
+    """`train --resume key=value ...`: argparse takes the first override for --resume's CHECKPOINT; give it back.
+
+    A value with `=` that is not an existing folder is an override (a checkpoint folder is named
+    `checkpoint-<step>`); the overrides keep the order they were typed in (a later one wins).
+    """
+    resume = getattr(args, "resume", None)
+    if not isinstance(resume, str) or "=" not in resume or Path(resume).is_dir():
+        return
+    given = {*args.overrides, resume}
+    args.overrides = [token for token in argv if token in given]
+    args.resume = True
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    _overrides_after_resume(args, argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
@@ -78,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         # and a config with a wrong key or type answer without them.
         from rlft.tools.commands import run_command
 
-        return run_command(args.command, config, getattr(args, "resume", None))
+        return run_command(
+            args.command, config, getattr(args, "resume", None), command_line=(args.config, args.overrides)
+        )
     except RlftError as exc:
         print(f"rlft: error: {exc}", file=sys.stderr)
         return exc.exit_code

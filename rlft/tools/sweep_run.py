@@ -27,6 +27,7 @@ from transformers import TrainerCallback
 from rlft import stages
 from rlft.config.schema import Config
 from rlft.errors import RlftError
+from rlft.runtime.run_lock import run_lock
 from rlft.runtime.signals import Interrupted
 from rlft.tools.sweep_file import Sweep, trial_config
 from rlft.tools.sweep_results import retried_trials, trial_row, write_results, write_trial_record
@@ -164,7 +165,8 @@ class Objective:
         try:
             config = trial_config(self.sweep, params, f"trial-{trial.number}")
             write_trial_record(run_dir, trial, "RUNNING", params)
-            value = run_stages(self.sweep, config, trial)
+            with run_lock(config.run_dir):  # one process per trial folder, from its first stage to its last
+                value = run_stages(self.sweep, config, trial)
         except optuna.TrialPruned:
             write_trial_record(
                 run_dir, trial, "PRUNED", params, pruned_at=trial.user_attrs.get("pruned_at_step")
