@@ -5,12 +5,18 @@ and the env seeds played are the same, in the same order: nothing repeated or sk
 middle of an epoch, at an epoch boundary, at N - 1 (after its checkpoint was written), and while a
 checkpoint is being written (the half-written one must be ignored). The resumed half runs in a fresh trainer
 after every global RNG has been scrambled, so nothing carries over in memory.
+
+The records are those of the straight run too: every step once in metrics.jsonl and transcripts.jsonl (the rows a
+stopped run logged after its checkpoint are dropped on resume). A run whose checkpoint is at max_steps (a kill
+during the final save) trains no step on resume, and saves the same final weights.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +28,7 @@ from transformers import TrainerCallback
 from rlft import stages
 from rlft.algorithms.checkpointing import COMPLETE, STAGING, is_complete, latest_complete, list_checkpoints
 from rlft.algorithms.grpo import EpisodeRollout, seeds_of
+from rlft.runtime.resume_logs import truncate_log
 from tests.conftest import tiny_config
 
 COMPARED = ("loss", "reward", "kl", "learning_rate", "episode/env_steps_total")
@@ -109,6 +116,25 @@ def per_step_metrics(run_dir: Path) -> dict[int, dict]:
     return steps
 
 
+# What differs between two runs of the same steps: wall-clock times and rates, and the end-of-training summary
+# of the call (its mean loss is over the steps that call trained).
+UNTIMED = (
+    "time",
+    "step_time",
+    "train_runtime",
+    "train_samples_per_second",
+    "train_steps_per_second",
+    "train_loss",
+)
+
+
+def log_rows(run_dir: Path, name: str) -> list[dict]:
+    """The rl stage's rows of a JSONL log in file order, without their timings."""
+    path = run_dir / name
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return [{k: v for k, v in row.items() if k not in UNTIMED} for row in rows if row.get("stage") == "rl"]
+
+
 def weights(run_dir: Path) -> dict[str, torch.Tensor]:
     tensors = load_file(str(run_dir / "checkpoints" / "rl" / "model.safetensors"))
     critic = run_dir / "checkpoints" / "rl" / "critic"
@@ -119,6 +145,8 @@ def weights(run_dir: Path) -> dict[str, torch.Tensor]:
 
 
 _straight: dict[str, tuple] = {}
+_straight_logs: dict[str, dict[str, list[dict]]] = {}
+LOGS = ("metrics.jsonl", "transcripts.jsonl")
 
 
 def straight_run(tmp_path_factory, algorithm: str):
@@ -138,6 +166,7 @@ def straight_run(tmp_path_factory, algorithm: str):
         finally:
             EpisodeRollout.play = original
         _straight[algorithm] = (config, per_step_metrics(config.run_dir), weights(config.run_dir), log)
+        _straight_logs[algorithm] = {name: log_rows(config.run_dir, name) for name in LOGS}
     return _straight[algorithm]
 
 
@@ -153,6 +182,9 @@ def assert_same_run(straight, resumed_dir: Path, resumed_seeds: list, n_steps: i
     for name in weights_a:
         assert torch.equal(weights_a[name], weights_b[name]), name
     assert resumed_seeds == seeds_a
+    algorithm = straight[0].rl.algorithm
+    for name in LOGS:  # every step once, as in the straight run (the replayed steps' old rows were dropped)
+        assert log_rows(resumed_dir, name) == _straight_logs[algorithm][name], name
 
 
 CASES = [  # (algorithm, kill step, after its checkpoint was written)
@@ -258,3 +290,127 @@ def test_bad_resume_fails_before_any_model_loads(resume, expected, tmp_path, mon
     assert code == 2
     assert expected in capsys.readouterr().err
     assert sorted(p.name for p in incomplete.iterdir()) == ["model.safetensors"]  # left as it was
+
+
+def test_resume_at_max_steps_trains_no_step_and_saves_the_same_final_weights(tmp_path, monkeypatch):
+    """max_steps 5 is not a whole number of epochs (2 steps each): resuming at checkpoint-5, transformers would
+    enter epoch 3 and train a step 6. A kill during the final save leaves checkpoint-5 and no checkpoints/rl."""
+    from rlft.stages import rl as stage_rl
+
+    config = make_config(tmp_path, "grpo")
+    config.rl.trainer["max_steps"] = 5
+    original = stage_rl.save_trained
+
+    def dying_final_save(trainer, path):
+        (Path(path) / "model.safetensors").parent.mkdir(parents=True, exist_ok=True)
+        (Path(path) / "model.safetensors").write_bytes(b"half")
+        raise Killed("final save")
+
+    monkeypatch.setattr(stage_rl, "save_trained", dying_final_save)
+    with pytest.raises(Killed):
+        stages.run_rl(config)
+    monkeypatch.setattr(stage_rl, "save_trained", original)
+    output_dir = config.run_dir / "trainer" / "rl"
+    assert latest_complete(output_dir).name == "checkpoint-5"
+    assert not (config.run_dir / "checkpoints" / "rl").exists()  # the half-written save stayed in staging
+    stopped = log_rows(config.run_dir, "metrics.jsonl")
+    scramble_rngs()
+    stages.run_rl(config, resume=True)
+    assert [p.name for p in list_checkpoints(output_dir)][-1] == "checkpoint-5"  # no step 6
+    last = load_file(str(output_dir / "checkpoint-5" / "model.safetensors"))
+    final = weights(config.run_dir)
+    assert final.keys() == last.keys() and all(torch.equal(final[k], last[k]) for k in last)
+    resumed = log_rows(config.run_dir, "metrics.jsonl")
+    assert [r["step"] for r in resumed if "loss" in r] == [1, 2, 3, 4, 5]
+    assert resumed == stopped  # the stopped call's summary row replaced by the resumed call's, nothing else
+    assert not (config.run_dir / "checkpoints" / ".staging").exists()
+
+
+def test_a_run_folder_holds_no_stray_files_and_weights_are_readable_like_the_rest(tmp_path_factory):
+    config, *_ = straight_run(tmp_path_factory, "grpo")
+    output_dir = config.run_dir / "trainer" / "rl"
+    assert not (output_dir / STAGING).exists()  # TRL's model card moved out, the staging folder removed
+    assert (output_dir / "README.md").is_file()
+    umask = os.umask(0o022)
+    os.umask(umask)
+    modes = {
+        str(p.relative_to(config.run_dir)): stat.S_IMODE(p.stat().st_mode)
+        for p in config.run_dir.rglob("*")
+        if p.is_file() and ("checkpoint-" in str(p) or "checkpoints/rl" in str(p))
+    }
+    weight_files = [name for name in modes if name.endswith(".safetensors")]
+    assert weight_files and {modes[name] for name in weight_files} == {0o666 & ~umask}
+    assert {modes[name] for name in weight_files} == {modes[name] for name in modes if name.endswith(".json")}
+
+
+def test_truncate_log_drops_what_the_stage_logged_after_the_checkpoint(tmp_path):
+    rows = [
+        {"stage": "sft", "step": 9, "loss": 1.0},  # another stage: kept whatever its step
+        {"stage": "rl", "step": 1, "loss": 0.5},
+        {"stage": "rl", "step": 2, "loss": 0.4},
+        {"stage": "rl", "step": 3, "loss": 0.3},  # replayed after a resume from checkpoint-2: dropped
+        {"stage": "rl", "step": 2, "train_runtime": 8.0, "train_loss": 0.4},  # the stopped call's summary
+        {"stage": "rl", "step": None, "note": "no step"},  # kept
+    ]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows) + "not json\n")
+    assert truncate_log(path, "rl", 2) == 2
+    kept = path.read_text().splitlines()
+    assert [json.loads(line) for line in kept[:-1]] == [rows[0], rows[1], rows[2], rows[5]]
+    assert kept[-1] == "not json"  # a line it cannot read is not its to drop
+    assert truncate_log(path, "rl", 2) == 0 and not list(tmp_path.glob(".*"))  # no temporary file left
+
+
+def resumable_copy(tmp_path, tmp_path_factory):
+    """The straight GRPO run (checkpoint-6 at max_steps) copied under tmp_path, and a config file for it."""
+    import shutil
+
+    from rlft.config.schema import save_config
+
+    straight_config, *_ = straight_run(tmp_path_factory, "grpo")
+    config = make_config(tmp_path, "grpo")
+    shutil.copytree(straight_config.run_dir, config.run_dir)
+    save_config(config, config.run_dir / "config.yaml")  # the copy's own output_dir
+    save_config(config, tmp_path / "config.yaml")
+    return config
+
+
+def test_an_override_that_cannot_change_mid_run_is_refused_naming_the_key(
+    tmp_path, tmp_path_factory, monkeypatch, capsys
+):
+    from rlft import cli
+    from rlft.stages import rl as stage_rl
+
+    config = resumable_copy(tmp_path, tmp_path_factory)
+    saved = (config.run_dir / "config.yaml").read_bytes()
+
+    def trap(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(stage_rl, "load_trainable", trap)
+    # The override after --resume is an override, not --resume's checkpoint folder.
+    argv = ["train", "--config", str(tmp_path / "config.yaml"), "--resume", "rl.trainer.learning_rate=0.02"]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--resume: rl.trainer.learning_rate cannot change when a run is resumed: it was 0.01" in err
+    assert "Resume with rl.trainer.learning_rate=0.01" in err
+    assert (config.run_dir / "config.yaml").read_bytes() == saved  # nothing written
+    assert not (config.run_dir / "resumes.jsonl").exists()
+
+
+def test_an_override_that_may_change_on_resume_is_applied_and_recorded_with_the_step(
+    tmp_path, tmp_path_factory, capsys
+):
+    from rlft import cli
+    from rlft.config.schema import load_config
+
+    config = resumable_copy(tmp_path, tmp_path_factory)
+    argv = ["train", "--config", str(tmp_path / "config.yaml"), "--resume", "tracking.transcript_samples=2"]
+    assert cli.main(argv) == 0
+    (record,) = [json.loads(line) for line in (config.run_dir / "resumes.jsonl").read_text().splitlines()]
+    assert record["step"] == 6 and record["checkpoint"].endswith("checkpoint-6")
+    assert record["changes"] == {"tracking.transcript_samples": {"from": 4, "to": 2}}
+    assert (
+        load_config(config.run_dir / "config.yaml").tracking.transcript_samples == 2
+    )  # config.yaml tells it
+    assert [p.name for p in list_checkpoints(config.run_dir / "trainer" / "rl")][-1] == "checkpoint-6"

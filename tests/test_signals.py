@@ -83,7 +83,7 @@ def test_signal_saves_a_checkpoint_exits_128_plus_signal_and_resumes_exactly(
         "RLFT_TEST_PHASES": str(phases),
     }
     process = subprocess.Popen(
-        [sys.executable, "-c", SCRIPT, "train", "--config", str(config_path)],
+        [sys.executable, "-c", SCRIPT, "train", "--config", str(config_path), "name=resume"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -97,7 +97,9 @@ def test_signal_saves_a_checkpoint_exits_128_plus_signal_and_resumes_exactly(
     finally:
         process.kill()
     assert process.returncode == 128 + signum, stderr[-2000:]
-    assert f"stopped by {signal.Signals(signum).name}" in stderr and "--resume" in stderr
+    assert f"stopped by {signal.Signals(signum).name}" in stderr
+    # The exact command, the override included (without it, a copied command would resume another run).
+    assert f"Continue with: rlft train --config {config_path} name=resume --resume\n" in stderr
     stopped = latest_complete(output_dir)
     assert stopped.name == "checkpoint-2"  # the step in flight finished and was saved, nothing later
     assert not (config.run_dir / "checkpoints" / "rl").exists()  # no final policy from an interrupted run
@@ -108,3 +110,36 @@ def test_signal_saves_a_checkpoint_exits_128_plus_signal_and_resumes_exactly(
     assert per_step_metrics(config.run_dir) == metrics_a
     weights_b = weights(config.run_dir)
     assert all((weights_a[k] == weights_b[k]).all() for k in weights_a)
+
+
+# GracefulStop alone, in a process that inherited SIGINT ignored (`rlft train ... &` from a script): the first
+# SIGINT asks for a graceful stop, the second must end the process at once, not restore the inherited ignore.
+IGNORED_SIGINT = textwrap.dedent("""
+    import signal, time
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a shell's background job inherits it
+    from rlft.runtime.signals import GracefulStop
+    GracefulStop().install()
+    print("ready", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_second_sigint_exits_at_once_even_when_sigint_was_inherited_ignored():
+    process = subprocess.Popen(
+        [sys.executable, "-c", IGNORED_SIGINT],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline().strip() == "ready"
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.5)
+        assert process.poll() is None  # the first asks for a graceful stop
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGINT

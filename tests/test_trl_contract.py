@@ -169,6 +169,10 @@ CONTRACT: list[Assumption] = [
         "checkpoints: _load_from_checkpoint(resume_from_checkpoint, model)",
         _parameters(GRPOTrainer, "_load_from_checkpoint", ("self", "resume_from_checkpoint", "model")),
     ),
+    Assumption(
+        "resume: _run_epoch(model, epoch, ...) runs one epoch of the training loop",
+        _parameters(GRPOTrainer, "_run_epoch", ("self", "model", "epoch", "epochs_trained")),
+    ),
     Assumption("accumulation: current_gradient_accumulation_steps, HF loss scaling off", _accumulation_steps),
     Assumption("reference: trl.trainer.utils.use_adapter for a PEFT policy's reference", _reference_adapter),
 ]

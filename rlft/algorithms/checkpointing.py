@@ -39,6 +39,7 @@ import torch
 from rlft.algorithms import trl_bridge
 from rlft.algorithms.checkpoint_manifest import fsync_dir, verify, write_manifest
 from rlft.errors import CheckpointError, RlftError
+from rlft.runtime.run_files import empty_staging, match_umask
 from rlft.runtime.storage import (
     StorageError,
     folder_bytes,
@@ -225,6 +226,14 @@ class ResumableTrainerMixin:
             resume_from_checkpoint = str(path)
         return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
 
+    def run_epoch(self, *args, **kwargs):
+        # Resumed at max_steps (a stop in the last step, a kill in the final save): transformers would enter the
+        # epoch that step ended in and train a step past max_steps before its first check. Nothing is left.
+        if self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return None
+        return super().run_epoch(*args, **kwargs)
+
     # ------------------------------------------------------------------------------------ atomic saving
     def write_checkpoint(self, model, trial) -> None:
         bad = nonfinite_parameters(self.accelerator.unwrap_model(self.model))
@@ -254,8 +263,10 @@ class ResumableTrainerMixin:
         if self.args.should_save:
             if final.exists():  # an incomplete leftover of a run that stopped while renaming
                 shutil.rmtree(final)
+            match_umask(staging)
             os.replace(staging, final)
             fsync_dir(run_dir)
+            empty_staging(run_dir / STAGING, run_dir)
             rotate(run_dir, self.args.save_total_limit)
         self.accelerator.wait_for_everyone()
 

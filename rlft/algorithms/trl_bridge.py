@@ -18,7 +18,8 @@ when an upgrade changes it. What rlft relies on (TRL 1.16, transformers 5):
   temperature-scaled per-token log-probs of the completion tokens (and entropies);
 * `Trainer.current_gradient_accumulation_steps`, `Trainer._save_checkpoint(model, trial)`,
   `Trainer._get_output_dir(trial)`, `Trainer._save(output_dir, state_dict)`,
-  `Trainer._load_from_checkpoint(resume_from_checkpoint, model)`.
+  `Trainer._load_from_checkpoint(resume_from_checkpoint, model)`, `Trainer._run_epoch(...)` (one epoch of the
+  training loop, run after the state is restored and before any step of that epoch).
 """
 
 from __future__ import annotations
@@ -176,6 +177,14 @@ class BridgedGRPOTrainer(GRPOTrainer):
 
     def write_model_files(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict=state_dict)
+
+    # transformers: one epoch of optimizer steps; its loop checks `should_training_stop` only after a step.
+    def _run_epoch(self, *args, **kwargs):
+        return self.run_epoch(*args, **kwargs)
+
+    def run_epoch(self, *args, **kwargs):
+        """One epoch of transformers' training loop (`Trainer._run_epoch`, its arguments passed through)."""
+        return super()._run_epoch(*args, **kwargs)
 
     # transformers: loads the model's weights from a checkpoint when resuming.
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:

@@ -3,7 +3,9 @@
 Pre-emptible clusters send SIGTERM and, after a grace period, SIGKILL. On the first signal rlft lets the
 current step (rollout, update, or a save already under way) finish, saves a complete checkpoint of that
 step and stops; `rlft train --resume` continues from it exactly. A second signal exits at once, leaving
-the newest complete checkpoint as it was. The grace period needed is therefore one training step plus
+the newest complete checkpoint as it was, even where the process inherited an ignored SIGINT (a background
+job of a shell: restoring that inherited SIG_IGN would swallow the second signal, so the default action is
+used instead). The grace period needed is therefore one training step plus
 one save. Every process stops at the same step: the flag is reduced across processes at each step end.
 """
 
@@ -24,12 +26,25 @@ HANDLED = (signal.SIGTERM, signal.SIGINT)
 
 
 class Interrupted(RlftError):
-    """Training stopped on a signal after saving a checkpoint; the exit code is 128 + the signal number."""
+    """Training stopped on a signal after saving a checkpoint; the exit code is 128 + the signal number.
 
-    def __init__(self, message: str, signum: int):
+    Where the run can be continued, the message ends with `resume_command`: the rl stage sets its general form,
+    the CLI the exact command line (its --config and every override given).
+    """
+
+    def __init__(self, message: str, signum: int, resume_command: str | None = None):
         super().__init__(message)
+        self.message = message
         self.exit_code = 128 + signum
         self.signum = signum
+        self.resume_command = resume_command
+
+    def __str__(self) -> str:
+        return (
+            self.message
+            if self.resume_command is None
+            else f"{self.message}. Continue with: {self.resume_command}"
+        )
 
 
 class GracefulStop(TrainerCallback):
@@ -55,7 +70,10 @@ class GracefulStop(TrainerCallback):
 
     def _handle(self, signum, frame) -> None:
         if self.signum is not None:  # a second signal: stop now
+            inherited = self._previous.get(signum)
             self.uninstall()
+            if inherited in (signal.SIG_IGN, None):  # ignored (or not set from Python): would swallow it
+                signal.signal(signum, signal.SIG_DFL)
             signal.raise_signal(signum)
             return
         self.signum = signum

@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 
 from rlft.config.resolved import resolved_record, write_resolved
 from rlft.config.schema import Config, config_to_dict
+from rlft.runtime.resume_logs import truncate_log
 
 logger = logging.getLogger(__name__)
 
@@ -45,8 +46,15 @@ class Tracker:
     its own; rlft's rollout and PPO reduce theirs), so rank 0's record stands for the whole job.
     """
 
-    def __init__(self, config: Config, stage: str, run_dir: Path, resume: bool = False):
-        """`resume`: continue this stage's wandb run (its id is kept in `wandb_ids.json` in the run dir)."""
+    def __init__(
+        self, config: Config, stage: str, run_dir: Path, resume: bool = False, resume_step: int | None = None
+    ):
+        """`resume`: continue this stage's wandb run (its id is kept in `wandb_ids.json` in the run dir).
+
+        `resume_step`: the step of the checkpoint this stage resumes from. What this stage logged after it (rows
+        of metrics.jsonl and transcripts.jsonl with a later step, and the end-of-training summary of the stopped
+        call) is dropped before anything new is written (`truncate_log`), so every step appears once.
+        """
         from rlft.runtime.distributed import is_main_process
 
         self.stage = stage
@@ -59,6 +67,9 @@ class Tracker:
         if not self.enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        if resume_step is not None:
+            for name in ("metrics.jsonl", "transcripts.jsonl"):
+                truncate_log(self.run_dir / name, stage, resume_step)
         settings = config.tracking.wandb
         if settings.enabled and settings.mode != "disabled":
             self._start_wandb(config, stage, resume)

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import signal
+import time
 from pathlib import Path
+from typing import Any
 
-from rlft.algorithms.checkpointing import refuse_to_overwrite, resolve_resume
+from rlft.algorithms.checkpointing import checkpoint_step, refuse_to_overwrite, resolve_resume
 from rlft.algorithms.registry import get_algorithm
 from rlft.config.defaults import rl_defaults
-from rlft.config.schema import Config
+from rlft.config.schema import Config, config_to_dict, load_config
 from rlft.config.trainer_args import build_trainer_config
 from rlft.errors import CheckpointError, ConfigError
 from rlft.rewards import build_reward_design
 from rlft.rollout.evaluation import evaluate_policy, held_out_seeds
-from rlft.runtime.distributed import save_trained
+from rlft.runtime.distributed import ddp_timeout_s, process_state, save_trained
 from rlft.runtime.faults import out_of_memory_guard
+from rlft.runtime.run_files import empty_staging, match_umask
+from rlft.runtime.run_lock import run_lock
 from rlft.runtime.signals import GracefulStop, Interrupted
 from rlft.runtime.tracking import (
     HeldOutEvalCallback,
@@ -68,26 +75,56 @@ def rl_trainer_args(config: Config):
     )
 
 
+# What may differ from the run's config.yaml when it is resumed: what is logged and evaluated, and how often
+# checkpoints are written. Everything else (the model, env, rollout, reward, the trainer's optimisation
+# arguments, max_steps with its learning-rate schedule) would make the resumed run another run than the one
+# its checkpoint belongs to.
+RESUMABLE_KEYS = (
+    "tracking",
+    "eval",
+    "rl.trainer.logging_steps",
+    "rl.trainer.save_steps",
+    "rl.trainer.save_total_limit",
+    "rl.trainer.report_to",
+)
+RESUMES_FILE = "resumes.jsonl"
+
+
 def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | None = None) -> Path:
     """RL from the initial checkpoint with the configured algorithm; saves checkpoints/rl.
 
     `resume`: True for the newest complete checkpoint under `trainer/rl`, or a checkpoint folder; the run
-    continues exactly where that checkpoint left it (see rlft.checkpointing). On SIGTERM / SIGINT the step in
-    flight finishes, a checkpoint is written and `Interrupted` (exit code 128 + signal) is raised.
+    continues exactly where that checkpoint left it (see rlft.checkpointing), with the config it was started
+    with: a change to a key outside `RESUMABLE_KEYS` is refused, the others are applied and recorded in
+    `resumes.jsonl`. A checkpoint at max_steps trains no step: the final policy is saved. On SIGTERM / SIGINT
+    the step in flight finishes, a checkpoint is written and `Interrupted` (exit code 128 + signal) is raised.
+
+    Holds the run folder's lock (rlft.runtime.run_lock) throughout: a second process on this run is refused.
     """
+    main_process = process_state(ddp_timeout_s(config)).is_main_process
+    with run_lock(config.run_dir, main_process):
+        return _run_rl(config, resume, callbacks)
+
+
+def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -> Path:
     args = rl_trainer_args(config)
+    resume_step, changes = None, {}
     if resume:
         resume = resolve_resume(args.output_dir, resume)  # before any model is loaded
+        resume_step = checkpoint_step(resume)
+        changes = resume_changes(config)  # refused ones raise here, before anything is written
     else:
         refuse_to_overwrite(Path(args.output_dir))
     if config.rl.init_from != "base":  # a damaged start checkpoint is named before the run folder is written
         check_loadable(resolve_init(config), "rl.init_from")
     prepare_run(config)
+    if resume and process_state().is_main_process:
+        record_resume(config, resume, changes)
     design = build_reward_design(config)  # None for the default (the env reward alone); loads reward models
     model, tokenizer = load_trainable(resolve_init(config), config)
     engine = rollout_engine(config, tokenizer)
     train = config.env.train_seeds
-    tracker = Tracker(config, "rl", config.run_dir, resume=bool(resume))
+    tracker = Tracker(config, "rl", config.run_dir, resume=bool(resume), resume_step=resume_step)
     seeds = list(range(train.start, train.start + train.count))
     # The over-optimisation alarm adds its event to the logs, so it reads them before the tracker writes them.
     alarm = [design.alarm] if design is not None and design.alarm is not None else []
@@ -115,14 +152,78 @@ def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | N
         record_sync_command(tracker.finish())
         name = signal_name(stop.signum)
         raise Interrupted(
-            f"stopped by {name} after step {stop.stopped_at}; checkpoint written under "
-            f"{args.output_dir}. Continue with: rlft train --config <config> --resume",
+            f"stopped by {name} after step {stop.stopped_at}; checkpoint written under {args.output_dir}",
             stop.signum,
+            resume_command="rlft train --config <config> <the same overrides> --resume",
         )
-    # PPO: the policy alone, and the critic beside it in critic/ (reloads with rlft.models.critic.load_critic).
-    path = save_trained(trainer, checkpoint_dir(config, "rl"))
+    path = save_final(trainer, checkpoint_dir(config, "rl"))
     record_sync_command(tracker.finish())
     return path
+
+
+def save_final(trainer, path: Path) -> Path:
+    """The trained policy (PPO: with its critic in critic/, which rlft.models.critic.load_critic reloads) into
+    `path`, written beside it and renamed into place: a kill during the save leaves the previous `path` or none,
+    never half of one (the run's last checkpoint is complete: `--resume` saves it again without training)."""
+    staging_root = path.parent / ".staging"
+    staging = staging_root / path.name
+    if trainer.accelerator.is_main_process and staging.exists():
+        shutil.rmtree(staging)
+    save_trained(trainer, staging)  # every rank (a collective under FSDP / ZeRO-3); ends with a barrier
+    if trainer.accelerator.is_main_process:
+        match_umask(staging)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+        empty_staging(staging_root, path.parent)
+    trainer.accelerator.wait_for_everyone()
+    return path
+
+
+def resume_changes(config: Config) -> dict[str, dict[str, Any]]:
+    """The keys that differ between `config` and the run's config.yaml, as {key: {"from": old, "to": new}}.
+
+    Raises:
+        ConfigError: a changed key outside `RESUMABLE_KEYS`, naming it, both values and what to do instead.
+    """
+    saved_path = config.run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return {}  # a run folder from before config.yaml was written: nothing to compare with
+    saved = _flat(config_to_dict(load_config(saved_path)))
+    now = _flat(config_to_dict(config))
+    changes = {
+        key: {"from": saved.get(key), "to": now.get(key)}
+        for key in sorted(saved.keys() | now.keys())
+        if saved.get(key) != now.get(key)
+    }
+    refused = [key for key in changes if not any(key == k or key.startswith(f"{k}.") for k in RESUMABLE_KEYS)]
+    if refused:
+        key = refused[0]
+        others = f" (and {', '.join(refused[1:])})" if refused[1:] else ""
+        raise ConfigError(
+            f"--resume: {key}{others} cannot change when a run is resumed: it was "
+            f"{changes[key]['from']!r} in {saved_path} and is {changes[key]['to']!r} now. Resume with "
+            f"{key}={changes[key]['from']} (or without the change), or start a new run under another `name`. "
+            f"What may change on resume: {', '.join(f'{k}.*' if '.' not in k else k for k in RESUMABLE_KEYS)}"
+        )
+    return changes
+
+
+def _flat(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def record_resume(config: Config, checkpoint: Path, changes: dict[str, dict[str, Any]]) -> None:
+    """One row per resume in runs/<name>/resumes.jsonl: when, from which checkpoint (step), what changed."""
+    row = {"time": time.time(), "step": checkpoint_step(checkpoint), "checkpoint": str(checkpoint)}
+    with (config.run_dir / RESUMES_FILE).open("a", encoding="utf-8") as handle:
+        handle.write(json.dumps({**row, "changes": changes}) + "\n")
 
 
 def signal_name(signum: int) -> str:

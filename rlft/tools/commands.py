@@ -7,6 +7,7 @@ it only when a stage runs.
 
 from __future__ import annotations
 
+import shlex
 import time
 
 from rlft import stages
@@ -15,18 +16,30 @@ from rlft.config.schema import Config, RmRewardComponent
 from rlft.errors import CheckpointError
 from rlft.rewards.references import run_reward_model
 from rlft.rollout.experts import check_expert_demos
+from rlft.runtime.distributed import ddp_timeout_s, process_state
+from rlft.runtime.run_lock import run_lock
+from rlft.runtime.signals import Interrupted
 from rlft.stages import eval as stage_eval
 from rlft.stages import rl as stage_rl
 from rlft.stages.common import collect_sync_commands
 
+LOCKED_COMMANDS = ("train", "pipeline")  # the commands that train into the run folder (sweep trials lock too)
 
-def run_command(command: str, config: Config, resume: str | bool | None = None) -> int:
+
+def run_command(
+    command: str,
+    config: Config,
+    resume: str | bool | None = None,
+    command_line: tuple[str, list[str]] | None = None,
+) -> int:
     """Run one stage command and print what it made, then the `wandb sync` commands of its own offline runs.
 
     Args:
         command: sft, train, eval, pipeline or rm.
         config: the loaded, checked config.
         resume: `train --resume`: True for the newest complete checkpoint, or a checkpoint folder.
+        command_line: (the --config path, the overrides) as typed, for the exact command that continues a run
+            stopped by a signal.
 
     Returns:
         0; a stage's failure raises (an `RlftError` the CLI prints with its exit code).
@@ -35,13 +48,32 @@ def run_command(command: str, config: Config, resume: str | bool | None = None) 
     if command == "pipeline" or (command == "train" and not resume):
         refuse_to_overwrite(config.run_dir / "trainer" / "rl")  # before SFT, so a pipeline fails fast
     start = time.perf_counter()
+    # One live process per run folder (the ranks of an accelerate job are one holder: the main one locks).
+    locks = command in LOCKED_COMMANDS and process_state(ddp_timeout_s(config)).is_main_process
     # Collected per command, not per process: `rlft launch` runs many commands in one process.
-    with collect_sync_commands() as sync_commands:
-        print(_run_stages(command, config, resume))
+    with run_lock(config.run_dir, main_process=locks), collect_sync_commands() as sync_commands:
+        try:
+            print(_run_stages(command, config, resume))
+        except Interrupted as exc:
+            if command_line is not None and exc.resume_command is not None:
+                exc.resume_command = resume_command(command, *command_line)
+            raise
     print(f"run directory: {config.run_dir}  ({time.perf_counter() - start:.0f} s)")
     for command_line in sync_commands:
         print(f"to upload the offline wandb run: {command_line}")
     return 0
+
+
+def resume_command(command: str, config_path: str, overrides: list[str]) -> str:
+    """The exact command line that continues a `train` / `pipeline` run stopped by a signal (shell-quoted).
+
+    >>> resume_command("pipeline", "configs/my run.yaml", ["name=a", "seed=2"])
+    "rlft train --config 'configs/my run.yaml' name=a seed=2 --resume, then rlft eval --config 'configs/my run.yaml' name=a seed=2"
+    """
+    train = shlex.join(["rlft", "train", "--config", config_path, *overrides, "--resume"])
+    if command != "pipeline":
+        return train
+    return f"{train}, then {shlex.join(['rlft', 'eval', '--config', config_path, *overrides])}"
 
 
 def _run_stages(command: str, config: Config, resume: str | bool | None) -> str:
