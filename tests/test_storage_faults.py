@@ -129,9 +129,11 @@ def test_a_folder_that_cannot_be_written_exits_2(exists, tmp_path, monkeypatch, 
 
 def test_the_probe_leaves_nothing_behind(tmp_path):
     (tmp_path / "existing").mkdir()
+    times = [(p.stat().st_mtime_ns, p) for p in (tmp_path, tmp_path / "existing")]
     assert storage.output_folder_problem(tmp_path / "existing") is None
     assert storage.output_folder_problem(tmp_path / "new" / "run") is None
     assert tree(tmp_path) == ["existing"]
+    assert [(p.stat().st_mtime_ns, p) for _, p in times] == times  # not even marked as modified
 
 
 def test_prepare_run_turns_a_failed_write_into_exit_2_naming_the_path(tmp_path, monkeypatch):

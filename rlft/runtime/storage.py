@@ -6,11 +6,13 @@ the config key). During a run, a disk that fills up or a folder that turns read-
 error (torch's is `RuntimeError: [enforce fail at inline_container.cc:672] . unexpected pos ...`, which never
 says "No space left on device").
 
-Every check here leaves nothing behind: a writability probe creates a temporary entry and removes it at once.
+Every check here leaves nothing behind: a writability probe creates a temporary entry, removes it at once and
+gives the folder back its modification time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -54,6 +56,7 @@ def output_folder_problem(path: str | os.PathLike) -> str | None:
     if not probe.is_dir():
         where = "it" if probe == path else str(probe)
         return f"{where} is a file, not a folder" if probe.is_file() else f"{where} is not a folder"
+    before = probe.stat()
     try:
         if probe == path:
             handle, name = tempfile.mkstemp(dir=probe, prefix=".rlft-write-check-")
@@ -64,6 +67,9 @@ def output_folder_problem(path: str | os.PathLike) -> str | None:
     except OSError as exc:
         action = "write into" if probe == path else "create a folder in"
         return f"cannot {action} {probe} ({exc.strerror or exc})"
+    # The folder looks untouched afterwards: a check must not mark an earlier run's folder as modified.
+    with contextlib.suppress(OSError):
+        os.utime(probe, ns=(before.st_atime_ns, before.st_mtime_ns))
     return None
 
 
