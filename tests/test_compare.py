@@ -336,3 +336,71 @@ def test_finals_are_finite(report):
     for metric in ("success", "return"):
         for label in VARIANTS:
             assert all(math.isfinite(v) for v in report.points[metric][label])
+
+
+# ------------------------------------------------------------------------------------ reference rows
+def test_reference_rows_come_from_eval_json_beside_the_variants(report):
+    """sft and expert of every run's eval.json: the same score on the seeds the variants share, so one row each
+    over all their seeds (grpo_s3 has no eval.json), listed after the variants in the finals table."""
+    refs = report.references["success"]
+    assert list(refs.scores) == ["sft", "expert"]  # REFERENCE_POLICIES order; no untrained / random here
+    assert refs.scores["sft"] == [0.1] * 4 and refs.seeds["sft"] == SEEDS
+    assert refs.scores["expert"] == [1.0] * 4 and refs.sources["expert"] == ["eval.json (expert)"] * 4
+    assert report.points["success"]["expert"][0] == pytest.approx(1.0)
+    page = report.html.read_text()
+    table = page.split("<h3>Final held-out success</h3>", 1)[1].split("</table>", 1)[0]
+    order = [table.index(f"<b>{label}</b>") for label in ("grpo", "ppo", "sft", "expert")]
+    assert order == sorted(order) and "reference policies" in table
+
+
+def _one_seed_run(root: Path, name: str, seed: int, policies: dict[str, tuple[int, int]]) -> Path:
+    """A run whose eval.json has each policy's per-episode summary: policy -> (successes, episodes)."""
+    from rlft.rollout.evaluation import wilson_interval
+
+    run = root / name
+    run.mkdir(parents=True)
+    config = _config("grpo", seed, root)
+    config["name"] = name
+    config["rl"]["trainer"]["learning_rate"] = 1e-4 if name.startswith("a") else 2e-4
+    (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    summaries = {}
+    for policy, (wins, n) in policies.items():
+        low, high = wilson_interval(wins, n)
+        summaries[policy] = {
+            "episodes": n,
+            "success": wins / n,
+            "success_ci_low": low,
+            "success_ci_high": high,
+            "return": wins / n - 0.2,
+            "return_ci_low": wins / n - 0.3,
+            "return_ci_high": wins / n - 0.1,
+        }
+    (run / "eval.json").write_text(json.dumps({"seeds": {"first": 0, "count": 50}, "policies": summaries}))
+    return run
+
+
+def test_one_seed_variants_show_per_episode_wilson_intervals_and_seed_counts(tmp_path):
+    """One seed per variant: the bootstrap interval is a point, so the row takes eval.json's per-episode
+    Wilson CI; the variants table's seeds column counts seeds (1), it does not show the seed (7); SFT differs
+    between the variants, so each gets its own sft row, while the shared expert is one row."""
+    from rlft.rollout.evaluation import wilson_interval
+
+    root = tmp_path / "runs"
+    _one_seed_run(root, "a", 7, {"rl": (24, 50), "sft": (10, 50), "untrained": (0, 50), "expert": (50, 50)})
+    _one_seed_run(root, "b", 7, {"rl": (30, 50), "sft": (12, 50), "untrained": (0, 50), "expert": (50, 50)})
+    result = compare([root], tmp_path / "r.html", reps=50)
+    intervals = result.intervals["success"]
+    low, high = wilson_interval(24, 50)
+    assert (low, high) == pytest.approx((0.3480, 0.6149), abs=1e-4)  # by hand: 0.48 of 50, z = 1.96
+    np.testing.assert_allclose(intervals["a"], [[low] * 3, [high] * 3])
+    np.testing.assert_allclose(intervals["b"][:, 0], wilson_interval(30, 50))
+    np.testing.assert_allclose(result.intervals["return"]["a"][:, 0], [0.48 - 0.3, 0.48 - 0.1])
+    assert list(result.references["success"].scores) == ["untrained", "sft (a)", "sft (b)", "expert"]
+    np.testing.assert_allclose(intervals["sft (a)"][:, 0], wilson_interval(10, 50))
+    assert result.per_episode["success"] == {"a", "b", "untrained", "sft (a)", "sft (b)", "expert"}
+    page = result.html.read_text()
+    finals = page.split("<h3>Final held-out success</h3>", 1)[1].split("</table>", 1)[0]
+    assert f"0.48 [{low:.4g}, {high:.4g}]" in finals and "1 seed: per-episode Wilson 95% CI" in finals
+    variants = page.split("<h2>Variants</h2>", 1)[1].split("</table>", 1)[0]
+    assert "<th>seeds</th><th>seed values</th>" in variants
+    assert "<td><b>a</b></td><td class=num>1</td><td>7</td>" in variants

@@ -8,10 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlft import stages
+from rlft import cli, stages
+from rlft.config.schema import load_config
 from rlft.runtime.tracking import Tracker, read_metrics
 from rlft.stages import common as stage_common
 from tests.conftest import tiny_config
+from tests.user_grid_env import ACTION_NAMES
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +76,8 @@ def test_grpo_logs_kl_episode_success_and_rewards(tiny_run):
         assert "kl" in record and record["kl"] >= 0.0
         assert 0.0 <= record["episode/success"] <= 1.0
         assert "rewards/episode_return/mean" in record
+        # every algorithm logs the reward components the same way (rlft compare's reward-component plot)
+        assert record["episode/reward/env"] == pytest.approx(record["episode/return"], abs=1e-4)
 
 
 def test_resolved_config_records_what_each_stage_trained_with(tiny_run):
@@ -211,3 +215,107 @@ def test_resumed_stage_continues_the_same_wandb_run(tmp_path):
     fresh.finish()
     assert fresh_id != run_id
     assert json.loads((tmp_path / "wandb_ids.json").read_text())["rl"] == fresh_id
+
+
+# ------------------------------------------------------------------------------------------------ eval
+# A user's env (tests/user_grid_env.py) and the untrained policy: evaluation without any training.
+GRID_ADAPTER = {
+    "action_names": ACTION_NAMES,
+    "renderer": "tests.user_grid_env:render",
+    "instructions": "Reach G.",
+}
+
+
+def grid_config_file(tmp_path, env_class: str = "GridEnv", **eval_section):
+    """A config file for the user's grid env with its untrained checkpoint saved (no config.yaml yet)."""
+    adapter = {**GRID_ADAPTER, **({"expert_method": "expert_action"} if env_class == "GridEnv" else {})}
+    raw = {
+        "name": "grid",
+        "output_dir": str(tmp_path / "runs"),
+        "model": {"tiny": {"hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64}},
+        "env": {"id": f"tests.user_grid_env:{env_class}", "adapter": adapter, "max_turns": 6},
+        "rl": {"init_from": "base"},
+        "eval": {"episodes": 4, "batch_size": 4, "disjoint_tasks": False, **eval_section},
+        "tracking": {"wandb": {"enabled": False}},
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(json.dumps(raw), encoding="utf-8")  # JSON is YAML
+    config = load_config(path)
+    stage_common.ensure_base_checkpoint(config)
+    return path, config
+
+
+def test_eval_without_an_expert_skips_it_with_a_note(tmp_path, capsys):
+    """eval.expert: auto (the default) and an env with no expert: every policy evaluated, a note, eval.json."""
+    path, config = grid_config_file(tmp_path, "NoExpertGridEnv")
+    assert cli.main(["eval", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert (
+        "| untrained |" in out and "note: expert skipped: tests.user_grid_env:NoExpertGridEnv has none" in out
+    )
+    saved = json.loads((config.run_dir / "eval.json").read_text())
+    assert list(saved["policies"]) == ["untrained"] and saved["notes"][0].startswith("expert skipped")
+
+
+def test_eval_expert_true_without_an_expert_exits_2_before_anything_is_written(tmp_path, capsys):
+    path, config = grid_config_file(tmp_path, "NoExpertGridEnv", expert=True)
+    before = sorted(p.relative_to(config.run_dir) for p in config.run_dir.rglob("*"))
+    for command in ("validate", "eval"):
+        assert cli.main([command, "--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert "key 'eval.expert' = true needs the env's expert" in err
+        assert "env.adapter.expert_method" in err and "eval.expert: auto" in err  # the options, the fix
+    assert sorted(p.relative_to(config.run_dir) for p in config.run_dir.rglob("*")) == before
+
+
+def test_eval_writes_each_result_at_once_and_keeps_them_on_an_error(tmp_path, monkeypatch):
+    """The second policy's evaluation fails: the first one's result is already in eval.json, stays there
+    (marked incomplete), and the error propagates."""
+    from rlft.stages import eval as stage_eval
+
+    _, config = grid_config_file(tmp_path)
+    base = stage_common.checkpoint_dir(config, "base")
+    calls, real = [], stage_eval.evaluate_policy
+    seen_on_disk = []
+
+    def evaluate_policy(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # the second policy's greedy evaluation
+            seen_on_disk.append(json.loads((config.run_dir / "eval.json").read_text()))
+            raise RuntimeError("the env server went away")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stage_eval, "evaluate_policy", evaluate_policy)
+    with pytest.raises(RuntimeError, match="went away"):
+        stages.run_eval(config, policies={"first": base, "second": base})
+    assert list(seen_on_disk[0]["policies"]) == ["first"]  # written before the second started
+    saved = json.loads((config.run_dir / "eval.json").read_text())
+    assert list(saved["policies"]) == ["first"] and saved["policies"]["first"]["episodes"] == 4
+    assert saved["incomplete"] == "stopped while evaluating second: RuntimeError: the env server went away"
+    assert not list(config.run_dir.glob(".*partial"))
+
+
+def test_eval_with_overrides_writes_its_own_record_and_keeps_the_training_config(tmp_path, capsys):
+    path, config = grid_config_file(tmp_path)
+    assert cli.main(["eval", "--config", str(path)]) == 0  # the run's own config: eval.json, with the expert
+    capsys.readouterr()
+    training_yaml = (config.run_dir / "config.yaml").read_bytes()
+    eval_json = (config.run_dir / "eval.json").read_bytes()
+    assert set(json.loads(eval_json)["policies"]) == {"untrained", "expert"}
+    overrides = [
+        "eval.episodes=3",
+        "eval.expert=false",
+        "tracking.wandb.mode=disabled",
+    ]  # tracking: not listed
+    assert cli.main(["eval", "--config", str(path), *overrides]) == 0
+    out = capsys.readouterr().out
+    assert (config.run_dir / "config.yaml").read_bytes() == training_yaml  # what training used, unchanged
+    assert (config.run_dir / "eval.json").read_bytes() == eval_json
+    (record,) = config.run_dir.glob("eval_*.json")
+    (record_config,) = config.run_dir.glob("eval_*.config.yaml")
+    assert record_config.name == record.name.replace(".json", ".config.yaml")
+    results = json.loads(record.read_text())
+    assert results["seeds"]["count"] == 3 and list(results["policies"]) == ["untrained"]
+    assert results["record"] == {"config": record_config.name, "differs_in": ["eval.episodes", "eval.expert"]}
+    assert load_config(record_config).eval.episodes == 3  # the config this record was made with
+    assert f"results in {record.name}" in out and "eval.episodes, eval.expert" in out

@@ -109,6 +109,9 @@ class EpisodeRollout:
         batch = RolloutBatch.from_episodes(
             episodes, pad_id=self.engine.tokenizer.pad_token_id, device=trainer.accelerator.device
         )
+        if self.reward_design is None:  # a design logs its components itself (over all processes)
+            for name, totals in batch.component_returns.items():
+                metrics[f"episode/reward/{name}"].append(sum(totals) / max(len(totals), 1))
         for listener in self._listeners:
             listener(batch)
         return batch

@@ -184,11 +184,7 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
     def _log_rollout(self, batch: RolloutBatch, advantages, rollout_kl: float | None, coef: float) -> None:
         metrics = trl_bridge.metrics(self)
         accelerator, healthy = self.accelerator, batch.healthy
-        if (
-            getattr(self.episode_rollout, "reward_design", None) is None
-        ):  # a design logs them, over all processes
-            for name, totals in batch.component_returns.items():
-                metrics[f"episode/reward/{name}"].append(sum(totals) / max(len(totals), 1))
+        # episode/reward/<component>: EpisodeRollout.play logs them, for every algorithm the same way.
         # GRPO gets these through TRL's reward function; PPO scores its batch itself. Means over healthy episodes.
         for name, value in (
             ("reward", lambda e: e.episode_return),

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from rlft.errors import did_you_mean
 
 
 class Section(BaseModel):
@@ -281,6 +283,19 @@ class EvalConfig(Section):
         "(learning curves against env steps); off by default",
     )
     during_episodes: int = Field(100, gt=0, description="held-out episodes per evaluation during RL")
+    expert: Literal["auto"] | bool = Field(
+        "auto",
+        description="evaluate the env's expert beside the policies: auto = when the env has one (skipped "
+        "with a note otherwise), true = required (no expert fails before any model loads), false = never",
+    )
+
+    @field_validator("expert", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value: Any) -> Any:
+        # One message naming the three choices, instead of pydantic's one error per member of the union.
+        if isinstance(value, bool) or value == "auto":
+            return value
+        raise ValueError(f"expected auto, true or false{did_you_mean(str(value), ('auto', 'true', 'false'))}")
 
 
 class WandbConfig(Section):

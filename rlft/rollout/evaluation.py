@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 import gymnasium as gym
 import numpy as np
 
+from envs.experts import NoExpertError, expert_for, play_expert_episode
 from rlft.config.schema import EnvConfig, EvalConfig
 from rlft.core.episode import Episode
 
@@ -119,22 +120,41 @@ def evaluate_policy(
     return summarize(episodes), episodes
 
 
+def missing_expert(env_factory: Callable[[], gym.Env]) -> str | None:
+    """Why the env has no expert (NoExpertError's message, which names the ways to give it one), or None.
+
+    Only the absence of an expert is an answer here; an expert that exists and fails is an error of its own.
+    """
+    env = env_factory()
+    try:
+        expert_for(env, epsilon=0.0, seed=0)
+    except NoExpertError as exc:
+        return str(exc)
+    finally:
+        env.close()
+    return None
+
+
 def evaluate_expert(
     env_factory: Callable[[], gym.Env], seeds: Sequence[int], max_turns: int
 ) -> dict[str, float]:
-    """The env's expert (noise-free) on the same seeds, measured the same way."""
-    from envs.experts import expert_for, play_expert_episode
+    """The env's expert (noise-free) on the same seeds, measured the same way.
 
+    Raises:
+        NoExpertError: the env has none (`missing_expert` says so beforehand).
+    """
     env = env_factory()
-    expert = expert_for(env, epsilon=0.0, seed=0)
-    episodes = []
-    for seed in seeds:
-        played = play_expert_episode(env, expert, seed=int(seed), max_turns=max_turns)
-        episode = Episode(seed=int(seed), prompt_ids=[])
-        for action, reward in zip(played["actions"], played["rewards"], strict=True):
-            episode.add_sampled(0, 0.0)
-            episode.end_action(action, {"env": reward})
-        episode.success = bool(played["success"])
-        episodes.append(episode)
-    env.close()
+    try:
+        expert = expert_for(env, epsilon=0.0, seed=0)
+        episodes = []
+        for seed in seeds:
+            played = play_expert_episode(env, expert, seed=int(seed), max_turns=max_turns)
+            episode = Episode(seed=int(seed), prompt_ids=[])
+            for action, reward in zip(played["actions"], played["rewards"], strict=True):
+                episode.add_sampled(0, 0.0)
+                episode.end_action(action, {"env": reward})
+            episode.success = bool(played["success"])
+            episodes.append(episode)
+    finally:
+        env.close()
     return summarize(episodes)

@@ -21,6 +21,7 @@ from rlft.rollout.demos import read_jsonl_demos
 from rlft.rollout.env_factory import check_env_reference, import_entry_point
 from rlft.rollout.experts import check_expert_demos
 from rlft.stages.common import check_loadable, check_output_folder, trainer_config_class
+from rlft.stages.eval import check_eval_expert
 from rlft.stages.rl import rl_trainer_args
 from rlft.stages.rm import rm_trainer_args
 from rlft.stages.sft import sft_trainer_args
@@ -57,6 +58,7 @@ def check_config(config: Config) -> None:
             config.sft.demos.path
         )  # a malformed row fails here (file:line), not after a model loads
     check_expert_demos(config)  # SFT on the expert's demos, and the env has no expert: the options, now
+    check_eval_expert(config)  # eval.expert: true, and the env has no expert
     if config.rl.init_from not in ("sft", "base"):
         _check_checkpoint_path(config.rl.init_from, "rl.init_from")
     check_trainer_overrides("sft.trainer", config.sft.trainer, trainer_config_class("sft"))

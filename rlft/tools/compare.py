@@ -53,8 +53,11 @@ class Report:
     differences: list[str]
     plots: list[Plot]
     finals: dict[str, FinalScores] = field(default_factory=dict)
-    points: dict[str, dict] = field(default_factory=dict)  # metric -> label -> (IQM, median, mean)
+    # metric -> label -> (IQM, median, mean); the labels are the variants', then the reference rows'
+    points: dict[str, dict] = field(default_factory=dict)
     intervals: dict[str, dict] = field(default_factory=dict)  # metric -> label -> (2, 3) low/high rows
+    references: dict[str, FinalScores] = field(default_factory=dict)  # untrained, sft, expert, random rows
+    per_episode: dict[str, set[str]] = field(default_factory=dict)  # metric -> rows with a per-episode CI
 
     @property
     def pngs(self) -> dict[str, Path]:
@@ -76,7 +79,8 @@ def compare(
     # numpy, matplotlib and rliable load here, when a report is made, not with every rlft command (the CLI
     # imports this module to build its parser).
     from rlft.tools.report import figures
-    from rlft.tools.report.stats import final_scores, interval_estimates, score_matrices
+    from rlft.tools.report.references import reference_scores
+    from rlft.tools.report.stats import final_scores, interval_estimates, one_seed_intervals, score_matrices
 
     out = Path(out)
     ignored = tuple(dict.fromkeys((*DEFAULT_IGNORED, *ignore)))
@@ -84,11 +88,18 @@ def compare(
     variants = group_variants(runs, ignored)
     differences = config_differences(variants)
 
-    finals, points, intervals = {}, {}, {}
+    finals, references, points, intervals, per_episode = {}, {}, {}, {}, {}
     for metric, _ in METRICS:
         finals[metric] = final_scores(variants, metric)
+        references[metric] = reference_scores(variants, metric, {v.label for v in variants})
+        rows = [f for f in (finals[metric], references[metric]) if f.scores]
         if finals[metric].scores:
-            points[metric], intervals[metric] = interval_estimates(score_matrices(finals[metric]), reps, seed)
+            points[metric], intervals[metric] = {}, {}
+            for rows_finals in rows:
+                point, interval = interval_estimates(score_matrices(rows_finals), reps, seed)
+                points[metric].update(point)
+                intervals[metric].update(interval)
+            per_episode[metric] = set().union(*(one_seed_intervals(f, intervals[metric]) for f in rows))
     labels = [label for metric, label in METRICS if metric in points]
     plots = [
         figures.metric_curves(
@@ -117,7 +128,9 @@ def compare(
             plot.figure.savefig(png, dpi=100)
             pngs[plot.name] = png
 
-    report = Report(out, figures_dir, variants, differences, plots, finals, points, intervals)
+    report = Report(
+        out, figures_dir, variants, differences, plots, finals, points, intervals, references, per_episode
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(_page(report, [str(p) for p in paths], ignored, reps, pngs), encoding="utf-8")
     return report
@@ -135,7 +148,14 @@ def _page(
         return page.figure_html(by_name[name], pngs.get(name), here)
 
     finals_html = "".join(
-        page.finals_table(label, report.finals[metric], report.points[metric], report.intervals[metric])
+        page.finals_table(
+            label,
+            report.finals[metric],
+            report.points[metric],
+            report.intervals[metric],
+            report.references[metric],
+            report.per_episode[metric],
+        )
         for metric, label in METRICS
         if metric in report.points
     )
@@ -210,7 +230,9 @@ def run_compare(args: argparse.Namespace) -> int:
     runs = sum(len(v.runs) for v in report.variants)
     print(
         f"{runs} runs in {len(report.variants)} variants: "
-        + ", ".join(f"{v.label} ({len(v.runs)})" for v in report.variants)
+        + ", ".join(
+            f"{v.label} ({len(v.runs)} seed{'s' if len(v.runs) != 1 else ''})" for v in report.variants
+        )
     )
     for plot in report.plots:
         if plot.figure is None:

@@ -64,6 +64,7 @@ def figure_html(plot: Plot, png: Path | None, relative_to: Path) -> str:
 
 
 def variants_table(variants: list[Variant]) -> str:
+    """One row per variant: its number of seeds (runs), which seeds, and the run directories."""
     rows = [
         [
             f"<b>{_e(v.label)}</b>",
@@ -73,7 +74,7 @@ def variants_table(variants: list[Variant]) -> str:
         ]
         for v in variants
     ]
-    return _table(["variant", "runs", "seeds", "run directories"], rows, numeric={1})
+    return _table(["variant", "seeds", "seed values", "run directories"], rows, numeric={1})
 
 
 def differences_table(variants: list[Variant], differences: list[str], ignored: tuple[str, ...]) -> str:
@@ -88,24 +89,33 @@ def differences_table(variants: list[Variant], differences: list[str], ignored: 
     return intro + _table(["key", *(v.label for v in variants)], rows)
 
 
-def finals_table(metric_label: str, finals, points: dict, intervals: dict) -> str:
-    rows = []
-    for label, scores in finals.scores.items():
-        point, interval = points[label], intervals[label]
-        per_seed = ", ".join(
-            f"{'?' if s is None else s}: {_fmt(v)}" for s, v in zip(finals.seeds[label], scores)
-        )
-        rows.append(
-            [
-                f"<b>{_e(label)}</b>",
-                str(len(scores)),
-                f"{_fmt(point[0])} [{_fmt(interval[0][0])}, {_fmt(interval[1][0])}]",
-                f"{_fmt(point[1])} [{_fmt(interval[0][1])}, {_fmt(interval[1][1])}]",
-                f"{_fmt(point[2])} [{_fmt(interval[0][2])}, {_fmt(interval[1][2])}]",
-                _e(per_seed),
-                _e(", ".join(dict.fromkeys(finals.sources[label]))),
-            ]
-        )
+PER_EPISODE_CI = {
+    "success": "per-episode Wilson 95% CI",
+    "return": "per-episode 95% CI (normal approximation)",
+}
+
+
+def finals_table(
+    metric_label: str,
+    finals,
+    points: dict,
+    intervals: dict,
+    references=None,
+    per_episode: set[str] = frozenset(),
+) -> str:
+    """The variants' final held-out scores, then the reference policies' rows (from eval.json).
+
+    Args:
+        metric_label: 'success' or 'return'.
+        finals, references: `FinalScores` of the variants and of the references (None: no reference rows).
+        points, intervals: label -> (3,) aggregates and (2, 3) low/high rows, for variants and references.
+        per_episode: rows with one seed, whose interval is eval.json's per-episode CI (a bootstrap over one
+            seed is a point).
+    """
+    rows = _score_rows(finals, points, intervals, per_episode, PER_EPISODE_CI.get(metric_label, ""))
+    if references is not None and references.scores:
+        rows.append(["<i>reference policies (each run's eval.json, same held-out seeds)</i>", *[""] * 6])
+        rows += _score_rows(references, points, intervals, per_episode, PER_EPISODE_CI.get(metric_label, ""))
     header = [
         "variant",
         "seeds",
@@ -115,7 +125,35 @@ def finals_table(metric_label: str, finals, points: dict, intervals: dict) -> st
         "per seed",
         "from",
     ]
-    return f"<h3>Final held-out {_e(metric_label)}</h3>" + _table(header, rows, numeric={1, 2, 3, 4})
+    note = notes_html(
+        [
+            "seeds: the number of seeds (runs) a row aggregates. With one seed a bootstrap interval is a "
+            "point, so such a row shows the per-episode CI of its held-out episodes instead (marked)."
+        ]
+    )
+    return f"<h3>Final held-out {_e(metric_label)}</h3>" + _table(header, rows, numeric={1, 2, 3, 4}) + note
+
+
+def _score_rows(
+    finals, points: dict, intervals: dict, per_episode: set[str], ci_kind: str
+) -> list[list[str]]:
+    rows = []
+    for label, scores in finals.scores.items():
+        point, interval = points[label], intervals[label]
+        per_seed = ", ".join(
+            f"{'?' if s is None else s}: {_fmt(v)}" for s, v in zip(finals.seeds[label], scores)
+        )
+        source = ", ".join(dict.fromkeys(finals.sources[label]))
+        rows.append(
+            [
+                f"<b>{_e(label)}</b>",
+                str(len(scores)),
+                *(f"{_fmt(point[i])} [{_fmt(interval[0][i])}, {_fmt(interval[1][i])}]" for i in range(3)),
+                _e(per_seed),
+                _e(source + (f"; 1 seed: {ci_kind}" if label in per_episode else "")),
+            ]
+        )
+    return rows
 
 
 def alarms_table(alarms: dict[str, dict]) -> str:

@@ -11,7 +11,7 @@ which is robust to an outlier seed yet less noisy than the median. All of it is 
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -44,11 +44,16 @@ class Band:
 
 @dataclass
 class FinalScores:
-    """Per variant: one final score per seed (None where the run has none) and where each came from."""
+    """Per row (a variant, or a reference policy): one final score per seed and where each came from.
+
+    `episode_cis[label][i]` is the per-episode 95% CI eval.json gives the i-th score (Wilson for success, the
+    normal approximation for return), or None; with one seed it is the only interval there is.
+    """
 
     scores: dict[str, list[float]]
     seeds: dict[str, list[int | None]]
     sources: dict[str, list[str]]
+    episode_cis: dict[str, list[tuple[float, float] | None]] = field(default_factory=dict)
 
 
 @contextmanager
@@ -139,32 +144,56 @@ def band(curves: list[Series], reps: int, seed: int = 0, points: int = GRID_POIN
 
 
 # ------------------------------------------------------------------------------------------------ finals
-def final_score(run: Run, metric: str) -> tuple[float | None, str]:
-    """The run's final held-out `metric` ('success' or 'return') and its source.
+def policy_score(run: Run, policy: str, metric: str) -> tuple[float | None, tuple[float, float] | None]:
+    """eval.json's headline `metric` of `policy` and its per-episode 95% CI (None where either is missing)."""
+    result = ((run.eval_results or {}).get("policies") or {}).get(policy) or {}
+    value = as_number(result.get(metric))
+    low, high = as_number(result.get(f"{metric}_ci_low")), as_number(result.get(f"{metric}_ci_high"))
+    return value, (low, high) if value is not None and low is not None and high is not None else None
+
+
+def final_score(run: Run, metric: str) -> tuple[float | None, str, tuple[float, float] | None]:
+    """The run's final held-out `metric` ('success' or 'return'), its source and its per-episode CI.
 
     eval.json's `rl` policy (its headline numbers: greedy or sampled as eval.greedy says) when the run was
-    evaluated after RL; otherwise the last held-out evaluation during RL (`eval/<metric>`).
+    evaluated after RL; otherwise the last held-out evaluation during RL (`eval/<metric>`, no CI).
     """
-    policies = (run.eval_results or {}).get("policies") or {}
-    value = as_number((policies.get("rl") or {}).get(metric))
+    value, ci = policy_score(run, "rl", metric)
     if value is not None:
-        return value, "eval.json (rl)"
+        return value, "eval.json (rl)", ci
     curve = series(run, f"eval/{metric}")
     if curve is not None:
-        return float(curve.y[-1]), "last eval/" + metric
-    return None, "none"
+        return float(curve.y[-1]), "last eval/" + metric, None
+    return None, "none", None
 
 
 def final_scores(variants: list[Variant], metric: str) -> FinalScores:
-    scores, seeds, sources = {}, {}, {}
+    finals = FinalScores({}, {}, {})
     for variant in variants:
-        found = [(run.seed, *final_score(run, metric)) for run in variant.runs]
-        kept = [f for f in found if f[1] is not None]
+        kept = [(run.seed, *final_score(run, metric)) for run in variant.runs]
+        kept = [k for k in kept if k[1] is not None]
         if kept:
-            seeds[variant.label] = [f[0] for f in kept]
-            scores[variant.label] = [f[1] for f in kept]
-            sources[variant.label] = [f[2] for f in kept]
-    return FinalScores(scores, seeds, sources)
+            finals.seeds[variant.label] = [k[0] for k in kept]
+            finals.scores[variant.label] = [k[1] for k in kept]
+            finals.sources[variant.label] = [k[2] for k in kept]
+            finals.episode_cis[variant.label] = [k[3] for k in kept]
+    return finals
+
+
+def one_seed_intervals(finals: FinalScores, intervals: dict[str, np.ndarray]) -> set[str]:
+    """Rows with one seed take its per-episode CI, where it has one, in place of the bootstrap's (a point).
+
+    A bootstrap over one seed resamples the same score, so its interval collapses to [x, x]; the held-out
+    episodes behind that score still say how sure it is. With one score IQM, median and mean are that score,
+    so the one interval serves all three. Returns the rows whose interval is now per-episode.
+    """
+    replaced = set()
+    for label, cis in finals.episode_cis.items():
+        if len(cis) == 1 and cis[0] is not None and label in intervals:
+            low, high = cis[0]
+            intervals[label] = np.array([[low] * len(AGGREGATES), [high] * len(AGGREGATES)])
+            replaced.add(label)
+    return replaced
 
 
 def score_matrices(finals: FinalScores) -> dict[str, np.ndarray]:
