@@ -22,6 +22,9 @@ Terminates at the goal. Time limits are the rollout's `env.max_turns`.
 - "none": no fault.
 - "raise": raises ValueError("boom").
 - "hang": sleeps `hang_s` seconds, then behaves.
+- "hold_gil": sleeps `hang_s` seconds in C without releasing the GIL (libc `sleep` through `ctypes.PyDLL`),
+  then behaves: no other thread of the process runs meanwhile (only `rollout.env_workers: subprocess` bounds it).
+- "exit": ends the whole process at once (`os._exit(1)`), as a segfaulting C extension would.
 - "bad_observation": returns the observation as an int.
 - "terminate": not a fault; terminates the episode there (the control run for "a failure ends the episode
   exactly as a termination does").
@@ -29,11 +32,25 @@ Terminates at the goal. Time limits are the rollout's `env.max_turns`.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import time
 
 import gymnasium as gym
 
-FAULTS = ("none", "raise", "hang", "bad_observation", "terminate")
+FAULTS = ("none", "raise", "hang", "hold_gil", "exit", "bad_observation", "terminate")
+
+
+def misbehave(fault: str, hang_s: float) -> None:
+    """The faults that happen before the call returns (the others change what it returns)."""
+    if fault == "raise":
+        raise ValueError("boom")
+    if fault == "hang":
+        time.sleep(hang_s)
+    if fault == "hold_gil":  # PyDLL calls keep the GIL (CDLL would release it); sleep takes whole seconds
+        ctypes.PyDLL(None).sleep(max(1, round(hang_s)))
+    if fault == "exit":
+        os._exit(1)
 
 
 class FaultyEnv(gym.Env):
@@ -73,10 +90,7 @@ class FaultyEnv(gym.Env):
         self._seed, self._turn, self._cell = seed, 0, 0
         self.calls.append(f"reset {seed}")
         if self._faulty_now():
-            if self.fault == "raise":
-                raise ValueError("boom")
-            if self.fault == "hang":
-                time.sleep(self.hang_s)
+            misbehave(self.fault, self.hang_s)
             if self.fault == "bad_observation":
                 return 7, {"task_id": "corridor"}
         return self._observation(), {"task_id": "corridor"}
@@ -86,10 +100,7 @@ class FaultyEnv(gym.Env):
         self.calls.append(f"step {action!r}")
         terminated = False
         if self._faulty_now():
-            if self.fault == "raise":
-                raise ValueError("boom")
-            if self.fault == "hang":
-                time.sleep(self.hang_s)
+            misbehave(self.fault, self.hang_s)
             terminated = self.fault == "terminate"
         if action.strip() == "right":
             self._cell += 1
