@@ -21,6 +21,7 @@ from rlft.algorithms.ppo import build_ppo_trainer
 from rlft.core.batch import RolloutBatch
 from rlft.errors import EnvFailureError, ResourceError
 from rlft.rollout.engine import RolloutEngine, SamplingSettings
+from rlft.rollout.env_workers import ThreadEnvPool
 from rlft.rollout.turn_format import PlainFormat
 from rlft.runtime.faults import is_out_of_memory, out_of_memory_guard
 from rlft.stages import common as stage_common
@@ -30,6 +31,8 @@ from tests.faulty_env import FaultyEnv
 
 ENV = "tests.faulty_env:FaultyEnv"
 FAULT_SEEDS = [1, 4]
+# Where FaultyEnv raised, appended to the reason (a subprocess worker's exception comes back without its frames).
+USER_CODE = r" in your code tests\.faulty_env:[\w.]+ \(tests/faulty_env\.py:\d+\)"
 REASONS = {
     ("raise", 2): r"env\.step raised ValueError\('boom'\) on turn 2",
     ("raise", 0): r"env\.reset raised ValueError\('boom'\)",
@@ -58,6 +61,7 @@ def corridor_policy():
 
 
 def engine_for(model, tokenizer, factory, **settings) -> RolloutEngine:
+    """An engine on `factory`'s envs; settings override SamplingSettings (e.g. env_workers="subprocess")."""
     base = dict(max_turns=8, max_action_tokens=3, env_step_timeout_s=None)
     return RolloutEngine(
         model, tokenizer, PlainFormat(tokenizer), factory, SamplingSettings(**{**base, **settings})
@@ -68,35 +72,59 @@ def faulty(**kwargs):
     return lambda: FaultyEnv(**kwargs)
 
 
+def time_env_rounds(engine: RolloutEngine) -> list[float]:
+    """Wall seconds of each round of env calls the engine makes from now on (generation is not in them: on a
+    loaded machine it alone can take seconds)."""
+    seconds, call = [], engine.env_pool.call
+
+    def timed(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return call(*args, **kwargs)
+        finally:
+            seconds.append(time.perf_counter() - start)
+
+    engine.env_pool.call = timed
+    return seconds
+
+
 # ================================================================================== the rollout engine
 
 
 @pytest.mark.parametrize(
-    ("fault", "turn", "timeout"),
+    ("fault", "turn", "timeout", "workers"),
     [
-        ("raise", 2, None),
-        ("raise", 0, 5.0),
-        ("hang", 2, 0.3),
-        ("bad_observation", 2, 5.0),
-        ("bad_observation", 0, None),
+        ("raise", 2, None, "thread"),
+        ("raise", 0, 5.0, "thread"),
+        ("hang", 2, 0.3, "thread"),
+        ("bad_observation", 2, 5.0, "thread"),
+        ("bad_observation", 0, None, "thread"),
+        ("raise", 2, 5.0, "subprocess"),
+        ("hang", 2, 0.3, "subprocess"),
+        ("bad_observation", 0, None, "subprocess"),
     ],
 )
-def test_a_fault_fails_its_episode_and_leaves_the_others_as_they_were(corridor_policy, fault, turn, timeout):
+def test_a_fault_fails_its_episode_and_leaves_the_others_as_they_were(
+    corridor_policy, fault, turn, timeout, workers
+):
     _, _, sharp, tokenizer = corridor_policy
     seeds = list(range(6))
-    clean = engine_for(sharp, tokenizer, faulty(), greedy=True, env_step_timeout_s=timeout).play(seeds)
+    settings = dict(greedy=True, env_step_timeout_s=timeout, env_workers=workers)
+    clean = engine_for(sharp, tokenizer, faulty(), **settings).play(seeds)
     broken = engine_for(
         sharp,
         tokenizer,
         faulty(fault=fault, fault_seeds=FAULT_SEEDS, fault_turn=turn, hang_s=2.0),
-        greedy=True,
-        env_step_timeout_s=timeout,
+        **settings,
     ).play(seeds)
     assert all(e.failure is None for e in clean)
     assert [e.num_turns for e in clean if e.seed in FAULT_SEEDS] and all(e.num_turns >= 2 for e in clean)
     for before, after in zip(clean, broken, strict=True):
         if after.seed in FAULT_SEEDS:
-            assert re.fullmatch(REASONS[fault, turn], after.failure), after.failure
+            reason = REASONS[fault, turn]
+            if fault == "raise":  # the user's env raised: the reason names its function and file:line
+                reason += USER_CODE if workers == "thread" else f"(?:{USER_CODE})?"
+            assert re.fullmatch(reason, after.failure), after.failure
             # it ended at the fault: the actions before it as played, no reward for the failed step
             assert after.num_turns == max(turn - 1, 0)
             assert before.completion_ids[: len(after.completion_ids)] == after.completion_ids
@@ -139,6 +167,107 @@ def test_a_failure_changes_the_batch_exactly_as_a_termination_would(corridor_pol
     assert [e.seed for e in runs["terminate"] if e.failure] == []
 
 
+@pytest.mark.parametrize(
+    ("turn", "workers"), [(0, "thread"), (1, "thread"), (0, "subprocess"), (1, "subprocess")]
+)
+def test_a_batch_whose_envs_all_hang_ends_within_about_one_timeout(corridor_policy, turn, workers):
+    """The resets of a batch, and the steps of the rows whose actions end at the same token (greedy play from
+    one prompt), are waited on together: 16 hung envs cost one 0.5 s timeout, not 16 (8 s)."""
+    _, _, sharp, tokenizer = corridor_policy
+    engine = engine_for(
+        sharp,
+        tokenizer,
+        faulty(fault="hang", fault_seeds=None, fault_turn=turn, hang_s=10.0),
+        greedy=True,
+        env_step_timeout_s=0.5,
+        env_workers=workers,
+    )
+    engine.env_pool.ensure(16)  # worker processes start before the clock: the bound is on the hangs
+    rounds = time_env_rounds(engine)
+    episodes = engine.play(list(range(16)))
+    assert sum(rounds) < 1.5, rounds  # one 0.5 s timeout; one after another they took 8 s
+    where = "env.reset" if turn == 0 else "env.step"
+    assert all(e.failure.startswith(f"{where} did not return within 0.5 s") for e in episodes)
+    assert [e.num_turns for e in episodes] == [0] * 16
+    assert engine.stats["rollout/env_failures"] == 16
+
+
+@pytest.mark.parametrize("workers", ["thread", "subprocess"])
+def test_healthy_rows_of_a_batch_with_hung_envs_play_as_without_the_fault(corridor_policy, workers):
+    _, _, sharp, tokenizer = corridor_policy
+    seeds, hung = list(range(16)), list(range(0, 16, 2))
+    settings = dict(greedy=True, env_step_timeout_s=0.5, env_workers=workers)
+    clean = engine_for(sharp, tokenizer, faulty(), **settings).play(seeds)
+    engine = engine_for(sharp, tokenizer, faulty(fault="hang", fault_seeds=hung, fault_turn=2), **settings)
+    engine.env_pool.ensure(16)
+    rounds = time_env_rounds(engine)
+    broken = engine.play(seeds)
+    assert sum(rounds) < 1.5, rounds  # the 8 hung steps end together (greedy rows end each action together)
+    assert all(e.num_turns >= 2 for e in clean)  # every hung env was reached
+    for before, after in zip(clean, broken, strict=True):
+        if after.seed in hung:
+            assert after.failure.startswith("env.step did not return within 0.5 s on turn 2")
+            assert after.completion_ids == before.completion_ids[: len(after.completion_ids)]
+        else:
+            assert after.failure is None
+            assert after.completion_ids == before.completion_ids and after.mask == before.mask
+            assert after.logprobs == pytest.approx(before.logprobs, abs=1e-4)
+            assert after.rewards == before.rewards
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("hold_gil", r"env\.step did not return within 0\.5 s on turn 2 \(rollout\.env_step_timeout_s\)"),
+        ("exit", r"env\.step ended its worker process \(exit code 1\) on turn 2 \(rollout\.env_workers\)"),
+    ],
+)
+def test_subprocess_workers_survive_an_env_that_holds_the_gil_or_ends_its_process(
+    corridor_policy, fault, reason
+):
+    """A C call that keeps the GIL for 30 s (threads could not time it out: the waiting thread never runs) and
+    `os._exit(1)` inside step (it would end the trainer) fail only their episodes; their workers are replaced."""
+    _, _, sharp, tokenizer = corridor_policy
+    seeds = list(range(6))
+    settings = dict(greedy=True, env_step_timeout_s=0.5, env_workers="subprocess")
+    clean = engine_for(sharp, tokenizer, faulty(), **settings).play(seeds)
+    engine = engine_for(
+        sharp, tokenizer, faulty(fault=fault, fault_seeds=FAULT_SEEDS, fault_turn=2, hang_s=30.0), **settings
+    )
+    engine.env_pool.ensure(6)
+    first = [worker.process for worker in engine.env_pool.workers]
+    rounds = time_env_rounds(engine)
+    broken = engine.play(seeds)
+    assert sum(rounds) < 1.5, rounds  # not the 30 s the env holds the GIL for
+    for before, after in zip(clean, broken, strict=True):
+        if after.seed in FAULT_SEEDS:
+            assert re.fullmatch(reason, after.failure), after.failure
+            assert not first[after.seed].is_alive()  # killed or exited, and reaped
+        else:
+            assert after.failure is None and after.completion_ids == before.completion_ids
+            assert after.rewards == before.rewards
+    again = engine.play([10, 11, 12, 13, 14, 15])  # the faults are on seeds 1 and 4 only
+    assert all(e.failure is None for e in again)
+    now = [worker.process for worker in engine.env_pool.workers]
+    assert [a is b for a, b in zip(first, now)] == [slot not in FAULT_SEEDS for slot in range(6)]
+
+
+def test_env_workers_is_a_config_key_with_thread_as_the_default(corridor_policy):
+    from rlft.config.sections import RolloutConfig
+    from rlft.errors import ConfigError
+    from rlft.rollout.env_workers import ENV_WORKERS, SubprocessEnvPool
+
+    assert RolloutConfig().env_workers == "thread"
+    assert RolloutConfig.model_fields["env_workers"].annotation.__args__ == ENV_WORKERS
+    config = tiny_config(ENV, rollout={"env_workers": "subprocess"})
+    tokenizer = corridor_policy[-1]
+    assert isinstance(stage_common.rollout_engine(config, tokenizer).env_pool, SubprocessEnvPool)
+    assert isinstance(stage_common.rollout_engine(tiny_config(ENV), tokenizer).env_pool, ThreadEnvPool)
+    with pytest.raises(ConfigError) as info:
+        tiny_config(ENV, rollout={"env_workers": "subproces"})
+    assert "rollout.env_workers" in str(info.value) and "'subprocess'" in str(info.value)
+
+
 def test_a_hung_env_is_abandoned_and_never_reused(corridor_policy):
     _, model, _, tokenizer = corridor_policy
     engine = engine_for(
@@ -147,7 +276,8 @@ def test_a_hung_env_is_abandoned_and_never_reused(corridor_policy):
         faulty(fault="hang", fault_seeds=[2], fault_turn=1, hang_s=10.0),
         env_step_timeout_s=0.3,
     )
-    pool = list(engine._env_pool(4))
+    engine.env_pool.ensure(4)
+    pool = list(engine._envs)
     start = time.perf_counter()
     episodes = engine.play([0, 1, 2, 3], generator=torch.Generator().manual_seed(0))
     seconds = time.perf_counter() - start
@@ -311,8 +441,7 @@ def test_grpo_logs_the_failure_rate_and_healthy_episode_metrics(grpo):
 def test_above_the_threshold_the_rollout_aborts_naming_the_key(grpo):
     trainer, rollout, _ = grpo
     rollout.engine.settings.max_env_failure_rate = 0.2
-    rollout.engine.env_factory = failing_slots({0: 0, 1: 2, 2: 1})
-    rollout.engine._envs, rollout.engine._workers = [], []  # a fresh pool from the new factory
+    rollout.engine.env_pool = ThreadEnvPool(failing_slots({0: 0, 1: 2, 2: 1}))
     try:
         with pytest.raises(EnvFailureError) as info:
             trainer.score_generation_batch(prompts([5] * 4 + [9] * 4))
@@ -320,10 +449,11 @@ def test_above_the_threshold_the_rollout_aborts_naming_the_key(grpo):
         rollout.engine.settings.max_env_failure_rate = 0.25
     message = str(info.value)
     assert "3 of 8 episodes (38%)" in message and "rollout.max_env_failure_rate = 0.2" in message
-    assert (
-        "seed 5: env.reset raised ValueError('boom'); seed 5: env.step raised ValueError('boom') on turn 2"
-        in message
-    )
+    assert re.search(
+        r"seed 5: env\.reset raised ValueError\('boom'\)" + USER_CODE + "; "
+        r"seed 5: env\.step raised ValueError\('boom'\) on turn 2" + USER_CODE,
+        message,
+    ), message
     assert info.value.exit_code == 3
     assert trl_bridge.metrics(trainer)["episode/failures_total"][-1] == 5.0  # logged before the abort
 

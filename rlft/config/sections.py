@@ -140,6 +140,12 @@ class RolloutConfig(Section):
         description="abort when more than this fraction of "
         "a rollout batch's episodes fail (env raised, hung, malformed observation)",
     )
+    env_workers: Literal["thread", "subprocess"] = Field(
+        "thread",
+        description="where envs run: 'thread' (in the trainer's process, a worker thread per env for the "
+        "timeout) or 'subprocess' (a worker process per env: survives an env that hangs holding the GIL or "
+        "crashes its process)",
+    )
 
 
 class ExpertDemos(Section):

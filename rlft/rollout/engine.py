@@ -13,10 +13,13 @@ lengths and action lengths never wait for each other.
 Env faults end one episode, not the batch. `env.reset` and `env.step` are guarded: a call that raises, does
 not return within `env_step_timeout_s`, or returns a malformed result (a text env's observation must be a
 `str`) ends that episode at once with `Episode.failure` set to the reason; the other rows play on unchanged
-(a failed row leaves the batch exactly as a finished one does). With a timeout each env's calls run on its
-own long-lived daemon thread (`rlft.runtime.faults.EnvWorker`); a call that times out is abandoned with its env,
-which is replaced by a fresh one from the factory, so a hung env is never reused. Without a timeout the env
-is called directly.
+(a failed row leaves the batch exactly as a finished one does). Env calls go in rounds to an env pool
+(`rlft.rollout.env_workers`, `rollout.env_workers`): the resets of a batch are one round, and so are the steps
+of every row whose action ended at the same token position; a round's calls run concurrently and are waited on
+against one deadline, so a batch in which every env hangs costs about one timeout. A call that times out is
+abandoned with its env, which is replaced by a fresh one from the factory, so a hung env is never reused.
+Envs are independent, so running a round's calls at once changes no token: a batch plays as it would with
+the calls made one after another.
 
 The behaviour log-prob of each sampled token is the backend's, taken from the temperature-scaled logits, the same
 quantity TRL's trainers compute; top-p only restricts what can be sampled.
@@ -35,8 +38,9 @@ import torch
 from rlft.core.episode import Episode
 from rlft.errors import ConfigError, did_you_mean
 from rlft.rollout.backend import ActionChunk, GenerationBackend, GenerationSession, Sampling
+from rlft.rollout.env_workers import EnvCall, EnvPool, EnvReply, failure_reason, make_env_pool
 from rlft.rollout.hf_backend import HFBackend
-from rlft.runtime.faults import EnvCallTimeout, EnvWorker, check_failure_rate, mark_phase
+from rlft.runtime.faults import check_failure_rate, mark_phase
 
 # `rollout.backend` -> the backend's class. A vLLM backend (colocated, turn-synchronous) is a later issue.
 BACKENDS: dict[str, Callable[[], GenerationBackend]] = {"hf": HFBackend}
@@ -44,8 +48,8 @@ BACKENDS: dict[str, Callable[[], GenerationBackend]] = {"hf": HFBackend}
 
 @dataclass
 class SamplingSettings:
-    """Turn and token limits, sampling, and the env-fault limits (`rollout.env_step_timeout_s`,
-    `rollout.max_env_failure_rate`; None = wait forever)."""
+    """Turn and token limits, sampling, where envs run (`rollout.env_workers`) and the env-fault limits
+    (`rollout.env_step_timeout_s`, `rollout.max_env_failure_rate`; None = wait forever)."""
 
     max_turns: int = 16
     max_action_tokens: int = 4
@@ -55,6 +59,7 @@ class SamplingSettings:
     greedy: bool = False
     env_step_timeout_s: float | None = 30.0
     max_env_failure_rate: float = 0.1
+    env_workers: str = "thread"
 
     def sampling(self) -> Sampling:
         """The part a generation backend reads."""
@@ -87,7 +92,8 @@ class RolloutEngine:
         tokenizer: its tokenizer (decodes actions for the env).
         turn_format: a `PlainFormat` or `ChatFormat`.
         env_factory: makes one fresh text env.
-        settings: turn and token limits, temperature, top-p, env step timeout.
+        settings: turn and token limits, temperature, top-p, env step timeout, env workers (read once, here:
+            the pool's kind is fixed for the engine's life).
         backend: the generation backend, or its name (`rollout.backend`); `hf` by default.
     """
 
@@ -104,21 +110,14 @@ class RolloutEngine:
         self.backend = make_backend(backend) if isinstance(backend, str) else backend
         self.tokenizer = tokenizer
         self.format = turn_format
-        self.env_factory = env_factory
         self.settings = settings
-        self._envs: list[gym.Env | None] = []  # None: dropped after a failed call, remade on next use
-        self._workers: list[EnvWorker | None] = []  # one per env when a timeout is set
+        self.env_pool: EnvPool = make_env_pool(settings.env_workers, env_factory)
         self.stats: dict[str, float] = {}
 
-    def _env_pool(self, n: int) -> list[gym.Env]:
-        while len(self._envs) < n:
-            self._envs.append(None)
-            self._workers.append(None)
-        for slot in range(n):
-            if self._envs[slot] is None:
-                self._envs[slot] = self.env_factory()
-                self._workers[slot] = None
-        return self._envs[:n]
+    @property
+    def _envs(self) -> list[gym.Env | None]:
+        """The envs of a thread pool, by slot (None: dropped after a failed call, remade on next use)."""
+        return self.env_pool.envs
 
     @torch.no_grad()
     def play(
@@ -144,35 +143,19 @@ class RolloutEngine:
         return episodes
 
     # ------------------------------------------------------------------------------------------ env calls
-    def _call_env(self, slot: int, name: str, call: Callable[[gym.Env], Any], turn: int | None = None) -> Any:
-        """`call(env)` (which calls `env.<name>`), guarded: raises EnvFault with the reason when it raises or
-        does not return within `settings.env_step_timeout_s`.
+    def _call_envs(self, calls: dict[int, EnvCall]) -> dict[int, EnvReply]:
+        """One round of env calls, by slot (the resets of a batch, or the steps of the rows whose action ended at
+        this token position): made at once and waited on against one deadline, `settings.env_step_timeout_s`.
 
         An env whose call failed is dropped from the pool (a fresh one is made for the next episode in that
         slot): a timed-out call may still be running, and one that raised may have left it half-updated.
         """
-        env, timeout = self._envs[slot], self.settings.env_step_timeout_s
-        on_turn = f" on turn {turn}" if turn is not None else ""
-        try:
-            if timeout is None:
-                return call(env)
-            if self._workers[slot] is None:
-                self._workers[slot] = EnvWorker(env)
-            return self._workers[slot].call(call, env, timeout=timeout)
-        except EnvCallTimeout:
-            self._envs[slot] = self._workers[slot] = None
-            raise EnvFault(
-                f"env.{name} did not return within {timeout:g} s{on_turn} (rollout.env_step_timeout_s)"
-            ) from None
-        except Exception as exc:  # noqa: BLE001  (any env error ends only its episode)
-            self._envs[slot] = self._workers[slot] = None
-            raise EnvFault(f"env.{name} raised {exc!r}{on_turn}") from exc
-        except BaseException:  # e.g. KeyboardInterrupt while waiting: the worker may still answer later
-            self._envs[slot] = self._workers[slot] = None
-            raise
+        return self.env_pool.call(calls, self.settings.env_step_timeout_s)
 
-    def _reset(self, slot: int, seed: int) -> tuple[str, dict]:
-        result = self._call_env(slot, "reset", lambda env: env.reset(seed=seed))
+    def _reset_result(self, reply: EnvReply) -> tuple[str, dict]:
+        if reply.error is not None:
+            raise EnvFault(failure_reason("reset", reply.error, None, self.settings.env_step_timeout_s))
+        result = reply.value
         if not (isinstance(result, tuple) and len(result) == 2):
             raise EnvFault(
                 f"env.reset returned a malformed result: {_kind(result)}, expected (observation, info)"
@@ -181,8 +164,10 @@ class RolloutEngine:
         _check_output("env.reset returned a malformed result", observation, info)
         return observation, info
 
-    def _step(self, slot: int, action: str, turn: int) -> tuple[str, float, bool, bool, dict]:
-        result = self._call_env(slot, "step", lambda env: env.step(action), turn=turn)
+    def _step_result(self, reply: EnvReply, turn: int) -> tuple[str, float, bool, bool, dict]:
+        if reply.error is not None:
+            raise EnvFault(failure_reason("step", reply.error, turn, self.settings.env_step_timeout_s))
+        result = reply.value
         where = f"env.step returned a malformed result on turn {turn}"
         if not (isinstance(result, tuple) and len(result) == 5):
             raise EnvFault(
@@ -197,17 +182,19 @@ class RolloutEngine:
         return observation, reward, bool(terminated), bool(truncated), info
 
     def _start(self, seeds: list[int]) -> list[_Row]:
+        """Reset one env per seed (one round: all resets at once) and build each row's prompt."""
+        self.env_pool.ensure(len(seeds))
+        replies = self._call_envs({slot: ("reset", int(seed)) for slot, seed in enumerate(seeds)})
         rows = []
-        self._env_pool(len(seeds))
         for slot, seed in enumerate(seeds):
             episode = Episode(seed=int(seed), prompt_ids=[])
             rows.append(_Row(episode=episode, slot=slot, action_tokens=[]))
             try:
-                observation, info = self._reset(slot, int(seed))
+                observation, info = self._reset_result(replies[slot])
             except EnvFault as fault:
                 episode.failure = str(fault)
                 continue
-            instructions = getattr(self._envs[slot].unwrapped, "instructions", "")
+            instructions = self.env_pool.instructions(slot)
             episode.prompt_ids = self.format.prompt_ids(instructions, observation)
             episode.first_observation = observation
             episode.task_id = str(info.get("task_id", ""))
@@ -217,7 +204,8 @@ class RolloutEngine:
         """Play one episode per seed, all live at once: one backend session whose row i is `playing[i]`."""
         rows = self._start(seeds)
         playing = [row for row in rows if row.episode.failure is None]
-        # _take_chunk adds to the token and env-time counters as it goes; the rest is filled in at the end
+        # _take_chunk and _end_actions add to the token and env-time counters as they go; the rest is filled in
+        # at the end
         self.stats = {
             "rollout/forwards": 0,
             "rollout/sampled_tokens": 0,
@@ -235,9 +223,8 @@ class RolloutEngine:
                     i: self.settings.max_action_tokens - len(playing[i].action_tokens) for i in session.live
                 }
                 chunks = session.continue_actions(budgets, self.format.stop_ids, generator)
-                session.drop(
-                    [i for i, chunk in chunks.items() if self._take_chunk(session, i, playing[i], chunk)]
-                )
+                ended = [i for i, chunk in chunks.items() if self._take_chunk(playing[i], chunk)]
+                session.drop(self._end_actions(session, ended, playing))
         finally:
             forwards = session.forwards
             session.close()
@@ -250,37 +237,48 @@ class RolloutEngine:
         )
         return [row.episode for row in rows]
 
-    def _take_chunk(self, session: GenerationSession, i: int, row: _Row, chunk: ActionChunk) -> bool:
-        """Record the tokens the backend sampled for session row `i`; when they end the action, step the env and
-        queue its observation on the row. Returns True when the episode is over."""
+    def _take_chunk(self, row: _Row, chunk: ActionChunk) -> bool:
+        """Record the tokens the backend sampled for `row`. Returns True when they end its action."""
         for token, logprob in zip(chunk.token_ids, chunk.logprobs):
             row.episode.add_sampled(token, logprob)
             row.action_tokens.append(token)
         self.stats["rollout/sampled_tokens"] += len(chunk.token_ids)
-        if (
-            row.action_tokens[-1] not in self.format.stop_ids
-            and len(row.action_tokens) < self.settings.max_action_tokens
-        ):
-            return False
-        t_env = time.perf_counter()
-        segment = self._end_action(row)
-        self.stats["rollout/env_seconds"] += time.perf_counter() - t_env
-        if segment is None:
-            return True
-        session.extend(i, segment)
-        return False
+        return (
+            row.action_tokens[-1] in self.format.stop_ids
+            or len(row.action_tokens) >= self.settings.max_action_tokens
+        )
 
-    def _end_action(self, row: _Row) -> list[int] | None:
-        """Step the env with the finished action. Returns the observation's tokens to feed next, or None when the
-        episode ends (also when the env failed: the episode is flagged and its last action gets no reward)."""
-        episode, s = row.episode, self.settings
+    def _end_actions(self, session: GenerationSession, ended: list[int], playing: list[_Row]) -> list[int]:
+        """Step the envs of the session rows in `ended` (one round: every step at once) and queue each
+        observation on its row. Returns the rows whose episode is over."""
+        if not ended:
+            return []
+        t_env = time.perf_counter()
+        texts = {i: self._action_text(playing[i]) for i in ended}
+        replies = self._call_envs({playing[i].slot: ("step", texts[i]) for i in ended})
+        finished = []
+        for i in ended:
+            segment = self._end_action(playing[i], texts[i], replies[playing[i].slot])
+            if segment is None:
+                finished.append(i)
+            else:
+                session.extend(i, segment)
+        self.stats["rollout/env_seconds"] += time.perf_counter() - t_env
+        return finished
+
+    def _action_text(self, row: _Row) -> str:
+        """The finished action as the env reads it: its tokens decoded, without the stop token."""
         stop = row.action_tokens[-1] in self.format.stop_ids
         action_ids = row.action_tokens[:-1] if stop else row.action_tokens
-        text = self.tokenizer.decode(action_ids, skip_special_tokens=True).strip()
+        return self.tokenizer.decode(action_ids, skip_special_tokens=True).strip()
+
+    def _end_action(self, row: _Row, text: str, reply: EnvReply) -> list[int] | None:
+        """Record the env's reply to the finished action `text`. Returns the observation's tokens to feed next,
+        or None when the episode ends (also when the env failed: the episode is flagged and its last action gets
+        no reward)."""
+        episode, s = row.episode, self.settings
         try:
-            observation, reward, terminated, truncated, info = self._step(
-                row.slot, text, episode.num_turns + 1
-            )
+            observation, reward, terminated, truncated, info = self._step_result(reply, episode.num_turns + 1)
         except EnvFault as fault:
             episode.failure = str(fault)
             return None

@@ -42,7 +42,8 @@ class EnvWorker:
 
     A call that times out is abandoned: Python cannot kill a thread, so the worker (and its env, which may
     be half-way through a step) is never used again and the engine makes a fresh env. A hang that holds the
-    GIL (a C extension spinning without releasing it) cannot be timed out this way.
+    GIL (a C extension spinning without releasing it) cannot be timed out this way, nor can a crash of the
+    whole process: `rollout.env_workers: subprocess` (`rlft.rollout.env_workers`) survives both.
     """
 
     def __init__(self, env: Any):
@@ -59,16 +60,25 @@ class EnvWorker:
         # Stop the thread when the worker is dropped (the thread holds the queues, not the worker).
         weakref.finalize(self, self._calls.put, None)
 
-    def call(self, function: Callable, *args: Any, timeout: float) -> Any:
-        """`function(*args)` on the worker thread; raises what it raised, or EnvCallTimeout after `timeout` s."""
+    def submit(self, function: Callable, *args: Any) -> None:
+        """Start `function(*args)` on the worker thread; `result` waits for it. The rollout engine submits the
+        calls of a whole batch before it waits for any, so that their timeouts run concurrently."""
         self._calls.put((function, args))
+
+    def result(self, timeout: float) -> Any:
+        """What the submitted call returned; raises what it raised, or EnvCallTimeout after `timeout` s."""
         try:
-            ok, value = self._results.get(timeout=timeout)
+            ok, value = self._results.get(timeout=max(timeout, 0.0))
         except queue.Empty:
             raise EnvCallTimeout from None
         if not ok:
             raise value
         return value
+
+    def call(self, function: Callable, *args: Any, timeout: float) -> Any:
+        """`function(*args)` on the worker thread; raises what it raised, or EnvCallTimeout after `timeout` s."""
+        self.submit(function, *args)
+        return self.result(timeout)
 
 
 def _serve(calls: queue.SimpleQueue, results: queue.SimpleQueue) -> None:

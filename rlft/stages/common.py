@@ -100,6 +100,7 @@ def sampling_settings(config: Config, greedy: bool = False):
         greedy=greedy,
         env_step_timeout_s=r.env_step_timeout_s,
         max_env_failure_rate=r.max_env_failure_rate,
+        env_workers=r.env_workers,
     )
 
 
