@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 from rlft.config.schema import load_config
-from rlft.errors import RlftError
 from rlft.tools import compare, demos, launch, sweep
+from rlft.tools.error_report import report_error
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,6 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--config", required=True, help="YAML experiment file")
         p.add_argument("overrides", nargs="*", help="key.sub=value overrides")
+        p.add_argument("--debug", action="store_true", help="on an error, print the traceback as well")
         if name == "train":
             p.add_argument(
                 "--resume",
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     _overrides_after_resume(args, argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    config = None  # once loaded, its `module:function` keys name the user's code in an error (error_report)
     try:
         if args.command == "compare":
             return compare.run_compare(args)
@@ -98,9 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_command(
             args.command, config, getattr(args, "resume", None), command_line=(args.config, args.overrides)
         )
-    except RlftError as exc:
-        print(f"rlft: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001  (an RlftError or the user's code: one line; anything else re-raised)
+        code = report_error(exc, config, debug=getattr(args, "debug", False))
+        if code is None:
+            raise
+        return code
 
 
 if __name__ == "__main__":

@@ -40,6 +40,15 @@ class ResourceError(RlftError):
     exit_code = 5
 
 
+class UserCodeError(RlftError):
+    """The user's own code (env, renderer, parser, reward rule, ...) raised or returned something unusable while a
+    stage ran; exit code 6. The message is one line naming the function, its `file:line` and what went wrong
+    (`rlft.runtime.user_code`); `--debug` prints the traceback as well.
+    """
+
+    exit_code = 6
+
+
 def closest(name: str, choices: Iterable[str]) -> str | None:
     """Return the choice closest to `name`, or None when nothing is close.
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import string
 import time
 
 import gymnasium as gym
@@ -70,7 +71,11 @@ class FaultyEnv(gym.Env):
         self.fault_seeds = None if fault_seeds is None else set(fault_seeds)
         self.hang_s, self.length = hang_s, length
         self.action_space = gym.spaces.Text(max_length=32)
-        self.observation_space = gym.spaces.Text(max_length=64)
+        # "cell 0 of 3": letters, digits and spaces (gymnasium's default Text charset has no space, and
+        # `rlft validate` runs gymnasium's check_env on the env)
+        self.observation_space = gym.spaces.Text(
+            max_length=64, charset=string.ascii_letters + string.digits + " "
+        )
         self.action_names = ["right", "left"]
         self.instructions = "Walk right to the goal."
         self._seed: int | None = None

@@ -15,13 +15,16 @@ first held-out evaluation on, and the pruner's decisions do not depend on what a
 1 if the seed's coin wins, else 0.
 
 ## Episode End
-After one turn. With `fail=True`, `step` raises ValueError("boom") (a param value that makes a trial fail
-after its config validated: building the env does not step it).
+After one turn. With `fail=True`, `step` raises ValueError("boom") on the seeds in `FAIL_SEEDS` (a param value
+that makes a trial fail after its config validated: `rlft validate` plays seeds 0-2 and gymnasium's check_env
+seed 123, and the tiny model's corpus then plays seeds 0-9).
 """
 
 from __future__ import annotations
 
 import gymnasium as gym
+
+FAIL_SEEDS = range(5, 10)
 
 
 class CoinEnv(gym.Env):
@@ -36,14 +39,16 @@ class CoinEnv(gym.Env):
         self.action_names = ["heads", "tails"]
         self.instructions = "Call the coin."
         self._win = False
+        self._seed: int | None = None
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         # A rate of 0 never wins and 1 always does; in between, about that fraction of seeds win.
         self._win = ((seed or 0) * 37 % 100) < round(self.success_rate * 100)
+        self._seed = seed
         return "flip", {}
 
     def step(self, action: str):
-        if self.fail:
+        if self.fail and self._seed in FAIL_SEEDS:
             raise ValueError("boom")
         return "done", float(self._win), True, False, {"success": self._win}

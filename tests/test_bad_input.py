@@ -87,6 +87,65 @@ def demos_case(id: str, kind: str, jsonl: str | bytes, expect: tuple[str, ...], 
     return Case(id, kind, expect, command=command, overrides=DEMOS, files=(("demos.jsonl", jsonl),))
 
 
+# A user's env written outside rlft (tests/test_validate_plays_env.py has more variants): `rlft validate` and every
+# stage command play it a few seeds before any model loads.
+USER_ENV = """\
+import gymnasium as gym
+
+
+class Corridor(gym.Env):
+    def __init__(self, fault="none"):
+        self.fault = fault
+        self.observation_space, self.action_space = gym.spaces.Discrete(4), gym.spaces.Discrete(4)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return 0 if self.fault == "reset_obs_only" else (0, {})
+
+    def step(self, action):
+        if self.fault == "step_raises":
+            raise KeyError("no such cell")
+        return (1, 0.0, False, {}) if self.fault == "step_four" else (1, 0.0, False, False, {})
+
+
+def render(env, obs):
+    return f"cell {obs}"
+
+
+def render_tuple(env, obs):
+    return (obs, 3)
+
+
+def parse_out_of_range(text):
+    return 7
+"""
+
+
+def _line(text: str) -> int:
+    (line,) = [i for i, row in enumerate(USER_ENV.splitlines(), start=1) if text in row]
+    return line
+
+
+# The `file:line` each message names: a function's `def` line for what it returned, the raising line for a raise.
+USER_ENV_LINES = {
+    "render_tuple": _line("def render_tuple"),
+    "reset": _line("def reset"),
+    "step": _line("def step"),
+    "parse": _line("def parse_out_of_range"),
+    "raise_": _line("raise KeyError"),
+}
+
+
+def user_env_case(id: str, command: str, overrides: tuple[str, ...], expect: tuple[str, ...]) -> Case:
+    """A case whose env is the user's, in its own module (`user_<id>.py`, so that no case reuses an import)."""
+    module = "user_" + id.replace("-", "_")
+    overrides = (f"env.id={module}:Corridor", "rl.init_from=base", *(o.format(m=module) for o in overrides))
+    expect = tuple(e.format(m=module, **USER_ENV_LINES) for e in expect)
+    return Case(
+        id, "user env", expect, command=command, overrides=overrides, files=((f"{module}.py", USER_ENV),)
+    )
+
+
 CASES: list[Case] = [
     # ---------------------------------------------------------------- config: unknown keys
     Case(
@@ -393,6 +452,45 @@ CASES: list[Case] = [
         ("config file 'nope.yaml' does not exist",),
         argv=("train", "--config", "nope.yaml"),
     ),
+    # ---------------------------------------------------------------- a user's env, played before any model loads
+    user_env_case(
+        "renderer-returns-a-tuple",
+        "sft",
+        ("env.adapter.renderer={m}:render_tuple",),
+        ("your renderer {m}:render_tuple ({m}.py:{render_tuple}) returned a tuple (0, 3)", "expected str"),
+    ),
+    user_env_case(
+        "reset-returns-only-the-observation",
+        "train",
+        ("env.kwargs.fault=reset_obs_only",),
+        (
+            "your env {m}:Corridor.reset ({m}.py:{reset}) returned an int 0, expected a tuple (observation, info)",
+        ),
+    ),
+    user_env_case(
+        "step-returns-4-values",
+        "pipeline",
+        ("env.kwargs.fault=step_four",),
+        (
+            "your env {m}:Corridor.step ({m}.py:{step}) returned a tuple (1, 0.0, False, {{}})",
+            "expected a tuple of 5",
+        ),
+    ),
+    user_env_case(
+        "parser-returns-an-out-of-range-id",
+        "sft",
+        ("env.adapter.parser={m}:parse_out_of_range",),
+        (
+            "your parser {m}:parse_out_of_range ({m}.py:{parse}) returned an int 7",
+            "expected an action id in [0, 4)",
+        ),
+    ),
+    user_env_case(
+        "env-step-raises",
+        "train",
+        ("env.kwargs.fault=step_raises",),
+        ("your env {m}:Corridor.step ({m}.py:{raise_}) raised KeyError: 'no such cell'",),
+    ),
     # ---------------------------------------------------------------- JSONL demonstrations
     demos_case(
         "jsonl-truncated-line",
@@ -573,6 +671,7 @@ REQUIRED_KINDS = {
     "jsonl wrong type",
     "yaml syntax",
     "empty file",
+    "user env",
 }
 SUBPROCESS_CASES = ["unknown-top-level-key", "jsonl-byte-order-mark", "yaml-unclosed-brace"]
 
@@ -693,6 +792,7 @@ def write_case_files(case: Case, root: Path) -> None:
 def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     make_existing_runs(tmp_path)
     monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(tmp_path)  # a case's own modules (a user's env) import from the folder
     return tmp_path
 
 

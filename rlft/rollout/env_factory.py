@@ -17,6 +17,7 @@ import gymnasium as gym
 
 from rlft.config.schema import AdapterConfig, EnvConfig
 from rlft.errors import ConfigError, did_you_mean
+from rlft.rollout.user_callables import CheckedParser, CheckedRenderer
 
 
 def import_entry_point(spec: str, key: str) -> Any:
@@ -154,6 +155,11 @@ def _adapter_arguments(cfg: EnvConfig, n_actions: int) -> dict[str, Any]:
     for field, argument in ADAPTER_FUNCTIONS.items():
         spec = getattr(adapter, field)
         arguments[argument] = import_entry_point(spec, f"env.adapter.{field}") if spec else None
+    # The user's renderer and parser, checked where they return: an error names the function and its file:line.
+    if arguments["renderer"] is not None:
+        arguments["renderer"] = CheckedRenderer(arguments["renderer"])
+    if arguments["parser"] is not None:
+        arguments["parser"] = CheckedParser(arguments["parser"], arguments["action_names"])
     arguments["expert"] = import_entry_point(cfg.expert, "env.expert") if cfg.expert else None
     return arguments
 

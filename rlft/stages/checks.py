@@ -1,9 +1,10 @@
 """Checks of what a configuration points at, run by every command before any model loads.
 
 `rlft.config.schema.load_config` checks keys and types. The checks here need the layers above the config
-(env ids are built, entry points imported, JSONL files read row by row, TRL's configs built), so they live with
-the stages: `rlft validate`, each stage command, `rlft launch` and `rlft sweep` call `load_checked_config`
-(or `check_config` on a config they already hold). Nothing here loads a model or writes to disk.
+(env ids are built and played a few seeds, entry points imported, JSONL files read row by row, TRL's configs
+built), so they live with the stages: `rlft validate`, each stage command, `rlft launch` and `rlft sweep` call
+`load_checked_config` (or `check_config` on a config they already hold). Nothing here loads a model or writes to
+disk.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from rlft.errors import ConfigError
 from rlft.rewards import check_reward_references
 from rlft.rewards.models.preferences import read_preferences
 from rlft.rollout.demos import read_jsonl_demos
+from rlft.rollout.env_check import check_env_plays
 from rlft.rollout.env_factory import check_env_reference, import_entry_point
 from rlft.rollout.experts import check_expert_demos
 from rlft.stages.common import check_loadable, check_output_folder, trainer_config_class
@@ -49,6 +51,7 @@ def check_config(config: Config) -> None:
     the run folder can be created and written (a probe that leaves nothing behind)."""
     check_output_folder(config)
     check_env_reference(config.env)
+    check_env_plays(config.env)  # a few seeds reset and stepped: the user's env, renderer and parser
     if config.model.name_or_path is not None:
         _check_model_path(config.model.name_or_path)
     if isinstance(config.sft.demos, JsonlDemos):
