@@ -1,5 +1,6 @@
 """What the env-step timeout guard costs: a rollout with `rollout.env_step_timeout_s` off, on (one long-lived
-worker thread per env, rlft's design), and on with a thread started per call (the simpler design it replaced).
+worker thread per env, rlft's default), on with a thread started per call (the simpler design it replaced), and
+on with a worker process per env (`rollout.env_workers: subprocess`).
 
 Same model, env, seeds and sampling seed for all three; each repeat plays a fresh block of seeds with every
 variant, in alternating order so that drifting machine load hits them alike. Reported per variant: wall and
@@ -20,7 +21,7 @@ import time
 
 import torch
 
-import rlft.rollout.engine as rollout_module
+import rlft.rollout.env_workers as env_workers_module
 from rlft.config.schema import load_config
 from rlft.models.policy import load_policy
 from rlft.rollout.engine import RolloutEngine
@@ -34,29 +35,33 @@ class ThreadPerCall:
     def __init__(self, env):
         del env
 
-    def call(self, function, *args, timeout: float):
-        box: dict = {}
+    def submit(self, function, *args) -> None:
+        self.box: dict = {}
 
         def target():
             try:
-                box["value"] = function(*args)
+                self.box["value"] = function(*args)
             except BaseException as exc:  # noqa: BLE001
-                box["error"] = exc
+                self.box["error"] = exc
 
-        thread = threading.Thread(target=target, daemon=True)
-        thread.start()
-        thread.join(timeout)
-        if thread.is_alive():
+        self.thread = threading.Thread(target=target, daemon=True)
+        self.thread.start()
+
+    def result(self, timeout: float):
+        self.thread.join(max(timeout, 0.0))
+        if self.thread.is_alive():
             raise EnvCallTimeout
-        if "error" in box:
-            raise box["error"]
-        return box["value"]
+        if "error" in self.box:
+            raise self.box["error"]
+        return self.box["value"]
 
 
+# name: (rollout.env_step_timeout_s, the thread pool's worker class, rollout.env_workers)
 VARIANTS = {
-    "no guard (timeout null)": (None, EnvWorker),
-    "worker thread per env (rlft)": (30.0, EnvWorker),
-    "thread per call": (30.0, ThreadPerCall),
+    "no guard (timeout null)": (None, EnvWorker, "thread"),
+    "worker thread per env (rlft)": (30.0, EnvWorker, "thread"),
+    "thread per call": (30.0, ThreadPerCall, "thread"),
+    "worker process per env": (30.0, EnvWorker, "subprocess"),
 }
 
 
@@ -67,21 +72,31 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=64, help="episodes per rollout, all live at once")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--subprocess",
+        action="store_true",
+        help="also time a worker process per env (each worker imports this script as its main module on "
+        "Python < 3.13: torch included, seconds per worker to start)",
+    )
     args = parser.parse_args()
+    if not args.subprocess:
+        del VARIANTS["worker process per env"]
     torch.set_num_threads(args.threads)
     config = load_config(args.config, args.overrides)
     model, tokenizer = load_policy(config.model, config.seed, env_factory(config), config.env.max_turns)
     model.eval()
     engines = {}
-    for name, (timeout, _worker) in VARIANTS.items():
+    for name, (timeout, _worker, workers) in VARIANTS.items():
         settings = sampling_settings(config)
-        settings.env_step_timeout_s = timeout
+        settings.env_step_timeout_s, settings.env_workers = timeout, workers
         engines[name] = RolloutEngine(
             model, tokenizer, turn_format_for(config, tokenizer), env_factory(config), settings
         )
 
     def play(name: str, seeds: list[int], sampling_seed: int):
-        rollout_module.EnvWorker = VARIANTS[name][1]  # the engine makes its workers through this name
+        env_workers_module.EnvWorker = VARIANTS[name][
+            1
+        ]  # the thread pool makes its workers through this name
         return engines[name].play(
             seeds, torch.Generator().manual_seed(sampling_seed), batch_size=args.episodes
         )
