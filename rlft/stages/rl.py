@@ -124,7 +124,10 @@ def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -
     model, tokenizer = load_trainable(resolve_init(config), config)
     engine = rollout_engine(config, tokenizer)
     train = config.env.train_seeds
-    tracker = Tracker(config, "rl", config.run_dir, resume=bool(resume), resume_step=resume_step)
+    # A fresh start got past refuse_to_overwrite, so rl rows already logged are those of a start killed before its
+    # first checkpoint (`--resume` then says to start again): dropped (-1: step 0 too), as a resume drops replays.
+    logged_until = resume_step if resume else -1
+    tracker = Tracker(config, "rl", config.run_dir, resume=bool(resume), resume_step=logged_until)
     seeds = list(range(train.start, train.start + train.count))
     # The over-optimisation alarm adds its event to the logs, so it reads them before the tracker writes them.
     alarm = [design.alarm] if design is not None and design.alarm is not None else []
