@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from trl import GRPOConfig
 
+from rlft.algorithms.gigpo import build_gigpo_trainer
+from rlft.algorithms.gigpo_config import GiGPOConfig
 from rlft.algorithms.grpo import build_grpo_trainer
 from rlft.algorithms.ppo import build_ppo_trainer
 from rlft.algorithms.ppo_config import PPOConfig
@@ -36,6 +38,12 @@ ALGORITHMS: dict[str, Algorithm] = {
     for algorithm in (
         Algorithm("grpo", GRPOConfig, build_grpo_trainer, "TRL's GRPOTrainer as it is (group baseline)"),
         Algorithm("ppo", PPOConfig, build_ppo_trainer, "PPO with a critic and GAE, on rlft's loss"),
+        Algorithm(
+            "gigpo",
+            GiGPOConfig,
+            build_gigpo_trainer,
+            "GRPO plus step-level credit from step groups (no critic)",
+        ),
     )
 }
 

@@ -176,7 +176,7 @@ class SftConfig(Section):
 
 
 # The RL algorithms a config may name: exactly the names in rlft.algorithms.registry (a test compares them).
-ALGORITHMS = ("grpo", "ppo")
+ALGORITHMS = ("grpo", "ppo", "gigpo")
 
 
 class RlConfig(Section):
@@ -186,13 +186,27 @@ class RlConfig(Section):
     )
     trainer: dict[str, Any] = Field(
         default_factory=dict,
-        description="passed to trl.GRPOConfig (grpo) or rlft.algorithms.ppo.PPOConfig (ppo)",
+        description="passed to trl.GRPOConfig (grpo), rlft.algorithms.ppo.PPOConfig (ppo) or "
+        "rlft.algorithms.gigpo.GiGPOConfig (gigpo)",
     )
     max_nonfinite_steps: int = Field(
         3,
         gt=0,
         description="abort after this many optimizer steps in a row skipped "
         "for a non-finite loss, reward, value or gradient",
+    )
+    skip_steps_without_signal: bool = Field(
+        True,
+        description="skip the optimizer step (weights and Adam's moments untouched) when no minibatch of it, on "
+        "any process, has a non-zero advantage and the loss has no KL or entropy term: Adam's momentum would "
+        "move the weights without a gradient (rlft.algorithms.learning_signal)",
+    )
+    no_signal_warn_fraction: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="warn at the end of a run when more than this share of its optimizer steps had no "
+        "learning signal (every advantage 0), naming what to change",
     )
 
 

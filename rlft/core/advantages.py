@@ -16,9 +16,14 @@ time axis restricted to model tokens.
 Turn-level mode runs the same recursion with one step per action: the action's value is the critic's value
 at its first token (the state the action was chosen in), its reward the sum of its tokens' rewards (the env
 reward plus any per-token KL penalty), and every token of the action gets the action's advantage.
+
+Without a critic, GiGPO's step-level advantages (`step_group_advantages`) compare the discounted returns of turns
+that start from the same state within a group of episodes of one task.
 """
 
 from __future__ import annotations
+
+from collections.abc import Hashable
 
 import torch
 
@@ -130,3 +135,53 @@ def explained_variance(predicted: torch.Tensor, target: torch.Tensor) -> float:
     if var.item() == 0:
         return float("nan")
     return float(1 - (target - predicted).var(unbiased=False) / var)
+
+
+def discounted_turn_returns(turn_rewards: list[float], gamma: float) -> list[float]:
+    """G_k = r_k + gamma * G_{k+1}: each turn's discounted return to the end of its episode (one step per turn).
+
+    >>> discounted_turn_returns([0.0, 0.0, 1.0], gamma=0.5)
+    [0.25, 0.5, 1.0]
+    """
+    returns, running = [0.0] * len(turn_rewards), 0.0
+    for k in reversed(range(len(turn_rewards))):
+        running = turn_rewards[k] + gamma * running
+        returns[k] = running
+    return returns
+
+
+def step_group_advantages(
+    anchors: list[list[Hashable]], returns: list[list[float]], scale_by_std: bool = False, eps: float = 1e-6
+) -> list[list[float]]:
+    """GiGPO's step-level relative advantages within one episode group (Feng et al. 2025, eq. 7-8).
+
+    The turns of the group's episodes that start from the same anchor state (the same observation) form a step
+    group; a turn's step advantage is its discounted return minus its step group's mean return, divided by the
+    step group's (unbiased) std + eps when `scale_by_std`. A turn alone in its step group gets 0: there is
+    nothing to compare its action with.
+
+    Args:
+        anchors: per episode, the anchor state of each turn; an episode left out (failed) has [] here.
+        returns: per episode, each turn's discounted return (same lengths as `anchors`).
+
+    Returns:
+        Per episode, each turn's step advantage.
+
+    >>> step_group_advantages([["s", "t"], ["s"]], [[1.0, 1.0], [0.0]])  # "s" is shared, "t" is a singleton
+    [[0.5, 0.0], [-0.5]]
+    """
+    members: dict[Hashable, list[tuple[int, int]]] = {}
+    for i, episode_anchors in enumerate(anchors):
+        for k, anchor in enumerate(episode_anchors):
+            members.setdefault(anchor, []).append((i, k))
+    advantages = [[0.0] * len(episode_anchors) for episode_anchors in anchors]
+    for turns in members.values():
+        if len(turns) < 2:
+            continue
+        group = torch.tensor([returns[i][k] for i, k in turns], dtype=torch.float64)
+        centred = group - group.mean()
+        if scale_by_std:
+            centred = centred / (group.std() + eps)
+        for (i, k), value in zip(turns, centred.tolist()):
+            advantages[i][k] = value
+    return advantages

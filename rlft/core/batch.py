@@ -2,8 +2,8 @@
 
 Built once per rollout, after the reward design has composed `episode.rewards`, and the only thing an algorithm
 consumes (DESIGN.md, "One batch object from rollout to loss"). Like Stable-Baselines3's `RolloutBuffer` it owns
-the advantage computations: `compute_gae` (PPO, token or turn level, through rlft/core/advantages.py) and
-`group_advantages` (a GRPO-style group baseline). Values, returns and advantages are filled in once computed.
+the advantage computations: `compute_gae` (PPO, token or turn level, through rlft/core/advantages.py),
+`group_advantages` (a GRPO-style group baseline) and `gigpo_advantages` (GiGPO's episode + step-group credit). Values, returns and advantages are filled in once computed.
 
 Layout, B episodes in rollout order (row i is `episodes[i]`)::
 
@@ -25,7 +25,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from rlft.core.advantages import masked_whiten, token_gae, turn_gae
+from rlft.core.advantages import (
+    discounted_turn_returns,
+    masked_whiten,
+    step_group_advantages,
+    token_gae,
+    turn_gae,
+)
 from rlft.core.episode import Episode
 
 
@@ -233,6 +239,21 @@ class RolloutBatch:
         """(A - mean) / std over model tokens; pass statistics gathered across processes, or None for local."""
         self.advantages = masked_whiten(self.advantages, self.env_mask, mean, std)
 
+    def group_slices(self, group_size: int) -> list[slice]:
+        """The rows of each group: `group_size` consecutive episodes of one env seed.
+
+        Raises:
+            ValueError: the rows do not split into whole groups of one seed each (e.g. a process holds part of
+                a group because its batch is not a multiple of `group_size`).
+        """
+        groups = [slice(start, start + group_size) for start in range(0, len(self), group_size)]
+        if len(self) % group_size or any(len(set(self.seeds[g])) != 1 for g in groups):
+            raise ValueError(
+                f"the {len(self)} episodes {self.seeds} do not split into whole groups of {group_size} "
+                "episodes of one seed each"
+            )
+        return groups
+
     def group_advantages(self, group_size: int, eps: float = 1e-4) -> torch.Tensor:
         """GRPO's group baseline per episode: (R - mean_group) / (std_group + eps), (B,).
 
@@ -256,3 +277,62 @@ class RolloutBatch:
         std = (squares / (count - 1).clamp(min=1)).sqrt()
         advantages = torch.where(healthy, (grouped - mean) / (std + eps), 0.0)
         return advantages.view(-1).to(self.rewards.device)
+
+    def turn_anchors(self) -> list[list[str]]:
+        """Per episode, the observation each turn was chosen from (GiGPO's anchor state); [] for a failed one."""
+        return [
+            [] if e.failure is not None else [e.first_observation, *e.observations][: e.num_turns]
+            for e in self.episodes
+        ]
+
+    def spread_over_turns(self, per_turn: list[list[float]]) -> torch.Tensor:
+        """Each turn's value on every model token of its action (B, T); 0 on observations and padding."""
+        out = torch.zeros_like(self.rewards)
+        for i, (episode, values) in enumerate(zip(self.episodes, per_turn)):
+            start = 0
+            for end, value in zip(episode.action_ends, values):  # turn k's action ends at action_ends[k]
+                out[i, start : end + 1] = value
+                start = end + 1
+        return out * self.env_mask
+
+    def step_advantages(
+        self, group_size: int, gamma: float, scale_by_std: bool = False, eps: float = 1e-6
+    ) -> torch.Tensor:
+        """GiGPO's step-level advantages (rlft/core/advantages.py) on each action's tokens, (B, T).
+
+        Step groups form within each group of `group_size` consecutive episodes (one task); a turn's return is
+        discounted by `gamma` per turn to the end of its episode. Failed episodes join no step group and get 0.
+        """
+        anchors = self.turn_anchors()
+        returns = [
+            [] if e.failure is not None else discounted_turn_returns(e.turn_rewards, gamma)
+            for e in self.episodes
+        ]
+        per_turn: list[list[float]] = []
+        for group in self.group_slices(group_size):
+            per_turn.extend(step_group_advantages(anchors[group], returns[group], scale_by_std, eps))
+        return self.spread_over_turns(per_turn)
+
+    def gigpo_advantages(
+        self,
+        episode_advantages: torch.Tensor,
+        group_size: int,
+        gamma: float,
+        step_weight: float = 1.0,
+        scale_by_std: bool = False,
+        eps: float = 1e-6,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """GiGPO's per-token advantages A = A_episode + step_weight * A_step (Feng et al. 2025, eq. 9).
+
+        Args:
+            episode_advantages: (B,) the episode-level group advantage (GRPO's, e.g. `group_advantages`).
+
+        Returns:
+            advantages (B, T), stored as `advantages`: 0 off the model tokens and on every token of a failed
+            episode; and the step advantages A_step (B, T) they include.
+        """
+        step = self.step_advantages(group_size, gamma, scale_by_std, eps)
+        episode = episode_advantages.to(step).unsqueeze(1)
+        combined = episode + step_weight * step
+        self.advantages = torch.where(self.env_mask.bool(), combined, torch.zeros_like(combined))
+        return self.advantages, step
