@@ -34,6 +34,12 @@ class EnvFailureError(RlftError):
     exit_code = 3
 
 
+class NonFiniteError(RlftError):
+    """Too many optimizer steps in a row were skipped for a non-finite loss, reward, value or gradient; exit code 4."""
+
+    exit_code = 4
+
+
 class ResourceError(RlftError):
     """Out of memory in generation, update or evaluation; exit code 5. The message names the knobs to turn."""
 

@@ -37,8 +37,9 @@ from typing import Any
 import torch
 
 from rlft.algorithms import trl_bridge
-from rlft.algorithms.checkpoint_manifest import fsync_dir, verify, write_manifest
-from rlft.errors import CheckpointError, RlftError
+from rlft.algorithms.checkpoint_manifest import fsync_dir, verify, write_manifest, write_synced
+from rlft.algorithms.learning_signal import LearningSignal
+from rlft.errors import CheckpointError, NonFiniteError  # NonFiniteError: imported from here too
 from rlft.runtime.run_files import empty_staging, match_umask
 from rlft.runtime.storage import (
     StorageError,
@@ -54,12 +55,6 @@ COMPLETE = "COMPLETE"
 STATE_FILE = "rlft_state.json"
 STAGING = ".staging"
 PREFIX = "checkpoint-"
-
-
-class NonFiniteError(RlftError):
-    """Too many optimizer steps in a row were skipped for a non-finite loss, reward, value or gradient."""
-
-    exit_code = 4
 
 
 # ------------------------------------------------------------------------------------------- finding checkpoints
@@ -181,6 +176,7 @@ class ResumableTrainerMixin:
         self._bad_loss: str | None = None
         self._nonfinite_streak = 0
         self._nonfinite_total = 0
+        self.learning_signal = LearningSignal()  # signal/* diagnostics; rl.skip_steps_without_signal
 
     def _receive_rollout_batch(self, batch) -> None:
         self.rollout_batch = batch
@@ -198,6 +194,7 @@ class ResumableTrainerMixin:
             "rollout": self.episode_rollout.state_dict(),
             "pending_metrics": metrics,
             "nonfinite": {"streak": self._nonfinite_streak, "total": self._nonfinite_total},
+            "learning_signal": self.learning_signal.state_dict(),
         }
 
     def _load_rlft_state(self, state: dict[str, Any]) -> None:
@@ -210,6 +207,7 @@ class ResumableTrainerMixin:
                 pending[key] = list(value)
         self._nonfinite_streak = int(state["nonfinite"]["streak"])
         self._nonfinite_total = int(state["nonfinite"]["total"])
+        self.learning_signal.load_state_dict(state.get("learning_signal", {}))
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs):
         if resume_from_checkpoint:
@@ -224,7 +222,9 @@ class ResumableTrainerMixin:
                 else None,
             )
             resume_from_checkpoint = str(path)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+        output = super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
+        self.learning_signal.report(self.accelerator.is_main_process)
+        return output
 
     def run_epoch(self, *args, **kwargs):
         # Resumed at max_steps (a stop in the last step, a kill in the final save): transformers would enter the
@@ -236,7 +236,8 @@ class ResumableTrainerMixin:
 
     # ------------------------------------------------------------------------------------ atomic saving
     def write_checkpoint(self, model, trial) -> None:
-        bad = nonfinite_parameters(self.accelerator.unwrap_model(self.model))
+        named = self.accelerator.unwrap_model(self.model).named_parameters()
+        bad = [name for name, p in named if not torch.isfinite(p.detach()).all()]
         if bad:
             raise NonFiniteError(
                 f"refusing to save a checkpoint at step {self.state.global_step}: non-finite "
@@ -283,9 +284,9 @@ class ResumableTrainerMixin:
             torch.save(buffered, staging / f"rollout_buffer_{self.accelerator.process_index}.pt")
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            _write_synced(staging / STATE_FILE, json.dumps(self._rlft_state(), indent=1))
+            write_synced(staging / STATE_FILE, json.dumps(self._rlft_state(), indent=1))
             write_manifest(staging)  # every file fsynced, then its size and sha256 recorded
-            _write_synced(staging / COMPLETE, json.dumps({"step": self.state.global_step}))
+            write_synced(staging / COMPLETE, json.dumps({"step": self.state.global_step}))
 
     def _check_free_space(self, run_dir: Path, name: str, last_good: Path | None) -> None:
         """Room for one more checkpoint as large as the last one (the first: the model's parameter bytes).
@@ -310,6 +311,10 @@ class ResumableTrainerMixin:
     def check_scored_batch(self, scored: dict[str, Any]) -> None:
         super().check_scored_batch(scored)
         self._bad_batch = self._nonfinite_batch(scored)
+        self.learning_signal.observe_rollout(self, scored, self.rollout_batch)
+
+    def on_training_minibatch(self, inputs: dict[str, Any]) -> None:
+        self.learning_signal.observe_minibatch(inputs)
 
     def _nonfinite_batch(self, scored: dict[str, Any]) -> str | None:
         # The rewards of the batch this trainer's rollout just built (a failed episode is left out of it, not
@@ -342,10 +347,11 @@ class ResumableTrainerMixin:
             if self.accelerator.num_processes > 1:  # every rank skips, or none does
                 flag = self.accelerator.reduce(flag, reduction="max")
             self._bad_loss = None
+            without_signal = self.learning_signal.close_step(self)  # every rank, every step: it reduces too
             if flag.item() == 0.0:
                 self._nonfinite_streak = 0
                 self._log_nonfinite(skipped=False)
-                return step(*args, **kwargs)
+                return None if without_signal else step(*args, **kwargs)
             self._skip_step(reason or "non-finite values on another process")
             return None
 
@@ -387,14 +393,3 @@ class ResumableTrainerMixin:
         metrics = trl_bridge.metrics(self)
         metrics["nonfinite/skipped_step"].append(float(skipped))
         metrics["nonfinite/skipped_total"].append(float(self._nonfinite_total))
-
-
-def nonfinite_parameters(model: torch.nn.Module) -> list[str]:
-    return [name for name, p in model.named_parameters() if not torch.isfinite(p.detach()).all()]
-
-
-def _write_synced(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())

@@ -14,6 +14,10 @@ when an upgrade changes it. What rlft relies on (TRL 1.16, transformers 5):
   `generator` (rlft swaps its class to seed each epoch's order from (seed, epoch): exact resume);
 * `GRPOTrainer._generate_and_score_completions(inputs) -> dict` called from `_prepare_inputs` for every new
   rollout batch, whose dict TRL shuffles, splits and buffers;
+* `GRPOTrainer._prepare_inputs(generation_batch) -> dict`, called by `training_step`, returning the minibatch
+  (advantages, masks) the step trains on;
+* the keys TRL's `_generate` writes to `_metrics` for completions (`completions/clipped_ratio`, ...), some of which
+  rlft drops as false for multi-turn episodes (rlft.algorithms.learning_signal);
 * `GRPOTrainer._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, ...)`:
   temperature-scaled per-token log-probs of the completion tokens (and entropies);
 * `Trainer.current_gradient_accumulation_steps`, `Trainer._save_checkpoint(model, trial)`,
@@ -159,6 +163,16 @@ class BridgedGRPOTrainer(GRPOTrainer):
 
     def check_scored_batch(self, scored: dict[str, Any]) -> None:
         """Called with every new rollout batch before it is buffered (rlft checks it for non-finite values)."""
+
+    # TRL: the minibatch a training step trains on, cut from the buffered rollout batch (a new one when due).
+    def _prepare_inputs(self, generation_batch):
+        inputs = super()._prepare_inputs(generation_batch)
+        if self.model.training:
+            self.on_training_minibatch(inputs)
+        return inputs
+
+    def on_training_minibatch(self, inputs: dict[str, Any]) -> None:
+        """Called with each minibatch before a training step trains on it (rlft notes whether it has signal)."""
 
     # transformers: writes checkpoint-<step> under the run dir (weights, optimizer, scheduler, RNG, state).
     def _save_checkpoint(self, model, trial) -> None:

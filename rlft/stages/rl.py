@@ -141,6 +141,7 @@ def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -
         model, tokenizer, args, engine, seeds, **build_kwargs
     )
     rollout.reward_design = design
+    trainer.learning_signal.configure(config.rl.skip_steps_without_signal, config.rl.no_signal_warn_fraction)
     if config.eval.every_steps:
         trainer.add_callback(held_out_eval_callback(config, tracker, trainer, rollout, tokenizer))
     attach_tracking(trainer, tracker, config, rollout)  # tensorboard (report_to) and episode transcripts
