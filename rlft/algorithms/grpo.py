@@ -48,6 +48,7 @@ class EpisodeRollout:
         self.seed = seed
         self.batch_size = batch_size
         self.reward_design = reward_design  # rlft.rewards.RewardDesign; None: the env reward as it is
+        self.dynamic_sampling = None  # rlft.algorithms.dynamic_sampling.DynamicSampling; None: off
         self.calls = 0
         self.env_steps = 0  # env steps (turns) played so far, summed over processes
         self.env_failures = 0  # failed episodes so far, summed over processes
@@ -67,6 +68,8 @@ class EpisodeRollout:
         }
         if self.reward_design is not None:
             state["reward"] = self.reward_design.state_dict()
+        if self.dynamic_sampling is not None:
+            state["dynamic_sampling"] = self.dynamic_sampling.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -74,6 +77,8 @@ class EpisodeRollout:
         self.env_failures = int(state.get("env_failures", 0))
         if self.reward_design is not None and "reward" in state:
             self.reward_design.load_state_dict(state["reward"])
+        if self.dynamic_sampling is not None and "dynamic_sampling" in state:
+            self.dynamic_sampling.load_state_dict(state["dynamic_sampling"])
 
     def generator(self, process_index: int) -> torch.Generator:
         # One independent, reproducible stream per (run seed, process, rollout call).
@@ -86,11 +91,18 @@ class EpisodeRollout:
         generator = self.generator(trainer.accelerator.process_index)
         self.calls += 1
         episodes = self.engine.play(seeds_of(prompts), generator=generator, batch_size=self.batch_size)
+        played = episodes
+        # Zero-variance groups refilled with fresh ones (rlft/algorithms/dynamic_sampling.py).
+        if self.dynamic_sampling is not None:
+            episodes, discarded = self.dynamic_sampling.refill(
+                episodes, self.engine, self.batch_size, trainer
+            )
+            played = episodes + discarded
         # Counts summed over processes, so that every process logs the same rate and takes the same decision.
         local = [
-            sum(e.num_turns for e in episodes),
-            sum(e.failure is not None for e in episodes),
-            len(episodes),
+            sum(e.num_turns for e in played),
+            sum(e.failure is not None for e in played),
+            len(played),
         ]
         counts = trainer.accelerator.reduce(
             torch.tensor(local, dtype=torch.float, device=trainer.accelerator.device), reduction="sum"

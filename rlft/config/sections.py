@@ -179,6 +179,20 @@ class SftConfig(Section):
 ALGORITHMS = ("grpo", "ppo", "gigpo")
 
 
+class DynamicSamplingConfig(Section):
+    """DAPO's dynamic sampling (rlft.algorithms.dynamic_sampling): groups without reward variance refilled."""
+
+    enabled: bool = Field(
+        False,
+        description="drop groups whose episodes all got the same return and play fresh groups in their place",
+    )
+    max_resample_rounds: int = Field(
+        3,
+        ge=0,
+        description="at most this many refill rounds per rollout; slots still without signal keep their group",
+    )
+
+
 class RlConfig(Section):
     algorithm: Literal[ALGORITHMS] = "grpo"
     init_from: str = Field(
@@ -208,6 +222,7 @@ class RlConfig(Section):
         description="warn at the end of a run when more than this share of its optimizer steps had no "
         "learning signal (every advantage 0), naming what to change",
     )
+    dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
 
 
 class JsonlPreferences(Section):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rlft.algorithms.checkpointing import checkpoint_step, refuse_to_overwrite, resolve_resume
+from rlft.algorithms.dynamic_sampling import dynamic_sampling_for
 from rlft.algorithms.registry import get_algorithm
 from rlft.config.defaults import rl_defaults
 from rlft.config.schema import Config, config_to_dict, load_config
@@ -141,6 +142,7 @@ def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -
         model, tokenizer, args, engine, seeds, **build_kwargs
     )
     rollout.reward_design = design
+    rollout.dynamic_sampling = dynamic_sampling_for(config.rl.dynamic_sampling, seeds, args)
     trainer.learning_signal.configure(config.rl.skip_steps_without_signal, config.rl.no_signal_warn_fraction)
     if config.eval.every_steps:
         trainer.add_callback(held_out_eval_callback(config, tracker, trainer, rollout, tokenizer))
