@@ -19,6 +19,8 @@ import transformers
 from trl import GRPOTrainer
 from trl.trainer import utils as trl_utils
 
+from rlft.algorithms.learning_signal import FALSE_MULTI_TURN_METRICS
+
 
 @dataclass(frozen=True)
 class Assumption:
@@ -128,6 +130,17 @@ def _accumulation_steps() -> None:
     )
 
 
+def _completion_metrics() -> None:
+    source = _source(_method(GRPOTrainer, "_generate"))
+    missing = [key for key in FALSE_MULTI_TURN_METRICS if f'"{key}"' not in source]
+    assert not missing, (
+        f"_generate no longer logs {missing} (rlft drops them as false for multi-turn episodes)"
+    )
+    assert "def _prepare_inputs(self, generation_batch" in _source(_method(GRPOTrainer, "_prepare_inputs")), (
+        "_prepare_inputs(generation_batch) changed (the bridge's on_training_minibatch hook wraps it)"
+    )
+
+
 def _reference_adapter() -> None:
     assert callable(getattr(trl_utils, "use_adapter", None)), "trl.trainer.utils.use_adapter is gone"
 
@@ -175,6 +188,10 @@ CONTRACT: list[Assumption] = [
     ),
     Assumption("accumulation: current_gradient_accumulation_steps, HF loss scaling off", _accumulation_steps),
     Assumption("reference: trl.trainer.utils.use_adapter for a PEFT policy's reference", _reference_adapter),
+    Assumption(
+        "metrics: _generate logs the completion metrics rlft drops; _prepare_inputs(generation_batch)",
+        _completion_metrics,
+    ),
 ]
 
 
