@@ -271,11 +271,11 @@ class SubprocessEnvPool:
 
     def call(self, calls: Mapping[int, EnvCall], timeout: float | None) -> dict[int, EnvReply]:
         deadline = None if timeout is None else time.monotonic() + timeout
-        commands = {
+        requests = {
             slot: ("reset", {"seed": argument}) if name == "reset" else ("step", argument)
             for slot, (name, argument) in calls.items()
         }
-        replies = self._exchange(commands, deadline)
+        replies = self._exchange(requests, deadline)
         # The instructions of each env that reset, read in a second round under the same deadline.
         reset = {
             slot: ("_call", (INSTRUCTIONS, (), {})) for slot, (name, _) in calls.items() if name == "reset"
@@ -290,14 +290,14 @@ class SubprocessEnvPool:
         return replies
 
     def _exchange(
-        self, commands: Mapping[int, tuple[str, Any]], deadline: float | None
+        self, requests: Mapping[int, tuple[str, Any]], deadline: float | None
     ) -> dict[int, EnvReply]:
         """Send every command, then read the replies as they come until `deadline`; workers still silent then
         are killed (EnvCallTimeout)."""
         replies: dict[int, EnvReply] = {}
         waiting: dict[Connection, int] = {}
         try:
-            for slot, command in commands.items():
+            for slot, command in requests.items():
                 try:
                     self.workers[slot].pipe.send(command)
                 except OSError:  # the worker is gone (its pipe is closed)
