@@ -62,12 +62,13 @@ def expert_demos_needed(config: Config, runs_sft: bool = False) -> bool:
     """SFT's demos come from the expert: the config asks for them, or a command that runs SFT (`rlft sft`,
     `rlft pipeline`) finds `sft.demos` unset, whose default source is the expert.
 
-    A config that leaves `sft.demos` unset and never runs SFT (`rl.init_from: base`, or an env whose SFT
-    checkpoint comes from elsewhere) needs no expert, so `rlft validate` alone does not ask for one then.
+    A config that never runs SFT (`rl.init_from` is `base` or a checkpoint) needs no expert, so `rlft validate`
+    and `rlft train` do not ask for one then, even when `sft.demos` names the expert (a saved config spells out
+    every default).
     """
     if not isinstance(config.sft.demos, ExpertDemos):
         return False
-    return runs_sft or "demos" in config.sft.model_fields_set
+    return runs_sft or ("demos" in config.sft.model_fields_set and config.rl.init_from == "sft")
 
 
 def check_expert_demos(config: Config, runs_sft: bool = False) -> None:
