@@ -165,11 +165,3 @@ def fsync_dir(path: Path) -> None:
         pass
     finally:
         os.close(fd)
-
-
-def write_synced(path: Path, text: str) -> None:
-    """Write `text` to `path` and fsync it (a checkpoint's state and `COMPLETE` marker)."""
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())

@@ -37,10 +37,10 @@ from typing import Any
 import torch
 
 from rlft.algorithms import trl_bridge
-from rlft.algorithms.checkpoint_manifest import fsync_dir, verify, write_manifest, write_synced
+from rlft.algorithms.checkpoint_manifest import fsync_dir, verify, write_manifest
 from rlft.algorithms.learning_signal import LearningSignal
 from rlft.errors import CheckpointError, NonFiniteError  # NonFiniteError: imported from here too
-from rlft.runtime.run_files import empty_staging, match_umask
+from rlft.runtime.run_files import empty_staging, match_umask, write_text_atomic
 from rlft.runtime.storage import (
     StorageError,
     folder_bytes,
@@ -284,9 +284,9 @@ class ResumableTrainerMixin:
             torch.save(buffered, staging / f"rollout_buffer_{self.accelerator.process_index}.pt")
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
-            write_synced(staging / STATE_FILE, json.dumps(self._rlft_state(), indent=1))
+            write_text_atomic(staging / STATE_FILE, json.dumps(self._rlft_state(), indent=1))
             write_manifest(staging)  # every file fsynced, then its size and sha256 recorded
-            write_synced(staging / COMPLETE, json.dumps({"step": self.state.global_step}))
+            write_text_atomic(staging / COMPLETE, json.dumps({"step": self.state.global_step}))
 
     def _check_free_space(self, run_dir: Path, name: str, last_good: Path | None) -> None:
         """Room for one more checkpoint as large as the last one (the first: the model's parameter bytes).

@@ -20,7 +20,6 @@ A `turns` row may also carry what a recording knows: `"reward"` (a number) in ea
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import gymnasium as gym
 from envs.experts import expert_for, play_expert_episode
 from rlft.core.episode import Episode
 from rlft.jsonl import json_objects, row_error
+from rlft.runtime.run_files import write_text_atomic
 
 
 @dataclass
@@ -195,15 +195,8 @@ def write_jsonl_demos(path: str | Path, records: list[DemoRecord]) -> Path:
     """Write the rows to `path` at once (a temporary file renamed into place: never a half-written file)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    try:
-        with partial.open("w", encoding="utf-8") as out:
-            for record in records:
-                out.write(json.dumps(demo_row(record), ensure_ascii=False) + "\n")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
-    return path
+    text = "".join(json.dumps(demo_row(record), ensure_ascii=False) + "\n" for record in records)
+    return write_text_atomic(path, text)
 
 
 _fail = row_error

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
+
+from rlft.runtime.run_files import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -32,12 +33,7 @@ def truncate_log(path: Path, stage: str, step: int) -> int:
     kept = [line for line in lines if not _logged_after(line, stage, step)]
     if len(kept) == len(lines):
         return 0
-    partial = path.with_name(f".{path.name}.truncating")
-    with partial.open("w", encoding="utf-8") as handle:
-        handle.writelines(f"{line}\n" for line in kept)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    write_text_atomic(path, "".join(f"{line}\n" for line in kept))
     logger.info(
         "%s: dropped %d rows logged after step %d (replayed on resume)", path, len(lines) - len(kept), step
     )

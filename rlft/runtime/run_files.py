@@ -1,11 +1,31 @@
-"""Files rlft leaves in a run folder: the mode the user's umask gives (0644 under umask 022) for every file,
-weights included, and nothing left behind in a staging folder once a save is renamed into place."""
+"""Files rlft leaves in a run folder: written whole or not at all (`write_text_atomic`), the mode the user's umask
+gives (0644 under umask 022) for every file, weights included, and nothing left behind in a staging folder once a
+save is renamed into place."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 from pathlib import Path
+
+
+def write_text_atomic(path: str | Path, text: str, sync: bool = True) -> Path:
+    """Write `text` to `path` through a temporary file renamed over it: a reader, or a kill at any instant, sees the
+    old file or the new one, never half of one. With `sync` the data is fsynced before the rename (a power loss
+    cannot leave the new name on an empty file). The temporary name carries the pid: several processes (sweep
+    workers) may rewrite the same file."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        with open(partial, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            if sync:
+                handle.flush()
+                os.fsync(handle.fileno())
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+    return path
 
 
 def match_umask(folder: Path) -> None:

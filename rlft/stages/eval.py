@@ -27,6 +27,7 @@ from rlft.rollout.evaluation import evaluate_expert, evaluate_policy, held_out_s
 from rlft.rollout.experts import check_expert
 from rlft.runtime.distributed import ddp_timeout_s, process_state
 from rlft.runtime.faults import out_of_memory_guard
+from rlft.runtime.run_files import write_text_atomic
 from rlft.runtime.tracking import Tracker
 from rlft.stages.common import (
     check_loadable,
@@ -225,12 +226,7 @@ def write_results(record: EvalRecord, results: dict[str, Any], config: Config) -
         partial_config = record.config.with_name(f".{record.config.name}.partial")
         save_config(config, partial_config)
         os.replace(partial_config, record.config)
-    partial = record.results.with_name(f".{record.results.name}.partial")
-    with open(partial, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(results, indent=2) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, record.results)  # a reader sees the old file or the new one, never half of one
+    write_text_atomic(record.results, json.dumps(results, indent=2) + "\n")
 
 
 def default_policies(config: Config) -> dict[str, Path]:

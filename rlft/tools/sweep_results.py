@@ -14,13 +14,13 @@ import csv
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from rlft.config.schema import config_to_dict
+from rlft.runtime.run_files import write_text_atomic
 from rlft.tools.sweep_file import Sweep, redact, trial_config
 
 
@@ -47,14 +47,7 @@ def write_trial_record(
         "error": error,
         "pruned_at_step": pruned_at,
     }
-    write_atomic(run_dir / "trial.json", json.dumps(record, indent=2) + "\n")
-
-
-def write_atomic(path: Path, text: str) -> None:
-    # Several workers rewrite the study's files after each of their trials: readers never see half a file.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(run_dir / "trial.json", json.dumps(record, indent=2) + "\n")
 
 
 def retried_trials(trials) -> dict[int, int]:
@@ -111,7 +104,7 @@ def write_results(sweep: Sweep, study) -> dict[str, Any]:
     summary = summarize_study(sweep, study)
     out = sweep.study_dir
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["trial", "state", "value", *summary["params"], "error"])
@@ -125,13 +118,13 @@ def write_results(sweep: Sweep, study) -> dict[str, Any]:
                 t["error"] or "",
             ]
         )
-    write_atomic(out / "summary.csv", buffer.getvalue())
+    write_text_atomic(out / "summary.csv", buffer.getvalue())
     if summary["best"] is not None:
-        write_atomic(out / "best_config.yaml", best_config_text(sweep, summary["best"]))
+        write_text_atomic(out / "best_config.yaml", best_config_text(sweep, summary["best"]))
     for t in summary["trials"]:  # a killed worker's trial, failed since by its stale heartbeat
         record = Path(t["run_dir"] or "/nonexistent") / "trial.json"
         if t["state"] == "FAIL" and record.is_file() and json.loads(record.read_text())["state"] == "RUNNING":
-            write_atomic(
+            write_text_atomic(
                 record,
                 json.dumps({**json.loads(record.read_text()), "state": "FAIL", "error": t["error"]}, indent=2)
                 + "\n",
