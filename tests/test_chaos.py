@@ -5,9 +5,10 @@ row for row (wall-clock fields aside), every step once.
 The kills are real (`kill -9` of the `rlft train` process: nothing of rlft runs after it) and land where they
 land: in a rollout, an update, a checkpoint save (one kill waits for a save to begin), the final save, or before
 the first checkpoint. Each next start is what a user types: `rlft train ... --resume` when the run has a complete
-checkpoint, else `rlft train ...` again (what `--resume` itself says to do when there is none). The delays are
-drawn from a seeded RNG over the training window measured on the uninterrupted run, in the same test, on the same
-machine, so they scale with its speed and load.
+checkpoint, else `rlft train ...` again (what `--resume` itself says to do when there is none). The kill points
+are drawn from a seeded RNG, one in each quarter of the training (in steps), and each is timed from the logged row
+of the step before it, with the step time of the uninterrupted run measured in the same test on the same machine:
+a process slower or faster than that run (the machine's load changes) is still killed in the step aimed at.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -39,7 +42,8 @@ TRAINERS = {
     "grpo": {"num_generations": 2, "per_device_train_batch_size": 4, "beta": 0.04},  # an epoch: 2 steps
     "ppo": {"per_device_train_batch_size": 2, "kl_coef": 0.05, "target_kl": 0.01},  # a rollout batch: 4 steps
 }
-# Three kills at random delays and one the moment a checkpoint save begins, in this order.
+# The i-th kill lands at a random point of the i-th quarter of the training, except the second, which waits for
+# a checkpoint save to begin (a save lasts a fraction of a step: a random delay would seldom hit one).
 KILLS = ("delay", "save", "delay", "delay")
 SEED = 15
 
@@ -86,40 +90,38 @@ def rlft_train(config_path: Path, resume: bool, log: Path) -> subprocess.Popen:
         )
 
 
-def wait_for_lock(process: subprocess.Popen, run_dir: Path, timeout: float = 300.0) -> float | None:
-    """When `process` took the run lock (its imports done, the stage begun); None if it ended first."""
-    start = time.monotonic()
+def wait_for_start(process: subprocess.Popen, run_dir: Path, timeout: float = 300.0) -> float | None:
+    """When `process`'s rl stage started its tracker (imports, run lock and model done; training next), or None
+    if the process ended first. The tracker rewrites `wandb_ids.json` when it starts, fresh or resumed."""
+    ids, begun = run_dir / "wandb_ids.json", time.monotonic()
     while process.poll() is None:
         holder = holder_of(run_dir)
-        if holder and holder.get("pid") == process.pid:
-            return time.time()
-        if time.monotonic() - start > timeout:
-            raise TimeoutError(f"rlft train (pid {process.pid}) took no run lock in {timeout} s")
-        time.sleep(0.01)
+        ours = holder and holder.get("pid") == process.pid and ids.exists()
+        if ours and (started := ids.stat().st_mtime) >= holder["started"]:
+            return started
+        if time.monotonic() - begun > timeout:
+            raise TimeoutError(f"rlft train (pid {process.pid}) did not start training in {timeout} s")
+        time.sleep(0.005)
     return None
 
 
 @dataclass
-class Window:
-    """The uninterrupted run's timings, in seconds after it took the run lock."""
+class Pace:
+    """The uninterrupted run's pace, measured in the same test."""
 
-    train_start: float  # its first step began
-    end: float  # it exited (final save and wandb's end included)
-
-    def delay(self, rng: random.Random, steps_left: int) -> float:
-        """A random point of the training still to do, for a run resumed with `steps_left` steps to train."""
-        return self.train_start + rng.uniform(0, 1) * (self.end - self.train_start) * steps_left / N_STEPS
+    setup: float  # seconds from its tracker's start to its first step's start
+    per_step: float  # seconds a step took, saves included
 
 
-def measured_run(config_path: Path, run_dir: Path, log: Path) -> Window:
+def measured_run(config_path: Path, run_dir: Path, log: Path) -> Pace:
     process = rlft_train(config_path, resume=False, log=log)
-    locked = wait_for_lock(process, run_dir)
+    started = wait_for_start(process, run_dir)
     assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
-    ended = time.time()
+    assert started is not None, "the tracker never started (wandb_ids.json): the kills could not be timed"
     step_times = [row["time"] for row in map(json.loads, (run_dir / "metrics.jsonl").open()) if "loss" in row]
-    assert locked is not None and len(step_times) == N_STEPS
+    assert len(step_times) == N_STEPS
     per_step = (step_times[-1] - step_times[0]) / (N_STEPS - 1)
-    return Window(train_start=step_times[0] - per_step - locked, end=ended - locked)
+    return Pace(setup=step_times[0] - per_step - started, per_step=per_step)
 
 
 def newest_step(run_dir: Path) -> int:
@@ -127,22 +129,48 @@ def newest_step(run_dir: Path) -> int:
     return int(checkpoint.name.split("-")[1]) if checkpoint is not None else 0
 
 
-def kill(process: subprocess.Popen, run_dir: Path, how: str, delay: float, locked: float) -> str:
-    """SIGKILL `process` `delay` s after it took the lock, or ("save") the moment a checkpoint save begins.
+def step_logged(run_dir: Path, step: int) -> float | None:
+    """When `step`'s training row was logged (its own timestamp), or None if it is not logged yet."""
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines() if metrics.exists() else []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:  # a row still being written
+            continue
+        if row.get("step") == step and "loss" in row:
+            return row["time"]
+    return None
+
+
+def kill_time(run_dir: Path, position: float, resumed_at: int, started: float, pace: Pace) -> float | None:
+    """When a run resumed at `resumed_at` (0: a fresh start) is at `position` (in steps: 4.3 is a third of the
+    way through step 5, from the row of step 4 on), or None until the step before it is logged. Timed from that
+    row, not from the start, so that a run that goes faster or slower than the measured one is killed in the same
+    step."""
+    whole, fraction = int(position), position % 1
+    if whole <= resumed_at:  # the position is in the first step this start trains (or behind it)
+        return started + pace.setup + max(0.0, position - resumed_at) * pace.per_step
+    logged = step_logged(run_dir, whole)
+    return None if logged is None else logged + fraction * pace.per_step
+
+
+def kill(process: subprocess.Popen, run_dir: Path, how: str, due: Callable[[], float | None]) -> str:
+    """SIGKILL `process` at the time `due()` gives, or ("save") the moment a checkpoint save begins.
 
     Returns where the kill landed (for the failure message), or "" when the process ended first.
     """
     stale = saves_begun(run_dir)  # a save an earlier kill interrupted may have left its staging folder
     while process.poll() is None:
         saving = bool(saves_begun(run_dir) - stale)
-        if (how == "save" and saving) or (how == "delay" and time.time() - locked >= delay):
+        if (how == "save" and saving) or (how == "delay" and (at := due()) is not None and time.time() >= at):
             metrics = run_dir / "metrics.jsonl"
             logged = len(metrics.read_text().splitlines()) if metrics.exists() else 0
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=60)
             if process.returncode != -signal.SIGKILL:
                 return ""  # it exited on its own just before the signal
-            where = "during a save" if saving else f"{time.time() - locked:.2f} s after the lock"
+            where = "during a save" if saving else "at a random point"
             return (
                 f"{where}, {logged} metrics rows logged, newest checkpoint then: step {newest_step(run_dir)}"
             )
@@ -170,7 +198,7 @@ def same_files(a: Path, b: Path, pattern: str) -> list[str]:
 def test_a_run_sigkilled_at_random_points_and_continued_equals_an_uninterrupted_run(algorithm, tmp_path):
     straight_path = chaos_config_file(tmp_path / "straight", algorithm)
     straight_dir = tmp_path / "straight" / "runs" / "chaos"
-    window = measured_run(straight_path, straight_dir, tmp_path / "straight.log")
+    pace = measured_run(straight_path, straight_dir, tmp_path / "straight.log")
 
     config_path = chaos_config_file(tmp_path / "chaos", algorithm)
     run_dir = tmp_path / "chaos" / "runs" / "chaos"
@@ -178,21 +206,26 @@ def test_a_run_sigkilled_at_random_points_and_continued_equals_an_uninterrupted_
     landed: list[str] = []
     finished = False
     for attempt, how in enumerate(KILLS):
-        resume = newest_step(run_dir) > 0  # else start again, as `--resume` says when there is no checkpoint
+        position = N_STEPS * (attempt + rng.random()) / len(KILLS)
+        resumed_at = newest_step(run_dir)
+        resume = resumed_at > 0  # else start again, as `--resume` says when there is no checkpoint
+        how = "delay" if resumed_at == N_STEPS else how  # no checkpoint save left to wait for
         process = rlft_train(config_path, resume, tmp_path / f"attempt{attempt}.log")
-        locked = wait_for_lock(process, run_dir)
-        delay = window.delay(rng, N_STEPS - newest_step(run_dir))
-        where = kill(process, run_dir, how, delay, locked) if locked is not None else ""
+        started = wait_for_start(process, run_dir)
+        due = partial(kill_time, run_dir, position, resumed_at, started, pace)
+        where = kill(process, run_dir, how, due) if started is not None else ""
         if not where:  # the run ended before the kill: it must have finished
             assert process.wait() == 0, (landed, (tmp_path / f"attempt{attempt}.log").read_text()[-3000:])
             finished = True
             break
-        landed.append(f"{'resume' if resume else 'fresh start'} killed {where}")
+        start = f"resume at step {resumed_at}" if resume else "fresh start"
+        landed.append(f"{start} killed {where} (aimed at step {position:.2f}, {how})")
     if not finished:
         last_log = tmp_path / "final.log"
         process = rlft_train(config_path, newest_step(run_dir) > 0, last_log)
         assert process.wait(timeout=600) == 0, (landed, last_log.read_text()[-3000:])
 
+    print("\n".join(landed))  # where the kills landed (pytest -rP shows it)
     assert len(landed) >= 2, f"fewer than two kills landed before the run finished: {landed}"
     assert not same_files(
         straight_dir / "checkpoints" / "rl", run_dir / "checkpoints" / "rl", "*.safetensors"
