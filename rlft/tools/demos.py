@@ -30,6 +30,7 @@ from rlft.rollout.demos import (
     record_expert_demos,
     write_jsonl_demos,
 )
+from rlft.rollout.env_check import check_env_plays
 from rlft.rollout.env_factory import check_env_reference, make_env
 from rlft.rollout.experts import check_expert
 
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     settings = _settings(args, config)
     check_env_reference(config.env)
+    check_env_plays(config.env)  # the user's env, renderer and parser checked as `rlft validate` does
     if args.policy is None:
         check_expert(config.env, "`rlft demos` (without --policy)", "`rlft demos --policy CHECKPOINT`")
         records = record_expert_demos(
