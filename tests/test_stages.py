@@ -319,3 +319,28 @@ def test_eval_with_overrides_writes_its_own_record_and_keeps_the_training_config
     assert results["record"] == {"config": record_config.name, "differs_in": ["eval.episodes", "eval.expert"]}
     assert load_config(record_config).eval.episodes == 3  # the config this record was made with
     assert f"results in {record.name}" in out and "eval.episodes, eval.expert" in out
+
+
+def test_an_eval_whose_disjoint_tasks_cannot_exist_exits_2_before_anything_runs(tmp_path, capsys):
+    """Few tasks, all of them in training: `eval.disjoint_tasks` cannot be met; the pipeline says so (exit 2, naming
+    the key and the ways out) before SFT, and writes no run folder."""
+    from rlft.cli import main
+    from rlft.config.schema import save_config
+
+    config = tiny_config(
+        output_dir=str(tmp_path / "runs"),
+        name="few-tasks",
+        env={
+            "kwargs": {"random_map_size": 2, "is_slippery": False},
+            "train_seeds": {"start": 0, "count": 200},
+        },
+        eval={"episodes": 50},
+    )
+    path = tmp_path / "few.yaml"
+    save_config(config, path)
+    code = main(["pipeline", "--config", str(path)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "key 'eval.disjoint_tasks' = true" in err and "eval.disjoint_tasks: false" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "runs" / "few-tasks").exists()

@@ -23,6 +23,7 @@ import numpy as np
 from envs.experts import NoExpertError, expert_for, play_expert_episode
 from rlft.config.schema import EnvConfig, EvalConfig
 from rlft.core.episode import Episode
+from rlft.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +100,11 @@ def held_out_seeds(env_factory: Callable[[], gym.Env], env_cfg: EnvConfig, eval_
         seed += 1
     env.close()
     if len(seeds) < eval_cfg.episodes:
-        raise RuntimeError(
-            f"only {len(seeds)} held-out seeds have tasks unseen in training; "
-            "shrink env.train_seeds.count or set eval.disjoint_tasks=false"
+        raise ConfigError(
+            f"key 'eval.disjoint_tasks' = true: only {len(seeds)} of eval.episodes = {eval_cfg.episodes} held-out "
+            f"seeds (from eval.seed_start = {eval_cfg.seed_start}) have a task unseen among the {len(train_tasks)} "
+            "tasks of env.train_seeds; set eval.disjoint_tasks: false (held-out seeds, tasks may repeat), "
+            "lower eval.episodes, or shrink env.train_seeds.count"
         )
     return seeds
 

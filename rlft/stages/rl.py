@@ -118,6 +118,7 @@ def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -
         refuse_to_overwrite(Path(args.output_dir))
     if config.rl.init_from != "base":  # a damaged start checkpoint is named before the run folder is written
         check_loadable(resolve_init(config), "rl.init_from")
+    during = held_out_seeds(env_factory(config), config.env, config.eval) if config.eval.every_steps else []
     prepare_run(config)
     if resume and process_state().is_main_process:
         record_resume(config, resume, changes)
@@ -145,7 +146,7 @@ def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -
     rollout.dynamic_sampling = dynamic_sampling_for(config.rl.dynamic_sampling, seeds, args)
     trainer.learning_signal.configure(config.rl.skip_steps_without_signal, config.rl.no_signal_warn_fraction)
     if config.eval.every_steps:
-        trainer.add_callback(held_out_eval_callback(config, tracker, trainer, rollout, tokenizer))
+        trainer.add_callback(held_out_eval_callback(config, tracker, trainer, rollout, tokenizer, during))
     attach_tracking(trainer, tracker, config, rollout)  # tensorboard (report_to) and episode transcripts
     stop = GracefulStop(trainer.accelerator)
     trainer.add_callback(stop)
@@ -236,9 +237,12 @@ def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
-def held_out_eval_callback(config: Config, tracker: Tracker, trainer, rollout, tokenizer):
-    """Periodic held-out evaluation during RL (`eval.every_steps`), on the first `eval.during_episodes` seeds."""
-    seeds = held_out_seeds(env_factory(config), config.env, config.eval)[: config.eval.during_episodes]
+def held_out_eval_callback(
+    config: Config, tracker: Tracker, trainer, rollout, tokenizer, held_out: list[int]
+):
+    """Periodic held-out evaluation during RL (`eval.every_steps`), on the first `eval.during_episodes` of the
+    held-out seeds."""
+    seeds = held_out[: config.eval.during_episodes]
     engine = rollout_engine(config, tokenizer, greedy=config.eval.greedy)
 
     def evaluate(policy) -> dict[str, float]:

@@ -15,13 +15,14 @@ from rlft.algorithms.checkpointing import refuse_to_overwrite
 from rlft.config.schema import Config, RmRewardComponent
 from rlft.errors import CheckpointError
 from rlft.rewards.references import run_reward_model
+from rlft.rollout.evaluation import held_out_seeds
 from rlft.rollout.experts import check_expert_demos
 from rlft.runtime.distributed import ddp_timeout_s, process_state
 from rlft.runtime.run_lock import run_lock
 from rlft.runtime.signals import Interrupted
 from rlft.stages import eval as stage_eval
 from rlft.stages import rl as stage_rl
-from rlft.stages.common import collect_sync_commands
+from rlft.stages.common import collect_sync_commands, env_factory
 
 LOCKED_COMMANDS = ("train", "pipeline")  # the commands that train into the run folder (sweep trials lock too)
 
@@ -113,6 +114,9 @@ def check_earlier_stages(command: str, config: Config) -> None:
         stage_eval.default_policies(config)  # no checkpoint at all: CheckpointError
     if command in ("sft", "pipeline"):
         check_expert_demos(config, runs_sft=True)  # sft.demos unset (source expert) and the env has none
+    if command == "pipeline" or (command == "train" and config.eval.every_steps):
+        # The held-out seeds must exist (eval.disjoint_tasks): found now, not after training (a ConfigError).
+        held_out_seeds(env_factory(config), config.env, config.eval)
 
 
 def _uses_run_reward_model(config: Config) -> bool:
