@@ -308,9 +308,7 @@ def test_an_error_of_rlft_itself_keeps_its_traceback(
     workdir: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No user frame (the error is rlft's or a library's): re-raised, not reported as the user's."""
-    monkeypatch.setattr(
-        commands, "run_command", pow
-    )  # a TypeError raised where no Python frame is
+    monkeypatch.setattr(commands, "run_command", pow)  # a TypeError raised where no Python frame is
     with pytest.raises(TypeError, match=r"pow\(\)"):
         run("sft", [], capsys)
 
