@@ -312,14 +312,14 @@ CASES: list[Case] = [
     Case(
         "unknown-algorithm",
         "unknown algorithm",
-        ("key 'rl.algorithm' = 'dqn'", "should be 'grpo' or 'ppo'"),
+        ("key 'rl.algorithm' = 'dqn'", "should be 'grpo', 'ppo' or 'gigpo'"),
         command="train",
         overrides=("rl.algorithm=dqn",),
     ),
     Case(
         "algorithm-wrong-case",
         "unknown algorithm",
-        ("key 'rl.algorithm' = 'PPO'", "should be 'grpo' or 'ppo'"),
+        ("key 'rl.algorithm' = 'PPO'", "should be 'grpo', 'ppo' or 'gigpo'"),
         command="pipeline",
         config=BASE_YAML + "rl:\n  algorithm: PPO\n",
     ),

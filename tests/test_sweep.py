@@ -138,7 +138,7 @@ BAD_SWEEPS: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "choice-the-config-rejects",
         with_param("rl.algorithm", {"type": "categorical", "choices": ["grpo", "dqn"]}),
-        ["key 'params[rl.algorithm]'", 'rl.algorithm="dqn"', "'grpo' or 'ppo'"],
+        ["key 'params[rl.algorithm]'", 'rl.algorithm="dqn"', "'grpo', 'ppo' or 'gigpo'"],
     ),
     (
         "low-above-high",
