@@ -214,6 +214,31 @@ def test_a_write_that_fails_mid_save_removes_its_staging_folder(tmp_path, monkey
     assert verify(rl_dir / "checkpoint-1") is None
 
 
+def test_a_full_disk_during_the_final_save_ends_with_one_line_and_no_staging_left(
+    tmp_path, monkeypatch, capsys
+):
+    """The final policy (checkpoints/rl) is written beside its place and renamed: a failed write names the path
+    and the last good checkpoint (exit 7), removes the staging folder and leaves no checkpoints/rl."""
+    from rlft.stages import rl as stage_rl
+
+    path = config_file(tmp_path, str(tmp_path / "runs"))
+    run_dir = tmp_path / "runs" / "storage"
+    original = stage_rl.save_trained
+
+    def full_disk(trainer, target):
+        original(trainer, target)  # the files are there when the disk fills up (e.g. at the tokenizer's)
+        raise OSError(errno.ENOSPC, "No space left on device", str(target / "tokenizer.json"))
+
+    monkeypatch.setattr(stage_rl, "save_trained", full_disk)
+    assert cli.main(["train", "--config", str(path)]) == 7
+    err = error_line(capsys.readouterr().err)
+    staging = run_dir / "checkpoints" / ".staging" / "rl"
+    newest = list_checkpoints(run_dir / "trainer" / "rl")[-1]
+    assert err.startswith(f"rlft: error: cannot write {staging}: no space left on device;")
+    assert f"last good checkpoint: {newest}" in err
+    assert not staging.exists() and not (run_dir / "checkpoints" / "rl").exists()
+
+
 def test_torch_writer_failure_on_a_full_disk_is_named_as_such(tmp_path, monkeypatch):
     # torch's zip writer reports ENOSPC as this RuntimeError, without the words "No space left on device".
     exc = RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 4160 vs 4054")

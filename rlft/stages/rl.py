@@ -10,7 +10,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlft.algorithms.checkpointing import checkpoint_step, refuse_to_overwrite, resolve_resume
+from rlft.algorithms.checkpointing import (
+    checkpoint_step,
+    latest_complete,
+    refuse_to_overwrite,
+    resolve_resume,
+)
 from rlft.algorithms.dynamic_sampling import dynamic_sampling_for
 from rlft.algorithms.registry import get_algorithm
 from rlft.config.defaults import rl_defaults
@@ -24,6 +29,7 @@ from rlft.runtime.faults import out_of_memory_guard
 from rlft.runtime.run_files import empty_staging, match_umask
 from rlft.runtime.run_lock import run_lock
 from rlft.runtime.signals import GracefulStop, Interrupted
+from rlft.runtime.storage import is_storage_fault, storage_error
 from rlft.runtime.tracking import (
     HeldOutEvalCallback,
     Tracker,
@@ -176,7 +182,14 @@ def save_final(trainer, path: Path) -> Path:
     staging = staging_root / path.name
     if trainer.accelerator.is_main_process and staging.exists():
         shutil.rmtree(staging)
-    save_trained(trainer, staging)  # every rank (a collective under FSDP / ZeRO-3); ends with a barrier
+    try:
+        save_trained(trainer, staging)  # every rank (a collective under FSDP / ZeRO-3); ends with a barrier
+    except Exception as exc:  # a full disk or a folder gone read-only: one line, the staging folder removed
+        if not is_storage_fault(exc):
+            raise
+        if trainer.accelerator.is_main_process:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise storage_error(exc, staging, latest_complete(trainer.args.output_dir)) from exc
     if trainer.accelerator.is_main_process:
         match_umask(staging)
         if path.exists():
