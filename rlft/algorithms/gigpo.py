@@ -26,7 +26,7 @@ import torch
 
 from rlft.algorithms import trl_bridge
 from rlft.algorithms.gigpo_config import GiGPOConfig
-from rlft.algorithms.grpo import EpisodeRollout, RlftGRPOTrainer, episode_return, task_dataset
+from rlft.algorithms.grpo import RlftGRPOTrainer, build_grpo_trainer
 from rlft.core.batch import RolloutBatch
 from rlft.errors import ConfigError
 
@@ -76,25 +76,9 @@ class GiGPOTrainer(RlftGRPOTrainer):
 
 
 def build_gigpo_trainer(
-    model,
-    tokenizer,
-    args: GiGPOConfig,
-    engine,
-    train_seeds: list[int],
-    batch_size: int,
-    callbacks: list | None = None,
-    max_nonfinite_steps: int = 3,
+    model, tokenizer, args: GiGPOConfig, engine, train_seeds: list[int], batch_size: int, **kwargs
 ):
     """GiGPOTrainer on a loaded policy: GRPO's rollout and reward function, GiGPO's advantages."""
-    rollout = EpisodeRollout(engine, seed=args.seed, batch_size=batch_size)
-    trainer = GiGPOTrainer(
-        model=model,
-        reward_funcs=[episode_return],
-        args=args,
-        train_dataset=task_dataset(train_seeds),
-        processing_class=tokenizer,
-        episode_rollout=rollout,
-        max_nonfinite_steps=max_nonfinite_steps,
-        callbacks=callbacks,
+    return build_grpo_trainer(
+        model, tokenizer, args, engine, train_seeds, batch_size, trainer_class=GiGPOTrainer, **kwargs
     )
-    return trainer, rollout

@@ -183,14 +183,16 @@ def build_grpo_trainer(
     batch_size: int,
     callbacks: list | None = None,
     max_nonfinite_steps: int = 3,
+    trainer_class: type[RlftGRPOTrainer] = RlftGRPOTrainer,
 ):
-    """TRL's GRPOTrainer on a policy loaded from a saved checkpoint.
+    """TRL's GRPOTrainer on a policy loaded from a saved checkpoint (`trainer_class`: a subclass that changes
+    only how the generation batch is scored, such as GiGPO's).
 
     With `beta > 0` TRL loads the reference policy from `model.config._name_or_path`, the same checkpoint
     (or, for a LoRA policy, disables the adapter).
     """
     rollout = EpisodeRollout(engine, seed=args.seed, batch_size=batch_size)
-    trainer = RlftGRPOTrainer(
+    trainer = trainer_class(
         model=model,
         reward_funcs=[episode_return],
         args=args,
