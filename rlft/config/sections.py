@@ -317,12 +317,44 @@ class EvalConfig(Section):
         description="during RL, evaluate on held-out seeds every N steps "
         "(learning curves against env steps); off by default",
     )
-    during_episodes: int = Field(100, gt=0, description="held-out episodes per evaluation during RL")
+    during_episodes: int = Field(100, gt=0, description="validation episodes per evaluation during RL")
+    validation_seed_start: int = Field(
+        20_000_000,
+        ge=0,
+        description="validation seeds (eval.every_steps, eval.keep_best) start here, apart from the test seeds "
+        "of eval.seed_start that only `rlft eval` plays",
+    )
+    keep_best: bool = Field(
+        False,
+        description="during RL, keep the checkpoint with the best validation success as checkpoints/rl_best "
+        "(needs eval.every_steps); `rlft eval` reports it as the policy rl_best",
+    )
+    regression_margin: float = Field(
+        0.05,
+        ge=0.0,
+        description="warn when validation success falls more than this below the run's first validation success",
+    )
     expert: Literal["auto"] | bool = Field(
         "auto",
         description="evaluate the env's expert beside the policies: auto = when the env has one (skipped "
         "with a note otherwise), true = required (no expert fails before any model loads), false = never",
     )
+
+    @model_validator(mode="after")
+    def _validation_apart_from_test(self) -> EvalConfig:
+        # The seeds each range may use: held_out_seeds scans up to 200 seeds per episode to find unseen tasks.
+        span = 200 if self.disjoint_tasks else 1
+        test = (self.seed_start, self.seed_start + span * self.episodes)
+        validation = (self.validation_seed_start, self.validation_seed_start + span * self.during_episodes)
+        if test[0] < validation[1] and validation[0] < test[1]:
+            raise ValueError(
+                f"eval.validation_seed_start = {self.validation_seed_start} (seeds up to {validation[1] - 1}) "
+                f"overlaps eval.seed_start = {self.seed_start} (test seeds up to {test[1] - 1}): model selection "
+                "would peek at the test tasks; move one range clear of the other"
+            )
+        if self.keep_best and self.every_steps is None:
+            raise ValueError("eval.keep_best needs eval.every_steps (how often validation runs)")
+        return self
 
     @field_validator("expert", mode="before")
     @classmethod

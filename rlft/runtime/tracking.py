@@ -339,16 +339,20 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 class HeldOutEvalCallback(TrainerCallback):
-    """Every `every` optimizer steps, plays held-out seeds with the current policy and logs `eval/*`.
+    """Every `every` optimizer steps, plays the validation seeds with the current policy and logs `eval/*`.
 
-    The same seeds every time, the policy as configured (greedy or sampled at the rollout temperature), and
-    the env steps consumed so far, so learning curves can be drawn against env steps. `evaluate(policy)` plays
-    them and returns the summary (the stage binds rlft.rollout.evaluation.evaluate_policy to its own engine and
-    seeds: this layer does not import the rollout's); `rollout.env_steps` is the env steps played so far.
+    The same seeds every time (validation ones, apart from the test seeds only `rlft eval` plays), the policy as
+    configured (greedy or sampled at the rollout temperature), and the env steps consumed so far, so learning
+    curves can be drawn against env steps. `evaluate(policy)` plays them and returns the summary (the stage binds
+    rlft.rollout.evaluation.evaluate_policy to its own engine and seeds: this layer does not import the
+    rollout's); `rollout.env_steps` is the env steps played so far. `select(step, logs)`, when given, is called
+    after each evaluation on every process (logs is None off the main one, which alone evaluates): the stage's
+    model selection, which may save a checkpoint (a collective).
     """
 
-    def __init__(self, tracker: Tracker, evaluate, every: int, rollout):
+    def __init__(self, tracker: Tracker, evaluate, every: int, rollout, select=None):
         self.tracker, self.evaluate_policy, self.every, self.rollout = tracker, evaluate, every, rollout
+        self.select = select
         self.trainer = None  # set by the stage once the trainer exists
 
     def evaluate(self, step: int) -> dict[str, float]:
@@ -358,10 +362,15 @@ class HeldOutEvalCallback(TrainerCallback):
         self.tracker.log(logs, step=step)
         return logs
 
+    def _evaluate_and_select(self, state) -> None:
+        logs = self.evaluate(state.global_step) if state.is_world_process_zero else None
+        if self.select is not None:
+            self.select(state.global_step, logs)
+
     def on_step_end(self, args, state, control, **kwargs):
-        if self.trainer is not None and state.global_step % self.every == 0 and state.is_world_process_zero:
-            self.evaluate(state.global_step)
+        if self.trainer is not None and state.global_step % self.every == 0:
+            self._evaluate_and_select(state)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        if self.trainer is not None and state.is_world_process_zero and state.global_step == 0:
-            self.evaluate(0)
+        if self.trainer is not None and state.global_step == 0:
+            self._evaluate_and_select(state)

@@ -48,6 +48,7 @@ MAIN_PROCESS_EVAL = (
     "evaluation runs on the main process (rank 0), which prints the table and writes eval.json"
 )
 RESULTS_FILE = "eval.json"
+SELECTION_FILE = "selection.json"  # written by rlft.stages.rl.ModelSelection into checkpoints/rl_best
 # Keys that say where a run lives and how it is tracked, not what is evaluated: a copied run folder evaluated
 # with `output_dir=...`, or with wandb off, is still the run's own evaluation.
 NOT_THE_EVALUATION = ("name", "output_dir", "tracking")
@@ -163,7 +164,13 @@ def evaluate_checkpoint(
     )
     # The headline numbers are the policy as configured (eval.greedy); both are kept.
     headline = greedy if config.eval.greedy else sampled
-    return {**headline, "greedy": greedy, "sampled": sampled, "checkpoint": str(path)}
+    result = {**headline, "greedy": greedy, "sampled": sampled, "checkpoint": str(path)}
+    selection = (
+        path / SELECTION_FILE
+    )  # a checkpoint chosen on validation success (eval.keep_best) names its step
+    if selection.is_file():
+        result["selection"] = json.loads(selection.read_text(encoding="utf-8"))
+    return result
 
 
 def check_eval_expert(config: Config, expert: bool | str | None = None) -> None:
@@ -230,9 +237,10 @@ def write_results(record: EvalRecord, results: dict[str, Any], config: Config) -
 
 
 def default_policies(config: Config) -> dict[str, Path]:
-    """Every checkpoint this run has, in pipeline order (untrained = the base checkpoint)."""
+    """Every checkpoint this run has, in pipeline order (untrained = the base checkpoint; rl_best = the RL
+    checkpoint with the best validation success, `eval.keep_best`)."""
     found = {}
-    for label, stage in (("untrained", "base"), ("sft", "sft"), ("rl", "rl")):
+    for label, stage in (("untrained", "base"), ("sft", "sft"), ("rl", "rl"), ("rl_best", "rl_best")):
         path = checkpoint_dir(config, stage)
         if (path / "config.json").is_file() or (path / "adapter_config.json").is_file():
             found[label] = path
@@ -262,6 +270,8 @@ def format_table(results: dict[str, Any]) -> str:
     ]
     for label, r in results["policies"].items():
         greedy, sampled = r.get("greedy", r), r.get("sampled", r)
+        if "selection" in r:  # chosen on validation tasks, never on these test tasks
+            label = f"{label} (step {r['selection']['step']})"
         rows.append(
             f"| {label} | {cell(greedy, 'success')} | {cell(sampled, 'success')} | "
             f"{cell(greedy, 'return')} | {greedy['turns']:.1f} |"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
 import time
 from pathlib import Path
 from typing import Any
+
+from accelerate.utils import broadcast_object_list
 
 from rlft.algorithms.checkpointing import (
     checkpoint_step,
@@ -26,7 +29,7 @@ from rlft.rewards import build_reward_design
 from rlft.rollout.evaluation import evaluate_policy, held_out_seeds
 from rlft.runtime.distributed import ddp_timeout_s, process_state, save_trained
 from rlft.runtime.faults import out_of_memory_guard
-from rlft.runtime.run_files import empty_staging, match_umask
+from rlft.runtime.run_files import empty_staging, match_umask, write_text_atomic
 from rlft.runtime.run_lock import run_lock
 from rlft.runtime.signals import GracefulStop, Interrupted
 from rlft.runtime.storage import is_storage_fault, storage_error
@@ -47,6 +50,10 @@ from rlft.stages.common import (
     rollout_engine,
     trainer_config_class,
 )
+
+logger = logging.getLogger(__name__)
+BEST = "rl_best"  # checkpoints/rl_best: the best validation success (eval.keep_best), `rlft eval`'s rl_best
+SELECTION_FILE = "selection.json"  # in checkpoints/rl_best: its step and validation success
 
 
 def resolve_init(config: Config) -> Path:
@@ -124,10 +131,10 @@ def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -
         refuse_to_overwrite(Path(args.output_dir))
     if config.rl.init_from != "base":  # a damaged start checkpoint is named before the run folder is written
         check_loadable(resolve_init(config), "rl.init_from")
-    during = held_out_seeds(env_factory(config), config.env, config.eval) if config.eval.every_steps else []
+    validation = validation_seeds(config) if config.eval.every_steps else []
     prepare_run(config)
-    if resume and process_state().is_main_process:
-        record_resume(config, resume, changes)
+    if process_state().is_main_process:
+        record_start(config, resume, changes)
     design = build_reward_design(config)  # None for the default (the env reward alone); loads reward models
     model, tokenizer = load_trainable(resolve_init(config), config)
     engine = rollout_engine(config, tokenizer)
@@ -151,8 +158,7 @@ def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -
     rollout.reward_design = design
     rollout.dynamic_sampling = dynamic_sampling_for(config.rl.dynamic_sampling, seeds, args)
     trainer.learning_signal.configure(config.rl.skip_steps_without_signal, config.rl.no_signal_warn_fraction)
-    if config.eval.every_steps:
-        trainer.add_callback(held_out_eval_callback(config, tracker, trainer, rollout, tokenizer, during))
+    add_validation(config, tracker, trainer, rollout, tokenizer, validation, bool(resume))
     attach_tracking(trainer, tracker, config, rollout)  # tensorboard (report_to) and episode transcripts
     stop = GracefulStop(trainer.accelerator)
     trainer.add_callback(stop)
@@ -174,10 +180,12 @@ def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -
     return path
 
 
-def save_final(trainer, path: Path) -> Path:
+def save_final(trainer, path: Path, extra_files: dict[str, str] | None = None) -> Path:
     """The trained policy (PPO: with its critic in critic/, which rlft.models.critic.load_critic reloads) into
     `path`, written beside it and renamed into place: a kill during the save leaves the previous `path` or none,
-    never half of one (the run's last checkpoint is complete: `--resume` saves it again without training)."""
+    never half of one (the run's last checkpoint is complete: `--resume` saves it again without training).
+    `extra_files` (name -> text) are written into it before the rename, so they come with the weights or not
+    at all."""
     staging_root = path.parent / ".staging"
     staging = staging_root / path.name
     if trainer.accelerator.is_main_process and staging.exists():
@@ -191,6 +199,8 @@ def save_final(trainer, path: Path) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
         raise storage_error(exc, staging, latest_complete(trainer.args.output_dir)) from exc
     if trainer.accelerator.is_main_process:
+        for name, text in (extra_files or {}).items():
+            write_text_atomic(staging / name, text)
         match_umask(staging)
         if path.exists():
             shutil.rmtree(path)
@@ -246,22 +256,102 @@ def record_resume(config: Config, checkpoint: Path, changes: dict[str, dict[str,
         handle.write(json.dumps({**row, "changes": changes}) + "\n")
 
 
+def record_start(config: Config, resume: Path | None, changes: dict[str, dict[str, Any]]) -> None:
+    """A resume is recorded (`record_resume`); a fresh start removes a best checkpoint (checkpoints/rl_best)
+    left by a discarded run of this name: `rlft eval` would report it as this run's."""
+    if resume:
+        record_resume(config, resume, changes)
+    else:
+        shutil.rmtree(checkpoint_dir(config, BEST), ignore_errors=True)
+
+
+def add_validation(
+    config: Config, tracker, trainer, rollout, tokenizer, seeds: list[int], resumed: bool
+) -> None:
+    """With `eval.every_steps`: evaluation on the validation `seeds` and model selection (ModelSelection, which a
+    resumed run continues from its selection.json)."""
+    if config.eval.every_steps:
+        selection = ModelSelection(config, trainer, previous=read_selection(config) if resumed else None)
+        trainer.add_callback(
+            held_out_eval_callback(config, tracker, trainer, rollout, tokenizer, seeds, selection)
+        )
+
+
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
+def validation_seeds(config: Config) -> list[int]:
+    """The `eval.during_episodes` validation seeds from `eval.validation_seed_start`: what RL evaluates and
+    selects on. The test seeds (`eval.seed_start`) are played only by `rlft eval`."""
+    validation = config.eval.model_copy(
+        update={"seed_start": config.eval.validation_seed_start, "episodes": config.eval.during_episodes}
+    )
+    return held_out_seeds(env_factory(config), config.env, validation)
+
+
 def held_out_eval_callback(
-    config: Config, tracker: Tracker, trainer, rollout, tokenizer, held_out: list[int]
+    config: Config, tracker: Tracker, trainer, rollout, tokenizer, seeds: list[int], select=None
 ):
-    """Periodic held-out evaluation during RL (`eval.every_steps`), on the first `eval.during_episodes` of the
-    held-out seeds."""
-    seeds = held_out[: config.eval.during_episodes]
+    """Periodic evaluation during RL (`eval.every_steps`) on the validation seeds; `select` (a ModelSelection)
+    sees each result."""
     engine = rollout_engine(config, tokenizer, greedy=config.eval.greedy)
 
     def evaluate(policy) -> dict[str, float]:
         engine.model = policy
         return evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)[0]
 
-    callback = HeldOutEvalCallback(tracker, evaluate, config.eval.every_steps, rollout)
+    callback = HeldOutEvalCallback(tracker, evaluate, config.eval.every_steps, rollout, select)
     callback.trainer = trainer
     return callback
+
+
+class ModelSelection:
+    """Model selection on validation success, never on the test tasks: with `eval.keep_best`, the checkpoint
+    with the best validation success so far is saved as checkpoints/rl_best with selection.json (its step and
+    success); a validation success more than `eval.regression_margin` below the run's first warns, once.
+
+    Called on every process after each validation (the main process alone evaluates and broadcasts its
+    success, since saving is a collective under FSDP / ZeRO-3). `previous`: a resumed run's selection.json.
+    """
+
+    def __init__(self, config: Config, trainer, previous: dict[str, Any] | None = None):
+        self.trainer, self.keep_best = trainer, config.eval.keep_best
+        self.margin, self.path = config.eval.regression_margin, checkpoint_dir(config, BEST)
+        previous = previous or {}
+        self.best_step, self.best = previous.get("step"), previous.get("validation_success")
+        self.first = previous.get("first_validation_success")
+        self.warned = False
+
+    def __call__(self, step: int, logs: dict[str, float] | None) -> None:
+        shared = [None if logs is None else float(logs["eval/success"])]
+        if self.trainer.accelerator.num_processes > 1:
+            broadcast_object_list(shared, from_process=0)
+        success = shared[0]
+        self.first = success if self.first is None else self.first
+        if (
+            success < self.first - self.margin
+            and not self.warned
+            and self.trainer.accelerator.is_main_process
+        ):
+            self.warned = True
+            logger.warning(
+                "validation success %.3f at step %d is more than eval.regression_margin = %.2f below the run's "
+                "first, %.3f: RL is making the policy worse. Try a lower rl.trainer.learning_rate, a larger "
+                "rl.trainer.beta (KL to the start policy), another rollout.temperature, and eval.keep_best: "
+                "true to keep the best validation checkpoint",
+                success,
+                step,
+                self.margin,
+                self.first,
+            )
+        if self.keep_best and (self.best is None or success > self.best):
+            self.best, self.best_step = success, step
+            record = {"step": step, "validation_success": success, "first_validation_success": self.first}
+            save_final(self.trainer, self.path, {SELECTION_FILE: json.dumps(record, indent=2) + "\n"})
+
+
+def read_selection(config: Config) -> dict[str, Any] | None:
+    """checkpoints/rl_best/selection.json ({step, validation_success, ...}), or None without one."""
+    path = checkpoint_dir(config, BEST) / SELECTION_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
