@@ -30,6 +30,8 @@ from rlft.rollout.turn_format import make_format
 from rlft.runtime.distributed import ddp_timeout_s, process_state
 from rlft.runtime.storage import output_folder_problem
 
+SELECTION_FILE = "selection.json"  # in checkpoints/rl_best: its step and validation success
+
 
 def checkpoint_dir(config: Config, stage: str) -> Path:
     return config.run_dir / "checkpoints" / stage

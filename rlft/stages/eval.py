@@ -30,6 +30,7 @@ from rlft.runtime.faults import out_of_memory_guard
 from rlft.runtime.run_files import write_text_atomic
 from rlft.runtime.tracking import Tracker
 from rlft.stages.common import (
+    SELECTION_FILE,
     check_loadable,
     check_output_folder,
     checkpoint_dir,
@@ -48,7 +49,6 @@ MAIN_PROCESS_EVAL = (
     "evaluation runs on the main process (rank 0), which prints the table and writes eval.json"
 )
 RESULTS_FILE = "eval.json"
-SELECTION_FILE = "selection.json"  # written by rlft.stages.rl.ModelSelection into checkpoints/rl_best
 # Keys that say where a run lives and how it is tracked, not what is evaluated: a copied run folder evaluated
 # with `output_dir=...`, or with wandb off, is still the run's own evaluation.
 NOT_THE_EVALUATION = ("name", "output_dir", "tracking")

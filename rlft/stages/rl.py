@@ -40,6 +40,7 @@ from rlft.runtime.tracking import (
     attach_tracking,
 )
 from rlft.stages.common import (
+    SELECTION_FILE,
     check_loadable,
     checkpoint_dir,
     ensure_base_checkpoint,
@@ -53,7 +54,6 @@ from rlft.stages.common import (
 
 logger = logging.getLogger(__name__)
 BEST = "rl_best"  # checkpoints/rl_best: the best validation success (eval.keep_best), `rlft eval`'s rl_best
-SELECTION_FILE = "selection.json"  # in checkpoints/rl_best: its step and validation success
 
 
 def resolve_init(config: Config) -> Path:
