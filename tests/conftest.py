@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import copy
 import os
 import shutil
 import tempfile
@@ -20,20 +21,24 @@ atexit.register(shutil.rmtree, _TRACKIO_DIR, True)
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+# The embedded model at test size (2 layers, 32 wide): the `model` section of every tiny test config.
+TINY_MODEL = {
+    "tiny": {
+        "hidden_size": 32,
+        "num_layers": 2,
+        "num_heads": 2,
+        "intermediate_size": 64,
+        "corpus_episodes": 40,
+    }
+}
+
+
 def tiny_config(env_id: str = "rlft/FrozenLakeRandom-v0", **sections):
     from rlft.stages.checks import load_checked_config
 
     raw = {
         "name": "test",
-        "model": {
-            "tiny": {
-                "hidden_size": 32,
-                "num_layers": 2,
-                "num_heads": 2,
-                "intermediate_size": 64,
-                "corpus_episodes": 40,
-            }
-        },
+        "model": copy.deepcopy(TINY_MODEL),
         "env": {"id": env_id, "max_turns": 8},
         "rollout": {"max_action_tokens": 3},
         "tracking": {"wandb": {"enabled": False}},

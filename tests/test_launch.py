@@ -23,21 +23,14 @@ from rlft.runtime.tracking import experiment_group, read_metrics
 from rlft.tools.grid import expand, read_grid, read_marker
 from rlft.tools.launch_plan import prepare
 from rlft.tools.launch_runner import job_environment
+from tests.conftest import TINY_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 
 # A tiny RL run from the base policy: 1 GRPO step of 4 episodes on CliffWalking.
 TINY = {
     "name": "tiny",
-    "model": {
-        "tiny": {
-            "hidden_size": 32,
-            "num_layers": 2,
-            "num_heads": 2,
-            "intermediate_size": 64,
-            "corpus_episodes": 40,
-        }
-    },
+    "model": TINY_MODEL,
     "env": {
         "id": "rlft/CliffWalking-v0",
         "kwargs": {"invalid_penalty": -0.5},
