@@ -79,7 +79,7 @@ def value_iteration(
         raise ValueError(f"gamma must be in [0, 1], got {gamma}.")
     if tol <= 0:
         raise ValueError(f"tol must be > 0, got {tol}.")
-    state_action, probs, next_states, rewards, terminated = _flatten(P, n_states, n_actions)
+    state_action, probs, next_states, rewards, terminated = flatten_transitions(P, n_states, n_actions)
     n_pairs = n_states * n_actions
     expected_reward = np.bincount(state_action, weights=probs * rewards, minlength=n_pairs)
     continue_prob = probs * (1.0 - terminated)
@@ -96,7 +96,7 @@ def value_iteration(
     raise RuntimeError(f"value_iteration did not converge in {max_iterations} sweeps (gamma={gamma}).")
 
 
-def _flatten(
+def flatten_transitions(
     P: TransitionTable, n_states: int, n_actions: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The table as flat arrays over transitions: (s * A + a, prob, next_s, reward, terminated)."""
@@ -149,7 +149,7 @@ class TabularExpert:
             TypeError: if ``env`` is not a text env over a tabular env.
             ValueError: if ``epsilon`` is outside [0, 1].
         """
-        text_env = _tabular_text_env(env)
+        text_env = tabular_text_env(env)
         _check_epsilon(epsilon)
         self.action_names: list[str] = list(text_env.action_names)
         self.gamma = gamma
@@ -160,7 +160,7 @@ class TabularExpert:
 
     def q_values(self, env: gymnasium.Env) -> np.ndarray:
         """Q values of every state of the env's current task, shape (S, A)."""
-        text_env = _tabular_text_env(env)
+        text_env = tabular_text_env(env)
         tabular = text_env.inner.unwrapped
         n_states, n_actions = len(tabular.P), len(self.action_names)
         key = (text_env.task_id, n_states, n_actions)
@@ -174,7 +174,7 @@ class TabularExpert:
         """The expert's action name for the env's current state."""
         if self.epsilon > 0 and self.rng.random() < self.epsilon:
             return self.action_names[int(self.rng.integers(len(self.action_names)))]
-        state = getattr(_tabular_text_env(env).inner.unwrapped, "s", None)
+        state = getattr(tabular_text_env(env).inner.unwrapped, "s", None)
         if state is None:
             raise RuntimeError("The expert acts on the current state: reset the env first.")
         q = self.q_values(env)[int(state)]
@@ -182,7 +182,8 @@ class TabularExpert:
         return self.action_names[best]
 
 
-def _tabular_text_env(env: gymnasium.Env) -> DiscreteTextEnv:
+def tabular_text_env(env: gymnasium.Env) -> DiscreteTextEnv:
+    """The text env over a tabular env (one exposing ``P``) that ``env`` wraps; NoExpertError otherwise."""
     text_env = env.unwrapped
     if not isinstance(text_env, DiscreteTextEnv):
         raise NoExpertError(f"No expert for {env}: experts act in a DiscreteTextEnv (an env of envs/).")

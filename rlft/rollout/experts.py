@@ -9,7 +9,10 @@ exit 2 before any model loads, naming the ways to give the env an expert.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from envs.experts import ExpertActionError, NoExpertError, expert_for
+from envs.optimum import ReferenceReturns, reference_returns
 from rlft.config.schema import Config, EnvConfig, ExpertDemos
 from rlft.errors import ConfigError
 from rlft.rollout.env_factory import make_env
@@ -82,3 +85,34 @@ def check_expert_demos(config: Config, runs_sft: bool = False) -> None:
         needed_by,
         "sft.demos: {source: jsonl, path: demos.jsonl} (e.g. written by `rlft demos --policy CHECKPOINT`)",
     )
+
+
+def env_reference_returns(cfg: EnvConfig, seeds: Iterable[int] | None = None) -> ReferenceReturns:
+    """The optimum's and a uniformly random policy's expected return for the configured env and turn limit.
+
+    The turn limit is `env.max_turns`, capped by the env's own time limit (its registration's
+    `max_episode_steps`), as the rollout engine plays it. What a results table normalises by:
+    `(R - R_random) / (R_optimal - R_random)`; on FrozenLake the optimum's return is its success probability.
+
+    Args:
+        cfg: the env section.
+        seeds: reset seeds whose tasks are averaged (random maps: the held-out seeds); default the first
+            training seed (one task for a fixed map, Taxi, CliffWalking).
+
+    Raises:
+        envs.experts.NoExpertError: the env exposes no transition table P.
+    """
+    env = make_env(cfg)
+    try:
+        return reference_returns(
+            env, _turn_limit(env, cfg.max_turns), [cfg.train_seeds.start] if seeds is None else seeds
+        )
+    finally:
+        env.close()
+
+
+def _turn_limit(env, max_turns: int) -> int:
+    """`max_turns`, capped by a time limit of the text env's registration or of the env the adapter wraps."""
+    inner = getattr(env.unwrapped, "inner", None)
+    limits = [getattr(e.spec, "max_episode_steps", None) for e in (env, inner) if e is not None and e.spec]
+    return min([max_turns, *(limit for limit in limits if limit)])
