@@ -1,0 +1,230 @@
+"""The learning table's logic (benchmarks/learning_table.py, learning_table_results.py), without running a model.
+
+Cell order (must-fill first, seed-major, SFT before the RL cells it seeds), the resume (finished cells skipped, a
+stopped cell redone in a fresh run folder), equal episode budgets across methods, the normalisation, rliable's IQM
+on hand-made numbers against a hand computation, and the README block rewrite.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from rlft.config.yaml_io import apply_overrides, parse_overrides, read_yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark scripts import each other as siblings
+
+import learning_table as lt  # noqa: E402
+import learning_table_results as ltr  # noqa: E402
+from learning_table_results import Cell  # noqa: E402
+
+SPEC = {
+    "seeds": [0, 1],
+    "envs": {
+        "lake": {"must_fill": True, "budget_episodes": 128, "score": {"metric": "success", "optimum": 1.0}},
+        "cliff": {"must_fill": False, "budget_episodes": 128, "score": {"metric": "success", "optimum": 1.0}},
+    },
+    "methods": {
+        "grpo": {"must_fill": True, "overrides": {"rl.trainer": {"per_device_train_batch_size": 64}}},
+        "sft": {"must_fill": True},
+        "ppo": {"must_fill": False, "overrides": {"rl.trainer": {"per_device_train_batch_size": 32}}},
+    },
+}
+
+
+def test_cells_run_must_fill_first_seed_major_with_sft_before_its_rl_cells():
+    order = [(c.env, c.method, c.seed) for c in ltr.cell_order(SPEC)]
+    assert order == [
+        ("lake", "sft", 0),
+        ("lake", "grpo", 0),
+        ("lake", "sft", 1),
+        ("lake", "grpo", 1),
+        ("lake", "ppo", 0),
+        ("cliff", "sft", 0),
+        ("cliff", "grpo", 0),
+        ("cliff", "ppo", 0),
+        ("lake", "ppo", 1),
+        ("cliff", "sft", 1),
+        ("cliff", "grpo", 1),
+        ("cliff", "ppo", 1),
+    ]
+
+
+def _record(env: str, method: str, seed: int, greedy: float, sampled: float, **extra) -> dict:
+    summary = {
+        "greedy": {"success": greedy, "return": greedy},
+        "sampled": {"success": sampled, "return": sampled},
+    }
+    return {
+        "cell": {"env": env, "method": method, "seed": seed},
+        "test": summary,
+        "env": {"id": "x", "kwargs": {}, "max_turns": 30},
+        "env_steps": 1000,
+        "run_dir": f"runs/t/{env}/{method}_s{seed}",
+        "references": {"expert": {"success": 0.5, "return": 0.5}},
+        **extra,
+    }
+
+
+def _runner(tmp_path, monkeypatch, spec=SPEC) -> lt.Runner:
+    monkeypatch.setattr(lt, "ROOT", tmp_path)
+    return lt.Runner({**spec, "results_dir": "results", "runs_dir": "runs", "curve_points": 2})
+
+
+def test_a_restart_skips_finished_cells_and_names_a_failed_one(tmp_path, monkeypatch):
+    runner = _runner(tmp_path, monkeypatch, {**SPEC, "seeds": [0]})
+    done = _record("lake", "sft", 0, 0.5, 0.4, sft_checkpoint="runs/lake/sft_s0/checkpoints/sft")
+    (runner.results / "lake__sft__s0.json").write_text(json.dumps(done))
+    ran = []
+
+    def run_cell(cell, finished):
+        ran.append(cell.key)
+        if cell.key == "cliff__sft__s0":
+            raise RuntimeError("exit 1 from rlft sft")
+        return _record(cell.env, cell.method, cell.seed, 0.6, 0.6)
+
+    monkeypatch.setattr(runner, "run_cell", run_cell)
+    runner.run_all()
+    # lake's SFT was finished: not rerun; cliff's failed, so cliff's RL cells have no checkpoint to start from.
+    assert ran == ["lake__grpo__s0", "lake__ppo__s0", "cliff__sft__s0"]
+    assert sorted(ltr.finished(runner.results)) == ["lake__grpo__s0", "lake__ppo__s0", "lake__sft__s0"]
+    assert ltr.skipped(runner.results) == {"cliff__sft__s0": "failed: exit 1 from rlft sft"}
+    ran.clear()
+    runner.run_all()  # a second restart: only the cells still unfinished
+    assert ran == ["cliff__sft__s0"]
+
+
+def test_a_stopped_cell_is_redone_in_a_fresh_run_folder(tmp_path):
+    assert lt.fresh_run_dir(tmp_path, "grpo_s0") == tmp_path / "grpo_s0"
+    (tmp_path / "grpo_s0").mkdir()  # a try that was killed half way
+    assert lt.fresh_run_dir(tmp_path, "grpo_s0") == tmp_path / "grpo_s0_r2"
+    (tmp_path / "grpo_s0_r2.log").write_text("$ rlft validate ...")  # a try killed before its folder existed
+    assert lt.fresh_run_dir(tmp_path, "grpo_s0") == tmp_path / "grpo_s0_r3"
+
+
+def test_every_rl_method_trains_on_the_same_episode_budget_on_every_env():
+    """Through rlft's own override mechanism: the method's rl.trainer replaces the env config's, then max_steps
+    from the budget lands in it; steps x episodes per step is the env's budget for every method."""
+    spec = ltr.load_spec()
+    per_step = {
+        m: ltr.episodes_per_step(ltr.trainer_of(spec["methods"][m])) for m in spec["methods"] if m != "sft"
+    }
+    assert per_step["grpo"] == 64 and per_step["gigpo"] == 64  # 64 episodes, one step each
+    assert per_step["ppo_turn"] == per_step["ppo_token"] == 16  # 64 episodes, 2 epochs x 2 minibatches
+    for env_name, env in spec["envs"].items():
+        raw = read_yaml(ROOT / env["config"])
+        runner = lt.Runner.__new__(lt.Runner)
+        runner.spec = spec
+        for method in per_step:
+            overrides = runner.rl_overrides(Cell(env_name, method, 0), "runs/x/checkpoints/sft")
+            trainer = apply_overrides(raw, overrides)["rl"]["trainer"]
+            assert trainer["max_steps"] * ltr.episodes_per_step(trainer) == env["budget_episodes"], (
+                env_name,
+                method,
+            )
+            assert trainer == {**ltr.trainer_of(spec["methods"][method]), "max_steps": trainer["max_steps"]}
+
+
+def test_a_budget_that_is_not_whole_steps_is_refused():
+    assert ltr.max_steps_for(1280, {"per_device_train_batch_size": 32, "num_iterations": 2}) == 80
+    with pytest.raises(ValueError, match="not a whole number of steps of 64"):
+        ltr.max_steps_for(100, {"per_device_train_batch_size": 64})
+
+
+def test_overrides_round_trip_through_rlfts_parser():
+    mapping = {
+        "rl.trainer": {"learning_rate": 0.0002, "beta": 0.0},
+        "rl.curriculum.strategy": "plr",
+        "x.on": True,
+    }
+    parsed = parse_overrides(ltr.as_overrides(mapping))
+    assert {".".join(path): value for path, value in parsed} == mapping
+
+
+def test_normalisation_success_over_optimum_and_taxi_between_random_and_optimal():
+    lake = {"score": {"metric": "success", "optimum": 1.0}}
+    assert ltr.normalised(lake, _record("l", "grpo", 0, 0.74, 0.41), "greedy") == pytest.approx(0.74)
+    # slippery, before the value-iteration hook lands: the expert's measured success (0.5) is 1.0
+    slippery = {"score": {"metric": "success", "optimum": "value_iteration"}}
+    record = _record("s", "grpo", 0, 0.30, 0.20)
+    assert ltr.normalised(slippery, record, "sampled") == pytest.approx(0.20 / 0.5)
+    assert ltr.optimum_success(slippery, record)[1] == "the expert's, measured on the test seeds"
+    taxi = {"score": {"metric": "return", "normalise": "random_to_optimal"}}
+    record = _record("t", "grpo", 0, 0.0, 0.0)
+    record["test"]["greedy"]["return"] = 5.0
+    record["references"] = {"expert": {"return": 8.0}, "random": {"return": -200.0}}
+    assert ltr.normalised(taxi, record, "greedy") == pytest.approx((5.0 + 200.0) / (8.0 + 200.0))
+
+
+def test_iqm_over_envs_and_seeds_matches_a_hand_computation():
+    # 2 envs x 3 seeds = 6 scores, sorted .1 .2 .4 .5 .9 1.0; the IQM trims 25% (one score) off each end:
+    # (0.2 + 0.4 + 0.5 + 0.9) / 4 = 0.5.
+    matrix, envs = ltr.method_matrix({"a": {0: 0.1, 1: 0.2, 2: 0.9}, "b": {0: 0.4, 1: 0.5, 2: 1.0}})
+    assert envs == ["a", "b"] and matrix.shape == (3, 2)
+    estimates = ltr.iqm_with_ci({"m": matrix, "same": np.full((3, 2), 0.7)}, reps=500)
+    iqm, low, high = estimates["m"]
+    assert iqm == pytest.approx(0.5)
+    assert low < iqm < high and low >= 0.1 and high <= 1.0
+    assert estimates["same"] == pytest.approx((0.7, 0.7, 0.7))  # no spread: the interval is the point
+
+
+def test_a_method_with_missing_seeds_aggregates_the_same_number_of_seeds_per_env():
+    matrix, envs = ltr.method_matrix({"a": {0: 0.1, 1: 0.2, 2: 0.9}, "b": {1: 0.4}, "c": {}})
+    assert envs == ["a", "b"]
+    assert matrix.tolist() == [[0.1, 0.4]]
+
+
+def test_the_table_shows_means_targets_pairing_and_names_the_missing_cells():
+    spec = {**SPEC, "seeds": [0, 1], "bootstrap_reps": 200}
+    spec["envs"] = {"lake": {**SPEC["envs"]["lake"], "target": 0.95}}
+    records = {
+        Cell("lake", "sft", 0).key: _record("lake", "sft", 0, 0.74, 0.41),
+        Cell("lake", "sft", 1).key: _record("lake", "sft", 1, 0.70, 0.40),
+        Cell("lake", "grpo", 0).key: _record("lake", "grpo", 0, 0.96, 0.98),
+        Cell("lake", "grpo", 1).key: _record("lake", "grpo", 1, 0.60, 0.97),
+    }
+    text = ltr.markdown(spec, records, {Cell("lake", "ppo", 0).key: "rlft validate: unknown key 'rl.x'"})
+    assert "Cells finished: 4 of 6" in text
+    # grpo: greedy mean (0.96 + 0.60) / 2 = 0.78 < 0.95; seed 1 ends below its SFT's greedy 0.70
+    assert (
+        "| lake | grpo | 2 | 0.780 | 0.975 | 0.780 / 0.78 | 0.975 / 0.97 | no (>= 0.95) | 1/2 | 1000 |"
+        in text
+    )
+    assert "- lake x ppo, seeds 0, 1 (as time allows): missing: rlft validate: unknown key 'rl.x'" in text
+    assert "| grpo | 2 x 1 (lake) |" in text
+
+
+def test_the_readme_block_is_rewritten_between_its_markers_only():
+    text = f"# rlft\n\nbefore\n{ltr.BEGIN}\nold table\n{ltr.END}\nafter\n"
+    assert (
+        ltr.rewrite_block(text, "new table\n")
+        == f"# rlft\n\nbefore\n{ltr.BEGIN}\nnew table\n{ltr.END}\nafter\n"
+    )
+    with pytest.raises(ValueError, match="no <!-- results:begin -->"):
+        ltr.rewrite_block("# rlft\n", "table")
+
+
+def test_the_readme_has_the_results_block():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert (
+        text.count(ltr.BEGIN) == 1
+        and text.count(ltr.END) == 1
+        and text.index(ltr.BEGIN) < text.index(ltr.END)
+    )
+
+
+def test_the_spec_names_existing_configs_and_every_cell_of_the_issue():
+    spec = yaml.safe_load(ltr.SPEC.read_text(encoding="utf-8"))
+    assert all((ROOT / env["config"]).is_file() for env in spec["envs"].values())
+    must = {(c.env, c.method) for c in ltr.cell_order(spec) if ltr.is_must_fill(spec, c)}
+    envs, methods = (
+        ("random_4x4", "slippery_4x4", "taxi"),
+        ("sft", "grpo", "grpo_curriculum", "gigpo", "ppo_turn"),
+    )
+    assert must == {(e, m) for e in envs for m in methods} and spec["seeds"] == [0, 1, 2]
