@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from pydantic import Field, ValidationError
 
+from rlft.config.eval_sections import EvalConfig, OverfitAlarmConfig
 from rlft.config.messages import format_validation_error, validation_error_lines
 from rlft.config.reward_sections import (
     EnvRewardComponent,
@@ -33,7 +34,6 @@ from rlft.config.sections import (
     AdapterConfig,
     EnvConfig,
     EnvPreferences,
-    EvalConfig,
     ExpertDemos,
     JsonlDemos,
     JsonlPreferences,
@@ -65,6 +65,7 @@ __all__ = [
     "JsonlPreferences",
     "LoraSettings",
     "ModelConfig",
+    "OverfitAlarmConfig",
     "RewardAlarmConfig",
     "RewardComponent",
     "RewardConfig",

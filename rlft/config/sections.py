@@ -8,9 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
-from rlft.errors import did_you_mean
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Section(BaseModel):
@@ -161,6 +159,11 @@ class JsonlDemos(Section):
 
 
 class SftConfig(Section):
+    init_from: str = Field(
+        "base",
+        description="'base' (this run's base model: model.tiny or model.name_or_path) or a checkpoint folder "
+        "of another run to adapt (e.g. runs/a/checkpoints/rl); its tokenizer comes with it",
+    )
     demos: ExpertDemos | JsonlDemos = Field(default_factory=ExpertDemos, discriminator="source")
     trainer: dict[str, Any] = Field(default_factory=dict, description="passed to trl.SFTConfig")
 
@@ -197,6 +200,11 @@ class RlConfig(Section):
     algorithm: Literal[ALGORITHMS] = "grpo"
     init_from: str = Field(
         "sft", description="'sft' (this run's SFT checkpoint), 'base', or a checkpoint path"
+    )
+    critic_init_from: str | None = Field(
+        None,
+        description="ppo: start the critic from the critic another run saved: its checkpoint folder (e.g. "
+        "runs/a/checkpoints/rl, holding critic/) or that critic/ folder; unset: rl.trainer.critic_init",
     )
     trainer: dict[str, Any] = Field(
         default_factory=dict,
@@ -299,70 +307,6 @@ class RmConfig(Section):
         if isinstance(pairs, dict) and "source" not in pairs:
             data = {**data, "data": {"source": "jsonl" if "path" in pairs else "env", **pairs}}
         return data
-
-
-class EvalConfig(Section):
-    episodes: int = Field(200, gt=0)
-    seed_start: int = Field(10_000_000, ge=0, description="held-out seeds start here, far from train seeds")
-    disjoint_tasks: bool = Field(
-        True, description="skip held-out seeds whose task (map) appeared in training"
-    )
-    greedy: bool = Field(
-        True, description="headline numbers from greedy decoding; sampled ones are reported too"
-    )
-    batch_size: int = Field(128, gt=0)
-    every_steps: int | None = Field(
-        None,
-        gt=0,
-        description="during RL, evaluate on held-out seeds every N steps "
-        "(learning curves against env steps); off by default",
-    )
-    during_episodes: int = Field(100, gt=0, description="validation episodes per evaluation during RL")
-    validation_seed_start: int = Field(
-        20_000_000,
-        ge=0,
-        description="validation seeds (eval.every_steps, eval.keep_best) start here, apart from the test seeds "
-        "of eval.seed_start that only `rlft eval` plays",
-    )
-    keep_best: bool = Field(
-        False,
-        description="during RL, keep the checkpoint with the best validation success as checkpoints/rl_best "
-        "(needs eval.every_steps); `rlft eval` reports it as the policy rl_best",
-    )
-    regression_margin: float = Field(
-        0.05,
-        ge=0.0,
-        description="warn when validation success falls more than this below the run's first validation success",
-    )
-    expert: Literal["auto"] | bool = Field(
-        "auto",
-        description="evaluate the env's expert beside the policies: auto = when the env has one (skipped "
-        "with a note otherwise), true = required (no expert fails before any model loads), false = never",
-    )
-
-    @model_validator(mode="after")
-    def _validation_apart_from_test(self) -> EvalConfig:
-        # The seeds each range may use: held_out_seeds scans up to 200 seeds per episode to find unseen tasks.
-        span = 200 if self.disjoint_tasks else 1
-        test = (self.seed_start, self.seed_start + span * self.episodes)
-        validation = (self.validation_seed_start, self.validation_seed_start + span * self.during_episodes)
-        if test[0] < validation[1] and validation[0] < test[1]:
-            raise ValueError(
-                f"eval.validation_seed_start = {self.validation_seed_start} (seeds up to {validation[1] - 1}) "
-                f"overlaps eval.seed_start = {self.seed_start} (test seeds up to {test[1] - 1}): model selection "
-                "would peek at the test tasks; move one range clear of the other"
-            )
-        if self.keep_best and self.every_steps is None:
-            raise ValueError("eval.keep_best needs eval.every_steps (how often validation runs)")
-        return self
-
-    @field_validator("expert", mode="before")
-    @classmethod
-    def _auto_or_bool(cls, value: Any) -> Any:
-        # One message naming the three choices, instead of pydantic's one error per member of the union.
-        if isinstance(value, bool) or value == "auto":
-            return value
-        raise ValueError(f"expected auto, true or false{did_you_mean(str(value), ('auto', 'true', 'false'))}")
 
 
 class WandbConfig(Section):
