@@ -27,6 +27,7 @@ from rlft.stages.eval import check_eval_expert
 from rlft.stages.rl import rl_trainer_args
 from rlft.stages.rm import rm_trainer_args
 from rlft.stages.sft import sft_trainer_args
+from rlft.stages.transfer import check_critic_init_from, check_policy_tokenizer
 
 # rlft's reward has one source today: the env's per-turn rewards, summed into the episode return
 # (`reward_funcs=[episode_return]` in rlft/algorithms/grpo.py and rlft/algorithms/ppo.py). TRL compares
@@ -62,8 +63,15 @@ def check_config(config: Config) -> None:
         )  # a malformed row fails here (file:line), not after a model loads
     check_expert_demos(config)  # SFT on the expert's demos, and the env has no expert: the options, now
     check_eval_expert(config)  # eval.expert: true, and the env has no expert
-    if config.rl.init_from not in ("sft", "base"):
-        _check_checkpoint_path(config.rl.init_from, "rl.init_from")
+    # Another run's checkpoint to start from (rlft.stages.transfer): whole, with a tokenizer that reads this env.
+    for key, start, expected in (
+        ("sft.init_from", config.sft.init_from, "'base' or a path"),
+        ("rl.init_from", config.rl.init_from, "'sft', 'base' or a path"),
+    ):
+        if start not in ("sft", "base"):
+            _check_checkpoint_path(start, key, expected)
+            check_policy_tokenizer(start, key, config)
+    check_critic_init_from(config)
     check_trainer_overrides("sft.trainer", config.sft.trainer, trainer_config_class("sft"))
     check_trainer_overrides("rl.trainer", config.rl.trainer, trainer_config_class(config.rl.algorithm))
     _check_reward_weights(config.rl.trainer.get("reward_weights"))
@@ -154,13 +162,11 @@ def _check_rm(config: Config) -> None:
     check_trainer_overrides("rm.trainer", config.rm.trainer, trainer_config_class("rm"))
 
 
-def _check_checkpoint_path(path: str, key: str) -> None:
+def _check_checkpoint_path(path: str, key: str, expected: str = "'sft', 'base' or a path") -> None:
     """A checkpoint is a `save_pretrained` folder: full weights (config.json) or a LoRA adapter (adapter_config.json)."""
     folder = Path(path).expanduser()
     if not folder.is_dir():
-        raise ConfigError(
-            f"key '{key}' = '{path}': no such checkpoint folder (expected 'sft', 'base' or a path)"
-        )
+        raise ConfigError(f"key '{key}' = '{path}': no such checkpoint folder (expected {expected})")
     if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
         raise ConfigError(f"key '{key}' = '{path}': folder is not a saved checkpoint (no config.json)")
     check_loadable(folder, key)  # a truncated or altered weight file: named now, not when the model loads

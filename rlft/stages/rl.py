@@ -51,6 +51,7 @@ from rlft.stages.common import (
     rollout_engine,
     trainer_config_class,
 )
+from rlft.stages.transfer import check_critic_matches, critic_trainer_overrides
 
 logger = logging.getLogger(__name__)
 BEST = "rl_best"  # checkpoints/rl_best: the best validation success (eval.keep_best), `rlft eval`'s rl_best
@@ -82,7 +83,7 @@ def rl_trainer_args(config: Config):
         )
     return build_trainer_config(
         trainer_config_class(config.rl.algorithm),
-        config.rl.trainer,
+        critic_trainer_overrides(config),  # rl.trainer, critic_init from rl.critic_init_from
         str(config.run_dir / "trainer" / "rl"),
         config.seed,
         defaults=rl_defaults(config),
@@ -136,7 +137,9 @@ def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -
     if process_state().is_main_process:
         record_start(config, resume, changes)
     design = build_reward_design(config)  # None for the default (the env reward alone); loads reward models
-    model, tokenizer = load_trainable(resolve_init(config), config)
+    init = resolve_init(config)
+    check_critic_matches(config, init)  # rl.critic_init_from, if set, against the policy it will score
+    model, tokenizer = load_trainable(init, config)
     engine = rollout_engine(config, tokenizer)
     train = config.env.train_seeds
     # A fresh start got past refuse_to_overwrite, so rl rows already logged are those of a start killed before its

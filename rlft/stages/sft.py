@@ -16,7 +16,6 @@ from rlft.runtime.faults import out_of_memory_guard
 from rlft.runtime.tracking import Tracker, TrackerCallback, attach_tracking
 from rlft.stages.common import (
     checkpoint_dir,
-    ensure_base_checkpoint,
     env_factory,
     load_trainable,
     prepare_run,
@@ -24,6 +23,7 @@ from rlft.stages.common import (
     trainer_config_class,
     turn_format_for,
 )
+from rlft.stages.transfer import sft_init
 
 
 def sft_trainer_args(config: Config):
@@ -38,9 +38,12 @@ def sft_trainer_args(config: Config):
 
 
 def run_sft(config: Config) -> Path:
-    """Supervised fine-tuning on demonstrations with TRL's SFTTrainer; loss on action tokens only."""
+    """Supervised fine-tuning on demonstrations with TRL's SFTTrainer; loss on action tokens only.
+
+    Starts from `sft.init_from`: this run's base model, or another run's checkpoint (rlft.stages.transfer).
+    """
     prepare_run(config)
-    model, tokenizer = load_trainable(ensure_base_checkpoint(config), config)
+    model, tokenizer = load_trainable(sft_init(config), config)
     fmt = turn_format_for(config, tokenizer)
     tracker = Tracker(config, "sft", config.run_dir)
     demos_cfg = config.sft.demos
