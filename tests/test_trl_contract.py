@@ -141,6 +141,23 @@ def _completion_metrics() -> None:
     )
 
 
+def _group_layout() -> None:
+    # rl.curriculum (rlft.rollout.curriculum) plans the whole generation batch on every process and plays its own
+    # rows: that is right only while TRL groups `num_generations` consecutive rows of the rewards gathered in
+    # process order and hands each process the rows `process_index * len(prompts)` on.
+    source = _source(_method(GRPOTrainer, "_generate_and_score_completions"))
+    for part in (
+        "rewards.view(-1, num_generations)",
+        "self.accelerator.process_index * len(prompts)",
+        "advantages[process_slice]",
+    ):
+        assert part in source, f"_generate_and_score_completions no longer uses {part}"
+    sampler = trl_utils.RepeatSampler(
+        data_source=list(range(4)), mini_repeat_count=2, batch_size=2, repeat_count=1, shuffle=False
+    )
+    assert list(sampler) == [0, 0, 1, 1, 2, 2, 3, 3], "RepeatSampler no longer repeats a prompt in a row"
+
+
 def _reference_adapter() -> None:
     assert callable(getattr(trl_utils, "use_adapter", None)), "trl.trainer.utils.use_adapter is gone"
 
@@ -188,6 +205,11 @@ CONTRACT: list[Assumption] = [
     ),
     Assumption("accumulation: current_gradient_accumulation_steps, HF loss scaling off", _accumulation_steps),
     Assumption("reference: trl.trainer.utils.use_adapter for a PEFT policy's reference", _reference_adapter),
+    Assumption(
+        "groups: num_generations consecutive rows of the batch gathered in process order; each process keeps "
+        "rows process_index * len(prompts) on",
+        _group_layout,
+    ),
     Assumption(
         "metrics: _generate logs the completion metrics rlft drops; _prepare_inputs(generation_batch)",
         _completion_metrics,
@@ -252,7 +274,8 @@ def test_a_renamed_returned_key_fails_naming_it(monkeypatch):
 
     monkeypatch.setattr(GRPOTrainer, "_generate_and_score_completions", _generate_and_score_completions)
     broken = dict(broken_assumptions())
-    assert list(broken) == ["scoring: _generate_and_score_completions returns the keys rlft reads"]
+    # The stub computes no advantages either, so the group layout rl.curriculum reads is gone with it.
+    assert [name.split(":")[0] for name in broken] == ["scoring", "groups"]
     assert "['tool_mask']" in broken["scoring: _generate_and_score_completions returns the keys rlft reads"]
 
 

@@ -312,6 +312,7 @@ class ResumableTrainerMixin:
         super().check_scored_batch(scored)
         self._bad_batch = self._nonfinite_batch(scored)
         self.learning_signal.observe_rollout(self, scored, self.rollout_batch)
+        self.episode_rollout.observe_scored(self, scored, self.rollout_batch)  # rl.curriculum's task scores
 
     def on_training_minibatch(self, inputs: dict[str, Any]) -> None:
         self.learning_signal.observe_minibatch(inputs)

@@ -22,7 +22,9 @@ from datasets import Dataset
 
 from rlft.algorithms import trl_bridge
 from rlft.algorithms.checkpointing import ResumableTrainerMixin
+from rlft.algorithms.learning_signal import loss_mask, token_advantages
 from rlft.core.batch import RolloutBatch
+from rlft.rollout.curriculum import TaskCurriculum
 from rlft.rollout.engine import RolloutEngine, check_env_failures
 
 
@@ -49,6 +51,7 @@ class EpisodeRollout:
         self.batch_size = batch_size
         self.reward_design = reward_design  # rlft.rewards.RewardDesign; None: the env reward as it is
         self.dynamic_sampling = None  # rlft.algorithms.dynamic_sampling.DynamicSampling; None: off
+        self.curriculum: TaskCurriculum | None = None  # rl.curriculum; None: TRL's sampler picks the seeds
         self.calls = 0
         self.env_steps = 0  # env steps (turns) played so far, summed over processes
         self.env_failures = 0  # failed episodes so far, summed over processes
@@ -70,6 +73,8 @@ class EpisodeRollout:
             state["reward"] = self.reward_design.state_dict()
         if self.dynamic_sampling is not None:
             state["dynamic_sampling"] = self.dynamic_sampling.state_dict()
+        if self.curriculum is not None:
+            state["curriculum"] = self.curriculum.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -79,6 +84,8 @@ class EpisodeRollout:
             self.reward_design.load_state_dict(state["reward"])
         if self.dynamic_sampling is not None and "dynamic_sampling" in state:
             self.dynamic_sampling.load_state_dict(state["dynamic_sampling"])
+        if self.curriculum is not None and "curriculum" in state:
+            self.curriculum.load_state_dict(state["curriculum"])
 
     def generator(self, process_index: int) -> torch.Generator:
         # One independent, reproducible stream per (run seed, process, rollout call).
@@ -90,7 +97,9 @@ class EpisodeRollout:
         self.engine.model = trainer.accelerator.unwrap_model(trainer.model)
         generator = self.generator(trainer.accelerator.process_index)
         self.calls += 1
-        episodes = self.engine.play(seeds_of(prompts), generator=generator, batch_size=self.batch_size)
+        episodes = self.engine.play(
+            self.task_seeds(prompts, trainer), generator=generator, batch_size=self.batch_size
+        )
         played = episodes
         # Zero-variance groups refilled with fresh ones (rlft/algorithms/dynamic_sampling.py).
         if self.dynamic_sampling is not None:
@@ -127,6 +136,42 @@ class EpisodeRollout:
         for listener in self._listeners:
             listener(batch)
         return batch
+
+    def task_seeds(self, prompts: list[Any], trainer) -> list[int]:
+        """The seeds this process plays: the prompts' (TRL's sampler), or the curriculum's plan for as many rows."""
+        if self.curriculum is None:
+            return seeds_of(prompts)
+        accelerator = trainer.accelerator
+        seeds = self.curriculum.assign(len(prompts), accelerator.process_index, accelerator.num_processes)
+        metrics = trl_bridge.metrics(trainer)
+        for key, value in self.curriculum.plan_metrics().items():
+            metrics[key].append(value)
+        return seeds
+
+    def observe_scored(self, trainer, scored: dict[str, Any], batch: RolloutBatch | None) -> None:
+        """Score the curriculum's tasks from a rollout batch's advantages (`scored`, what the loss trains on),
+        with every process's episodes, so that every process keeps the same scores and draws the same tasks."""
+        if self.curriculum is None or batch is None:
+            return
+        mask = loss_mask(scored)
+        magnitude = (token_advantages(scored["advantages"].float(), mask).abs() * mask).sum(dim=1)
+        per_episode = torch.stack(
+            [
+                magnitude / mask.sum(dim=1).clamp(min=1.0),
+                torch.tensor([float(e.success) for e in batch.episodes], device=mask.device),
+                torch.tensor(batch.healthy, dtype=torch.float, device=mask.device),
+            ],
+            dim=1,
+        )
+        seeds = torch.tensor(batch.seeds, dtype=torch.long, device=mask.device)
+        accelerator = trainer.accelerator
+        if accelerator.num_processes > 1:  # in process order, the same on every process
+            per_episode, seeds = accelerator.gather(per_episode), accelerator.gather(seeds)
+        scores, successes, healthy = per_episode.cpu().T.tolist()
+        self.curriculum.update(seeds.tolist(), scores, successes, [h > 0 for h in healthy])
+        metrics = trl_bridge.metrics(trainer)
+        for key, value in self.curriculum.score_metrics().items():
+            metrics[key].append(value)
 
     def __call__(self, prompts: list[Any], trainer) -> dict[str, list]:
         """TRL's `rollout_func(prompts, trainer)`."""

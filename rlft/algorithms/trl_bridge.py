@@ -14,6 +14,9 @@ when an upgrade changes it. What rlft relies on (TRL 1.16, transformers 5):
   `generator` (rlft swaps its class to seed each epoch's order from (seed, epoch): exact resume);
 * `GRPOTrainer._generate_and_score_completions(inputs) -> dict` called from `_prepare_inputs` for every new
   rollout batch, whose dict TRL shuffles, splits and buffers;
+* the generation batch's layout: a group is `num_generations` consecutive rows of the batch gathered in process
+  order, and each process holds the rows from `process_index * len(prompts)` (rl.curriculum plans the whole batch
+  on every process and plays its own rows, rlft.rollout.curriculum);
 * `GRPOTrainer._prepare_inputs(generation_batch) -> dict`, called by `training_step`, returning the minibatch
   (advantages, masks) the step trains on;
 * the keys TRL's `_generate` writes to `_metrics` for completions (`completions/clipped_ratio`, ...), some of which

@@ -196,6 +196,26 @@ class DynamicSamplingConfig(Section):
     )
 
 
+class CurriculumConfig(Section):
+    """The task curriculum (rlft.rollout.curriculum): which of env.train_seeds the rollouts play, one per group."""
+
+    strategy: Literal["uniform", "plr"] = Field(
+        "uniform",
+        description="'uniform': TRL's shuffled pass over the seeds; 'plr': prioritized level replay",
+    )
+    score: Literal["advantage", "success_variance"] = Field(
+        "advantage",
+        description="plr: mean |advantage| of a task's latest episodes, or p(1-p) of its successes",
+    )
+    temperature: float = Field(0.1, gt=0.0, description="plr: P_score ∝ (1/rank)^(1/temperature)")
+    staleness_coef: float = Field(0.1, ge=0.0, le=1.0, description="plr: (1-c) P_score + c P_staleness")
+    replay_prob: float = Field(
+        0.5, ge=0.0, le=1.0, description="plr: replay a seen task, else draw a new one"
+    )
+    buffer_size: int | None = Field(None, gt=0, description="plr: most tasks kept scored (lowest evicted)")
+    success_window: int = Field(8, gt=0, description="plr, success_variance: a task's last episodes read")
+
+
 class RlConfig(Section):
     algorithm: Literal[ALGORITHMS] = "grpo"
     init_from: str = Field(
@@ -231,6 +251,7 @@ class RlConfig(Section):
         "learning signal (every advantage 0), naming what to change",
     )
     dynamic_sampling: DynamicSamplingConfig = Field(default_factory=DynamicSamplingConfig)
+    curriculum: CurriculumConfig = Field(default_factory=CurriculumConfig)
 
 
 class JsonlPreferences(Section):

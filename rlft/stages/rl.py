@@ -26,6 +26,7 @@ from rlft.config.schema import Config, config_to_dict, load_config
 from rlft.config.trainer_args import build_trainer_config
 from rlft.errors import CheckpointError, ConfigError
 from rlft.rewards import build_reward_design
+from rlft.rollout.curriculum import curriculum_for
 from rlft.rollout.evaluation import evaluate_policy, held_out_seeds
 from rlft.runtime.distributed import ddp_timeout_s, process_state, save_trained
 from rlft.runtime.faults import out_of_memory_guard
@@ -160,6 +161,7 @@ def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -
     )
     rollout.reward_design = design
     rollout.dynamic_sampling = dynamic_sampling_for(config.rl.dynamic_sampling, seeds, args)
+    rollout.curriculum = curriculum_for(config.rl.curriculum, seeds, args)  # None: uniform, TRL's sampler
     trainer.learning_signal.configure(config.rl.skip_steps_without_signal, config.rl.no_signal_warn_fraction)
     add_validation(config, tracker, trainer, rollout, tokenizer, validation, bool(resume))
     attach_tracking(trainer, tracker, config, rollout)  # tensorboard (report_to) and episode transcripts
