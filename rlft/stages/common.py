@@ -29,6 +29,7 @@ from rlft.rollout.env_factory import make_env
 from rlft.rollout.turn_format import make_format
 from rlft.runtime.distributed import ddp_timeout_s, process_state
 from rlft.runtime.storage import output_folder_problem
+from rlft.stages.model_card import write_card
 
 SELECTION_FILE = "selection.json"  # in checkpoints/rl_best: its step and validation success
 
@@ -134,6 +135,7 @@ def ensure_base_checkpoint(config: Config) -> Path:
             return path
         model, tokenizer = load_policy(config.model, config.seed, env_factory(config), config.env.max_turns)
         save_policy(model, tokenizer, path)
+        write_card(config, path)  # README.md, the model card (rlft.stages.model_card)
     return path
 
 

@@ -41,6 +41,7 @@ from rlft.stages.common import (
     rollout_engine,
     sampling_settings,
 )
+from rlft.stages.model_card import RESULTS_FILE, update_cards
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +49,6 @@ logger = logging.getLogger(__name__)
 MAIN_PROCESS_EVAL = (
     "evaluation runs on the main process (rank 0), which prints the table and writes eval.json"
 )
-RESULTS_FILE = "eval.json"
 # Keys that say where a run lives and how it is tracked, not what is evaluated: a copied run folder evaluated
 # with `output_dir=...`, or with wandb off, is still the run's own evaluation.
 NOT_THE_EVALUATION = ("name", "output_dir", "tracking")
@@ -133,6 +133,8 @@ def _evaluate_all(
             label = "expert"
             results["policies"]["expert"] = evaluate_expert(env_factory(config), seeds, config.env.max_turns)
         write_results(record, results, config)
+        if record.config is None:  # the run's own evaluation: each checkpoint's model card gets its numbers
+            update_cards(config, results)
     except BaseException as exc:  # an interrupt too: what was measured stays measured
         results["incomplete"] = f"stopped while evaluating {label}: {type(exc).__name__}: {exc}"
         if results["policies"]:

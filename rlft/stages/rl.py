@@ -52,6 +52,7 @@ from rlft.stages.common import (
     rollout_engine,
     trainer_config_class,
 )
+from rlft.stages.model_card import card_files
 from rlft.stages.transfer import check_critic_matches, critic_trainer_overrides
 
 logger = logging.getLogger(__name__)
@@ -180,7 +181,7 @@ def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -
             stop.signum,
             resume_command="rlft train --config <config> <the same overrides> --resume",
         )
-    path = save_final(trainer, checkpoint_dir(config, "rl"))
+    path = save_final(trainer, checkpoint_dir(config, "rl"), card_files(config, checkpoint_dir(config, "rl")))
     record_sync_command(tracker.finish())
     return path
 
@@ -321,7 +322,7 @@ class ModelSelection:
     """
 
     def __init__(self, config: Config, trainer, previous: dict[str, Any] | None = None):
-        self.trainer, self.keep_best = trainer, config.eval.keep_best
+        self.config, self.trainer, self.keep_best = config, trainer, config.eval.keep_best
         self.margin, self.path = config.eval.regression_margin, checkpoint_dir(config, BEST)
         previous = previous or {}
         self.best_step, self.best = previous.get("step"), previous.get("validation_success")
@@ -353,7 +354,9 @@ class ModelSelection:
         if self.keep_best and (self.best is None or success > self.best):
             self.best, self.best_step = success, step
             record = {"step": step, "validation_success": success, "first_validation_success": self.first}
-            save_final(self.trainer, self.path, {SELECTION_FILE: json.dumps(record, indent=2) + "\n"})
+            files = {SELECTION_FILE: json.dumps(record, indent=2) + "\n"}
+            files.update(card_files(self.config, self.path, selection=record))  # README.md
+            save_final(self.trainer, self.path, files)
 
 
 def read_selection(config: Config) -> dict[str, Any] | None:

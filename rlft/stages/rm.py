@@ -41,6 +41,7 @@ from rlft.rollout.env_factory import import_entry_point
 from rlft.runtime.distributed import ddp_timeout_s, process_state
 from rlft.runtime.tracking import Tracker, TrackerCallback
 from rlft.stages.common import checkpoint_dir, env_factory, prepare_run, record_sync_command
+from rlft.stages.model_card import write_card
 
 
 def rm_model_config(config: Config) -> ModelConfig:
@@ -201,9 +202,12 @@ def run_rm(config: Config) -> Path:
             batch_size=config.rm.batch_size,
         )
         tracker.log(_held_out_logs(result.metrics, f"{prefix}held_out/"))
+        if main:  # README.md: the run's model card, rm.json's own card inside it
+            write_card(config, checkpoint_dir(config, name))
     path = checkpoint_dir(config, "rm")
     if ensemble.size > 1 and main:
         _write_ensemble(config, path, names, held_out, tracker)
+        write_card(config, path)
     record_sync_command(tracker.finish())
     return path
 

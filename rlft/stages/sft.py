@@ -23,6 +23,7 @@ from rlft.stages.common import (
     trainer_config_class,
     turn_format_for,
 )
+from rlft.stages.model_card import write_card
 from rlft.stages.transfer import sft_init
 
 
@@ -73,5 +74,7 @@ def run_sft(config: Config) -> Path:
     with out_of_memory_guard(config, "sft", trainer.args):
         trainer.train()
     path = save_trained(trainer, checkpoint_dir(config, "sft"))
+    if trainer.accelerator.is_main_process:
+        write_card(config, path)  # README.md, the model card (rlft.stages.model_card)
     record_sync_command(tracker.finish())
     return path
