@@ -29,6 +29,7 @@ from rlft.rollout.curriculum import (
 )
 from rlft.runtime.tracking import read_metrics
 from tests.conftest import tiny_config
+from tests.test_resume import KillAt, Killed, scramble_rngs
 
 
 # ------------------------------------------------------------------------------------------- probabilities
@@ -386,3 +387,60 @@ def test_run_rl_with_plr(tmp_path, algorithm):
     assert rows[0]["curriculum/seen_tasks"] == (2.0 if algorithm == "grpo" else 4.0)
     state = json.loads((config.run_dir / "trainer" / "rl" / "checkpoint-2" / "rlft_state.json").read_text())
     assert state["rollout"]["curriculum"]["plans"] == 2
+
+
+def plr_resume_config(out, name: str):
+    # 2 minibatches per rollout batch: a kill after step 3's checkpoint resumes in the middle of a rollout batch
+    trainer = {
+        "max_steps": 6,
+        "num_generations": 2,
+        "per_device_train_batch_size": 2,
+        "steps_per_generation": 2,
+        "learning_rate": 1e-2,
+        "beta": 0.04,
+        "save_steps": 1,
+        "save_total_limit": 3,
+    }
+    return tiny_config(
+        "rlft/CliffWalking-v0",
+        output_dir=str(out),
+        name=name,
+        env={"kwargs": {"invalid_penalty": -0.5}, "max_turns": 4, "train_seeds": {"start": 0, "count": 20}},
+        rl={
+            "algorithm": "grpo",
+            "init_from": "base",
+            "trainer": trainer,
+            "curriculum": {"strategy": "plr", "replay_prob": 0.5, "staleness_coef": 0.3},
+        },
+        rollout={"num_envs": 4},
+    )
+
+
+def test_a_killed_and_resumed_plr_run_plays_the_tasks_of_the_straight_run(tmp_path, monkeypatch):
+    played: list[list[int]] = []
+    original = EpisodeRollout.task_seeds
+
+    def recording(self, prompts, trainer):
+        seeds = original(self, prompts, trainer)
+        played.append(seeds)
+        return seeds
+
+    monkeypatch.setattr(EpisodeRollout, "task_seeds", recording)
+    straight = plr_resume_config(tmp_path / "straight", "plr")
+    stages.run_rl(straight)
+    straight_played, played[:] = list(played), []
+    config = plr_resume_config(tmp_path / "killed", "plr")
+    with pytest.raises(Killed):
+        stages.run_rl(config, callbacks=[KillAt(3, after_save=True)])
+    scramble_rngs()
+    stages.run_rl(config, resume=True)
+    assert (
+        len(straight_played) == 3 and played == straight_played
+    )  # rollouts at steps 1, 3 (before the kill), 5
+
+    def curriculum_rows(run_dir):
+        rows = [r for r in read_metrics(run_dir) if r["stage"] == "rl" and "curriculum/seen_tasks" in r]
+        return {r["step"]: {k: v for k, v in r.items() if k.startswith("curriculum/")} for r in rows}
+
+    assert curriculum_rows(config.run_dir) == curriculum_rows(straight.run_dir)
+    assert max(r["curriculum/replay_share"] for r in curriculum_rows(straight.run_dir).values()) > 0
