@@ -170,6 +170,7 @@ EXPECTED = {
     "deepspeed_zero2.yaml": {"distributed_type": "DEEPSPEED", "launcher": "deepspeed", "zero_stage": 2},
     "deepspeed_zero3.yaml": {"distributed_type": "DEEPSPEED", "launcher": "deepspeed", "zero_stage": 3},
     "cpu_2proc.yaml": {"distributed_type": "MULTI_GPU", "launcher": "multi_gpu", "num_processes": 2},
+    "cpu_2proc_fsdp.yaml": {"distributed_type": "FSDP", "launcher": "fsdp", "num_processes": 2},
 }
 
 
@@ -198,7 +199,7 @@ def test_accelerate_config_is_consistent(name):
         assert config.num_processes == 1
     else:
         assert config.num_processes == expected.get("num_processes", 8)
-    if name == "cpu_2proc.yaml":
+    if name.startswith("cpu_2proc"):
         assert config.mixed_precision == "no"
 
     fsdp, deepspeed = config.fsdp_config, config.deepspeed_config

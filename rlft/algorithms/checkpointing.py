@@ -38,8 +38,10 @@ import torch
 
 from rlft.algorithms import trl_bridge
 from rlft.algorithms.checkpoint_manifest import fsync_dir, verify, write_manifest
+from rlft.algorithms.generation_copy import attach_generation_copy, synced_optimizer_step
 from rlft.algorithms.learning_signal import LearningSignal
 from rlft.errors import CheckpointError, NonFiniteError  # NonFiniteError: imported from here too
+from rlft.runtime.distributed import generation_policy
 from rlft.runtime.run_files import empty_staging, match_umask, write_text_atomic
 from rlft.runtime.storage import (
     StorageError,
@@ -222,6 +224,8 @@ class ResumableTrainerMixin:
                 else None,
             )
             resume_from_checkpoint = str(path)
+        # FSDP2: an unsharded copy of the weights for the rollout engine (rlft.algorithms.generation_copy)
+        attach_generation_copy(self, resuming=bool(resume_from_checkpoint))
         output = super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
         self.learning_signal.report(self.accelerator.is_main_process)
         return output
@@ -236,7 +240,7 @@ class ResumableTrainerMixin:
 
     # ------------------------------------------------------------------------------------ atomic saving
     def write_checkpoint(self, model, trial) -> None:
-        named = self.accelerator.unwrap_model(self.model).named_parameters()
+        named = generation_policy(self).named_parameters()  # FSDP2: the whole weights, synced after the step
         bad = [name for name, p in named if not torch.isfinite(p.detach()).all()]
         if bad:
             raise NonFiniteError(
@@ -337,7 +341,7 @@ class ResumableTrainerMixin:
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
         if not getattr(optimizer, "_rlft_guarded", False):
-            optimizer.step = self._guarded_step(optimizer.step)
+            optimizer.step = synced_optimizer_step(self, self._guarded_step(optimizer.step))
             optimizer._rlft_guarded = True
         return optimizer
 

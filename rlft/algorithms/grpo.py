@@ -22,10 +22,12 @@ from datasets import Dataset
 
 from rlft.algorithms import trl_bridge
 from rlft.algorithms.checkpointing import ResumableTrainerMixin
+from rlft.algorithms.generation_copy import sync_generation_copy
 from rlft.algorithms.learning_signal import loss_mask, token_advantages
 from rlft.core.batch import RolloutBatch
 from rlft.rollout.curriculum import TaskCurriculum
 from rlft.rollout.engine import RolloutEngine, check_env_failures
+from rlft.runtime.distributed import generation_policy
 
 
 def task_dataset(seeds: list[int]) -> Dataset:
@@ -94,7 +96,8 @@ class EpisodeRollout:
 
     def play(self, prompts: list[Any], trainer) -> RolloutBatch:
         """Play the prompts' seeds, apply the reward design, build the batch and notify the listeners."""
-        self.engine.model = trainer.accelerator.unwrap_model(trainer.model)
+        sync_generation_copy(trainer)  # FSDP2, every rank: a resumed run's first rollout gathers the weights
+        self.engine.model = generation_policy(trainer)
         generator = self.generator(trainer.accelerator.process_index)
         self.calls += 1
         episodes = self.engine.play(

@@ -47,6 +47,7 @@ from rlft.models.critic import (
     load_critic,
     save_critic,
 )
+from rlft.runtime.distributed import generation_policy
 
 __all__ = ["PPOConfig", "PPOTrainer", "build_ppo_trainer", "detached_critic"]
 
@@ -89,13 +90,17 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
     def critic(self) -> torch.nn.Module:
         return getattr(self.accelerator.unwrap_model(self.model), ATTRIBUTE)
 
-    def critic_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """V for every context prefix, (B, L), by a forward pass (no captured hidden states)."""
+    def critic_values(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, policy: torch.nn.Module | None = None
+    ) -> torch.Tensor:
+        """V for every context prefix, (B, L), by a forward pass (no captured hidden states) of `policy`'s
+        critic (default: the trained module's; at rollout time under FSDP2, the whole-weight generation copy's)."""
+        policy = policy if policy is not None else self.accelerator.unwrap_model(self.model)
+        critic = getattr(policy, ATTRIBUTE)
         if self.args.critic == "separate":
-            return self.critic(input_ids, attention_mask)
-        policy = self.accelerator.unwrap_model(self.model)
+            return critic(input_ids, attention_mask)
         hidden = backbone_of(policy)(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
-        return self.critic(hidden.last_hidden_state)
+        return critic(hidden.last_hidden_state)
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
@@ -152,7 +157,10 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
     def rollout_values(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Critic values before each completion token (B, T) and the bootstrap of truncated episodes (B,)."""
         ids, att, bootstrap_index = batch.critic_inputs()
-        return batch.split_critic_values(self.critic_values(ids, att).float(), bootstrap_index)
+        # Played with the weights the episodes were sampled with (under FSDP2 the generation copy: a sharded
+        # forward of the critic alone would not gather the root's weights).
+        values = self.critic_values(ids, att, policy=generation_policy(self))
+        return batch.split_critic_values(values.float(), bootstrap_index)
 
     def trainer_inputs(
         self, batch: RolloutBatch, ref_logprobs: torch.Tensor | None, loss_kl_coef: float
@@ -303,7 +311,14 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
             self.save_critic(os.path.join(output_dir, "critic"))
 
     def read_model_files(self, checkpoint: str, model=None) -> None:
-        """The policy (HF's loader, which skips the critic's keys as missing), then the critic from `critic/`."""
+        """The policy (HF's loader, which skips the critic's keys as missing), then the critic from `critic/`.
+
+        Under FSDP2 transformers loads the whole module, critic included, from the checkpoint's full state dict
+        (`pytorch_model_fsdp.bin`) into the shards.
+        """
+        if self.accelerator.is_fsdp2:
+            super().read_model_files(checkpoint, model)
+            return
         policy = self.accelerator.unwrap_model(model if model is not None else self.model)
         with detached_critic(policy) as critic:
             super().read_model_files(checkpoint, policy)
@@ -316,7 +331,7 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
         critic.load_state_dict(state)
 
     def save_critic(self, path: str) -> str:
-        policy = self.accelerator.unwrap_model(self.model)
+        policy = generation_policy(self)  # FSDP2: the whole weights (the copy is synced after every step)
         with detached_critic(policy) as critic:
             return str(save_critic(critic, path, self.args.critic, self.args.critic_init, policy=policy))
 

@@ -26,10 +26,22 @@ def process_state(timeout_s: int | None = None) -> Any:
     `PartialState()` without `cpu=True` on a CPU-only launch would be a world of one process on every rank.
     """
     from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
+    from accelerate.utils import DistributedType, parse_flag_from_env
 
     cpu = cpu_only() or parse_flag_from_env("ACCELERATE_USE_CPU")
-    return PartialState(cpu=cpu, timeout=timedelta(seconds=timeout_s or DEFAULT_TIMEOUT_S))
+    state = PartialState(cpu=cpu, timeout=timedelta(seconds=timeout_s or DEFAULT_TIMEOUT_S))
+    if (
+        cpu
+        and state.distributed_type == DistributedType.MULTI_CPU
+        and parse_flag_from_env("ACCELERATE_USE_FSDP")
+    ):
+        # accelerate turns an FSDP launch into FSDP only for accelerator devices: on CPUs (MULTI_CPU, gloo) it
+        # would silently train DDP replicas. Marking the (singleton) process state as a multi-device one, its
+        # device left on the CPU, makes the AcceleratorState the trainers build honour the launch's FSDP
+        # settings, so a CPU job shards as a GPU job would (torch's fully_shard runs on gloo): what
+        # tests/test_multiprocess_rl.py runs. Set before any AcceleratorState exists (the stages call this first).
+        state._shared_state["distributed_type"] = DistributedType.MULTI_GPU
+    return state
 
 
 def cpu_only() -> bool:
@@ -47,6 +59,15 @@ def ddp_timeout_s(config: Any) -> int:
         int(section.trainer.get("ddp_timeout", DEFAULT_TIMEOUT_S)) for section in (config.sft, config.rl)
     ]
     return max(values)
+
+
+def generation_policy(trainer) -> torch.nn.Module:
+    """The module the rollout engine and held-out evaluation play with: the trainer's own (unwrapped from
+    accelerate), or under FSDP2 the whole-weight copy `trainer.generation_copy` keeps current
+    (rlft.algorithms.generation_copy: a sharded forward is a collective, which ranks playing different
+    episodes cannot keep in step)."""
+    copied = getattr(trainer, "generation_copy", None)
+    return copied.model if copied is not None else trainer.accelerator.unwrap_model(trainer.model)
 
 
 def save_trained(trainer, path: Path) -> Path:

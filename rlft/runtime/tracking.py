@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 
 from rlft.config.resolved import resolved_record, write_resolved
 from rlft.config.schema import Config, config_to_dict
+from rlft.runtime.distributed import generation_policy
 from rlft.runtime.resume_logs import truncate_log
 
 logger = logging.getLogger(__name__)
@@ -356,7 +357,7 @@ class HeldOutEvalCallback(TrainerCallback):
         self.trainer = None  # set by the stage once the trainer exists
 
     def evaluate(self, step: int) -> dict[str, float]:
-        summary = self.evaluate_policy(self.trainer.accelerator.unwrap_model(self.trainer.model))
+        summary = self.evaluate_policy(generation_policy(self.trainer))  # FSDP2: the whole-weight copy
         logs = {f"eval/{k}": v for k, v in summary.items()}
         logs["episode/env_steps_total"] = float(self.rollout.env_steps)
         self.tracker.log(logs, step=step)
