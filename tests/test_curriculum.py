@@ -5,6 +5,9 @@ processes keeping the same scores, and GRPO / PPO runs with `rl.curriculum.strat
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from collections import defaultdict
 from types import SimpleNamespace
@@ -29,6 +32,7 @@ from rlft.rollout.curriculum import (
 )
 from rlft.runtime.tracking import read_metrics
 from tests.conftest import tiny_config
+from tests.test_accelerate import LAUNCH_TIMEOUT_S, REPO, free_port
 from tests.test_resume import KillAt, Killed, scramble_rngs
 
 
@@ -444,3 +448,38 @@ def test_a_killed_and_resumed_plr_run_plays_the_tasks_of_the_straight_run(tmp_pa
 
     assert curriculum_rows(config.run_dir) == curriculum_rows(straight.run_dir)
     assert max(r["curriculum/replay_share"] for r in curriculum_rows(straight.run_dir).values()) > 0
+
+
+def test_two_launched_processes_plan_whole_groups_and_keep_the_same_scores(tmp_path):
+    """`accelerate launch` of two CPU ranks (tests/curriculum_worker.py): the scores are gathered, so both ranks
+    hold the same curriculum after every rollout and their rows form whole groups of one task."""
+    env = {
+        **os.environ,
+        "CUDA_VISIBLE_DEVICES": "",
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "disabled",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.accelerate_cli",
+        "launch",
+        "--config_file",
+        str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"),
+        "--main_process_port",
+        str(free_port()),
+        "-m",
+        "tests.curriculum_worker",
+        str(tmp_path),
+    ]
+    done = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S
+    )
+    assert done.returncode == 0, f"accelerate launch failed:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
+    ranks = [json.loads((tmp_path / f"rank{i}.json").read_text()) for i in range(2)]
+    assert ranks[0]["states"] == ranks[1]["states"] and len(ranks[0]["states"]) == 3
+    assert len(ranks[0]["states"][-1]["tasks"]) >= 3
+    for rows0, rows1 in zip(ranks[0]["played"], ranks[1]["played"], strict=True):
+        whole = rows0 + rows1
+        assert len(rows0) == 3 and whole[0::2] == whole[1::2]  # the middle group spans both ranks
