@@ -51,11 +51,14 @@ def test_the_best_checkpoint_is_the_one_with_the_highest_validation_success(tmp_
     test seed is played during RL, and `rlft eval` names the step."""
     config = rl_config(tmp_path, keep_best=True)
     scripted = iter([0.25, 0.5, 0.75, 0.5, 0.25])
-    played = []
+    played, validation = [], stage_rl.validation_seeds(config)
 
     def evaluate(engine, seeds, batch_size, seed=0):
         played.extend(seeds)
-        return summary(next(scripted)), []
+        # the headline decoding on the validation seeds is what selection reads; the training tasks and the
+        # other decoding (rlft.stages.generalisation) are played too
+        headline = list(seeds) == validation and engine.settings.greedy == config.eval.greedy
+        return summary(next(scripted) if headline else 0.0), []
 
     monkeypatch.setattr(stage_rl, "evaluate_policy", evaluate)
     stages.run_rl(config)

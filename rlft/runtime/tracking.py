@@ -358,7 +358,7 @@ class HeldOutEvalCallback(TrainerCallback):
 
     def evaluate(self, step: int) -> dict[str, float]:
         summary = self.evaluate_policy(generation_policy(self.trainer))  # FSDP2: the whole-weight copy
-        logs = {f"eval/{k}": v for k, v in summary.items()}
+        logs = {k if "/" in k else f"eval/{k}": v for k, v in summary.items()}  # generalisation/gap stays
         logs["episode/env_steps_total"] = float(self.rollout.env_steps)
         self.tracker.log(logs, step=step)
         return logs

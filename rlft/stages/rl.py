@@ -53,6 +53,7 @@ from rlft.stages.common import (
     trainer_config_class,
 )
 from rlft.stages.model_card import card_files
+from rlft.stages.generalisation import GeneralisationEvaluation, train_task_seeds
 from rlft.stages.transfer import check_critic_matches, critic_trainer_overrides
 
 logger = logging.getLogger(__name__)
@@ -299,14 +300,13 @@ def validation_seeds(config: Config) -> list[int]:
 def held_out_eval_callback(
     config: Config, tracker: Tracker, trainer, rollout, tokenizer, seeds: list[int], select=None
 ):
-    """Periodic evaluation during RL (`eval.every_steps`) on the validation seeds; `select` (a ModelSelection)
-    sees each result."""
-    engine = rollout_engine(config, tokenizer, greedy=config.eval.greedy)
-
-    def evaluate(policy) -> dict[str, float]:
-        engine.model = policy
-        return evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)[0]
-
+    """Periodic evaluation during RL (`eval.every_steps`) on the validation seeds and, with `eval.train_tasks`, as
+    many training tasks (rlft.stages.generalisation); `select` (a ModelSelection) sees each result."""
+    shuffle = getattr(trainer, "shuffle_dataset", True)
+    training = train_task_seeds(config, len(seeds), shuffle) if config.eval.train_tasks else []
+    evaluate = GeneralisationEvaluation(
+        config, tokenizer, seeds, training, evaluate_policy, lambda: trainer.state.global_step
+    )
     callback = HeldOutEvalCallback(tracker, evaluate, config.eval.every_steps, rollout, select)
     callback.trainer = trainer
     return callback
