@@ -95,7 +95,11 @@ def write_run(
                     "time": float(step),
                     "eval/success": success,
                     "eval/return": success - 0.2,
+                    "eval/val_success": success,
+                    "eval/train_success": min(1.0, success + step / 100),
+                    "generalisation/gap": min(1.0, success + step / 100) - success,
                     "episode/env_steps_total": env_steps,
+                    **({"generalisation/overfit_alarm": 1.0} if alarm and step >= 36 else {}),
                 }
             )
     records.append({"stage": "eval", "step": None, "time": 99.0, "rl/greedy/success": final_success})
@@ -233,6 +237,14 @@ def test_every_figure_png_exists_and_is_inlined(report):
     assert page.count('src="data:image/png;base64,') == len(FIGURE_NAMES)
     assert "http://" not in page and "https://" not in page and "<script" not in page  # opens offline
     assert "Over-optimisation alarms" in page and "eval/success" not in report.plots[0].notes
+    # the generalisation figure lists the first overfitting alarm (ppo seed 1 fires from step 36)
+    gap = next(p for p in report.plots if p.name == "generalisation_gap")
+    assert (
+        [n for n in gap.notes if "overfitting alarm" in n]
+        == [n for n in gap.notes if n.startswith("ppo") and "ppo_s1" in n]
+        != []
+    )
+    assert "overfitting alarm first at" in page
 
 
 def test_missing_keys_skip_figures_with_a_note(tmp_path):

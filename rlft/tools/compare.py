@@ -4,8 +4,8 @@ Runs are grouped into variants by their resolved config minus the seed (`rlft.to
 shows, per variant and across seeds: held-out learning curves (eval/success, eval/return against env
 steps), final held-out performance as IQM, median and mean with 95% stratified-bootstrap CIs and
 performance profiles (rliable), per-reward-component curves, gold against proxy with the over-optimisation
-alarm's events, and a table of the configs' differences. Every figure is also written as a PNG to
-`<out stem>_figures/`.
+alarm's events, success on training against held-out tasks with their gap (generalisation/gap), and a table
+of the configs' differences. Every figure is also written as a PNG to `<out stem>_figures/`.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ FIGURE_NAMES = (
     "performance_profiles",
     "reward_components",
     "gold_vs_proxy",
+    "generalisation_gap",
 )
 METRICS = (("success", "success"), ("return", "return"))
 DEFAULT_REPS = 2000
@@ -79,6 +80,7 @@ def compare(
     # numpy, matplotlib and rliable load here, when a report is made, not with every rlft command (the CLI
     # imports this module to build its parser).
     from rlft.tools.report import figures
+    from rlft.tools.report.generalisation import generalisation_gap
     from rlft.tools.report.references import reference_scores
     from rlft.tools.report.stats import final_scores, interval_estimates, one_seed_intervals, score_matrices
 
@@ -116,6 +118,7 @@ def compare(
         figures.profiles({m: score_matrices(finals[m]) for m in points}, labels, reps, seed),
         figures.reward_components(variants, reps, seed),
         figures.gold_vs_proxy(variants, reps, seed),
+        generalisation_gap(variants, reps, seed),
     ]
 
     figures_dir = figures_dir_for(out)
@@ -168,6 +171,8 @@ def _page(
         )
     finals_html += fig("final_performance") + fig("performance_profiles")
     alarms = {v.label: figures.alarm_events(v) for v in report.variants}
+    gap = by_name["generalisation_gap"]  # drawn: its notes are the overfitting alarms (else they say why not)
+    gap_notes = page.notes_html(gap.notes) if gap.figure is not None else ""
     problems = [
         f"{run.name}: {problem}" for v in report.variants for run in v.runs for problem in run.problems
     ]
@@ -184,6 +189,7 @@ def _page(
             ("Learning curves (held-out, during RL)", fig("learning_curves")),
             ("Reward components", fig("reward_components")),
             ("Gold against proxy", fig("gold_vs_proxy") + page.alarms_table(alarms)),
+            ("Generalisation (training against held-out tasks)", fig("generalisation_gap") + gap_notes),
         ],
     )
 
