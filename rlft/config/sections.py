@@ -110,13 +110,43 @@ class EnvConfig(Section):
 
 BACKENDS = (
     "hf",
+    "vllm",
 )  # rlft.rollout.engine.BACKENDS holds their classes (tests/test_rollout.py checks both agree)
+
+
+class ImportanceCorrection(Section):
+    enabled: bool = Field(
+        False,
+        description="weight the policy loss per token by min(pi_train / pi_vllm, cap): truncated importance "
+        "sampling for what differs between vLLM's log-probs and the trainer's (logged as rollout/is_*)",
+    )
+    cap: float = Field(3.0, gt=0.0, description="the truncation: a token's weight is at most this")
+
+
+class VLLMConfig(Section):
+    gpu_memory_utilization: float = Field(
+        0.3,
+        gt=0.0,
+        le=1.0,
+        description="share of the GPU vLLM takes for weights and KV cache; the trainer shares the GPU",
+    )
+    cpu_kvcache_gib: float = Field(
+        1.0, gt=0.0, description="vLLM's KV cache on CPU, GiB (VLLM_CPU_KVCACHE_SPACE where unset)"
+    )
+    enable_prefix_caching: bool = Field(
+        True, description="reuse each episode's computed context across turns (what makes turns cheap)"
+    )
+    importance_correction: ImportanceCorrection = Field(default_factory=ImportanceCorrection)
 
 
 class RolloutConfig(Section):
     backend: Literal[BACKENDS] = Field(
-        "hf", description="generation backend: 'hf' (one batched forward per token, one KV cache)"
+        "hf",
+        description="generation backend: 'hf' (one batched forward per token, one KV cache) or 'vllm' (a "
+        "colocated vLLM engine, one generate call per turn, prefix caching; the `vllm` extra or "
+        "scripts/setup_vllm.sh)",
     )
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="the vllm backend's engine")
     num_envs: int = Field(64, gt=0, description="concurrent episodes in one batched rollout")
     max_action_tokens: int = Field(4, gt=0)
     max_episode_tokens: int = Field(

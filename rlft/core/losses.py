@@ -98,6 +98,41 @@ def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return torch.exp(d) - d - 1
 
 
+def truncated_importance_weights(
+    logprobs: torch.Tensor, behaviour_logprobs: torch.Tensor, mask: torch.Tensor, cap: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Per-token truncated importance weights min(pi_train / pi_behaviour, cap) for tokens a different engine
+    sampled (vLLM), and their statistics. The policy loss of each token is multiplied by its weight (TRL's
+    `vllm_importance_sampling_mode="token_truncate"`; Yao et al. 2025, "Your efficient RL framework secretly
+    brings you off-policy RL training"). Tokens outside `mask` get weight 1.
+
+    Args:
+        logprobs: (B, T) log pi_train of the sampled tokens (the trainer's forward, same weights).
+        behaviour_logprobs: (B, T) log pi_behaviour, the sampling engine's.
+        mask: (B, T) 1 on loss tokens.
+        cap: the truncation C (> 0).
+
+    Returns:
+        weights (B, T), and metrics: `rollout/is_ratio_mean` (mean untruncated ratio over loss tokens) and
+        `rollout/is_clipped_frac` (share of loss tokens whose ratio exceeded the cap).
+
+    >>> w, m = truncated_importance_weights(torch.log(torch.tensor([[0.5, 0.2, 0.9]])),
+    ...                                     torch.log(torch.tensor([[0.25, 0.4, 0.9]])), torch.ones(1, 3), cap=1.5)
+    >>> [round(v, 4) for v in w[0].tolist()]   # min(2, 1.5), min(0.5, 1.5), min(1, 1.5)
+    [1.5, 0.5, 1.0]
+    >>> round(m["rollout/is_ratio_mean"].item(), 4), round(m["rollout/is_clipped_frac"].item(), 4)
+    (1.1667, 0.3333)
+    """
+    on = mask.bool()
+    ratio = torch.exp(torch.where(on, logprobs - behaviour_logprobs, torch.zeros_like(logprobs)))
+    weights = torch.clamp(ratio, max=cap)
+    metrics = {
+        "rollout/is_ratio_mean": masked_mean(ratio, mask),
+        "rollout/is_clipped_frac": masked_mean((ratio > cap).float(), mask),
+    }
+    return weights.detach(), {k: v.detach() for k, v in metrics.items()}
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the categorical distribution at each position: logits (B, T, V) -> (B, T)."""
     logp = torch.log_softmax(logits.float(), dim=-1)

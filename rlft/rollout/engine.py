@@ -6,9 +6,11 @@ over (terminated, truncated, out of turns, over the token cap), and writes every
 reward into the Episode. Token generation belongs to a backend (`rlft.rollout.backend`, the protocol): the engine
 opens one session per batch with the prompts, asks it to continue every live row's action, appends observation
 tokens to rows whose action ended and drops finished rows. `hf` (`rlft.rollout.hf_backend`: one batched forward
-per generated token, one KV cache) is the default and today the only backend; `make_backend` picks one by name.
+per generated token, one KV cache) is the default; `vllm` (`rlft.rollout.vllm_backend`: a colocated vLLM engine,
+one generate call per turn, prefix caching) the other; `make_backend` picks one by name.
 With a step-wise backend such as `hf` an env is stepped the moment its action ends, so episodes of different
-lengths and action lengths never wait for each other.
+lengths and action lengths never wait for each other; with the turn-synchronous `vllm` every live row's action is
+generated in one call, then the envs of all of them are stepped.
 
 Env faults end one episode, not the batch. `env.reset` and `env.step` are guarded: a call that raises, does
 not return within `env_step_timeout_s`, or returns a malformed result (a text env's observation must be a
@@ -40,10 +42,11 @@ from rlft.errors import ConfigError, did_you_mean
 from rlft.rollout.backend import ActionChunk, GenerationBackend, GenerationSession, Sampling
 from rlft.rollout.env_workers import EnvCall, EnvPool, EnvReply, failure_reason, make_env_pool
 from rlft.rollout.hf_backend import HFBackend
+from rlft.rollout.vllm_backend import shared_vllm_backend
 from rlft.runtime.faults import check_failure_rate, mark_phase
 
-# `rollout.backend` -> the backend's class. A vLLM backend (colocated, turn-synchronous) is a later issue.
-BACKENDS: dict[str, Callable[[], GenerationBackend]] = {"hf": HFBackend}
+# `rollout.backend` -> what makes the backend (called with its options). vLLM's engine is one per process, shared.
+BACKENDS: dict[str, Callable[..., GenerationBackend]] = {"hf": HFBackend, "vllm": shared_vllm_backend}
 
 
 @dataclass
@@ -66,11 +69,12 @@ class SamplingSettings:
         return Sampling(temperature=self.temperature, top_p=self.top_p, greedy=self.greedy)
 
 
-def make_backend(name: str) -> GenerationBackend:
-    """The generation backend called `name` (`rollout.backend`), e.g. "hf"."""
+def make_backend(name: str, **options: Any) -> GenerationBackend:
+    """The generation backend called `name` (`rollout.backend`), e.g. "hf"; `options` are its own (vllm:
+    `rlft.rollout.vllm_backend.EngineOptions`)."""
     if name not in BACKENDS:
         raise ConfigError(f"rollout.backend: unknown backend {name!r}{did_you_mean(name, BACKENDS)}")
-    return BACKENDS[name]()
+    return BACKENDS[name](**options)
 
 
 class EnvFault(Exception):
@@ -113,6 +117,18 @@ class RolloutEngine:
         self.settings = settings
         self.env_pool: EnvPool = make_env_pool(settings.env_workers, env_factory)
         self.stats: dict[str, float] = {}
+
+    def policy_updated(self) -> None:
+        """The model's weights changed in place (an optimizer step): a backend holding its own copy (vllm)
+        pushes them before its next session; `hf` reads the model itself and has nothing to do."""
+        weights_changed = getattr(self.backend, "weights_changed", None)
+        if weights_changed is not None:
+            weights_changed()
+
+    @property
+    def importance_cap(self) -> float | None:
+        """The truncation of the importance correction for the backend's log-probs (None: no correction)."""
+        return getattr(self.backend, "importance_cap", None)
 
     @property
     def _envs(self) -> list[gym.Env | None]:

@@ -22,6 +22,7 @@ from rlft.rollout.demos import read_jsonl_demos
 from rlft.rollout.env_check import check_env_plays
 from rlft.rollout.env_factory import check_env_reference, import_entry_point
 from rlft.rollout.experts import check_expert_demos
+from rlft.rollout.vllm_backend import check_vllm_backend
 from rlft.stages.common import check_loadable, check_output_folder, trainer_config_class
 from rlft.stages.eval import check_eval_expert
 from rlft.stages.rl import rl_trainer_args
@@ -51,6 +52,7 @@ def check_config(config: Config) -> None:
     paths, JSONL rows, trainer pass-through keys and TRL's own checks of the built trainer configs, and that
     the run folder can be created and written (a probe that leaves nothing behind)."""
     check_output_folder(config)
+    check_vllm_backend(config.rollout.backend, lora=config.model.lora is not None)
     check_env_reference(config.env)
     check_env_plays(config.env)  # a few seeds reset and stepped: the user's env, renderer and parser
     if config.model.name_or_path is not None:

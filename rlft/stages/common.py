@@ -24,7 +24,7 @@ from rlft.algorithms.registry import ALGORITHMS
 from rlft.config.schema import Config, save_config
 from rlft.errors import CheckpointError, ConfigError, did_you_mean
 from rlft.models.policy import apply_lora, load_policy, load_pretrained, save_policy, uses_chat_template
-from rlft.rollout.engine import RolloutEngine, SamplingSettings
+from rlft.rollout.engine import RolloutEngine, SamplingSettings, make_backend
 from rlft.rollout.env_factory import make_env
 from rlft.rollout.turn_format import make_format
 from rlft.runtime.distributed import ddp_timeout_s, process_state
@@ -115,8 +115,24 @@ def rollout_engine(config: Config, tokenizer, model=None, greedy: bool = False) 
         turn_format_for(config, tokenizer),
         env_factory(config),
         sampling_settings(config, greedy=greedy),
-        backend=config.rollout.backend,
+        backend=make_backend(config.rollout.backend, **backend_options(config)),
     )
+
+
+def backend_options(config: Config) -> dict:
+    """The generation backend's own options: none for `hf`; vLLM's engine (`rollout.vllm`) for `vllm`, its
+    context as long as an episode may grow (`rollout.max_episode_tokens`)."""
+    r = config.rollout
+    if r.backend != "vllm":
+        return {}
+    correction = r.vllm.importance_correction
+    return {
+        "max_model_len": r.max_episode_tokens,
+        "gpu_memory_utilization": r.vllm.gpu_memory_utilization,
+        "cpu_kvcache_gib": r.vllm.cpu_kvcache_gib,
+        "enable_prefix_caching": r.vllm.enable_prefix_caching,
+        "importance_cap": correction.cap if correction.enabled else None,
+    }
 
 
 def turn_format_for(config: Config, tokenizer):
