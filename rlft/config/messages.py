@@ -5,11 +5,12 @@ Shared by configs (`rlft.config.schema.load_config`) and sweep files (`rlft.tool
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, get_args, get_origin
 
 from pydantic import BaseModel, ValidationError
 
-from rlft.errors import did_you_mean
+from rlft.errors import closest, did_you_mean
 
 
 def _is_section(obj: Any) -> bool:
@@ -86,6 +87,9 @@ def validation_error_lines(
             shown = repr(value) if not isinstance(value, dict) else "{...}"
             message = err["msg"].removeprefix("Value error, ") if strip_value_error else err["msg"]
             line = f"key '{key}' = {shown}: {message}"
+            if err["type"] == "literal_error":  # a misspelt choice: name the closest valid one
+                best = closest(str(value), re.findall(r"'([^']*)'", err["ctx"]["expected"]))
+                line += f" (did you mean '{best}'?)" if best else ""
         if problems.get(key) and line.startswith(f"key '{key}' = "):
             problems[key].append(err["msg"])
         else:

@@ -18,9 +18,16 @@ class Section(BaseModel):
 
 
 class TinyModelConfig(Section):
-    """A small randomly initialised transformers model with a tokenizer made locally from env text."""
+    """A small randomly initialised transformers model with a tokenizer made locally (from env text) or a production
+    one shipped by mistral-common (rlft/models/tokenizers.py)."""
 
     architecture: Literal["qwen2", "llama"] = "qwen2"
+    tokenizer: Literal["word", "mistral_v3", "tekken"] = Field(
+        "word",
+        description="word: a word-level vocabulary of the env's text; mistral_v3: Mistral's SentencePiece v3 "
+        "(32,768 pieces); tekken: Mistral's Tekken BPE (131,072). The real ones load offline from mistral-common's "
+        "files with a chat template in Mistral's instruct format; the vocab size follows the tokenizer",
+    )
     hidden_size: int = Field(128, gt=0)
     num_layers: int = Field(4, gt=0)
     num_heads: int = Field(4, gt=0)

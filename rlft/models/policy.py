@@ -1,7 +1,8 @@
 """Loading the policy: any Hugging Face causal LM, or the embedded tiny model with a tokenizer made locally.
 
 The embedded default downloads nothing: a word-level tokenizer is built from the environment's own text
-(instructions, observations and action names from a few hundred episodes), and a small Qwen2 or Llama model
+(instructions, observations and action names from a few hundred episodes), or Mistral's SentencePiece / Tekken is
+read from mistral-common's files (`model.tiny.tokenizer`, rlft.models.tokenizers), and a small Qwen2 or Llama model
 is initialised from a config. The real path (`from_pretrained` of a folder or hub id, chat templates, LoRA)
 is the same one a checkpoint reload takes.
 """
@@ -17,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from rlft.config.schema import LoraSettings, ModelConfig, TinyModelConfig
 from rlft.errors import CheckpointError
+from rlft.models.tokenizers import load_tiny_tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -131,7 +133,10 @@ def load_policy(cfg: ModelConfig, seed: int, env_factory=None, max_turns: int = 
     Returns:
         (model, tokenizer): tokenizer padding side is left; pad token set.
     """
-    if cfg.tiny is not None:
+    if cfg.tiny is not None and cfg.tiny.tokenizer != "word":
+        tokenizer = load_tiny_tokenizer(cfg.tiny.tokenizer)  # the vocab size follows the production tokenizer
+        model = build_tiny_model(cfg.tiny, tokenizer, seed)
+    elif cfg.tiny is not None:
         if env_factory is None:
             raise ValueError("model.tiny needs the env to build its vocabulary")
         texts = env_corpus(env_factory, cfg.tiny.corpus_episodes, max_turns, seed)

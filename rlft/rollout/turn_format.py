@@ -7,7 +7,7 @@ rollout never decodes and re-encodes what the model sampled.
 
 from __future__ import annotations
 
-from functools import lru_cache
+import weakref
 
 
 class PlainFormat:
@@ -91,24 +91,30 @@ def _eos_ids(tokenizer) -> set[int]:
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     for token in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
         token_id = tokenizer.convert_tokens_to_ids(token)
+        # in the vocabulary iff its id maps back to it (cheaper than listing a 131,072-token vocabulary)
         if (
             isinstance(token_id, int)
             and token_id != tokenizer.unk_token_id
-            and token in tokenizer.get_vocab()
+            and tokenizer.convert_ids_to_tokens(token_id) == token
         ):
             ids.add(token_id)
     return ids
 
 
-@lru_cache(maxsize=8)
-def _newline_ids_cached(tokenizer_key: int, vocab_items: tuple) -> frozenset[int]:
-    return frozenset(i for tok, i in vocab_items if "\n" in tok or "Ċ" in tok)
+# tokenizer -> (its length, its newline ids): scanned once per tokenizer object and size (added tokens rescan), not
+# per format (a production vocabulary takes a second to list and scan).
+_NEWLINE_IDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _newline_ids(tokenizer) -> set[int]:
-    """Token ids whose text contains a newline (byte-level BPE spells it 'Ċ')."""
-    vocab = tokenizer.get_vocab()
-    return set(_newline_ids_cached(id(tokenizer), tuple(sorted(vocab.items()))))
+    """Token ids whose text contains a newline (byte-level BPE such as Tekken spells it 'Ċ'; SentencePiece has no
+    newline piece and falls back to the byte token '<0x0A>')."""
+    size, ids = _NEWLINE_IDS.get(tokenizer, (None, frozenset()))
+    if size != len(tokenizer):
+        vocab = tokenizer.get_vocab()
+        ids = frozenset(i for tok, i in vocab.items() if "\n" in tok or "Ċ" in tok or tok == "<0x0A>")
+        _NEWLINE_IDS[tokenizer] = (len(tokenizer), ids)
+    return set(ids)
 
 
 def make_format(tokenizer, use_chat: bool, stop_on_newline: bool = True) -> PlainFormat | ChatFormat:

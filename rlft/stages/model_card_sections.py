@@ -94,7 +94,9 @@ def _fmt(value: Any) -> str:
 
 
 def _model_section(config: Config, model_cfg: ModelConfig, stage: str) -> list[str]:
-    if model_cfg.tiny is not None:
+    if model_cfg.tiny is not None and model_cfg.tiny.tokenizer != "word":
+        tokenizer = f"{model_cfg.tiny.tokenizer} (Mistral's, from the mistral-common package's files)"
+    elif model_cfg.tiny is not None:
         tokenizer = (
             f"word-level, built locally from {config.env.id}'s observations and actions "
             "(words outside that vocabulary become `<unk>`)"
@@ -272,9 +274,10 @@ def _limits_section(config: Config, stage: str, own: dict | None, expert: dict |
     limits = []
     if model_cfg.tiny is not None:
         t = model_cfg.tiny
+        vocabulary = ", and its word-level tokenizer no word outside it" if t.tokenizer == "word" else ""
         limits.append(
             f"A tiny model ({t.num_layers} layers, hidden size {t.hidden_size}) trained from random weights: it "
-            f"knows no language beyond {config.env.id}'s text, and its word-level tokenizer no word outside it."
+            f"knows no language beyond {config.env.id}'s text{vocabulary}."
         )
     kwargs = f" with {config.env.kwargs}" if config.env.kwargs else ""
     limits.append(

@@ -35,6 +35,7 @@ from rlft.config.schema import ModelConfig
 from rlft.config.trainer_args import build_trainer_config
 from rlft.errors import ConfigError, DataError
 from rlft.models import policy  # module attribute calls: tests trap policy.load_tokenizer
+from rlft.models.tokenizers import load_tiny_tokenizer
 from rlft.rewards.models.card import model_card, rm_info
 from rlft.rewards.models.preferences import PreferencePair, pair_texts, pairs_to_dataset
 from rlft.rewards.models.scoring import RM_FILE, RewardModelScorer, encode_conversations, encode_texts
@@ -74,6 +75,8 @@ def reward_model_tokenizer(model_cfg: ModelConfig, corpus: Sequence[str] = ()):
     the preference texts after it: the policy's words keep their ids, so a reward model trained here can seed a
     PPO critic that reads the policy's token ids (`rl.trainer.critic_init`).
     """
+    if model_cfg.tiny is not None and model_cfg.tiny.tokenizer != "word":  # the policy's own, with its ids
+        return load_tiny_tokenizer(model_cfg.tiny.tokenizer)
     if model_cfg.tiny is not None:
         return policy.build_word_tokenizer(corpus, chat_template=model_cfg.chat_template == "on")
     local = Path(model_cfg.name_or_path).expanduser().exists()
