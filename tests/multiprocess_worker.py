@@ -3,11 +3,13 @@
     accelerate launch --config_file configs/accelerate/cpu_2proc_fsdp.yaml -m tests.multiprocess_worker \\
         MODE OUTPUT_DIR ALGORITHM [STOP_STEP]
 
-MODE is `train` (a fresh run to max_steps), `stop` (a fresh run whose every rank ends the process with
+MODE is `train` (a fresh run to max_steps), `both` (a short GRPO run, then a short PPO run, in one launch:
+the fast test), `stop` (a fresh run whose every rank ends the process with
 `os._exit` right after the checkpoint of STOP_STEP is complete: a kill at a step, no cleanup) or `resume`
 (`--resume` from the newest complete checkpoint). `train` and `resume` write `OUTPUT_DIR/ranks/rank<i>.json`: a
 sha256 of every parameter of the trained module (policy and PPO critic, as whole tensors: under FSDP2 the shards
-are gathered) before and after training, the same of the generation copy's weights at the end, and the copy's size.
+are gathered) before and after training, the same of the generation copy's weights at the end, and the copy's size
+(`both`: `OUTPUT_DIR/ranks/<algorithm>/rank<i>.json`).
 """
 
 from __future__ import annotations
@@ -27,20 +29,21 @@ from tests.conftest import tiny_config
 
 TRAINERS = {  # a few optimizer steps, a checkpoint after each; lr high enough that every parameter moves
     # 2 seeds x 2 generations per rank and step; a KL term, so a step whose groups all tie still moves
-    "grpo": {"max_steps": 4, "num_generations": 2, "per_device_train_batch_size": 4, "beta": 0.04},
+    "grpo": {"num_generations": 2, "per_device_train_batch_size": 4, "beta": 0.04},
     # one rollout batch of 2 x 2 episodes per rank serves 2 minibatches (a checkpoint between them holds the
     # unconsumed one), then a fresh rollout
-    "ppo": {"max_steps": 4, "per_device_train_batch_size": 2, "steps_per_generation": 2, "kl_coef": 0.05},
+    "ppo": {"per_device_train_batch_size": 2, "steps_per_generation": 2, "kl_coef": 0.05},
 }
 
 
-def make_config(output_dir: Path, algorithm: str):
+def make_config(output_dir: Path, algorithm: str, max_steps: int = 4, save_steps: int = 1):
     # CliffWalking with a penalty for unparsable actions: returns differ within a group at every step.
     trainer = {
         **TRAINERS[algorithm],
+        "max_steps": max_steps,
         "learning_rate": 1e-2,
         "logging_steps": 1,
-        "save_steps": 1,
+        "save_steps": save_steps,
         "save_total_limit": 2,
     }
     return tiny_config(
@@ -121,6 +124,11 @@ def main(argv: list[str]) -> int:
     torch.set_num_threads(1)  # two ranks share two cores
     mode, output_dir, algorithm = argv[0], Path(argv[1]), argv[2]
     rank = process_state().process_index
+    if mode == "both":  # 2 steps each (PPO: one rollout batch, 2 minibatches), the final step checkpointed
+        for name in ("grpo", "ppo"):
+            config = make_config(output_dir, name, max_steps=2, save_steps=2)
+            run(config, output_dir / "ranks" / name / f"rank{rank}.json", resume=False, callbacks=[])
+        return 0
     config = make_config(output_dir, algorithm)
     rank_file = output_dir / "ranks" / f"rank{rank}.json"
     if mode == "stop":

@@ -186,7 +186,10 @@ def test_accelerate_config_is_consistent(name):
     expected = EXPECTED[name]
     header = path.read_text(encoding="utf-8").split("\ncompute_environment", 1)[0]
     assert header.startswith("# ") and "Hardware:" in header
-    assert f"accelerate launch --config_file configs/accelerate/{name} -m rlft.cli train --config " in header
+    command = "sft" if name == "deepspeed_zero3.yaml" else "train"  # RL is refused under ZeRO-3 (use FSDP2)
+    assert (
+        f"accelerate launch --config_file configs/accelerate/{name} -m rlft.cli {command} --config " in header
+    )
 
     config = load_config_from_file(str(path))  # what `accelerate launch --config_file` reads
     assert isinstance(config, ClusterConfig)

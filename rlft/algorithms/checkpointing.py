@@ -38,7 +38,7 @@ import torch
 
 from rlft.algorithms import behaviour_correction, trl_bridge
 from rlft.algorithms.checkpoint_manifest import fsync_dir, verify, write_manifest
-from rlft.algorithms.generation_copy import attach_generation_copy, synced_optimizer_step
+from rlft.algorithms.generation_copy import attach_generation_copy, synced_optimizer_step, untied_state_dict
 from rlft.algorithms.learning_signal import LearningSignal
 from rlft.errors import CheckpointError, NonFiniteError  # NonFiniteError: imported from here too
 from rlft.runtime.distributed import generation_policy
@@ -274,6 +274,10 @@ class ResumableTrainerMixin:
             empty_staging(run_dir / STAGING, run_dir)
             rotate(run_dir, self.args.save_total_limit)
         self.accelerator.wait_for_everyone()
+
+    def write_model_files(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        model = self.accelerator.unwrap_model(self.model)  # FSDP2 hands a gathered dict: tied weights twice
+        super().write_model_files(output_dir, untied_state_dict(model, state_dict))
 
     def _write_staging(self, model, trial, staging_root: Path, staging: Path) -> None:
         """Every file of the checkpoint into `staging`, then (main process) the manifest and `COMPLETE`."""

@@ -123,3 +123,17 @@ def synced_optimizer_step(trainer, step):
         return result
 
     return synced
+
+
+def untied_state_dict(model: torch.nn.Module, state_dict: dict | None) -> dict | None:
+    """`state_dict` without the keys of tied weights whose source it holds (`lm_head.weight` when it is
+    `model.embed_tokens.weight`).
+
+    The full state dict transformers gathers from FSDP2 shards holds a tied weight as two separate tensors, which
+    `save_pretrained` would write twice; an unsharded save writes the source alone. Dropping the aliases keeps
+    the checkpoint's safetensors the same under FSDP2 as under DDP (loading ties them again).
+    """
+    if state_dict is None:
+        return None
+    tied = getattr(model, "all_tied_weights_keys", None) or {}
+    return {k: v for k, v in state_dict.items() if not (k in tied and tied[k] in state_dict)}

@@ -7,11 +7,15 @@ A plain `python` / `rlft` run is a world of one process, which is the main one.
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from rlft.errors import ConfigError
 
 # transformers' `TrainingArguments.ddp_timeout` default. The first `PartialState` of a launched job creates
 # the process group, and with it the timeout of every collective (barriers included): rlft's stages create
@@ -51,6 +55,42 @@ def cpu_only() -> bool:
 
 def is_main_process() -> bool:
     return process_state().is_main_process
+
+
+def deepspeed_zero_stage(trainer_deepspeed: Any = None) -> int | None:
+    """The DeepSpeed ZeRO stage this process runs under, or None without DeepSpeed.
+
+    From `accelerate launch` (its environment: the config file's `zero_stage`, or the stage of the DeepSpeed JSON
+    it names), else from a trainer's own `deepspeed` argument (a JSON path or dict, e.g. `rl.trainer.deepspeed`).
+    """
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+        config_file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE", "none")
+        if config_file == "none":
+            return int(os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", 2))
+        trainer_deepspeed = config_file
+    if isinstance(trainer_deepspeed, (str, Path)):
+        trainer_deepspeed = json.loads(Path(trainer_deepspeed).read_text(encoding="utf-8"))
+    if not isinstance(trainer_deepspeed, dict):
+        return None
+    stage = trainer_deepspeed.get("zero_optimization", {}).get("stage")
+    return int(stage) if isinstance(stage, int) else None
+
+
+def refuse_zero3_rl(trainer_deepspeed: Any = None) -> None:
+    """RL under DeepSpeed ZeRO-3 is refused before any model loads (ConfigError, exit 2), naming FSDP2.
+
+    ZeRO-3 shards the weights, and the rollout engine plays with whole weights outside the trainer's forward:
+    under FSDP2 rlft keeps a whole-weight copy for it (rlft.algorithms.generation_copy); under ZeRO-3 that is
+    not built, and it cannot be tested here (accelerate runs DeepSpeed on accelerator devices only, and
+    deepspeed is not installable on the CPU-only CI). SFT and reward-model training are not affected.
+    """
+    if deepspeed_zero_stage(trainer_deepspeed) == 3:
+        raise ConfigError(
+            "RL under DeepSpeed ZeRO-3 is not supported: ZeRO-3 shards the weights, and rlft's rollout engine "
+            "needs whole weights on every rank. To shard the policy, launch with FSDP2 instead (accelerate "
+            "launch --config_file configs/accelerate/fsdp.yaml ...: rlft keeps a whole-weight copy for "
+            "generation); to keep ZeRO, use configs/accelerate/deepspeed_zero2.yaml (weights replicated)"
+        )
 
 
 def ddp_timeout_s(config: Any) -> int:

@@ -28,7 +28,7 @@ from rlft.errors import CheckpointError, ConfigError
 from rlft.rewards import build_reward_design
 from rlft.rollout.curriculum import curriculum_for
 from rlft.rollout.evaluation import evaluate_policy, held_out_seeds
-from rlft.runtime.distributed import ddp_timeout_s, process_state, save_trained
+from rlft.runtime.distributed import ddp_timeout_s, process_state, refuse_zero3_rl, save_trained
 from rlft.runtime.faults import out_of_memory_guard
 from rlft.runtime.run_files import empty_staging, match_umask, write_text_atomic
 from rlft.runtime.run_lock import run_lock
@@ -125,6 +125,7 @@ def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | N
 
 
 def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -> Path:
+    refuse_zero3_rl(config.rl.trainer.get("deepspeed"))  # exit 2 naming FSDP2, before anything loads
     args = rl_trainer_args(config)
     resume_step, changes = None, {}
     if resume:

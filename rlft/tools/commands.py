@@ -17,7 +17,7 @@ from rlft.errors import CheckpointError
 from rlft.rewards.references import run_reward_model
 from rlft.rollout.evaluation import held_out_seeds
 from rlft.rollout.experts import check_expert_demos
-from rlft.runtime.distributed import ddp_timeout_s, process_state
+from rlft.runtime.distributed import ddp_timeout_s, process_state, refuse_zero3_rl
 from rlft.runtime.run_lock import run_lock
 from rlft.runtime.signals import Interrupted
 from rlft.stages import eval as stage_eval
@@ -99,6 +99,8 @@ def check_earlier_stages(command: str, config: Config) -> None:
         CheckpointError: naming the command to run first (no SFT checkpoint for `train` from sft, no reward model
             for a design that uses this run's, no checkpoint at all for `eval`).
     """
+    if command in ("train", "pipeline"):  # a pipeline is refused before its SFT stage
+        refuse_zero3_rl(config.rl.trainer.get("deepspeed"))
     if command == "train" and config.rl.init_from == "sft":
         stage_rl.resolve_init(
             config
