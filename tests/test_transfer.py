@@ -49,6 +49,8 @@ def test_sft_starts_from_another_runs_checkpoint_with_its_tokenizer(tmp_path, so
 def test_sft_init_from_a_missing_or_unsaved_folder_exits_2_naming_the_key(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"key 'sft.init_from' = '.*nowhere': no such checkpoint folder"):
         tiny_config(output_dir=str(tmp_path), sft={"init_from": str(tmp_path / "nowhere")})
+    with pytest.raises(ConfigError, match=r"key 'sft.init_from' = 'sft': .*\(expected 'base' or a path\)"):
+        tiny_config(output_dir=str(tmp_path), sft={"init_from": "sft"})  # SFT cannot start from itself
     (tmp_path / "empty").mkdir()
     with pytest.raises(
         ConfigError, match=r"key 'sft.init_from' = '.*empty': folder is not a saved checkpoint"

@@ -66,12 +66,12 @@ def check_config(config: Config) -> None:
     check_expert_demos(config)  # SFT on the expert's demos, and the env has no expert: the options, now
     check_eval_expert(config)  # eval.expert: true, and the env has no expert
     # Another run's checkpoint to start from (rlft.stages.transfer): whole, with a tokenizer that reads this env.
-    for key, start, expected in (
-        ("sft.init_from", config.sft.init_from, "'base' or a path"),
-        ("rl.init_from", config.rl.init_from, "'sft', 'base' or a path"),
+    for key, start, named in (
+        ("sft.init_from", config.sft.init_from, ("base",)),
+        ("rl.init_from", config.rl.init_from, ("sft", "base")),
     ):
-        if start not in ("sft", "base"):
-            _check_checkpoint_path(start, key, expected)
+        if start not in named:
+            _check_checkpoint_path(start, key, ", ".join(f"'{name}'" for name in named) + " or a path")
             check_policy_tokenizer(start, key, config)
     check_critic_init_from(config)
     check_trainer_overrides("sft.trainer", config.sft.trainer, trainer_config_class("sft"))
