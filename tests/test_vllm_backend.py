@@ -16,12 +16,14 @@ from __future__ import annotations
 import copy
 import gc
 import json
+from collections import defaultdict
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from rlft import cli, stages
+from rlft.algorithms import behaviour_correction
 from rlft.algorithms.checkpointing import latest_complete
 from rlft.core.losses import truncated_importance_weights
 from rlft.models.critic import ATTRIBUTE as CRITIC_ATTRIBUTE
@@ -219,11 +221,17 @@ def test_grpo_pushes_weights_after_each_real_step_and_never_after_a_skipped_one(
 ):
     """A GRPO run on the fake engine: hand-made advantages make step 2 a step without signal (skipped). The
     engine gets the trainer's weights before every rollout (each generate call saw them equal) and is pushed the
-    first time and then once per rollout that follows a step that changed them, never for the skipped one."""
+    first time and then once per rollout that follows a step that changed them, never for the skipped one.
+
+    The fake engine also reports log-probs 0.1 lower than the trainer's: pi_train / pi_vllm = e^0.1 on every
+    token, above the importance correction's cap of 1.05, so every loss token is truncated."""
     from tests.test_learning_signal import HAND_MADE, ResumableTrainerMixin
 
+    fake_vllm.shift = -0.1
     config = make_config(tmp_path, "grpo")
     config.rollout.backend = "vllm"
+    config.rollout.vllm.importance_correction.enabled = True
+    config.rollout.vllm.importance_correction.cap = 1.05
     config.rl.trainer.update({"max_steps": 3, "save_steps": 100, "beta": 0.0})
     original = ResumableTrainerMixin.on_training_minibatch
 
@@ -244,26 +252,61 @@ def test_grpo_pushes_weights_after_each_real_step_and_never_after_a_skipped_one(
     # (step 1 moved) and not before 3 (step 2 was skipped).
     assert llm.pushes == 2
     assert logged(config, "signal/skipped_steps_total") == [0.0, 1.0, 1.0]
+    assert_truncated_everywhere(config, steps=3)
 
 
-@pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
-def test_the_importance_correction_is_logged_and_weights_the_loss(
-    tmp_path, monkeypatch, fake_vllm, algorithm
-):
-    """The fake engine reports log-probs 0.1 lower than the trainer's: pi_train / pi_vllm = e^0.1 on every
-    token, above a cap of 1.05, so every loss token is truncated."""
+def assert_truncated_everywhere(config, steps: int) -> None:
+    ratios = logged(config, "rollout/is_ratio_mean")
+    assert ratios == pytest.approx([torch.e**0.1] * steps, rel=1e-4)
+    assert logged(config, "rollout/is_clipped_frac") == pytest.approx([1.0] * steps)
+
+
+def test_ppo_with_the_importance_correction_starts_its_ratio_from_the_trainers_log_probs(tmp_path, fake_vllm):
+    """The fake engine's log-probs are 0.1 low (as above); with the correction PPO's old log-probs are the
+    trainer's own, so its first minibatch has ratio 1 (without it the ratio would be e^0.1)."""
     fake_vllm.shift = -0.1
-    config = make_config(tmp_path, algorithm)
+    config = make_config(tmp_path, "ppo")
     config.rollout.backend = "vllm"
     config.rollout.vllm.importance_correction.enabled = True
     config.rollout.vllm.importance_correction.cap = 1.05
     config.rl.trainer.update({"max_steps": 2, "save_steps": 100})
     stages.run_rl(config)
-    ratios = logged(config, "rollout/is_ratio_mean")
-    assert ratios and ratios == pytest.approx([torch.e**0.1] * len(ratios), rel=1e-4)
-    assert logged(config, "rollout/is_clipped_frac") == pytest.approx([1.0] * len(ratios))
-    if algorithm == "ppo":  # the ratio's old log-probs are the trainer's: the first minibatch has ratio 1
-        assert logged(config, "ppo/ratio_mean")[0] == pytest.approx(1.0, abs=1e-5)
+    assert_truncated_everywhere(config, steps=2)
+    assert logged(config, "ppo/ratio_mean")[0] == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("ppo", [False, True])
+def test_the_correction_weights_each_tokens_advantage_by_hand(ppo):
+    """`behaviour_correction.apply` on a scored batch of 2 rows x 3 completion tokens: the truncated weights
+    multiply the advantages token by token (GRPO's per-episode ones spread first); PPO's old log-probs become the
+    trainer's. Env tokens (mask 0) keep weight 1."""
+    trainer_logps = torch.log(torch.tensor([[0.5, 0.2, 0.9], [0.3, 0.6, 0.6]]))
+    behaviour = torch.log(torch.tensor([[0.25, 0.4, 0.1], [0.1, 0.6, 0.3]]))
+    scored = {
+        "completion_mask": torch.ones(2, 3),
+        "old_per_token_logps": trainer_logps,
+        ("env_mask" if ppo else "tool_mask"): torch.tensor([[1, 1, 0], [1, 1, 1]]),
+    }
+    if ppo:
+        scored |= {
+            "old_logprobs": behaviour,
+            "advantages": torch.tensor([[1.0, 1.0, 1.0], [-2.0, -2.0, -2.0]]),
+        }
+    else:
+        scored |= {"sampling_per_token_logps": behaviour, "advantages": torch.tensor([1.0, -2.0])}
+    trainer = SimpleNamespace(
+        _metrics={"train": defaultdict(list)},
+        accelerator=SimpleNamespace(gather=lambda x: x),
+    )
+    behaviour_correction.apply(trainer, scored, cap=2.5)
+    # ratios 2, 0.5, (9: env token) | 3 -> 2.5, 1, 2 -> weights 2, 0.5, 1 | 2.5, 1, 2
+    expected = torch.tensor([[2.0, 0.5, 1.0], [-5.0, -2.0, -4.0]])
+    assert torch.allclose(scored["advantages"], expected)
+    if ppo:
+        assert torch.equal(scored["old_logprobs"], trainer_logps)
+    logged_metrics = trainer._metrics["train"]
+    assert logged_metrics["rollout/is_ratio_mean"] == pytest.approx([(2 + 0.5 + 3 + 1 + 2) / 5])
+    assert logged_metrics["rollout/is_clipped_frac"] == pytest.approx([1 / 5])
 
 
 def test_the_vllm_backend_without_vllm_exits_2_before_any_model_loads(tmp_path, monkeypatch, capsys):
@@ -348,7 +391,10 @@ def vllm_run_config(tmp_path, algorithm: str):
     config = make_config(tmp_path, algorithm)
     config.rollout.backend = "vllm"
     config.model.tiny.num_heads = VLLM_TINY["tiny"]["num_heads"]
-    config.rl.trainer.update({"max_steps": 4 if algorithm == "ppo" else 3})
+    # PPO: 2 minibatches of one epoch per rollout batch, so 4 steps play 2 rollouts (GRPO: one per step)
+    config.rl.trainer.update(
+        {"max_steps": 4, "num_iterations": 1} if algorithm == "ppo" else {"max_steps": 3}
+    )
     return config
 
 
@@ -365,7 +411,8 @@ def test_a_training_run_with_the_vllm_backend(tmp_path, real_vllm, monkeypatch, 
     moved = [name for name in first if not name.startswith(CRITIC_ATTRIBUTE)]
     assert all(not torch.equal(first[name], last[name]) for name in moved)
     (backend,) = vllm_backend._SHARED.values()
-    assert 1 < backend.pushes <= 1 + config.rl.trainer["max_steps"]
+    rollouts = 2 if algorithm == "ppo" else 3
+    assert 1 < backend.pushes <= rollouts  # the first rollout's, then one per rollout after a step that moved
     if algorithm == "ppo":
         assert logged(config, "ppo/ratio_mean")[0] == pytest.approx(1.0, abs=1e-4)
     gc.collect()

@@ -23,10 +23,13 @@ Two kinds of backend fit this one call:
   batched forward that returns exactly one token per live row. The engine steps a row's env the moment its
   action ends, and that row's observation tokens ride along in the next forward while the other rows are still
   mid-action, so rows never wait for each other.
-- Turn-synchronous (e.g. a colocated vLLM engine with prefix caching, a later issue): each call generates until
-  a stop id or the budget for every live row and returns whole actions. All rows' envs are stepped between two
-  calls; prefix caching makes re-reading each row's growing context cheap. Such a session implements
-  `continue_actions` itself (it is not a `StepwiseSession` and has no `sample`).
+- Turn-synchronous (the colocated vLLM engine with prefix caching in `rlft.rollout.vllm_backend`): each call
+  generates until a stop id or the budget for every live row and returns whole actions. All rows' envs are
+  stepped between two calls; prefix caching makes re-reading each row's growing context cheap. Such a session
+  implements `continue_actions` itself (it is not a `StepwiseSession` and has no `sample`).
+
+A backend that holds its own copy of the weights (vLLM) also has `weights_changed()`, which the engine calls
+(`RolloutEngine.policy_updated`) after an optimizer step changed the model; it pushes them before its next session.
 
 Sampling is part of the protocol's contract (`Sampling`): a backend samples from softmax(logits / temperature)
 restricted to the top-p nucleus (argmax when greedy) and reports each token's log-prob under the
