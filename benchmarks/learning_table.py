@@ -162,6 +162,9 @@ class Runner:
                 continue
             try:
                 record = self.run_cell(cell, done)
+            except (KeyboardInterrupt, SystemExit):
+                self.log(f"{cell.key}: stopped; a restart redoes it from scratch in a fresh run folder")
+                raise
             except Exception as exc:  # one broken cell must not stop the table: named, and retried on restart
                 self.log(f"{cell.key}: failed: {type(exc).__name__}: {exc}")
                 (self.results / f"{cell.key}.skipped").write_text(f"failed: {exc}\n", encoding="utf-8")
