@@ -1,0 +1,116 @@
+"""What benchmarks/adaptation.py and benchmarks/generalisation.py share: rlft commands run in subprocesses, one
+JSON per finished cell (skipped when present), the held-out numbers and curves a cell reads from its run folder.
+
+A cell's JSON is written only when the cell has finished, renamed into place, so a stopped benchmark redoes the
+cell it was in (from a fresh run folder) and nothing else.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+RLFT = str(Path(sys.executable).with_name("rlft"))  # the console script of the interpreter running this
+
+
+def die_with_parent() -> None:
+    """Each rlft command gets SIGTERM when the benchmark dies (prctl PR_SET_PDEATHSIG): no orphan training."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)
+
+
+class CellStore:
+    """benchmarks/results/<name>/: `<cell>.json` per finished cell; runs/ (run folders and command logs)."""
+
+    def __init__(self, name: str):
+        self.results = ROOT / "benchmarks" / "results" / name
+        self.runs = self.results / "runs"
+
+    def path(self, cell: str) -> Path:
+        return self.results / f"{cell}.json"
+
+    def done(self, cell: str) -> bool:
+        return self.path(cell).is_file()
+
+    def load(self, cell: str) -> dict[str, Any] | None:
+        return json.loads(self.path(cell).read_text()) if self.done(cell) else None
+
+    def save(self, cell: str, record: dict[str, Any]) -> None:
+        self.results.mkdir(parents=True, exist_ok=True)
+        tmp = self.path(cell).with_suffix(".tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        tmp.replace(self.path(cell))
+
+    def config(self, name: str, raw: dict[str, Any]) -> Path:
+        """Write a run's config (name, output_dir under runs/) and return its path."""
+        self.runs.mkdir(parents=True, exist_ok=True)
+        path = self.runs / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({**raw, "name": name, "output_dir": str(self.runs)}, sort_keys=False))
+        return path
+
+
+def rlft(command: str, config: Path, *overrides: str) -> float:
+    """`rlft <command> --config <config> <overrides>`, output to <config>.<command>.log; the wall seconds.
+
+    Raises:
+        SystemExit: the command failed, naming its log.
+    """
+    log = config.with_suffix(f".{command}.log")
+    start = time.perf_counter()
+    with log.open("w") as out:
+        code = subprocess.call(
+            [RLFT, command, "--config", str(config), *overrides],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            preexec_fn=die_with_parent,
+        )
+    if code != 0:
+        raise SystemExit(f"rlft {command} --config {config} failed (exit {code}); see {log}")
+    return time.perf_counter() - start
+
+
+def fresh(run_dir: Path) -> None:
+    """A run folder left by a stopped try is removed: the cell starts again from scratch."""
+    if run_dir.exists():
+        import shutil
+
+        shutil.rmtree(run_dir)
+
+
+def held_out(run_dir: Path, policy: str = "rl") -> dict[str, float]:
+    """`rlft eval`'s test-seed success of `policy`, greedy and sampled, from eval.json."""
+    result = json.loads((run_dir / "eval.json").read_text())["policies"][policy]
+    return {"greedy": result["greedy"]["success"], "sampled": result["sampled"]["success"]}
+
+
+def curve(run_dir: Path) -> list[dict[str, float]]:
+    """The evaluations during RL: env steps, validation success and (when logged) training-task success."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    keys = {"eval/success": "val_success", "eval/train_success": "train_success", "generalisation/gap": "gap"}
+    return [
+        {
+            "env_steps": row.get("episode/env_steps_total", 0.0),
+            **{v: row[k] for k, v in keys.items() if k in row},
+        }
+        for row in rows
+        if row.get("stage") == "rl" and "eval/success" in row
+    ]
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
