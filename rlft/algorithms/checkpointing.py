@@ -41,7 +41,7 @@ from rlft.algorithms.checkpoint_manifest import fsync_dir, verify, write_manifes
 from rlft.algorithms.generation_copy import attach_generation_copy, synced_optimizer_step, untied_state_dict
 from rlft.algorithms.learning_signal import LearningSignal
 from rlft.errors import CheckpointError, NonFiniteError  # NonFiniteError: imported from here too
-from rlft.runtime.distributed import generation_policy
+from rlft.runtime.distributed import generation_policy, load_location
 from rlft.runtime.run_files import empty_staging, match_umask, write_text_atomic
 from rlft.runtime.storage import (
     StorageError,
@@ -219,7 +219,7 @@ class ResumableTrainerMixin:
             buffer = path / f"rollout_buffer_{self.accelerator.process_index}.pt"
             trl_bridge.set_buffered_inputs(
                 self,
-                torch.load(buffer, map_location=self.accelerator.device, weights_only=True)
+                torch.load(buffer, map_location=load_location(self.accelerator.device), weights_only=True)
                 if buffer.is_file()
                 else None,
             )

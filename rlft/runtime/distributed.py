@@ -53,6 +53,12 @@ def cpu_only() -> bool:
     return not torch.cuda.is_available()
 
 
+def load_location(device: torch.device) -> torch.device | str:
+    """Where `torch.load` puts what this rank saved: `device`, except that the ranks of a CPU launch have an
+    indexed CPU device (accelerate's "cpu:0"), which `torch.load` cannot restore to."""
+    return "cpu" if device.type == "cpu" else device
+
+
 def is_main_process() -> bool:
     return process_state().is_main_process
 
