@@ -137,9 +137,11 @@ class Runner:
         return proc.returncode, time.perf_counter() - t0, lines[-1] if lines else ""
 
     def overrides(self, cell: Cell, run_dir: Path) -> list[str]:
-        return [f"name={run_dir.name}", f"output_dir={run_dir.parent}", f"seed={cell.seed}"] + as_overrides(
-            self.spec.get("common_overrides")
-        )
+        return [
+            f"name={run_dir.name}",
+            f"output_dir={run_dir.parent.relative_to(ROOT)}",
+            f"seed={cell.seed}",
+        ] + as_overrides(self.spec.get("common_overrides"))
 
     def rl_overrides(self, cell: Cell, sft_checkpoint: str) -> list[str]:
         method, budget = self.spec["methods"][cell.method], self.spec["envs"][cell.env]["budget_episodes"]
@@ -194,7 +196,10 @@ class Runner:
                 )
                 return None
             stage = [*RLFT, "train", "--config", config, *base, *extra]
-        commands, seconds = [stage, [*RLFT, "eval", "--config", str(run_dir / "config.yaml")]], 0.0
+        commands, seconds = (
+            [stage, [*RLFT, "eval", "--config", str(run_dir.relative_to(ROOT) / "config.yaml")]],
+            0.0,
+        )
         self.log(f"{cell.key}: running in {run_dir.relative_to(ROOT)}")
         for args in commands:
             rc, took, last = self.command(args, log_path)

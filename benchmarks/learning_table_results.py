@@ -205,18 +205,23 @@ def aggregate_table(spec: dict[str, Any], records: dict[str, dict]) -> list[str]
         "| method | cells used (seeds x envs) | IQM greedy [95% CI] | IQM sampled [95% CI] |",
         "|---|---|---|---|",
     ]
-    estimates, used = {}, {}
+    estimates, used, seeds = {}, {}, {}
     for mode in MODES:
         matrices = {}
         for method, by_env in scores_by_method(spec, records, mode).items():
             matrices[method], envs = method_matrix(by_env)
-            used[method] = f"{matrices[method].shape[0]} x {len(envs)} ({', '.join(envs) or '-'})"
+            seeds[method] = matrices[method].shape[0]
+            used[method] = f"{seeds[method]} x {len(envs)} ({', '.join(envs) or '-'})"
         estimates[mode] = iqm_with_ci(matrices, spec.get("bootstrap_reps", 2000))
+
+    def cell(method: str, mode: str) -> str:
+        if (v := estimates[mode].get(method)) is None:
+            return "-"
+        # A bootstrap that resamples one seed per env returns that seed: a point, not an interval.
+        return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" if seeds[method] > 1 else f"{v[0]:.3f} (1 seed: no CI)"
+
     for method in spec["methods"]:
-        cells = [
-            f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]" if (v := estimates[m].get(method)) else "-" for m in MODES
-        ]
-        rows.append(f"| {method} | {used[method]} | {cells[0]} | {cells[1]} |")
+        rows.append(f"| {method} | {used[method]} | {cell(method, 'greedy')} | {cell(method, 'sampled')} |")
     return rows
 
 
@@ -255,9 +260,10 @@ def cell_rows(spec: dict[str, Any], records: dict[str, dict]) -> list[str]:
                 for r in paired
             )
             steps = f"{np.mean([r['env_steps'] for r in mine]):.0f}" if method != SFT else "-"
+            pairing = f"{above}/{len(paired)}" if method != SFT else "-"
             rows.append(
                 f"| {env} | {method} | {len(mine)} | {norm['greedy']:.3f} | {norm['sampled']:.3f} | {raw['greedy']} | "
-                f"{raw['sampled']} | {met} (>= {env_spec['target']}) | {above}/{len(paired)} | {steps} |"
+                f"{raw['sampled']} | {met} (>= {env_spec['target']}) | {pairing} | {steps} |"
             )
     return rows
 

@@ -198,6 +198,13 @@ def test_the_table_shows_means_targets_pairing_and_names_the_missing_cells():
     )
     assert "- lake x ppo, seeds 0, 1 (as time allows): missing: rlft validate: unknown key 'rl.x'" in text
     assert "| grpo | 2 x 1 (lake) |" in text
+    assert (
+        "| lake | sft | 2 | 0.720 | 0.405 |" in text and "| no (>= 0.95) | - | - |" in text
+    )  # SFT: no pairing
+    one_seed = {k: r for k, r in records.items() if r["cell"]["seed"] == 0}
+    assert "| grpo | 1 x 1 (lake) | 0.960 (1 seed: no CI) | 0.980 (1 seed: no CI) |" in ltr.markdown(
+        spec, one_seed, {}
+    )
 
 
 def test_the_readme_block_is_rewritten_between_its_markers_only():
