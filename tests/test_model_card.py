@@ -144,6 +144,7 @@ def test_the_training_section_has_the_runs_demos_resolved_config_and_hyperparame
     assert "- **Validation seeds** (model selection during RL): 4 seeds from 20000000, every 1 RL steps" in rl
     sft = _card_text(config, "sft")
     assert f"`{config.run_dir / 'resolved' / 'sft.yaml'}`" in sft and "| num_train_epochs | 1 |" in sft
+    assert "loss on action tokens only, started from base" in sft and "| rollout.num_envs |" not in sft
     limits = rl.split("## Known limits")[1]
     assert "tiny model (2 layers, hidden size 32) trained from random weights" in limits
     assert "Trained on one env, rlft/FrozenLakeRandom-v0, with episodes cut at 8 turns." in limits
@@ -255,7 +256,9 @@ def test_each_reward_model_of_an_ensemble_has_a_card(tmp_path):
             assert section in card.text, (name, section)
     member = ModelCard.load(checkpoints / "rm_1" / CARD_FILE).text
     info = json.loads((checkpoints / "rm_1" / "rm.json").read_text())
-    assert "### Held-out preferences" in member  # rm.json's own card, one level down
+    assert (
+        "### Held-out preferences" in member and "| rollout." not in member
+    )  # rm.json's own card, one level down
     assert f"| accuracy | {info['held_out']['accuracy']:.4f} |" in member
     assert "- **Reward model**: trainer seed 1 (run seed + 1), data seed 0" in member
     assert f"`{config.run_dir / 'resolved' / 'rm_1.yaml'}`" in member

@@ -1,7 +1,7 @@
 """The body of a checkpoint's model card (rlft.stages.model_card): one function per section, from the run's facts.
 
-Each reader here tolerates a missing or damaged file (metrics.jsonl, resolved/<stage>.yaml, rm.json, ensemble.json,
-selection.json): the section then says what is unknown, and the card is still written.
+Each reader here tolerates a missing or damaged file (metrics.jsonl, resolved/<stage>.yaml, rm.json, ensemble.json):
+the section then says what is unknown, and the card is still written.
 """
 
 from __future__ import annotations
@@ -112,6 +112,8 @@ def _model_section(config: Config, model_cfg: ModelConfig, stage: str) -> list[s
     if model_cfg.lora is not None and stage != "rm":
         lora = model_cfg.lora
         lines.append(f"- **LoRA adapter**: r {lora.r}, alpha {lora.alpha}, modules {lora.target_modules}")
+    if stage in ("rl", "rl_best") and config.rl.algorithm == "ppo":
+        lines.append("- **Critic**: in `critic/` (rlft.models.critic.load_critic)")
     kind = "AutoModelForSequenceClassification" if stage == "rm" else "AutoModelForCausalLM"
     return [*lines, f"- **Load**: `transformers.{kind}.from_pretrained('<this folder>')`", ""]
 
@@ -145,11 +147,12 @@ def _training_section(config: Config, stage: str, folder: Path, selection: dict 
     record = {"rl_best": "rl", "base": None}.get(stage, folder.name)
     lines = ["## Training", ""]
     if stage == "base":
-        how = f"random initialisation (seed {config.seed})" if config.model.tiny else "as downloaded"
+        how = f"random initialisation (seed {config.seed})" if config.model.tiny else "as loaded"
         lines.append(f"- **Stage**: none: the starting policy, {how}; every other stage starts from it")
     elif stage == "sft":
         lines += [
-            "- **Stage**: sft (`rlft sft`), TRL's SFTTrainer, loss on action tokens only",
+            f"- **Stage**: sft (`rlft sft`), TRL's SFTTrainer, loss on action tokens only, started from "
+            f"{config.sft.init_from}",
             _demos_line(config),
         ]
     elif stage in ("rl", "rl_best"):
@@ -177,7 +180,7 @@ def _training_section(config: Config, stage: str, folder: Path, selection: dict 
         return lines
     lines += ["", "| hyperparameter | value |", "|---|---|"]
     lines += [f"| {key} | {_fmt(trainer[key])} |" for key in KEY_ARGUMENTS if key in trainer]
-    if stage != "sft":
+    if stage in ("rl", "rl_best"):
         r = config.rollout
         lines += [f"| rollout.{k} | {_fmt(getattr(r, k))} |" for k in ("num_envs", "temperature", "top_p")]
     return [*lines, f"| env.max_turns | {config.env.max_turns} |", ""]
