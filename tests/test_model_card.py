@@ -266,3 +266,28 @@ def test_each_reward_model_of_an_ensemble_has_a_card(tmp_path):
         "- **Ensemble** of ../rm_0, ../rm_1: aggregate mean"
         in ModelCard.load(checkpoints / "rm" / CARD_FILE).text
     )
+
+
+def test_rl_without_a_clear_gain_over_its_starting_policy_says_so(tmp_path):
+    """The limit is stated when the 95% CIs of held-out greedy success overlap, and only then."""
+    config = tiny_config(output_dir=str(tmp_path), rl={"init_from": "sft"})
+    checkpoints = config.run_dir / "checkpoints"
+
+    def entry(folder: str, success: float, low: float, high: float) -> dict:
+        summary = {"success": success, "success_ci_low": low, "success_ci_high": high}
+        return {**summary, "greedy": summary, "sampled": summary, "checkpoint": str(checkpoints / folder)}
+
+    for rl, said in ((entry("rl", 0.6, 0.45, 0.72), True), (entry("rl", 0.8, 0.66, 0.89), False)):
+        results = {
+            "seeds": {"first": 1, "count": 40},
+            "policies": {"sft": entry("sft", 0.5, 0.35, 0.65), "rl": rl},
+        }
+        limits = render_card(config, checkpoints / "rl", results).text.split("## Known limits")[1]
+        line = (
+            "No clear gain over its starting policy (sft) on held-out greedy success: 0.600 [0.450, 0.720] "
+            "against 0.500 [0.350, 0.650] (95% CIs overlap)."
+        )
+        assert (line in limits) is said
+        assert ("No clear gain" in limits) is said
+    sft_card = render_card(config, checkpoints / "sft", results).text  # a limit of RL cards only
+    assert "No clear gain" not in sft_card

@@ -33,7 +33,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from rlft.algorithms.checkpoint_manifest import MANIFEST
 from rlft.config.schema import Config, ModelConfig
 from rlft.runtime.run_files import write_text_atomic
-from rlft.stages.model_card_sections import card_body, model_config_of, read_json
+from rlft.stages.model_card_sections import card_body, model_config_of, own_result, read_json
 
 logger = logging.getLogger(__name__)
 
@@ -55,15 +55,6 @@ def read_results(config: Config) -> dict[str, Any] | None:
         return None
     ok = isinstance(results, dict) and isinstance(results.get("policies"), dict)
     return results if ok else None
-
-
-def own_result(results: dict[str, Any] | None, folder: Path) -> dict[str, Any] | None:
-    """The eval.json entry measured on the checkpoint in `folder` (matched by its path, not its label)."""
-    for entry in (results or {}).get("policies", {}).values():
-        checkpoint = entry.get("checkpoint") if isinstance(entry, dict) else None
-        if checkpoint and Path(checkpoint).resolve() == folder.resolve():
-            return entry
-    return None
 
 
 # ----------------------------------------------------------------------------------------------- the card itself

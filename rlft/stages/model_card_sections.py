@@ -27,25 +27,10 @@ STAGE_TITLES = {
 }
 # The TRL arguments a reader wants first, in this order, where the stage's trainer has them.
 KEY_ARGUMENTS = (
-    "learning_rate",
-    "lr_scheduler_type",
-    "num_train_epochs",
-    "max_steps",
-    "per_device_train_batch_size",
-    "gradient_accumulation_steps",
-    "num_generations",
-    "num_iterations",
-    "steps_per_generation",
-    "loss_type",
-    "beta",
-    "epsilon",
-    "gamma",
-    "lam",
-    "vf_coef",
-    "kl_coef",
-    "center_rewards_coefficient",
-    "max_length",
-    "seed",
+    ("learning_rate", "lr_scheduler_type", "num_train_epochs", "max_steps", "per_device_train_batch_size")
+    + ("gradient_accumulation_steps", "num_generations", "num_iterations", "steps_per_generation")
+    + ("loss_type", "beta", "epsilon", "gamma", "lam", "vf_coef", "kl_coef")
+    + ("center_rewards_coefficient", "max_length", "seed")
 )
 
 
@@ -57,6 +42,15 @@ def read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def own_result(results: dict[str, Any] | None, folder: Path) -> dict[str, Any] | None:
+    """The eval.json entry measured on the checkpoint in `folder` (matched by its path, not its label)."""
+    for entry in (results or {}).get("policies", {}).values():
+        checkpoint = entry.get("checkpoint") if isinstance(entry, dict) else None
+        if checkpoint and Path(checkpoint).resolve() == folder.resolve():
+            return entry
+    return None
 
 
 def demo_stats(config: Config) -> dict[str, Any]:
@@ -271,7 +265,9 @@ def _results_section(own: dict | None, expert: dict | None, stage: str) -> list[
     return [*lines, ""]
 
 
-def _limits_section(config: Config, stage: str, own: dict | None, expert: dict | None) -> list[str]:
+def _limits_section(
+    config: Config, stage: str, own: dict | None, expert: dict | None, results: dict | None
+) -> list[str]:
     """Known limits, each from a fact of this run (the model, the env, the evaluation, the reward)."""
     model_cfg = model_config_of(config, stage)
     limits = []
@@ -303,12 +299,36 @@ def _limits_section(config: Config, stage: str, own: dict | None, expert: dict |
         limits.append("No held-out numbers yet (`rlft eval`).")
     else:
         limits += _result_limits(own, expert)
+        if stage in ("rl", "rl_best"):
+            limits += _gain_limits(config, own, results)
     if stage in ("rl", "rl_best") and any(c.kind == "rm" for c in config.reward.components.values()):
         limits.append(
             "Trained on a learned reward model's score, a proxy that can be over-optimised: compare gold/* with "
             "proxy/* in metrics.jsonl."
         )
     return ["## Known limits", "", *(f"- {limit}" for limit in limits), ""]
+
+
+def _gain_limits(config: Config, own: dict[str, Any], results: dict | None) -> list[str]:
+    """RL that ends without a clear gain over the checkpoint it started from: their 95% CIs on held-out greedy
+    success overlap (the starting checkpoint's eval.json entry, when `rlft eval` measured it)."""
+    init = config.rl.init_from
+    start_folder = config.run_dir / "checkpoints" / init if init in ("sft", "base") else Path(init)
+    start = own_result(results, start_folder)
+    try:
+        now, then = own.get("greedy", own), start.get("greedy", start)
+        if now["success_ci_low"] > then["success_ci_high"]:
+            return []
+        return [
+            f"No clear gain over its starting policy ({init}) on held-out greedy success: {_fmt_ci(now)} "
+            f"against {_fmt_ci(then)} (95% CIs overlap)."
+        ]
+    except (AttributeError, KeyError, TypeError):  # not measured, or an entry without the numbers
+        return []
+
+
+def _fmt_ci(summary: dict[str, Any]) -> str:
+    return f"{summary['success']:.3f} [{summary['success_ci_low']:.3f}, {summary['success_ci_high']:.3f}]"
 
 
 def _result_limits(own: dict[str, Any], expert: dict | None) -> list[str]:
@@ -360,6 +380,6 @@ def card_body(
         *_training_section(config, stage, folder, selection),
         *_seeds_section(config, stage, folder, results),
         *_results_section(own, expert, stage),
-        *_limits_section(config, stage, own, expert),
+        *_limits_section(config, stage, own, expert, results),
     ]
     return "\n".join(lines)
