@@ -133,8 +133,11 @@ class Runner:
             proc = subprocess.run(
                 args, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
             )
-        lines = [x for x in log_path.read_text(encoding="utf-8").splitlines() if x.strip()]
-        return proc.returncode, time.perf_counter() - t0, lines[-1] if lines else ""
+        lines = [x.strip() for x in log_path.read_text(encoding="utf-8").splitlines() if x.strip()]
+        errors = [
+            x for x in lines if x.startswith("rlft: error")
+        ]  # rlft's one-line message, not a warning after it
+        return proc.returncode, time.perf_counter() - t0, (errors or lines or [""])[-1]
 
     def overrides(self, cell: Cell, run_dir: Path) -> list[str]:
         return [
