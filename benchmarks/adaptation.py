@@ -19,9 +19,11 @@ Budget (2 CPU cores): source about 10 minutes; a cell SFT (8 epochs over k demos
     nice -n 15 .venv/bin/python benchmarks/adaptation.py                 # every cell, resumable
     nice -n 15 .venv/bin/python benchmarks/adaptation.py --seeds 3       # seeds 0, 1, 2
     .venv/bin/python benchmarks/adaptation.py --table-only               # the table from finished cells
-    nice -n 15 .venv/bin/python benchmarks/adaptation.py --smoke         # tiny budgets, one cell, ~2 minutes
+    nice -n 15 .venv/bin/python benchmarks/adaptation.py --smoke         # tiny budgets, one cell (6 commands)
 
-Results: benchmarks/results/adaptation/<cell>.json (adaptation_smoke/ for --smoke), one per finished cell.
+Results: benchmarks/results/adaptation/<cell>.json (adaptation_smoke/ for --smoke), one per finished cell. The smoke
+run took 20 minutes on the 2 shared cores at a load average of 15 (each rlft command pays its imports and config
+checks, about a minute there); far less on an idle machine.
 """
 
 from __future__ import annotations

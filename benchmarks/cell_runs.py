@@ -108,9 +108,10 @@ def curve(run_dir: Path) -> list[dict[str, float]]:
     ]
 
 
-def mean_sd(values: list[float]) -> str:
+def mean_sd(values: list[float], digits: int = 3) -> str:
+    """`mean ± sd` over seeds (the value alone for one seed, – for none)."""
     if not values:
         return "–"
     if len(values) == 1:
-        return f"{values[0]:.3f}"
-    return f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"

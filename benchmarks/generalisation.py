@@ -20,7 +20,8 @@ default.
     .venv/bin/python benchmarks/generalisation.py --table-only               # the table from finished cells
     nice -n 15 .venv/bin/python benchmarks/generalisation.py --smoke         # tiny budgets, one cell
 
-Results: benchmarks/results/generalisation/<cell>.json (generalisation_smoke/ for --smoke).
+Results: benchmarks/results/generalisation/<cell>.json (generalisation_smoke/ for --smoke). The smoke run took about
+20 minutes on the 2 shared cores at a load average of 15; far less on an idle machine.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ def cell_name(count: int, seed: int) -> str:
 
 def column(records: list[dict[str, Any]], key: str, sub: str | None = None) -> str:
     """mean ± sd over the records of `record[key]` (or `record[key][sub]`), those that have it."""
-    return mean_sd([r[key][sub] if sub else r[key] for r in records if r[key] is not None])
+    values = [r[key][sub] if sub else r[key] for r in records if r[key] is not None]
+    return mean_sd(values, digits=0 if all(isinstance(v, int) for v in values) else 3)
 
 
 def table(store: CellStore, seeds: int, smoke: bool) -> str:
