@@ -9,6 +9,7 @@ byte tokens, actions of several tokens and special tokens inside a chat template
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
 
@@ -160,6 +161,16 @@ def test_temperature_scales_recorded_logprobs(real_policy):
     rollout_tests.test_temperature_scales_recorded_logprobs(real_policy)
 
 
+@pytest.mark.parametrize("name", REAL_TOKENIZERS)
+def test_per_turn_rewards_sit_on_each_actions_last_token(name, monkeypatch):
+    monkeypatch.setattr(rollout_tests, "tiny_config", functools.partial(tiny_real_config, name))
+    rollout_tests.test_per_turn_rewards_sit_on_each_actions_last_token()
+
+
+def test_episode_token_cap_truncates(real_policy):
+    rollout_tests.test_episode_token_cap_truncates(real_policy)
+
+
 def test_batched_greedy_rollout_equals_one_episode_at_a_time(real_policy):
     rollout_tests.test_batched_greedy_rollout_equals_one_episode_at_a_time(real_policy)
 
@@ -301,6 +312,7 @@ QUICKSTART_AT_TEST_SIZE = [
 ]
 
 
+@pytest.mark.slow  # about 2-3 CPU minutes each (Tekken's 131,072-token head in every stage); -m slow runs them
 @pytest.mark.parametrize("name", REAL_TOKENIZERS)
 def test_quickstart_pipeline_runs_on_a_real_tokenizer_by_one_override(tmp_path, name):
     """`rlft pipeline --config configs/quickstart.yaml model.tiny.tokenizer=<name>` (at test size): SFT -> GRPO ->
