@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from rlft import cli, stages
-from rlft.algorithms import behaviour_correction
+from rlft.algorithms import vllm_sync
 from rlft.algorithms.checkpointing import latest_complete
 from rlft.core.losses import truncated_importance_weights
 from rlft.models.critic import ATTRIBUTE as CRITIC_ATTRIBUTE
@@ -252,13 +252,14 @@ def test_grpo_pushes_weights_after_each_real_step_and_never_after_a_skipped_one(
     # (step 1 moved) and not before 3 (step 2 was skipped).
     assert llm.pushes == 2
     assert logged(config, "signal/skipped_steps_total") == [0.0, 1.0, 1.0]
-    assert_truncated_everywhere(config, steps=3)
+    assert_truncated_everywhere(config, rollouts=3)
 
 
-def assert_truncated_everywhere(config, steps: int) -> None:
+def assert_truncated_everywhere(config, rollouts: int) -> None:
+    """Every rollout's ratio is e^0.1 (the fake's shift), truncated on every loss token (logged at its step)."""
     ratios = logged(config, "rollout/is_ratio_mean")
-    assert ratios == pytest.approx([torch.e**0.1] * steps, rel=1e-4)
-    assert logged(config, "rollout/is_clipped_frac") == pytest.approx([1.0] * steps)
+    assert ratios == pytest.approx([torch.e**0.1] * rollouts, rel=1e-4)
+    assert logged(config, "rollout/is_clipped_frac") == pytest.approx([1.0] * rollouts)
 
 
 def test_ppo_with_the_importance_correction_starts_its_ratio_from_the_trainers_log_probs(tmp_path, fake_vllm):
@@ -271,13 +272,13 @@ def test_ppo_with_the_importance_correction_starts_its_ratio_from_the_trainers_l
     config.rollout.vllm.importance_correction.cap = 1.05
     config.rl.trainer.update({"max_steps": 2, "save_steps": 100})
     stages.run_rl(config)
-    assert_truncated_everywhere(config, steps=2)
+    assert_truncated_everywhere(config, rollouts=1)  # 2 epochs x 2 minibatches per rollout batch
     assert logged(config, "ppo/ratio_mean")[0] == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.parametrize("ppo", [False, True])
 def test_the_correction_weights_each_tokens_advantage_by_hand(ppo):
-    """`behaviour_correction.apply` on a scored batch of 2 rows x 3 completion tokens: the truncated weights
+    """`vllm_sync.correct_behaviour_mismatch` on a scored batch of 2 rows x 3 completion tokens: the truncated weights
     multiply the advantages token by token (GRPO's per-episode ones spread first); PPO's old log-probs become the
     trainer's. Env tokens (mask 0) keep weight 1."""
     trainer_logps = torch.log(torch.tensor([[0.5, 0.2, 0.9], [0.3, 0.6, 0.6]]))
@@ -297,8 +298,9 @@ def test_the_correction_weights_each_tokens_advantage_by_hand(ppo):
     trainer = SimpleNamespace(
         _metrics={"train": defaultdict(list)},
         accelerator=SimpleNamespace(gather=lambda x: x),
+        episode_rollout=SimpleNamespace(engine=SimpleNamespace(backend=SimpleNamespace(importance_cap=2.5))),
     )
-    behaviour_correction.apply(trainer, scored, cap=2.5)
+    vllm_sync.correct_behaviour_mismatch(trainer, scored)
     # ratios 2, 0.5, (9: env token) | 3 -> 2.5, 1, 2 -> weights 2, 0.5, 1 | 2.5, 1, 2
     expected = torch.tensor([[2.0, 0.5, 1.0], [-5.0, -2.0, -4.0]])
     assert torch.allclose(scored["advantages"], expected)
@@ -377,7 +379,7 @@ def test_vllm_log_probs_follow_the_trainers_weights_after_a_push(saved_policy):
     with torch.no_grad():  # an "optimizer step": every weight moves
         for param in model.parameters():
             param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(1)))
-    engine.policy_updated()
+    backend.weights_changed()  # what the trainer's optimizer step does (rlft.algorithms.vllm_sync)
     episodes = engine.play(list(range(6)), generator=torch.Generator().manual_seed(1))
     assert backend.pushes == 2
     assert_token_exact(episodes, model, PlainFormat(tokenizer), max_action_tokens=3, atol=1e-5)

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 
-from rlft.algorithms import behaviour_correction, trl_bridge
+from rlft.algorithms import trl_bridge, vllm_sync
 from rlft.algorithms.checkpoint_manifest import fsync_dir, verify, write_manifest
 from rlft.algorithms.generation_copy import attach_generation_copy, synced_optimizer_step, untied_state_dict
 from rlft.algorithms.learning_signal import LearningSignal
@@ -318,9 +318,7 @@ class ResumableTrainerMixin:
     # ------------------------------------------------------------------------------- non-finite steps
     def check_scored_batch(self, scored: dict[str, Any]) -> None:
         super().check_scored_batch(scored)
-        cap = self.episode_rollout.engine.importance_cap  # rollout.vllm.importance_correction; None: off
-        if cap is not None:
-            behaviour_correction.apply(self, scored, cap)
+        vllm_sync.correct_behaviour_mismatch(self, scored)  # rollout.vllm.importance_correction (else nothing)
         self._bad_batch = self._nonfinite_batch(scored)
         self.learning_signal.observe_rollout(self, scored, self.rollout_batch)
         self.episode_rollout.observe_scored(self, scored, self.rollout_batch)  # rl.curriculum's task scores
@@ -353,6 +351,7 @@ class ResumableTrainerMixin:
         return optimizer
 
     def _guarded_step(self, step):
+        step = vllm_sync.push_after_step(step, self.episode_rollout.engine)  # only a step taken pushes weights
         def guarded(*args, **kwargs):
             reason = self._bad_batch or self._bad_loss or self._nonfinite_gradient()
             flag = torch.tensor(0.0 if reason is None else 1.0, device=self.accelerator.device)
@@ -363,13 +362,7 @@ class ResumableTrainerMixin:
             if flag.item() == 0.0:
                 self._nonfinite_streak = 0
                 self._log_nonfinite(skipped=False)
-                if without_signal:
-                    return None
-                result = step(*args, **kwargs)
-                # The weights changed: a generation backend with its own copy (vllm) pushes them before its next
-                # rollout. Skipped steps (no signal, non-finite) change nothing and push nothing.
-                self.episode_rollout.engine.policy_updated()
-                return result
+                return None if without_signal else step(*args, **kwargs)
             self._skip_step(reason or "non-finite values on another process")
             return None
 

@@ -29,7 +29,8 @@ Two kinds of backend fit this one call:
   implements `continue_actions` itself (it is not a `StepwiseSession` and has no `sample`).
 
 A backend that holds its own copy of the weights (vLLM) also has `weights_changed()`, which the engine calls
-(`RolloutEngine.policy_updated`) after an optimizer step changed the model; it pushes them before its next session.
+(through `rlft.algorithms.vllm_sync.push_after_step`) after an optimizer step changed the model; it pushes them
+before its next session.
 
 Sampling is part of the protocol's contract (`Sampling`): a backend samples from softmax(logits / temperature)
 restricted to the top-p nucleus (argmax when greedy) and reports each token's log-prob under the

