@@ -72,11 +72,13 @@ RLFT = [str(Path(sys.executable).with_name("rlft"))]  # the console script of th
 
 
 def fresh_run_dir(parent: Path, name: str) -> Path:
-    """`parent/name`, or `name_r2`, `name_r3`, ... when an earlier (stopped) try left its folder or log."""
+    """`parent/name`, or `parent/retry2/name`, `parent/retry3/name`, ... when an earlier (stopped) try left its
+    folder or log. The run's name stays `<env>_<method>_s<seed>`, so `rlft compare` labels the seeds of a method
+    `<env>_<method>` whichever try finished them."""
     path, n = parent / name, 1
     while path.exists() or path.with_suffix(".log").exists():
         n += 1
-        path = parent / f"{name}_r{n}"
+        path = parent / f"retry{n}" / name
     return path
 
 
@@ -181,7 +183,7 @@ class Runner:
     def run_cell(self, cell: Cell, done: dict[str, dict]) -> dict[str, Any] | None:
         env_spec = self.spec["envs"][cell.env]
         config = env_spec["config"]
-        run_dir = fresh_run_dir(self.runs / cell.env, f"{cell.method}_s{cell.seed}")
+        run_dir = fresh_run_dir(self.runs / cell.env, f"{cell.env}_{cell.method}_s{cell.seed}")
         run_dir.parent.mkdir(parents=True, exist_ok=True)
         log_path = run_dir.with_suffix(".log")
         base = self.overrides(cell, run_dir)

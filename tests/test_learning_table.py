@@ -101,11 +101,14 @@ def test_a_restart_skips_finished_cells_and_names_a_failed_one(tmp_path, monkeyp
 
 
 def test_a_stopped_cell_is_redone_in_a_fresh_run_folder(tmp_path):
-    assert lt.fresh_run_dir(tmp_path, "grpo_s0") == tmp_path / "grpo_s0"
-    (tmp_path / "grpo_s0").mkdir()  # a try that was killed half way
-    assert lt.fresh_run_dir(tmp_path, "grpo_s0") == tmp_path / "grpo_s0_r2"
-    (tmp_path / "grpo_s0_r2.log").write_text("$ rlft validate ...")  # a try killed before its folder existed
-    assert lt.fresh_run_dir(tmp_path, "grpo_s0") == tmp_path / "grpo_s0_r3"
+    assert lt.fresh_run_dir(tmp_path, "lake_grpo_s0") == tmp_path / "lake_grpo_s0"
+    (tmp_path / "lake_grpo_s0").mkdir()  # a try that was killed half way
+    assert lt.fresh_run_dir(tmp_path, "lake_grpo_s0") == tmp_path / "retry2" / "lake_grpo_s0"
+    (tmp_path / "retry2").mkdir()
+    (tmp_path / "retry2" / "lake_grpo_s0.log").write_text(
+        "$ rlft validate ..."
+    )  # killed before its folder existed
+    assert lt.fresh_run_dir(tmp_path, "lake_grpo_s0") == tmp_path / "retry3" / "lake_grpo_s0"
 
 
 def test_every_rl_method_trains_on_the_same_episode_budget_on_every_env():
