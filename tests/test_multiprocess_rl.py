@@ -8,16 +8,17 @@ cpu_2proc_fsdp.yaml for FSDP2). The checks:
   critic included), the generation copy the engine played with holds exactly the trained weights, and the
   final `checkpoints/rl/model.safetensors` is the gathered full state dict written once, on rank 0.
 * Exact resume (slow, PPO: critic, KL controller and a checkpoint in the middle of a rollout batch), DDP and
-  FSDP2: a run whose ranks end at step 1 just after its checkpoint, and one SIGKILLed (the launcher and both
-  ranks at once) at a seeded random point after its first checkpoint, each continued with `--resume`, equal
-  the uninterrupted run: its rl rows of metrics.jsonl row for row (timings aside) and its final weights bit
-  for bit.
+  FSDP2: a run whose ranks end at step 1 just after its checkpoint (FSDP2: also at the last step, before the
+  final save), and one SIGKILLed (the launcher and both ranks at once) at a seeded random point after its
+  first checkpoint, each continued with `--resume`, equal the uninterrupted run: its rl rows of metrics.jsonl
+  row for row (timings aside) and its final weights bit for bit.
 * ZeRO-3 (fast, in process): RL under a DeepSpeed ZeRO-3 launch is refused with exit 2 naming FSDP2 and
   configs/accelerate/fsdp.yaml, before any model loads or anything is written (a pipeline before its SFT).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -33,6 +34,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from rlft.algorithms.checkpointing import latest_complete
 from tests.test_resume import log_rows, weights
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +77,7 @@ def launch_env() -> dict[str, str]:
     }
 
 
-def launch(parallelism: str, *worker_args: str, expect_rc: int = 0) -> None:
+def launch(parallelism: str, *worker_args: str, expect_failure: bool = False) -> None:
     command = launch_command(parallelism, *worker_args)
     try:
         done = subprocess.run(
@@ -86,8 +88,7 @@ def launch(parallelism: str, *worker_args: str, expect_rc: int = 0) -> None:
             f"accelerate launch did not finish in {LAUNCH_TIMEOUT_S} s (ranks deadlocked in a collective?):\n"
             f"{(exc.stderr or b'')[-4000:]!r}"
         )
-    failed = done.returncode != 0 if expect_rc == 0 else done.returncode == 0
-    assert not failed, (
+    assert (done.returncode != 0) == expect_failure, (
         f"accelerate launch exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-6000:]}"
     )
 
@@ -175,13 +176,22 @@ def assert_same_run(straight: Path, resumed: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("parallelism", ["ddp", "fsdp2"])
-def test_stopped_at_a_step_and_resumed_equals_the_straight_run(tmp_path_factory, parallelism):
+@pytest.mark.parametrize(
+    ("parallelism", "stop"),
+    [
+        ("ddp", 1),  # step 1 ends in the middle of PPO's rollout batch: its unconsumed minibatch is resumed
+        ("fsdp2", 1),
+        ("fsdp2", MAX_STEPS),  # the last step: the resumed run trains none and saves the final policy
+    ],
+)
+def test_stopped_at_a_step_and_resumed_equals_the_straight_run(tmp_path_factory, parallelism, stop):
     straight = straight_run(tmp_path_factory, parallelism)
-    out = tmp_path_factory.mktemp(f"stopped_{parallelism}")
-    # step 1 ends in the middle of PPO's rollout batch: its unconsumed minibatch comes from the checkpoint
-    launch(parallelism, "stop", str(out), "ppo", "1", expect_rc=1)
-    assert [p.name for p in (out / "ppo" / "trainer" / "rl").glob("checkpoint-*")] == ["checkpoint-1"]
+    out = tmp_path_factory.mktemp(f"stopped_{parallelism}_{stop}")
+    launch(
+        parallelism, "stop", str(out), "ppo", str(stop), expect_failure=True
+    )  # its ranks end with os._exit
+    assert latest_complete(out / "ppo" / "trainer" / "rl").name == f"checkpoint-{stop}"
+    assert not (out / "ppo" / "checkpoints" / "rl").exists()
     launch(parallelism, "resume", str(out), "ppo")
     assert_same_run(straight, out)
 
@@ -214,7 +224,7 @@ def test_sigkilled_at_a_random_point_and_resumed_equals_the_straight_run(tmp_pat
     finally:
         if job.poll() is None:
             os.killpg(job.pid, signal.SIGKILL)
-    assert (checkpoints / "checkpoint-1" / "COMPLETE").is_file()
+    assert latest_complete(checkpoints) is not None  # (rotation may have removed checkpoint-1 by then)
     launch(parallelism, "resume", str(out), "ppo")
     assert_same_run(straight, out)
 
@@ -251,7 +261,7 @@ def test_rl_under_zero3_exits_2_naming_fsdp2_before_anything_loads(command, tmp_
     assert not config.run_dir.exists()
     with pytest.raises(ConfigError, match="FSDP2"):  # the stage itself, called from Python (a sweep trial)
         stage_rl.run_rl(config)
-    assert [p.name for p in config.run_dir.iterdir()] == [".lock"]  # its run lock, nothing else
+    assert not config.run_dir.exists()
 
 
 def test_zero3_is_read_from_the_launch_or_the_deepspeed_json(tmp_path, monkeypatch):
@@ -271,3 +281,41 @@ def test_zero3_is_read_from_the_launch_or_the_deepspeed_json(tmp_path, monkeypat
     refuse_zero3_rl()  # ZeRO-2 replicates the weights: RL runs
     monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(ds_json))  # the launch's JSON wins
     assert deepspeed_zero_stage() == 3
+
+
+# ------------------------------------------------------------------------------------ the generation copy
+def test_generation_copy_runs_the_class_forward_and_syncs_every_weight(frozen_lake_policy):
+    import types
+
+    from rlft.algorithms.generation_copy import GenerationCopy
+
+    _, model, _ = frozen_lake_policy
+    trained = copy.deepcopy(model)
+    original_forward = trained.forward
+    # as TRL patches the policy: an instance forward closing over the original module's bound forward
+    trained.forward = types.MethodType(lambda self, *a, **k: original_forward(*a, **k), trained)
+    generation = GenerationCopy(trained, synced_step=0)
+    assert "forward" not in generation.model.__dict__
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(0.01)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    assert not torch.equal(generation.model(ids).logits, trained(ids).logits)
+    generation.sync(trained, step=1)
+    assert generation.current(1) and not generation.current(0)
+    assert torch.equal(generation.model(ids).logits, trained(ids).logits)
+    # its memory cost: the policy's fp32 parameters once (a tied embedding once), plus its small buffers
+    parameter_bytes = sum(p.numel() * p.element_size() for p in trained.parameters())
+    assert parameter_bytes <= generation.nbytes < 1.1 * parameter_bytes
+
+
+def test_untied_state_dict_writes_a_tied_weight_once(frozen_lake_policy):
+    from rlft.algorithms.generation_copy import untied_state_dict
+
+    _, model, _ = frozen_lake_policy
+    assert model.config.tie_word_embeddings
+    gathered = {k: v.clone() for k, v in model.state_dict().items()}  # as FSDP2's gather: separate tensors
+    assert "lm_head.weight" in gathered
+    untied = untied_state_dict(model, gathered)
+    assert set(gathered) - set(untied) == {"lm_head.weight"}
+    assert untied_state_dict(model, None) is None

@@ -200,6 +200,10 @@ CONTRACT: list[Assumption] = [
         _parameters(GRPOTrainer, "_load_from_checkpoint", ("self", "resume_from_checkpoint", "model")),
     ),
     Assumption(
+        "resume: _load_optimizer_and_scheduler(checkpoint) restores the optimizer's state",
+        _parameters(GRPOTrainer, "_load_optimizer_and_scheduler", ("self", "checkpoint")),
+    ),
+    Assumption(
         "resume: _run_epoch(model, epoch, ...) runs one epoch of the training loop",
         _parameters(GRPOTrainer, "_run_epoch", ("self", "model", "epoch", "epochs_trained")),
     ),

@@ -38,7 +38,7 @@ import torch
 
 from rlft.algorithms import trl_bridge, vllm_sync
 from rlft.algorithms.checkpoint_manifest import fsync_dir, verify, write_manifest
-from rlft.algorithms.generation_copy import attach_generation_copy, synced_optimizer_step, untied_state_dict
+from rlft.algorithms.generation_copy import attach_generation_copy, synced_optimizer_step
 from rlft.algorithms.learning_signal import LearningSignal
 from rlft.errors import CheckpointError, NonFiniteError  # NonFiniteError: imported from here too
 from rlft.runtime.distributed import generation_policy, load_location
@@ -224,8 +224,7 @@ class ResumableTrainerMixin:
                 else None,
             )
             resume_from_checkpoint = str(path)
-        # FSDP2: an unsharded copy of the weights for the rollout engine (rlft.algorithms.generation_copy)
-        attach_generation_copy(self, resuming=bool(resume_from_checkpoint))
+        attach_generation_copy(self, resuming=bool(resume_from_checkpoint))  # FSDP2: weights to generate with
         output = super().train(resume_from_checkpoint=resume_from_checkpoint or None, **kwargs)
         self.learning_signal.report(self.accelerator.is_main_process)
         return output
@@ -274,10 +273,6 @@ class ResumableTrainerMixin:
             empty_staging(run_dir / STAGING, run_dir)
             rotate(run_dir, self.args.save_total_limit)
         self.accelerator.wait_for_everyone()
-
-    def write_model_files(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        model = self.accelerator.unwrap_model(self.model)  # FSDP2 hands a gathered dict: tied weights twice
-        super().write_model_files(output_dir, untied_state_dict(model, state_dict))
 
     def _write_staging(self, model, trial, staging_root: Path, staging: Path) -> None:
         """Every file of the checkpoint into `staging`, then (main process) the manifest and `COMPLETE`."""
@@ -346,7 +341,7 @@ class ResumableTrainerMixin:
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
         if not getattr(optimizer, "_rlft_guarded", False):
-            optimizer.step = synced_optimizer_step(self, self._guarded_step(optimizer.step))
+            optimizer.step = synced_optimizer_step(self, optimizer.step, self._guarded_step(optimizer.step))
             optimizer._rlft_guarded = True
         return optimizer
 

@@ -109,15 +109,22 @@ def sync_generation_copy(trainer, step: int | None = None, changed: bool = True)
     generation.sync(trainer.accelerator.unwrap_model(trainer.model), step)
 
 
-def synced_optimizer_step(trainer, step):
-    """`step` (an optimizer's step), then the generation copy synced to the weights it leaves (every rank).
+def synced_optimizer_step(trainer, raw_step, step):
+    """`step` (rlft's guarded optimizer step), then the generation copy synced to the weights it leaves (every
+    rank); `raw_step` (the optimizer's own) alone while the trainer restores the optimizer's state.
 
     Synced after every optimizer step rather than before each rollout, because held-out evaluation runs
     between steps on the main process alone, where no gather can happen. A skipped step (non-finite values, no
     learning signal) gathers too: its cost, one all-gather of the weights, is what one sharded forward pays.
+
+    Under FSDP2, loading the optimizer's state (torch's `set_optimizer_state_dict`) first creates it by one
+    `step()` at learning rate 0 with zero gradients: not a training step, so it is neither guarded, counted,
+    logged nor synced (a resumed run would otherwise log a step without signal the straight run never had).
     """
 
     def synced(*args, **kwargs):
+        if getattr(trainer, "restoring_optimizer", False):
+            return raw_step(*args, **kwargs)
         result = step(*args, **kwargs)
         sync_generation_copy(trainer, trainer.state.global_step + 1)  # global_step counts it after this call
         return result

@@ -157,8 +157,7 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
     def rollout_values(self, batch: RolloutBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Critic values before each completion token (B, T) and the bootstrap of truncated episodes (B,)."""
         ids, att, bootstrap_index = batch.critic_inputs()
-        # Played with the weights the episodes were sampled with (under FSDP2 the generation copy: a sharded
-        # forward of the critic alone would not gather the root's weights).
+        # FSDP2: the generation copy's critic (a forward of the sharded critic alone would not gather the root)
         values = self.critic_values(ids, att, policy=generation_policy(self))
         return batch.split_critic_values(values.float(), bootstrap_index)
 
@@ -311,12 +310,8 @@ class PPOTrainer(ResumableTrainerMixin, trl_bridge.BridgedGRPOTrainer):
             self.save_critic(os.path.join(output_dir, "critic"))
 
     def read_model_files(self, checkpoint: str, model=None) -> None:
-        """The policy (HF's loader, which skips the critic's keys as missing), then the critic from `critic/`.
-
-        Under FSDP2 transformers loads the whole module, critic included, from the checkpoint's full state dict
-        (`pytorch_model_fsdp.bin`) into the shards.
-        """
-        if self.accelerator.is_fsdp2:
+        """The policy (HF's loader, which skips the critic's keys as missing), then the critic from `critic/`."""
+        if self.accelerator.is_fsdp2:  # the whole module, critic too, from the full `pytorch_model_fsdp.bin`
             super().read_model_files(checkpoint, model)
             return
         policy = self.accelerator.unwrap_model(model if model is not None else self.model)

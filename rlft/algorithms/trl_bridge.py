@@ -26,7 +26,8 @@ when an upgrade changes it. What rlft relies on (TRL 1.16, transformers 5):
 * `Trainer.current_gradient_accumulation_steps`, `Trainer._save_checkpoint(model, trial)`,
   `Trainer._get_output_dir(trial)`, `Trainer._save(output_dir, state_dict)`,
   `Trainer._load_from_checkpoint(resume_from_checkpoint, model)`, `Trainer._run_epoch(...)` (one epoch of the
-  training loop, run after the state is restored and before any step of that epoch).
+  training loop, run after the state is restored and before any step of that epoch),
+  `Trainer._load_optimizer_and_scheduler(checkpoint)` (restores their state when resuming).
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ import numpy as np
 import torch
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler, use_adapter
+
+from rlft.algorithms.generation_copy import sync_generation_copy, untied_state_dict
 
 
 # ----------------------------------------------------------------------------------------- trainer state
@@ -193,7 +196,9 @@ class BridgedGRPOTrainer(GRPOTrainer):
         self.write_model_files(output_dir, state_dict)
 
     def write_model_files(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
-        super()._save(output_dir, state_dict=state_dict)
+        # FSDP2 hands `_save` a gathered full state dict, with tied weights as two tensors: written once
+        policy = self.accelerator.unwrap_model(self.model)
+        super()._save(output_dir, state_dict=untied_state_dict(policy, state_dict))
 
     # transformers: one epoch of optimizer steps; its loop checks `should_training_stop` only after a step.
     def _run_epoch(self, *args, **kwargs):
@@ -206,6 +211,18 @@ class BridgedGRPOTrainer(GRPOTrainer):
     # transformers: loads the model's weights from a checkpoint when resuming.
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         self.read_model_files(resume_from_checkpoint, model)
+        # FSDP2 (every rank): the generation copy gets the loaded weights now, before anything plays or saves
+        # with it (a run resumed at max_steps saves PPO's critic from it without a step or rollout)
+        sync_generation_copy(self)
 
     def read_model_files(self, checkpoint: str, model=None) -> None:
         super()._load_from_checkpoint(checkpoint, model)
+
+    # transformers: restores the optimizer's and scheduler's state from a checkpoint when resuming.
+    def _load_optimizer_and_scheduler(self, checkpoint):
+        # FSDP2's loader steps the optimizer once to create its state (rlft.algorithms.generation_copy)
+        self.restoring_optimizer = True
+        try:
+            return super()._load_optimizer_and_scheduler(checkpoint)
+        finally:
+            self.restoring_optimizer = False

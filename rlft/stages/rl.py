@@ -119,13 +119,13 @@ def run_rl(config: Config, resume: str | bool | None = None, callbacks: list | N
 
     Holds the run folder's lock (rlft.runtime.run_lock) throughout: a second process on this run is refused.
     """
+    refuse_zero3_rl(config.rl.trainer.get("deepspeed"))  # exit 2 naming FSDP2, before anything is written
     main_process = process_state(ddp_timeout_s(config)).is_main_process
     with run_lock(config.run_dir, main_process):
         return _run_rl(config, resume, callbacks)
 
 
 def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -> Path:
-    refuse_zero3_rl(config.rl.trainer.get("deepspeed"))  # exit 2 naming FSDP2, before anything loads
     args = rl_trainer_args(config)
     resume_step, changes = None, {}
     if resume:
