@@ -147,7 +147,10 @@ def request_seeds(generator: torch.Generator | None, count: int) -> list[int]:
 def sampling_params(sampling: Sampling, budget: int, stop_ids: Collection[int], seed: int):
     """vLLM's `SamplingParams` for one row's action: the backend contract's sampling (`Sampling`), at most
     `budget` tokens, ending on a stop id (which is returned as the last token) and on nothing else: the
-    model's EOS ends an action only if the turn format made it a stop id, as with the `hf` backend."""
+    model's EOS ends an action only if the turn format made it a stop id, as with the `hf` backend.
+
+    Greedy is vLLM's temperature 0 (argmax: the same tokens as `hf`'s greedy), whose reported log-prob is at
+    temperature 1, not the configured one; greedy episodes are evaluation's, and nothing reads their log-probs."""
     from vllm import SamplingParams  # optional dependency (see the module docstring)
 
     return SamplingParams(
