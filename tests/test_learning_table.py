@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from rlft.config.yaml_io import apply_overrides, parse_overrides, read_yaml
+from tests.test_code_size import oversized
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark scripts import each other as siblings
@@ -238,3 +239,11 @@ def test_the_spec_names_existing_configs_and_every_cell_of_the_issue():
         ("sft", "grpo", "grpo_curriculum", "gigpo", "ppo_turn"),
     )
     assert must == {(e, m) for e in envs for m in methods} and spec["seeds"] == [0, 1, 2]
+
+
+def test_the_scripts_fit_the_projects_size_limits():
+    assert [
+        found
+        for name in ("learning_table.py", "learning_table_results.py")
+        for found in oversized(ROOT / "benchmarks" / name)
+    ] == []
