@@ -11,15 +11,17 @@ So generation plays with a copy instead: `GenerationCopy` keeps an unsharded cop
 policy, and PPO's critic attached to it as `rlft_critic`) on every rank, and `sync` loads the full weights into
 it (`get_model_state_dict(..., full_state_dict=True)`, one all-gather of every parameter, called by every rank
 at the same point: after each optimizer step, and once after a resume has loaded the checkpoint). The copy is
-never trained: the optimizer, gradients and checkpoints keep the shards.
+never trained: the optimizer and gradients work on the shards, and checkpoints gather them (PPO's `critic/`
+folder is written from the copy, which is current at every save).
 
 Why a copy rather than keeping every rank's forward calls in lockstep (padding finished ranks with dummy
-forwards): the copy needs no change to the engine or to any backend (a vLLM backend gets its weights from the
-same full state dict), cannot deadlock whatever the episodes do, and lets the main process evaluate alone.
-Its cost is memory: one more whole copy of the weights (and PPO critic) per rank, plus the transient full
-state dict during a sync; for the tiny test policy (2 layers, 32 wide) that is about 0.2 MB per rank
-(`GenerationCopy.nbytes`, measured in tests/test_multiprocess_rl.py). For a policy too large for one
-device's memory this is not the right trade: use DDP, ZeRO-2 or a colocated vLLM engine then.
+forwards): the copy needs no change to the engine or to a backend (the engine's model is the copy, so a
+backend that keeps weights of its own loads whole ones), cannot deadlock whatever the episodes do, and lets
+the main process evaluate alone. Its cost is memory: one more whole copy of the weights (and PPO's critic)
+per rank, plus the transient full state dict during a sync; for the tiny test policy (2 layers, 32 wide, fp32)
+that is 0.10 MB per rank, 0.21 MB with PPO's separate critic (`GenerationCopy.nbytes`, recorded by
+tests/test_multiprocess_rl.py). So FSDP2 here saves the memory of gradients and optimizer states, not of the
+weights: a policy too large for one device would need sharded generation, which rlft does not have.
 
 With FSDP mixed precision (bf16 compute) the copy holds the full-precision weights, so behaviour log-probs
 differ from the trainer's bf16 forward by rounding, as they do with any separate generation engine.
