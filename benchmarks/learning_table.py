@@ -21,8 +21,9 @@ its run folder.
     .venv/bin/python benchmarks/learning_table.py --readme           # rewrite README.md's results block
     nice -n 15 .venv/bin/python benchmarks/learning_table.py --smoke  # tiny budgets, a few minutes
 
-Scores are normalised per env: success / optimum (FrozenLake; slippery: the optimum for env.max_turns, see
-`value_iteration_optimum`), or (R - R_random) / (R_optimal - R_random) (Taxi). Aggregates are rliable's IQM with
+Scores are normalised per env: success / optimum (FrozenLake; slippery: the optimum within env.max_turns), or
+(R - R_random) / (R_optimal - R_random) (Taxi), with exact expected returns within the turn limit
+(rlft.rollout.experts.env_reference_returns). Aggregates are rliable's IQM with
 95% stratified-bootstrap CIs across envs x seeds per method (rlft.tools.report.stats, as `rlft compare` does).
 """
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import datetime
 import json
 import shlex
@@ -40,7 +42,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from learning_table_results import (
     BEGIN,
     END,
@@ -61,9 +62,10 @@ from learning_table_results import (
     trainer_of,
 )
 
-from envs.experts import expert_for, play_expert_episode
-from rlft.config.schema import load_config
+from envs.experts import NoExpertError
+from rlft.config.schema import Config, load_config
 from rlft.rollout.evaluation import held_out_seeds
+from rlft.rollout.experts import env_reference_returns
 from rlft.runtime.run_files import write_text_atomic
 from rlft.runtime.tracking import read_metrics
 from rlft.stages.common import env_factory
@@ -94,19 +96,15 @@ def commit_id() -> str:
     return out.stdout.strip() or "unknown"
 
 
-def random_reference(run_dir: Path) -> dict[str, float]:
-    """A uniformly random action per turn on the run's test seeds: mean return and success."""
-    config = load_config(run_dir / "config.yaml")
+def reference_returns_on_test_seeds(config: Config) -> dict[str, Any] | None:
+    """The optimum's and a uniformly random policy's expected return within the config's turn limit, averaged
+    over the tasks of its test seeds (rlft.rollout.experts.env_reference_returns: exact, by backward induction on
+    the env's transition table); None for an env without one."""
     seeds = held_out_seeds(env_factory(config), config.env, config.eval)
-    env = env_factory(config)()
-    expert = expert_for(env, epsilon=1.0, seed=config.seed)  # epsilon 1: every action uniformly random
-    played = [play_expert_episode(env, expert, s, config.env.max_turns) for s in seeds]
-    env.close()
-    return {
-        "return": float(np.mean([p["return"] for p in played])),
-        "success": float(np.mean([p["success"] for p in played])),
-        "episodes": len(played),
-    }
+    try:
+        return dataclasses.asdict(env_reference_returns(config.env, seeds))
+    except NoExpertError:
+        return None
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -226,9 +224,12 @@ class Runner:
         config = load_config(run_dir / "config.yaml")
         rl_rows = [r for r in read_metrics(run_dir) if r.get("stage") == "rl"]
         steps = [r["episode/env_steps_total"] for r in rl_rows if "episode/env_steps_total" in r]
-        references = {"expert": policies.get("expert", {}).get("greedy", policies.get("expert"))}
-        if self.spec["envs"][cell.env]["score"].get("normalise") == "random_to_optimal":
-            references["random"] = random_reference(run_dir)
+        references = {
+            "expert": policies.get("expert", {}).get(
+                "greedy", policies.get("expert")
+            ),  # measured, for the record
+            "exact": reference_returns_on_test_seeds(config),  # what scores are normalised by
+        }
         record = {
             "cell": {"env": cell.env, "method": cell.method, "seed": cell.seed},
             "must_fill": is_must_fill(self.spec, cell),

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from envs.optimum import ReferenceReturns
 from rlft.tools.report.stats import AGGREGATES, interval_estimates
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,38 +123,42 @@ def skipped(results_dir: Path) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------ scores
-def value_iteration_optimum(env: dict[str, Any]) -> tuple[float, str] | None:
-    """HOOK: the optimal success probability within `env["max_turns"]` (finite-horizon value iteration) of the
-    env section `env` (id, kwargs, max_turns), with a note of where it comes from.
-
-    Another change adds that computation to the experts (envs/experts.py); until it is wired in here this
-    returns None and `optimum_success` falls back to the expert's success measured on the same test seeds
-    (value iteration with gamma 0.99 and no turn limit: close to the optimum, not exactly it), and says so.
-    """
-    return None
+def exact_references(record: dict[str, Any]) -> ReferenceReturns | None:
+    """The optimum's and the random policy's expected return within the turn limit on the cell's test tasks
+    (envs.optimum, computed when the cell finished), or None for an env without a transition table."""
+    exact = record["references"].get("exact")
+    return ReferenceReturns(**exact) if exact else None
 
 
 def optimum_success(env_spec: dict[str, Any], record: dict[str, Any]) -> tuple[float, str]:
-    """The success that counts as 1.0 for this env, and its source."""
+    """The success that counts as 1.0 for this env, and its source.
+
+    `optimum: value_iteration`: the optimum's success probability within env.max_turns (FrozenLake's return is
+    its success), by finite-horizon backward induction; a number: that number.
+    """
     optimum = env_spec["score"].get("optimum", 1.0)
     if optimum != "value_iteration":
         return float(optimum), "given in the spec"
-    exact = value_iteration_optimum(record["env"])
-    if exact is not None:
-        return exact
-    return float(record["references"]["expert"]["success"]), "the expert's, measured on the test seeds"
+    exact = exact_references(record)
+    if exact is None:
+        raise ValueError(
+            f"{record['env']['id']}: optimum value_iteration needs a transition table; give a number"
+        )
+    return exact.optimal, f"finite-horizon value iteration, {exact.horizon} turns"
 
 
 def normalised(env_spec: dict[str, Any], record: dict[str, Any], mode: str) -> float:
     """The cell's test score in `mode` ('greedy' or 'sampled'), normalised so that optimal = 1.0.
 
-    success / optimum, or (R - R_random) / (R_optimal - R_random) with the expert's and the random policy's mean
-    returns on the same test seeds (env score `normalise: random_to_optimal`).
+    success / optimum, or (R - R_random) / (R_optimal - R_random) with the optimum's and a uniformly random
+    policy's expected returns within the turn limit (env score `normalise: random_to_optimal`).
     """
     summary = record["test"][mode]
     if env_spec["score"].get("normalise") == "random_to_optimal":
-        best, rand = record["references"]["expert"]["return"], record["references"]["random"]["return"]
-        return (summary["return"] - rand) / (best - rand)
+        exact = exact_references(record)
+        if exact is None:
+            raise ValueError(f"{record['env']['id']}: random_to_optimal needs a transition table")
+        return exact.normalised(summary["return"])
     return summary["success"] / optimum_success(env_spec, record)[0]
 
 
@@ -285,25 +290,21 @@ def missing_rows(spec: dict[str, Any], records: dict[str, dict], reasons: dict[s
 
 
 def optimum_notes(spec: dict[str, Any], records: dict[str, dict]) -> list[str]:
-    """How each env's 1.0 is defined, with the value and its source where it was measured."""
+    """How each env's 1.0 (and 0.0) is defined, with the values used."""
     notes = []
     for env, env_spec in spec["envs"].items():
         record = next((r for r in records.values() if r["cell"]["env"] == env), None)
-        if env_spec["score"].get("normalise") == "random_to_optimal":
-            if record is not None:
-                best, rand = (
-                    record["references"]["expert"]["return"],
-                    record["references"]["random"]["return"],
-                )
-                notes.append(
-                    f"- {env}: (R - R_random) / (R_optimal - R_random), R_optimal = {best:.2f} (expert), "
-                    f"R_random = {rand:.2f} (uniform random actions), on the test seeds"
-                )
-        elif record is not None:
-            value, source = optimum_success(env_spec, record)
+        if record is None:
+            continue
+        exact = exact_references(record)
+        if env_spec["score"].get("normalise") == "random_to_optimal" and exact is not None:
             notes.append(
-                f"- {env}: success / {value:.3f} ({source}; turn limit {record['env']['max_turns']})"
+                f"- {env}: return (R - R_random) / (R_optimal - R_random), R_optimal = {exact.optimal:.2f}, "
+                f"R_random = {exact.random:.2f} (expected returns within {exact.horizon} turns, exact)"
             )
+        else:
+            value, source = optimum_success(env_spec, record)
+            notes.append(f"- {env}: success / {value:.3f} ({source})")
     return notes
 
 

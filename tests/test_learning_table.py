@@ -154,16 +154,28 @@ def test_overrides_round_trip_through_rlfts_parser():
 def test_normalisation_success_over_optimum_and_taxi_between_random_and_optimal():
     lake = {"score": {"metric": "success", "optimum": 1.0}}
     assert ltr.normalised(lake, _record("l", "grpo", 0, 0.74, 0.41), "greedy") == pytest.approx(0.74)
-    # slippery, before the value-iteration hook lands: the expert's measured success (0.5) is 1.0
+    # slippery: the optimum's success probability within the turn limit (exact, stored with the cell) is 1.0
     slippery = {"score": {"metric": "success", "optimum": "value_iteration"}}
     record = _record("s", "grpo", 0, 0.30, 0.20)
-    assert ltr.normalised(slippery, record, "sampled") == pytest.approx(0.20 / 0.5)
-    assert ltr.optimum_success(slippery, record)[1] == "the expert's, measured on the test seeds"
+    record["references"]["exact"] = {"optimal": 0.4, "random": 0.01, "horizon": 30, "tasks": 1}
+    assert ltr.normalised(slippery, record, "sampled") == pytest.approx(0.20 / 0.4)
+    assert ltr.optimum_success(slippery, record) == (0.4, "finite-horizon value iteration, 30 turns")
     taxi = {"score": {"metric": "return", "normalise": "random_to_optimal"}}
     record = _record("t", "grpo", 0, 0.0, 0.0)
     record["test"]["greedy"]["return"] = 5.0
-    record["references"] = {"expert": {"return": 8.0}, "random": {"return": -200.0}}
+    record["references"]["exact"] = {"optimal": 8.0, "random": -200.0, "horizon": 25, "tasks": 1}
     assert ltr.normalised(taxi, record, "greedy") == pytest.approx((5.0 + 200.0) / (8.0 + 200.0))
+
+
+def test_a_cell_stores_the_exact_references_of_its_test_seeds():
+    """The slippery map's optimum within its 30 turns is a success probability well below 1 (envs/optimum.py:
+    about 0.35), and Taxi's random policy scores far below its optimum."""
+    slippery = lt.reference_returns_on_test_seeds(
+        lt.load_config(ROOT / "configs/frozen_lake_4x4_slippery_grpo.yaml")
+    )
+    assert slippery["horizon"] == 30 and 0.2 < slippery["optimal"] < 0.5 and slippery["random"] < 0.05
+    taxi = lt.reference_returns_on_test_seeds(lt.load_config(ROOT / "configs/taxi_grpo.yaml"))
+    assert taxi["horizon"] == 25 and taxi["optimal"] > 0 > taxi["random"]
 
 
 def test_iqm_over_envs_and_seeds_matches_a_hand_computation():
