@@ -71,10 +71,10 @@ def load_tiny_tokenizer(name: str) -> PreTrainedTokenizerFast:
         tokenizer.chat_template = TEKKEN_TEMPLATE
     else:
         raise ValueError(f"model.tiny.tokenizer: no production tokenizer called {name!r}")
-    # Neither Mistral vocabulary has a pad token that TRL could use apart from EOS except these: Tekken's <pad>,
-    # and <unk> for SentencePiece (byte fallback means it never occurs in text). A pad distinct from EOS keeps
-    # TRL's padding masks off the action-ending EOS.
-    tokenizer.pad_token = "<pad>" if "<pad>" in tokenizer.get_vocab() else tokenizer.unk_token
+    # A pad token apart from EOS, so that no padding mask hides the EOS that ends an action: Tekken's own <pad>;
+    # SentencePiece v3 has none, and its <unk> never occurs in text (byte fallback spells every character).
+    has_pad = tokenizer.convert_tokens_to_ids("<pad>") not in (None, tokenizer.unk_token_id)
+    tokenizer.pad_token = "<pad>" if has_pad else tokenizer.unk_token
     tokenizer.padding_side = "left"
     return tokenizer
 
