@@ -81,6 +81,20 @@ def test_the_tokenizer_is_mistrals_own_on_env_text(name):
     assert tokenizer.padding_side == "left"
 
 
+def test_the_key_is_checked_before_any_model_loads():
+    """A misspelt choice is a config error naming the key and the closest valid choice (exit 2 from the CLI)."""
+    from rlft.errors import ConfigError
+    from rlft.stages.checks import load_checked_config
+
+    config = load_checked_config("configs/quickstart.yaml", ["model.tiny.tokenizer=tekken"])
+    assert config.model.tiny.tokenizer == "tekken"
+    assert load_checked_config("configs/quickstart.yaml").model.tiny.tokenizer == "word"  # the default
+    with pytest.raises(
+        ConfigError, match=r"key 'model\.tiny\.tokenizer' = 'mistral3'.*did you mean 'mistral_v3'"
+    ):
+        load_checked_config("configs/quickstart.yaml", ["model.tiny.tokenizer=mistral3"])
+
+
 def test_sentencepiece_pieces_as_the_issue_lists_them():
     tokenizer = load_tiny_tokenizer("mistral_v3")
     ids = tokenizer.encode("[INST] S @ F F\nrow 0 col 1 [/INST] right", add_special_tokens=False)
