@@ -334,6 +334,23 @@ def test_the_vllm_backend_without_vllm_exits_2_before_any_model_loads(tmp_path, 
         assert part in err
 
 
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["model.lora.r=4"], "key 'rollout.backend' = 'vllm' with model.lora"),
+        (["rollout.top_p=0.9"], "key 'rollout.top_p' = 0.9 with rollout.backend: vllm"),
+    ],
+)
+def test_what_the_vllm_backend_cannot_do_exits_2(tmp_path, monkeypatch, capsys, overrides, expected):
+    monkeypatch.setattr(vllm_backend, "vllm_installed", lambda: True)
+    config = make_config(tmp_path, "grpo")
+    path = tmp_path / "exp.yaml"
+    path.write_text(json.dumps(config.model_dump(mode="json")))
+    code = cli.main(["validate", "--config", str(path), "rollout.backend=vllm", *overrides])
+    err = capsys.readouterr().err
+    assert code == 2 and expected in err, err
+
+
 # ------------------------------------------------------------------------------------------- with vLLM
 @pytest.fixture(scope="module")
 def real_vllm():

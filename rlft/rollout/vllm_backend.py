@@ -51,9 +51,10 @@ def vllm_installed() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def check_vllm_backend(backend: str, lora: bool = False) -> None:
-    """`rollout.backend: vllm` where vLLM cannot be imported, or with a LoRA policy (whose adapter weights vLLM's
-    in-place reload cannot take): a ConfigError naming the key and the way out."""
+def check_vllm_backend(backend: str, lora: bool = False, top_p: float = 1.0) -> None:
+    """`rollout.backend: vllm` where vLLM cannot be imported, with a LoRA policy (whose adapter weights vLLM's
+    in-place reload cannot take), or with top-p sampling (vLLM reports the nucleus-renormalised log-prob, not the
+    temperature-scaled one the trainer recomputes): a ConfigError naming the key and the way out."""
     if backend != "vllm":
         return
     if not vllm_installed():
@@ -62,6 +63,12 @@ def check_vllm_backend(backend: str, lora: bool = False) -> None:
         raise ConfigError(
             "key 'rollout.backend' = 'vllm' with model.lora: the vllm backend pushes full weights and cannot "
             "load a LoRA adapter; use rollout.backend: hf, or train without model.lora"
+        )
+    if top_p < 1.0:
+        raise ConfigError(
+            f"key 'rollout.top_p' = {top_p} with rollout.backend: vllm: vLLM's log-probs under top-p are those of "
+            "the renormalised nucleus, not the ones the trainer recomputes; use rollout.top_p: 1.0 (or "
+            "rollout.backend: hf)"
         )
 
 
@@ -123,7 +130,7 @@ def policy_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
     """The policy's weights by their Hugging Face names, as vLLM's loaders read a checkpoint.
 
     A PPO critic attached to the policy module (`rlft_critic`) is not part of the language model and is left
-    out; tensors are detached copies' views, so vLLM copying them never touches autograd.
+    out; tensors are detached views (no copy), so vLLM copying them never touches autograd.
     """
     for name, tensor in model.state_dict().items():
         if name.split(".")[0] == CRITIC_ATTRIBUTE:

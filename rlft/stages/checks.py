@@ -52,7 +52,7 @@ def check_config(config: Config) -> None:
     paths, JSONL rows, trainer pass-through keys and TRL's own checks of the built trainer configs, and that
     the run folder can be created and written (a probe that leaves nothing behind)."""
     check_output_folder(config)
-    check_vllm_backend(config.rollout.backend, lora=config.model.lora is not None)
+    check_vllm_backend(config.rollout.backend, config.model.lora is not None, config.rollout.top_p)
     check_env_reference(config.env)
     check_env_plays(config.env)  # a few seeds reset and stepped: the user's env, renderer and parser
     if config.model.name_or_path is not None:
