@@ -20,10 +20,15 @@ from mistral_common.protocol.instruct.request import ChatCompletionRequest
 from mistral_common.tokens.tokenizers.base import SpecialTokenPolicy
 from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
+from rlft.cli import main
+from rlft.errors import ConfigError
 from rlft.models.policy import load_policy, load_pretrained, save_policy, uses_chat_template
 from rlft.models.tokenizers import MISTRAL_V3_FILE, TEKKEN_FILE, load_tiny_tokenizer, mistral_data_file
 from rlft.rollout.backend import ActionChunk
+from rlft.rollout.engine import RolloutEngine, SamplingSettings
 from rlft.rollout.turn_format import ChatFormat, PlainFormat, make_format
+from rlft.runtime.tracking import read_metrics
+from rlft.stages.checks import load_checked_config
 from rlft.stages.common import env_factory
 from tests import test_rollout as rollout_tests
 from tests.conftest import TINY_MODEL, tiny_config
@@ -83,9 +88,6 @@ def test_the_tokenizer_is_mistrals_own_on_env_text(name):
 
 def test_the_key_is_checked_before_any_model_loads():
     """A misspelt choice is a config error naming the key and the closest valid choice (exit 2 from the CLI)."""
-    from rlft.errors import ConfigError
-    from rlft.stages.checks import load_checked_config
-
     config = load_checked_config("configs/quickstart.yaml", ["model.tiny.tokenizer=tekken"])
     assert config.model.tiny.tokenizer == "tekken"
     assert load_checked_config("configs/quickstart.yaml").model.tiny.tokenizer == "word"  # the default
@@ -251,8 +253,6 @@ class _ScriptedBackend:
 
 
 def _play_scripted(config, tokenizer, fmt, action_ids: list[int]):
-    from rlft.rollout.engine import RolloutEngine, SamplingSettings
-
     settings = SamplingSettings(max_turns=2, max_action_tokens=len(action_ids))
     engine = RolloutEngine(
         None, tokenizer, fmt, env_factory(config), settings, backend=_ScriptedBackend(action_ids)
@@ -331,9 +331,6 @@ QUICKSTART_AT_TEST_SIZE = [
 def test_quickstart_pipeline_runs_on_a_real_tokenizer_by_one_override(tmp_path, name):
     """`rlft pipeline --config configs/quickstart.yaml model.tiny.tokenizer=<name>` (at test size): SFT -> GRPO ->
     eval, through Mistral's chat template; every stage's checkpoint carries the tokenizer it trained with."""
-    from rlft.cli import main
-    from rlft.runtime.tracking import read_metrics
-
     overrides = [f"model.tiny.tokenizer={name}", f"output_dir={tmp_path}", *QUICKSTART_AT_TEST_SIZE]
     assert main(["pipeline", "--config", "configs/quickstart.yaml", *overrides]) == 0
     run_dir = tmp_path / "quickstart"
