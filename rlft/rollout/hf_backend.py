@@ -16,12 +16,18 @@ from collections.abc import Iterable, Sequence
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from rlft.rollout.backend import Sampling, StepwiseSession
 
 # Padding columns are masked out as keys and their outputs are never read, so the padding id only has to be a
 # valid token id; 0 always is.
 PAD_ID = 0
+# A step where some rows feed an observation (tens of tokens) while the others feed the one token they just sampled
+# left-pads every short row to the longest: with 64 untrained FrozenLake episodes about half of the positions fed
+# were padding (benchmarks/rollout_vs_trl.py). Such a step runs as two forwards, one over the one-token rows and
+# one over the others, when they feed less than this share of the single forward's positions (`_split_forward`).
+SPLIT_BELOW = 0.75
 
 
 class HFBackend:
@@ -70,20 +76,93 @@ class HFSession(StepwiseSession):
             positions[i, width - n :] = torch.arange(self.positions[row], self.positions[row] + n)
             self.positions[row] += n
         attention_mask = torch.cat([self.past_mask, new_mask.to(self.device)], dim=1)
-        out = self.model(
-            input_ids=input_ids.to(self.device),
-            attention_mask=attention_mask,
-            position_ids=positions.to(self.device),
-            past_key_values=self.cache,
-            use_cache=True,
-        )
-        self.cache, self.past_mask = out.past_key_values, attention_mask
-        self.forwards += 1
-        tokens, logprobs = sample_next_tokens(out.logits[:, -1, :].float(), self.sampling, generator)
+        short = [i for i, row in enumerate(live) if len(self.pending[row]) == 1]
+        split_fed = len(short) + (len(live) - len(short)) * width
+        if 0 < len(short) < len(live) and split_fed < SPLIT_BELOW * len(live) * width and self._splittable():
+            logits = self._split_forward(input_ids, attention_mask, positions, short)
+        else:
+            out = self.model(
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention_mask,
+                position_ids=positions.to(self.device),
+                past_key_values=self.cache,
+                use_cache=True,
+            )
+            self.cache, logits = out.past_key_values, out.logits[:, -1, :]
+        self.past_mask = attention_mask
+        self.forwards += 1  # one per sampling step, split or not (the engine's rollout/forwards)
+        tokens, logprobs = sample_next_tokens(logits.float(), self.sampling, generator)
         token_ids = tokens.tolist()
         for row, token in zip(live, token_ids):
             self.pending[row] = [token]
         return token_ids, logprobs.tolist()
+
+    def _splittable(self) -> bool:
+        """Only a filled cache of plain `DynamicLayer`s (no sliding window) is split and merged here."""
+        layers = getattr(self.cache, "layers", [])
+        return (
+            bool(layers)
+            and self.past_mask.shape[1] > 0
+            and all(type(layer) is DynamicLayer for layer in layers)
+        )
+
+    def _split_forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor, short: list[int]
+    ) -> torch.Tensor:
+        """One step as two forwards: the `short` rows (one pending token) fed width 1, the others full width.
+
+        Each group gets its rows of the cache, and their new key/value columns are merged back into one left-padded
+        block of `width` columns, zeros where the single forward would have cached padding tokens. Those columns are
+        masked out either way, and a row's computation never reads another row's, so the cache, the mask and the
+        logits are the single forward's (up to float rounding of the smaller matmuls) and episodes stay token-exact.
+
+        Args:
+            input_ids: (B, W) left-padded pending tokens of every live row, on the CPU.
+            attention_mask: (B, P + W) past and new mask, on the model's device.
+            positions: (B, W) position ids, on the CPU.
+            short: batch indices of the rows with one pending token.
+
+        Returns:
+            next-token logits, (B, V).
+        """
+        batch, width = input_ids.shape
+        past = attention_mask.shape[1] - width
+        others = [i for i in range(batch) if i not in set(short)]
+        old = [(layer.keys, layer.values) for layer in self.cache.layers]
+        merged = [
+            (
+                keys.new_zeros(*keys.shape[:2], past + width, keys.shape[3]),
+                values.new_zeros(*values.shape[:2], past + width, values.shape[3]),
+            )
+            for keys, values in old
+        ]
+        logits = None
+        for rows, fed in ((short, 1), (others, width)):
+            index = torch.tensor(rows, device=self.device)
+            cache = DynamicCache()
+            for layer_idx, (keys, values) in enumerate(old):
+                cache.update(keys.index_select(0, index), values.index_select(0, index), layer_idx)
+            rows_mask = attention_mask.index_select(0, index)
+            out = self.model(
+                input_ids=input_ids[rows, width - fed :].to(self.device),
+                attention_mask=torch.cat([rows_mask[:, :past], rows_mask[:, past + width - fed :]], dim=1),
+                position_ids=positions[rows, width - fed :].to(self.device),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            for (keys, values), layer in zip(merged, out.past_key_values.layers):
+                keys[index, :, past + width - fed :] = layer.keys[:, :, past:]
+                values[index, :, past + width - fed :] = layer.values[:, :, past:]
+            if logits is None:
+                logits = out.logits.new_empty(batch, out.logits.shape[-1])
+            logits[index] = out.logits[:, -1, :]
+        for (keys, values), (old_keys, old_values), layer in zip(merged, old, self.cache.layers):
+            keys[:, :, :past], values[:, :, :past] = old_keys, old_values
+            layer.keys, layer.values = (
+                keys,
+                values,
+            )  # transformers' DynamicLayer holds them as plain attributes
+        return logits
 
     def extend(self, row: int, token_ids: Sequence[int]) -> None:
         self.pending[row].extend(token_ids)
