@@ -30,7 +30,7 @@ import pytest
 from transformers import TrainerCallback
 
 from rlft import stages
-from rlft.algorithms.checkpointing import STAGING, latest_complete, list_checkpoints
+from rlft.algorithms.checkpoint_folders import STAGING, latest_complete, list_checkpoints
 from rlft.config.schema import save_config
 from rlft.runtime.run_lock import holder_of
 from tests.conftest import tiny_config

@@ -21,8 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlft import cli, stages
+from rlft.algorithms.checkpoint_folders import COMPLETE, list_checkpoints, resolve_resume
 from rlft.algorithms.checkpoint_manifest import MANIFEST, safetensors_problem, verify, write_manifest
-from rlft.algorithms.checkpointing import COMPLETE, list_checkpoints, resolve_resume
 from rlft.config.schema import save_config
 from rlft.errors import CheckpointError
 from rlft.stages.common import check_loadable, load_checkpoint

@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from rlft import cli
-from rlft.algorithms.checkpointing import COMPLETE
+from rlft.algorithms.checkpoint_folders import COMPLETE
 from rlft.config.schema import load_config
 from rlft.errors import ConfigError
 from rlft.runtime.tracking import experiment_group, read_metrics

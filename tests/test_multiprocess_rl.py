@@ -34,7 +34,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlft.algorithms.checkpointing import latest_complete
+from rlft.algorithms.checkpoint_folders import latest_complete
 from tests.test_resume import log_rows, weights
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,8 @@ import torch
 from transformers import TrainerCallback
 
 from rlft import stages
-from rlft.algorithms.checkpointing import NonFiniteError, ResumableTrainerMixin, list_checkpoints
+from rlft.algorithms.checkpoint_folders import list_checkpoints
+from rlft.algorithms.checkpointing import NonFiniteError, ResumableTrainerMixin
 from rlft.core.episode import Episode
 from tests.test_resume import make_config
 

@@ -26,7 +26,13 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback
 
 from rlft import stages
-from rlft.algorithms.checkpointing import COMPLETE, STAGING, is_complete, latest_complete, list_checkpoints
+from rlft.algorithms.checkpoint_folders import (
+    COMPLETE,
+    STAGING,
+    is_complete,
+    latest_complete,
+    list_checkpoints,
+)
 from rlft.algorithms.grpo import EpisodeRollout, seeds_of
 from rlft.runtime.resume_logs import truncate_log
 from tests.conftest import tiny_config

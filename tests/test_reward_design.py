@@ -697,7 +697,8 @@ def design_run(tmp_path_factory):
 
 
 def test_tiny_grpo_run_logs_every_component_and_the_reward_reaches_the_loss(design_run):
-    from rlft.algorithms.checkpointing import STATE_FILE, latest_complete
+    from rlft.algorithms.checkpoint_folders import latest_complete
+    from rlft.algorithms.checkpointing import STATE_FILE
 
     config, steps = design_run
     assert sorted(steps) == [1, 2, 3]
@@ -757,7 +758,7 @@ def test_a_killed_and_resumed_run_with_a_design_equals_the_straight_run(design_r
 
 def test_the_alarm_fires_in_a_run_logs_its_event_and_stops_it_with_a_checkpoint(tmp_path, caplog):
     from rlft import stages
-    from rlft.algorithms.checkpointing import latest_complete
+    from rlft.algorithms.checkpoint_folders import latest_complete
     from rlft.runtime.tracking import read_metrics
 
     config = design_run_config(tmp_path).model_copy(deep=True)

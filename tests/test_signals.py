@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from rlft import stages
-from rlft.algorithms.checkpointing import latest_complete
+from rlft.algorithms.checkpoint_folders import latest_complete
 from rlft.config.schema import save_config
 from tests.test_resume import make_config, per_step_metrics, scramble_rngs, straight_run, weights
 

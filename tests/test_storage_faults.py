@@ -21,8 +21,8 @@ from safetensors.torch import load_file
 
 from rlft import cli, stages
 from rlft.algorithms import checkpointing
+from rlft.algorithms.checkpoint_folders import STAGING, list_checkpoints
 from rlft.algorithms.checkpoint_manifest import verify
-from rlft.algorithms.checkpointing import STAGING, list_checkpoints
 from rlft.config.schema import save_config
 from rlft.errors import ConfigError
 from rlft.runtime import storage

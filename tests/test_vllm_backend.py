@@ -24,7 +24,7 @@ import torch
 
 from rlft import cli, stages
 from rlft.algorithms import vllm_sync
-from rlft.algorithms.checkpointing import latest_complete
+from rlft.algorithms.checkpoint_folders import latest_complete
 from rlft.core.losses import truncated_importance_weights
 from rlft.models.critic import ATTRIBUTE as CRITIC_ATTRIBUTE
 from rlft.rollout import vllm_backend

@@ -13,7 +13,7 @@ from typing import Any
 
 from accelerate.utils import broadcast_object_list
 
-from rlft.algorithms.checkpointing import (
+from rlft.algorithms.checkpoint_folders import (
     checkpoint_step,
     latest_complete,
     refuse_to_overwrite,
@@ -52,8 +52,8 @@ from rlft.stages.common import (
     rollout_engine,
     trainer_config_class,
 )
-from rlft.stages.model_card import card_files
 from rlft.stages.generalisation import GeneralisationEvaluation, train_task_seeds
+from rlft.stages.model_card import card_files
 from rlft.stages.transfer import check_critic_matches, critic_trainer_overrides
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import shlex
 import time
 
 from rlft import stages
-from rlft.algorithms.checkpointing import refuse_to_overwrite
+from rlft.algorithms.checkpoint_folders import refuse_to_overwrite
 from rlft.config.schema import Config, RmRewardComponent
 from rlft.errors import CheckpointError
 from rlft.rewards.references import run_reward_model

@@ -7,7 +7,7 @@ earlier stages that `rlft <command>` makes (rlft/tools/commands.py).
 
 from __future__ import annotations
 
-from rlft.algorithms.checkpointing import latest_complete, list_checkpoints
+from rlft.algorithms.checkpoint_folders import latest_complete, list_checkpoints
 from rlft.config.schema import Config
 from rlft.errors import ConfigError, RlftError
 from rlft.stages.checks import load_checked_config
