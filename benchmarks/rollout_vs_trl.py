@@ -43,7 +43,9 @@ import yaml  # noqa: E402
 sys.path.insert(0, str(Path(__file__).parent))
 import rollout_costs  # noqa: E402
 import trl_env_loop  # noqa: E402
+from rollout_vs_trl_table import format_report  # noqa: E402
 
+import rlft.rollout.hf_backend as hf_backend  # noqa: E402
 from rlft.algorithms.grpo import build_grpo_trainer  # noqa: E402
 from rlft.config.schema import Config, load_config  # noqa: E402
 from rlft.models.policy import load_policy, save_policy  # noqa: E402
@@ -142,6 +144,8 @@ def rlft_training(config: Config) -> dict[str, float]:
         batch_size=config.rollout.num_envs,
         callbacks=[timer],
     )
+    # as the rl stage does (rlft.stages.rl): config_for turns the skip of steps without signal off
+    trainer.learning_signal.configure(config.rl.skip_steps_without_signal, config.rl.no_signal_warn_fraction)
     torch.manual_seed(config.seed)
     trainer.train()
     counter.detach()
@@ -197,35 +201,49 @@ def run_vllm(args: argparse.Namespace, checkpoint: str) -> dict | None:
         str(args.threads),
     ]
     command += ["--quick"] if args.quick else []
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    # vLLM's CPU backend runs its own OpenMP threads (all cores by default): bound to as many cores as torch uses
+    # here, unless the caller set the binding
+    cores = "0" if args.threads == 1 else f"0-{args.threads - 1}"
+    env = {"VLLM_CPU_OMP_THREADS_BIND": cores, **os.environ}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         return {"skipped": f"the vLLM worker failed: {result.stderr.strip().splitlines()[-1:]}"}
     return json.loads(out.read_text(encoding="utf-8"))
 
 
-def acting_round(config, args, engine, trl_trainer, counter) -> dict[str, list[dict]]:
-    """Warm up, then `repeats` rounds of rlft HF engine and TRL's loop on the same seeds, alternating."""
+# The HF engine as it is (one forward per step), and with mixed steps split in two (hf_backend.SPLIT_BELOW, off by
+# default: on CPU the split fed less padding but took longer).
+HF_VARIANTS = {"rlft hf": None, "rlft hf, split steps": 0.75}
+
+
+def hf_acting(engine, seeds, sampling_seed: int, batch: int, counter, split_below: float | None) -> dict:
+    saved = hf_backend.SPLIT_BELOW
+    hf_backend.SPLIT_BELOW = saved if split_below is None else split_below
+    counter.attach(engine.model)
+    try:
+        return rlft_acting(engine, seeds, sampling_seed, batch)
+    finally:
+        counter.detach()
+        hf_backend.SPLIT_BELOW = saved
+
+
+def acting_round(config, args, engine, trl_trainer) -> tuple[dict[str, list[dict]], dict]:
+    """Warm up, then `repeats` rounds of the HF engine (both variants) and TRL's loop on the same seeds,
+    alternating; also the HF variants' fed-token counts."""
     batch = args.groups * args.generations
     rlft_acting(engine, episode_seeds(config, args, args.repeats), config.seed, batch)
     trl_env_loop.act(trl_trainer, episode_seeds(config, args, args.repeats)[: args.generations])
-    results: dict[str, list[dict]] = {"rlft hf": [], "trl environment_factory": []}
-    counter.attach(engine.model)
+    results: dict[str, list[dict]] = {name: [] for name in [*HF_VARIANTS, "trl environment_factory"]}
+    counters = {name: rollout_costs.FedTokens() for name in HF_VARIANTS}
     for r in range(args.repeats):
         seeds = episode_seeds(config, args, r)
-        results["rlft hf"].append(rlft_acting(engine, seeds, config.seed + r, batch))
-        counter.detach()
+        for name, split_below in HF_VARIANTS.items():
+            run = hf_acting(engine, seeds, config.seed + r, batch, counters[name], split_below)
+            results[name].append(run)
         results["trl environment_factory"].append(trl_env_loop.act(trl_trainer, seeds))
-        counter.attach(engine.model)
-        print(
-            f"  repeat {r}: "
-            + ", ".join(
-                f"{m} {v[-1]['env_steps'] / v[-1]['seconds']:.1f} env steps/s" for m, v in results.items()
-            ),
-            file=sys.stderr,
-            flush=True,
-        )
-    counter.detach()
-    return results
+        done = ", ".join(f"{m} {v[-1]['env_steps'] / v[-1]['seconds']:.1f}" for m, v in results.items())
+        print(f"  repeat {r}, env steps/s: {done}", file=sys.stderr, flush=True)
+    return results, counters
 
 
 def steps_per_second(runs: list[dict]) -> float:
@@ -253,70 +271,37 @@ def model_sizes() -> dict[str, dict]:
     }
 
 
-def flops_line(args, name: str, tiny: dict, run_dir: str) -> dict[str, float]:
-    """The HF engine's achieved matmul FLOP/s with one model size, against the matmul rate at its hidden size."""
+def flops_line(args, name: str, tiny: dict, run_dir: str) -> dict:
+    """The HF engine's achieved matmul FLOP/s with one model size (as it is, and with split steps), against
+    the matmul rate at its hidden size and at 2048."""
     config = load_config(args.config, [*args.overrides, f"output_dir={run_dir}"])
     config.model.tiny = config.model.tiny.model_copy(update=tiny)
     model, tokenizer = load_policy(config.model, config.seed, env_factory(config), config.env.max_turns)
     engine = rollout_engine(config, tokenizer, model=model.eval())
     batch = args.groups * args.generations
     rlft_acting(engine, episode_seeds(config, args, args.repeats), config.seed, batch)  # warm-up
-    counter = rollout_costs.FedTokens().attach(model)
-    run = rlft_acting(engine, episode_seeds(config, args, 0), config.seed, batch)
-    counter.detach()
     weights = rollout_costs.matmul_weights(model)
-    achieved = 2 * weights * counter.generation_fed / run["seconds"]
     hidden = config.model.tiny.hidden_size
-    rate_hidden, rate_large = rollout_costs.matmul_rate(hidden, rows=batch), rollout_costs.matmul_rate(2048)
-    return {
+    line = {
         "config": name,
         "hidden_size": hidden,
         "layers": config.model.tiny.num_layers,
         "matmul_weights": weights,
-        "fed_tokens_per_s": counter.generation_fed / run["seconds"],
-        "achieved_flops": achieved,
-        "matmul_rate_hidden": rate_hidden,
-        "matmul_rate_2048": rate_large,
-        "share_of_hidden_rate": achieved / rate_hidden,
-        "share_of_2048_rate": achieved / rate_large,
     }
-
-
-def format_report(results: dict) -> str:
-    acting, steps = results["acting_env_steps_per_s"], results["step_seconds"]
-    trl_act, trl_step = acting["trl environment_factory"], steps.get("trl environment_factory")
-    lines = [
-        "| method | acting: env steps/s | x TRL | GRPO step: s | TRL s / step s |",
-        "|---|---|---|---|---|",
-    ]
-    for method in ("rlft hf", "rlft vllm", "trl environment_factory"):
-        act, step = acting.get(method), steps.get(method)
-        lines.append(
-            f"| {method} | {f'{act:.1f}' if act else 'n/a'} | {f'{act / trl_act:.2f}x' if act else 'n/a'} | "
-            f"{f'{step:.2f}' if step else 'n/a'} | {f'{trl_step / step:.2f}x' if step and trl_step else 'n/a'} |"
-        )
-    lines += [
-        "",
-        "| model (config) | hidden x layers | achieved matmul GFLOP/s | matmul rate at hidden, GFLOP/s | "
-        "share | matmul rate at 2048, GFLOP/s | share |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for f in results["flops"]:
-        lines.append(
-            f"| {f['config']} | {f['hidden_size']} x {f['layers']} | {f['achieved_flops'] / 1e9:.2f} | "
-            f"{f['matmul_rate_hidden'] / 1e9:.2f} | {f['share_of_hidden_rate']:.0%} | "
-            f"{f['matmul_rate_2048'] / 1e9:.2f} | {f['share_of_2048_rate']:.0%} |"
-        )
-    pad = results["padding"]
-    lines += [
-        "",
-        f"padding, HF engine: {pad['generation_fed_padding']:.0%} of fed token positions per generation "
-        f"forward, {pad['generation_attended_padding']:.0%} of attended cache slots; training forward "
-        f"(rlft hf): {pad['training_fed_padding']:.0%}",
-    ]
-    if results.get("vllm_note"):
-        lines.append(f"rlft vllm: {results['vllm_note']}")
-    return "\n".join(lines)
+    line["matmul_rate_hidden"] = rollout_costs.matmul_rate(hidden, rows=batch)
+    line["matmul_rate_2048"] = rollout_costs.matmul_rate(2048)
+    for variant, split_below in HF_VARIANTS.items():
+        counter = rollout_costs.FedTokens()
+        run = hf_acting(engine, episode_seeds(config, args, 0), config.seed, batch, counter, split_below)
+        achieved = 2 * weights * counter.generation_fed / run["seconds"]
+        line[variant] = {
+            "fed_tokens_per_s": counter.generation_fed / run["seconds"],
+            "real_tokens_per_s": counter.generation_real / run["seconds"],
+            "achieved_flops": achieved,
+            "share_of_hidden_rate": achieved / line["matmul_rate_hidden"],
+            "share_of_2048_rate": achieved / line["matmul_rate_2048"],
+        }
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -330,9 +315,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model, tokenizer = load_policy(base.model, base.seed, env_factory(base), base.env.max_turns)
     checkpoint = str(save_policy(model, tokenizer, Path(run_dir) / "policy"))
     config = config_for(args, checkpoint, "hf", run_dir)
-    vllm = run_vllm(
-        args, checkpoint
-    )  # first: its engine start would otherwise compete with the timings below
+    # vLLM first: its engine start would otherwise compete with the timings below
+    vllm = run_vllm(args, checkpoint)
 
     model, tokenizer = load_checkpoint(checkpoint, config)
     engine = rollout_engine(config, tokenizer, model=model.eval())
@@ -352,8 +336,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         env_factory(config),
         list(range(train.start, train.start + train.count)),
     )
-    counter = rollout_costs.FedTokens()
-    acting = acting_round(config, args, engine, trl_trainer, counter)
+    acting, counters = acting_round(config, args, engine, trl_trainer)
     if "acting" in vllm:
         acting["rlft vllm"] = vllm["acting"]
 
@@ -364,8 +347,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     step_seconds = {"trl environment_factory": timer.median(), "rlft hf": rlft_hf["step_seconds"]}
     if vllm.get("step_seconds"):
         step_seconds["rlft vllm"] = vllm["step_seconds"]
-    padding = counter.padding_shares()
-    padding["training_fed_padding"] = rlft_hf["training_fed_padding"]
+    padding = {
+        name: {**c.padding_shares(), "generation_fed": c.generation_fed, "generation_real": c.generation_real}
+        for name, c in counters.items()
+    }
     results = {
         "settings": {
             "config": args.config,
@@ -386,10 +371,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "acting_env_steps_per_s": {m: steps_per_second(v) for m, v in acting.items()},
         "step_seconds": step_seconds,
         "padding": padding,
+        "training_fed_padding": rlft_hf["training_fed_padding"],
         "flops": [flops_line(args, name, tiny, run_dir) for name, tiny in model_sizes().items()],
         "vllm_note": vllm.get("skipped") or ("acting only (--quick)" if args.quick else None),
     }
-    print(format_report(results))
+    print(format_report(results, tuple(HF_VARIANTS)))
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2), encoding="utf-8")
     return results

@@ -1,5 +1,6 @@
-"""The HF backend's split step (rlft.rollout.hf_backend.SPLIT_BELOW): one-token rows fed apart from rows feeding an
-observation, their cache columns merged back. It must feed fewer padding positions and change nothing else."""
+"""The HF backend's split step (rlft.rollout.hf_backend.SPLIT_BELOW, off by default): one-token rows fed apart from
+rows feeding an observation, their cache columns merged back. It must feed fewer padding positions and change
+nothing else."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def _steps(model, monkeypatch, split_below: float):
 
 def test_split_steps_feed_less_padding_and_give_the_single_forwards_tokens(frozen_lake_policy, monkeypatch):
     _, model, _ = frozen_lake_policy
-    split, split_fed, split_forwards = _steps(model, monkeypatch, hf_backend.SPLIT_BELOW)
+    split, split_fed, split_forwards = _steps(model, monkeypatch, 0.75)
     single, single_fed, single_forwards = _steps(model, monkeypatch, 0.0)  # 0.0: never split
 
     assert single_fed["calls"] == single_forwards == 5

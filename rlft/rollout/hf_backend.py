@@ -25,9 +25,12 @@ from rlft.rollout.backend import Sampling, StepwiseSession
 PAD_ID = 0
 # A step where some rows feed an observation (tens of tokens) while the others feed the one token they just sampled
 # left-pads every short row to the longest: with 64 untrained FrozenLake episodes about half of the positions fed
-# were padding (benchmarks/rollout_vs_trl.py). Such a step runs as two forwards, one over the one-token rows and
+# were padding (benchmarks/rollout_vs_trl.py). Such a step can run as two forwards, one over the one-token rows and
 # one over the others, when they feed less than this share of the single forward's positions (`_split_forward`).
-SPLIT_BELOW = 0.75
+# Off (0.0): on CPU with the tiny models in configs/ the second forward and the cache copies cost more than the
+# padding saves (64 episodes at 0.75: fed padding 52% -> 5%, but 6.5 CPU s against 5.0; 2026-12-07, 1 thread).
+# The benchmark measures both settings, so a larger model or a GPU where padding dominates can show it pays.
+SPLIT_BELOW = 0.0
 
 
 class HFBackend:
