@@ -12,7 +12,8 @@ per batch (`--groups` seeds x `--generations` episodes each, as one GRPO step pl
             of this machine's measured float32 `torch.matmul` rate at the model's hidden size and at 2048, same
             thread count, for every tiny-model size in configs/;
   padding   the share of token positions fed to the model that are padding: per generated-token forward of the
-            HF engine (and of the attended cache slots), and in the training forward.
+            HF engine (and of the attended cache slots), as it is and with split steps (hf_backend.SPLIT_BELOW,
+            off by default), and in the training forward.
 
 Env steps are actions taken in the env. Ratios are of medians over `--repeats` (acting; methods alternate within
 a repeat so drifting load hits all alike) or over steps (training), all from this run.

@@ -46,7 +46,7 @@ def format_report(results: dict, hf_variants: tuple[str, ...]) -> str:
             f"{pad['generation_attended_padding']:.0%} of attended cache slots"
         )
     lines.append(
-        f"padding of the training forward (rlft hf GRPO steps): {results['training_fed_padding']:.0%}"
+        f"padding of the training forward (rlft hf GRPO steps): {results['training_fed_padding']:.1%}"
     )
     if results.get("vllm_note"):
         lines.append(f"rlft vllm: {results['vllm_note']}")
