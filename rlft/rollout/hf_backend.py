@@ -130,7 +130,8 @@ class HFSession(StepwiseSession):
         """
         batch, width = input_ids.shape
         past = attention_mask.shape[1] - width
-        others = [i for i in range(batch) if i not in set(short)]
+        short_rows = set(short)
+        others = [i for i in range(batch) if i not in short_rows]
         old = [(layer.keys, layer.values) for layer in self.cache.layers]
         merged = [
             (
@@ -161,10 +162,8 @@ class HFSession(StepwiseSession):
             logits[index] = out.logits[:, -1, :]
         for (keys, values), (old_keys, old_values), layer in zip(merged, old, self.cache.layers):
             keys[:, :, :past], values[:, :, :past] = old_keys, old_values
-            layer.keys, layer.values = (
-                keys,
-                values,
-            )  # transformers' DynamicLayer holds them as plain attributes
+            # transformers' DynamicLayer holds its tensors as plain attributes
+            layer.keys, layer.values = keys, values
         return logits
 
     def extend(self, row: int, token_ids: Sequence[int]) -> None:
