@@ -452,3 +452,16 @@ def test_a_vllm_run_resumes(tmp_path, real_vllm, monkeypatch):
     steps = [r["step"] for r in steps if r["stage"] == "rl" and "loss" in r]
     assert steps == [1, 2, 3]
     gc.collect()
+
+
+@pytest.mark.vllm
+def test_a_batch_whose_prompts_exceed_one_scheduler_step_plays_token_exact(saved_policy):
+    # 96 episodes' first contexts hold more tokens than vLLM's default 2,048 per scheduler step. Chunked prefill
+    # would then discard a partial prefill's sampled token and rewind its seeded generator, which vLLM's CPU
+    # generators cannot do ("CPU Generator does not use offset"): the engine schedules whole prompts instead.
+    config, model, tokenizer = saved_policy
+    backend = VLLMBackend(EngineOptions(max_model_len=512))
+    engine = vllm_engine(config, model, tokenizer, backend, temperature=1.0)
+    episodes = engine.play(list(range(96)), generator=torch.Generator().manual_seed(0))
+    assert sum(len(e.prompt_ids) for e in episodes) > 2048
+    assert_token_exact(episodes, model, PlainFormat(tokenizer), max_action_tokens=3, atol=1e-5)

@@ -120,6 +120,11 @@ def build_llm(model, options: EngineOptions):
         "enforce_eager": options.enforce_eager,
         "skip_tokenizer_init": True,
         "logprobs_mode": "processed_logprobs",
+        # Whole prompts per scheduler step: chunked prefill discards a partial prefill's sampled token and rewinds
+        # that request's seeded generator, which CPU generators cannot do ("CPU Generator does not use offset",
+        # with more than 2,048 context tokens in one turn, e.g. 64 FrozenLake episodes).
+        "enable_chunked_prefill": False,
+        "max_num_batched_tokens": max(2048, options.max_model_len),
     }
     if torch.cuda.is_available():
         kwargs["gpu_memory_utilization"] = options.gpu_memory_utilization
