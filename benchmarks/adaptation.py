@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cell_runs import CellStore, curve, fresh, held_out, mean_sd, rlft
+from cell_runs import CellStore, curve, fresh, held_out, mean_sd, plot_curves, rlft
 
 TARGETS = {
     "random5x5": {"kwargs": {"random_map_size": 5, "is_slippery": False}, "max_turns": 16},
@@ -165,29 +165,50 @@ def commit_id() -> str:
 
 
 def table(store: CellStore, seeds: int, smoke: bool) -> str:
-    """Held-out success (greedy; mean ± sd over seeds) per target and k, from the source and untrained."""
+    """Held-out test success (greedy, then sampled; mean ± sd over seeds) per target and k, from the source and
+    from the untrained model, and the paired greedy difference."""
     lines = [
-        "| target | demos k | from source | from untrained | source - untrained |",
-        "| --- | --- | --- | --- | --- |",
+        "| target | demos k | from source: greedy | sampled | from untrained: greedy | sampled | source - untrained, greedy |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     missing = []
     for target in TARGETS:
         for k in DEMOS:
-            by_start = {}
+            greedy, sampled = {}, {}
             for start in STARTS:
                 records = [store.load(cell_name(target, k, start, s)) for s in range(seeds)]
                 missing += [
                     cell_name(target, k, start, s) for s, r in zip(range(seeds), records) if r is None
                 ]
-                by_start[start] = [r["held_out"]["greedy"] for r in records if r is not None]
-            paired = [a - b for a, b in zip(by_start["source"], by_start["untrained"])]
+                greedy[start] = [r["held_out"]["greedy"] for r in records if r is not None]
+                sampled[start] = [r["held_out"]["sampled"] for r in records if r is not None]
+            paired = [a - b for a, b in zip(greedy["source"], greedy["untrained"])]
             lines.append(
-                f"| {target} | {k} | {mean_sd(by_start['source'])} | {mean_sd(by_start['untrained'])} | "
-                f"{mean_sd(paired)} |"
+                f"| {target} | {k} | {mean_sd(greedy['source'])} | {mean_sd(sampled['source'])} | "
+                f"{mean_sd(greedy['untrained'])} | {mean_sd(sampled['untrained'])} | {mean_sd(paired)} |"
             )
     if missing and not smoke:
         lines.append(f"\nmissing cells ({len(missing)}): {', '.join(missing)}")
     return "\n".join(lines)
+
+
+def curves_figure(store: CellStore, seeds: int) -> Path:
+    """benchmarks/results/<name>/curves.png: per target, validation success against env steps for each k and start."""
+    panels = {
+        target: {
+            f"k={k}, from {start}": [
+                r["curve"]
+                for s in range(seeds)
+                if (r := store.load(cell_name(target, k, start, s))) is not None
+            ]
+            for k in DEMOS
+            for start in STARTS
+        }
+        for target in TARGETS
+    }
+    return plot_curves(
+        store.results / "curves.png", panels, "Adaptation: validation success during GRPO", dashed="untrained"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"cell {name} ...", flush=True)
             bench.store.save(name, bench.run_cell(target, k, start, seed))
     print(table(bench.store, args.seeds, args.smoke))
+    print(f"curves: {curves_figure(bench.store, args.seeds)}")
     return 0
 
 

@@ -115,3 +115,43 @@ def mean_sd(values: list[float], digits: int = 3) -> str:
     if len(values) == 1:
         return f"{values[0]:.{digits}f}"
     return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def plot_curves(
+    path: Path, panels: dict[str, dict[str, list[list[dict[str, float]]]]], title: str, dashed: str = ""
+) -> Path:
+    """One panel per key of `panels`, one line per label: validation success against env steps, the mean over
+    the seeds' curves (each a `curve()` list; seeds are averaged point by point up to the shortest); labels that
+    contain `dashed` (when given) are drawn dashed. Saved as PNG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), sharey=True, squeeze=False)
+    for ax, (panel, lines) in zip(axes[0], panels.items()):
+        for label, curves in lines.items():
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            steps = np.mean([[p["env_steps"] for p in c[:n]] for c in curves], axis=0)
+            success = np.mean([[p.get("val_success", np.nan) for p in c[:n]] for c in curves], axis=0)
+            seeds = f"{len(curves)} seed{'s' * (len(curves) > 1)}"
+            style = "--" if dashed and dashed in label else "-"
+            ax.plot(steps, success, style, marker="o", markersize=3, label=f"{label} ({seeds})")
+        ax.set_title(panel)
+        ax.set_xlabel("env steps during RL")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("validation success")
+    for ax in axes[0]:  # the legend on the first panel that has lines
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7, loc="lower right")
+            break
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
