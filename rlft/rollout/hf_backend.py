@@ -12,6 +12,7 @@ This module owns the forward, the cache and sampling; turns, env calls and Episo
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -31,6 +32,19 @@ PAD_ID = 0
 # padding saves (64 episodes at 0.75: fed padding 52% -> 5%, but 6.5 CPU s against 5.0; 2026-12-07, 1 thread).
 # The benchmark measures both settings, so a larger model or a GPU where padding dominates can show it pays.
 SPLIT_BELOW = 0.0
+
+
+def last_logits_only(model) -> dict[str, int]:
+    """`{"logits_to_keep": 1}` when the model's forward takes it, else `{}`: only the last position's logits are
+    sampled from, and a prefill of an observation would otherwise project every fed position onto the whole
+    vocabulary (64 rows x 40 tokens x 32,768 pieces is 84M logits a turn with Mistral's tokenizer, for 64 used).
+    A PEFT wrapper passes keyword arguments to its base model, whose signature is the one read."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        parameters = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):  # a forward without a signature: do not guess
+        return {}
+    return {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
 
 
 class HFBackend:
@@ -62,6 +76,7 @@ class HFSession(StepwiseSession):
         self.cache = DynamicCache()
         self.past_mask = torch.zeros((len(self.live), 0), dtype=torch.long, device=self.device)
         self.forwards = 0
+        self.keep = last_logits_only(model)
 
     @torch.no_grad()
     def sample(self, generator: torch.Generator | None) -> tuple[list[int], list[float]]:
@@ -90,6 +105,7 @@ class HFSession(StepwiseSession):
                 position_ids=positions.to(self.device),
                 past_key_values=self.cache,
                 use_cache=True,
+                **self.keep,
             )
             self.cache, logits = out.past_key_values, out.logits[:, -1, :]
         self.past_mask = attention_mask
@@ -153,6 +169,7 @@ class HFSession(StepwiseSession):
                 position_ids=positions[rows, width - fed :].to(self.device),
                 past_key_values=cache,
                 use_cache=True,
+                **self.keep,
             )
             for (keys, values), layer in zip(merged, out.past_key_values.layers):
                 keys[index, :, past + width - fed :] = layer.keys[:, :, past:]
