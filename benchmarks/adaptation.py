@@ -20,6 +20,8 @@ Budget (2 CPU cores): source about 10 minutes; a cell SFT (8 epochs over k demos
     nice -n 15 .venv/bin/python benchmarks/adaptation.py --seeds 3       # seeds 0, 1, 2
     .venv/bin/python benchmarks/adaptation.py --table-only               # the table from finished cells
     nice -n 15 .venv/bin/python benchmarks/adaptation.py --smoke         # tiny budgets, one cell (6 commands)
+    OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/adaptation.py &           # two workers, a core each:
+    OMP_NUM_THREADS=1 taskset -c 1 .venv/bin/python benchmarks/adaptation.py --reverse & # they meet in the middle
 
 Results: benchmarks/results/adaptation/<cell>.json (adaptation_smoke/ for --smoke), one per finished cell. The smoke
 run took 20 minutes on the 2 shared cores at a load average of 15 (each rlft command pays its imports and config
@@ -222,15 +224,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--smoke", action="store_true", help="tiny budgets, one cell (results under *_smoke/)"
     )
+    parser.add_argument(
+        "--reverse",
+        action="store_true",
+        help="take the cells last first: a second worker beside a first one (each skips cells the other claimed)",
+    )
     args = parser.parse_args(argv)
     bench = Adaptation(args.smoke)
     if not args.table_only:
-        for target, k, start, seed in cells(args.seeds, args.smoke):
+        bench.source()  # trained once, before any worker claims a cell
+        todo = cells(args.seeds, args.smoke)
+        for target, k, start, seed in reversed(todo) if args.reverse else todo:
             name = cell_name(target, k, start, seed)
-            if bench.store.done(name):
+            if bench.store.done(name) or not bench.store.claim(name):
                 continue
             print(f"cell {name} ...", flush=True)
-            bench.store.save(name, bench.run_cell(target, k, start, seed))
+            try:
+                bench.store.save(name, bench.run_cell(target, k, start, seed))
+            finally:
+                bench.store.release(name)
     print(table(bench.store, args.seeds, args.smoke))
     print(f"curves: {curves_figure(bench.store, args.seeds)}")
     return 0

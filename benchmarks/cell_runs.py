@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -50,6 +51,30 @@ class CellStore:
         tmp = self.path(cell).with_suffix(".tmp")
         tmp.write_text(json.dumps(record, indent=2) + "\n")
         tmp.replace(self.path(cell))
+
+    def claim(self, cell: str) -> bool:
+        """Take `cell` for this process (a `runs/<cell>.claim` file holding its pid): False when a live process
+        holds it. A claim whose process is gone (a stopped worker) is taken over."""
+        self.runs.mkdir(parents=True, exist_ok=True)
+        path = self.runs / f"{cell}.claim"
+        for _ in range(2):
+            try:
+                with open(path, "x") as out:
+                    out.write(str(os.getpid()))
+                return True
+            except FileExistsError:
+                try:
+                    pid = int(path.read_text() or 0)
+                    os.kill(pid, 0)  # raises when no such process
+                    return pid == os.getpid()
+                except (ProcessLookupError, ValueError):
+                    path.unlink(missing_ok=True)
+                except PermissionError:  # alive, another user's
+                    return False
+        return False
+
+    def release(self, cell: str) -> None:
+        (self.runs / f"{cell}.claim").unlink(missing_ok=True)
 
     def config(self, name: str, raw: dict[str, Any]) -> Path:
         """Write a run's config (name, output_dir under runs/) and return its path."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,3 +57,20 @@ def test_curves_figure_is_written_from_the_finished_cells(tmp_path):
 
     assert path == store.results / "curves.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_cell_claimed_by_a_live_worker_is_skipped_and_a_dead_workers_claim_taken_over(tmp_path):
+    store = _store(tmp_path)
+    assert store.claim("a")
+    assert (store.runs / "a.claim").read_text() == str(os.getpid())
+
+    (store.runs / "b.claim").write_text("1")  # pid 1 is alive: another worker holds b
+    assert not store.claim("b")
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (store.runs / "c.claim").write_text(str(dead.pid))  # its worker is gone
+    assert store.claim("c")
+
+    store.release("a")
+    assert not (store.runs / "a.claim").exists()
