@@ -65,8 +65,24 @@ def test_every_checkpoint_folder_of_a_pipeline_has_a_card_that_loads(card_run):
         assert "base_model" not in data and "datasets" not in data  # the tiny model is no hub model
         for section in SECTIONS:
             assert section in card.text, (folder, section)
-    # No trainer checkpoint gets one (they are for --resume; their MANIFEST.json lists every file).
-    assert not list((config.run_dir / "trainer").rglob(f"checkpoint-*/{CARD_FILE}"))
+    # Each exact-resume checkpoint has one too: the run's RL card, naming its step, checksummed with the weights.
+    resumes = sorted((config.run_dir / "trainer" / "rl").glob("checkpoint-*"))
+    assert resumes
+    for folder in resumes:
+        step = int(folder.name.rpartition("-")[2])
+        card = ModelCard.load(folder / CARD_FILE, ignore_metadata_errors=False)
+        assert card.data.to_dict()["tags"] == [
+            "rlft",
+            "reinforcement-learning",
+            "grpo",
+            "rlft/FrozenLakeRandom-v0",
+        ]
+        assert card.text.lstrip().startswith(f"> **An exact-resume checkpoint, step {step} of 2.**")
+        assert f"--resume {config.run_dir / 'trainer' / 'rl'}/checkpoint-{step}" in card.text
+        for section in SECTIONS:
+            assert section in card.text, (folder, section)
+        assert CARD_FILE in json.loads((folder / "MANIFEST.json").read_text())["files"]
+        assert verify(folder) is None
 
 
 def test_cards_written_at_save_time_carry_no_held_out_numbers(card_run):

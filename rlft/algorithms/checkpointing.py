@@ -193,6 +193,13 @@ class ResumableTrainerMixin:
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             write_text_atomic(staging / STATE_FILE, json.dumps(self._rlft_state(), indent=1))
+            card = getattr(
+                self, "checkpoint_card", None
+            )  # set by the stage: (step, max_steps) -> {name: text}
+            for file_name, text in (
+                card(self.state.global_step, self.state.max_steps) if card else {}
+            ).items():
+                write_text_atomic(staging / file_name, text)  # the model card, checksummed with the weights
             write_manifest(staging)  # every file fsynced, then its size and sha256 recorded
             write_text_atomic(staging / COMPLETE, json.dumps({"step": self.state.global_step}))
 

@@ -152,6 +152,22 @@ def card_files(config: Config, folder: str | os.PathLike, selection: dict | None
     return {CARD_FILE: str(card)}
 
 
+def resume_card_files(config: Config, step: int, max_steps: int) -> dict[str, str]:
+    """{README.md: the card} of an exact-resume checkpoint (trainer/rl/checkpoint-<step>): the card of the run's
+    RL policy, saying which step's weights these are and that they are not the run's final policy."""
+    files = card_files(config, config.run_dir / "checkpoints" / "rl")
+    text = files.get(CARD_FILE)
+    if text is None:
+        return {}
+    front, _, body = text.partition("\n---\n")  # the YAML front matter ends at the second '---'
+    note = (
+        f"> **An exact-resume checkpoint, step {step} of {max_steps}.** The weights, optimizer and RNG state of "
+        f"the RL run at that step (`rlft train --config <config> --resume {config.run_dir / 'trainer' / 'rl'}/"
+        f"checkpoint-{step}`), not its final policy, which is `checkpoints/rl`. What follows describes the run."
+    )
+    return {CARD_FILE: f"{front}\n---\n\n{note}\n{body}"}
+
+
 def write_card(
     config: Config, folder: str | os.PathLike, results: dict[str, Any] | None = None
 ) -> Path | None:

@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,7 @@ from rlft.stages.common import (
     trainer_config_class,
 )
 from rlft.stages.generalisation import GeneralisationEvaluation, train_task_seeds
-from rlft.stages.model_card import card_files
+from rlft.stages.model_card import card_files, resume_card_files
 from rlft.stages.transfer import check_critic_matches, critic_trainer_overrides
 
 logger = logging.getLogger(__name__)
@@ -163,6 +164,7 @@ def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -
         model, tokenizer, args, engine, seeds, **build_kwargs
     )
     rollout.reward_design = design
+    trainer.checkpoint_card = partial(resume_card_files, config)  # README.md in every trainer/rl/checkpoint-N
     rollout.dynamic_sampling = dynamic_sampling_for(config.rl.dynamic_sampling, seeds, args)
     rollout.curriculum = curriculum_for(config.rl.curriculum, seeds, args)  # None: uniform, TRL's sampler
     trainer.learning_signal.configure(config.rl.skip_steps_without_signal, config.rl.no_signal_warn_fraction)
