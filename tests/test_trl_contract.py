@@ -162,6 +162,25 @@ def _reference_adapter() -> None:
     assert callable(getattr(trl_utils, "use_adapter", None)), "trl.trainer.utils.use_adapter is gone"
 
 
+def _fused_head() -> None:
+    source = _source(_method(GRPOTrainer, "_get_per_token_logps_and_entropies"))
+    assert "labels=labels, fused_lm_head=True" in source, (
+        "_get_per_token_logps_and_entropies no longer calls model(..., labels=labels, fused_lm_head=True)"
+    )
+    assert "labels[:, :-logits_to_keep] = -100" in source, (
+        "the completion is no longer the last logits_to_keep"
+    )
+    assert callable(getattr(trl_utils, "_use_triton", None)), "trl.trainer.utils._use_triton is gone"
+    head = _source(trl_utils.add_fused_lm_head)
+    assert "compact = _use_triton(hidden_states.device)" in head and "hidden_states[mask]" in head, (
+        "add_fused_lm_head no longer scores only labelled positions when _use_triton says so"
+    )
+    loss = _source(_method(GRPOTrainer, "_compute_loss"))
+    assert 'completion_mask * inputs["tool_mask"]' in loss, (
+        "_compute_loss's mask is no longer completion * tool"
+    )
+
+
 CONTRACT: list[Assumption] = [
     Assumption("sampler: _get_train_sampler returns a RepeatSampler with seed, shuffle, generator", _sampler),
     Assumption("scoring: _generate_and_score_completions returns the keys rlft reads", _scored_keys),
@@ -209,6 +228,11 @@ CONTRACT: list[Assumption] = [
     ),
     Assumption("accumulation: current_gradient_accumulation_steps, HF loss scaling off", _accumulation_steps),
     Assumption("reference: trl.trainer.utils.use_adapter for a PEFT policy's reference", _reference_adapter),
+    Assumption(
+        "scored positions: the fused LM head scores labelled positions only when _use_triton(device); the loss "
+        "reads completion_mask * tool_mask",
+        _fused_head,
+    ),
     Assumption(
         "groups: num_generations consecutive rows of the batch gathered in process order; each process keeps "
         "rows process_index * len(prompts) on",

@@ -22,7 +22,10 @@ when an upgrade changes it. What rlft relies on (TRL 1.16, transformers 5):
 * the keys TRL's `_generate` writes to `_metrics` for completions (`completions/clipped_ratio`, ...), some of which
   rlft drops as false for multi-turn episodes (rlft.algorithms.learning_signal);
 * `GRPOTrainer._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, ...)`:
-  temperature-scaled per-token log-probs of the completion tokens (and entropies);
+  temperature-scaled per-token log-probs of the completion tokens (and entropies), got by calling
+  `model(..., labels=labels, fused_lm_head=True)`, whose fused LM head (`trl.trainer.utils.add_fused_lm_head`)
+  projects only the positions with a label when `trl.trainer.utils._use_triton(device)` is true and every
+  position otherwise;
 * `Trainer.current_gradient_accumulation_steps`, `Trainer._save_checkpoint(model, trial)`,
   `Trainer._get_output_dir(trial)`, `Trainer._save(output_dir, state_dict)`,
   `Trainer._load_from_checkpoint(resume_from_checkpoint, model)`, `Trainer._run_epoch(...)` (one epoch of the
@@ -32,11 +35,14 @@ when an upgrade changes it. What rlft relies on (TRL 1.16, transformers 5):
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import torch
 from trl import GRPOTrainer
+from trl.trainer import utils as trl_utils
 from trl.trainer.utils import RepeatSampler, use_adapter
 
 from rlft.algorithms.generation_copy import sync_generation_copy, untied_state_dict
@@ -105,6 +111,16 @@ def per_token_logps_and_entropies(
     return logps, entropies
 
 
+def loss_positions(inputs: dict[str, Any]) -> torch.Tensor | None:
+    """The completion positions GRPO's loss reads (B, T): `completion_mask * tool_mask` (rlft's env_mask), as in
+    TRL's `_compute_loss`; None when the minibatch has no completion mask."""
+    mask = inputs.get("completion_mask") if isinstance(inputs, dict) else None
+    if mask is None:
+        return None
+    tool = inputs.get("tool_mask")
+    return mask if tool is None else mask * tool
+
+
 def reference_logps(
     trainer,
     input_ids: torch.Tensor,
@@ -124,6 +140,40 @@ def reference_logps(
             return per_token_logps_and_entropies(
                 trainer, trainer.model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size
             )[0]
+
+
+# ------------------------------------------------------------------------------- scored positions only
+# A multi-turn episode's completion interleaves the actions the policy sampled with the env's observations; the loss
+# reads the actions only (`completion_mask * tool_mask`). TRL's fused LM head projects every completion position
+# onto the vocabulary unless it runs on a Triton device, where it scores only labelled positions (a fixed tile shape
+# elsewhere spares compilers a recompilation per batch; eager CPU has none). rlft labels the unread positions -100
+# and lets the head score compactly on CPU too: with Mistral's 32,768 pieces this was 3/4 of an RL step's time.
+@contextmanager
+def compact_fused_head() -> Iterator[None]:
+    """TRL's fused LM head scores only labelled positions on CPU as it does on Triton devices."""
+    original = trl_utils._use_triton
+    trl_utils._use_triton = lambda device: original(device) or device.type == "cpu"
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = original
+
+
+class ScoredLabels:
+    """The policy as TRL's `_get_per_token_logps_and_entropies` calls it, chunk by chunk of rows, with the labels
+    of the completion positions outside `scored` (B, logits_to_keep) set to -100: the fused head skips them and
+    returns 0 there (log-prob and entropy), which the loss's mask never reads."""
+
+    def __init__(self, model, scored: torch.Tensor):
+        self.model, self.scored, self.row = model, scored.bool(), 0
+
+    def __call__(self, *args, labels: torch.Tensor, **kwargs):
+        keep = self.scored[self.row : self.row + labels.size(0)].to(labels.device)
+        self.row += labels.size(0)
+        labels = labels.clone()
+        width = keep.size(1)
+        labels[:, -width:] = labels[:, -width:].masked_fill(~keep, -100)
+        return self.model(*args, labels=labels, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------- sampler
@@ -169,6 +219,32 @@ class BridgedGRPOTrainer(GRPOTrainer):
 
     def check_scored_batch(self, scored: dict[str, Any]) -> None:
         """Called with every new rollout batch before it is buffered (rlft checks it for non-finite values)."""
+
+    # TRL: the loss of a minibatch; the positions it reads are noted for the log-probs below.
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self.scored_positions = loss_positions(inputs)
+        try:
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        finally:
+            self.scored_positions = None
+
+    # TRL: per-token log-probs and entropies of the completion; only the loss's positions are scored.
+    def _get_per_token_logps_and_entropies(
+        self, model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+    ):
+        scored = getattr(self, "scored_positions", None)
+        extra = {
+            k: v for k, v in kwargs.items() if k not in ("batch_size", "compute_entropy", "compute_aux_loss")
+        }
+        plain = args or any(v is not None for v in extra.values())  # images: TRL's own path, untouched
+        if scored is None or plain or tuple(scored.shape) != (input_ids.size(0), logits_to_keep):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, *args, **kwargs
+            )
+        with compact_fused_head():
+            return super()._get_per_token_logps_and_entropies(
+                ScoredLabels(model, scored), input_ids, attention_mask, logits_to_keep, **kwargs
+            )
 
     # TRL: the minibatch a training step trains on, cut from the buffered rollout batch (a new one when due).
     def _prepare_inputs(self, generation_batch):
