@@ -163,11 +163,7 @@ def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -
     trainer, rollout = get_algorithm(config.rl.algorithm).build(
         model, tokenizer, args, engine, seeds, **build_kwargs
     )
-    rollout.reward_design = design
-    trainer.checkpoint_card = partial(resume_card_files, config)  # README.md in every trainer/rl/checkpoint-N
-    rollout.dynamic_sampling = dynamic_sampling_for(config.rl.dynamic_sampling, seeds, args)
-    rollout.curriculum = curriculum_for(config.rl.curriculum, seeds, args)  # None: uniform, TRL's sampler
-    trainer.learning_signal.configure(config.rl.skip_steps_without_signal, config.rl.no_signal_warn_fraction)
+    configure(config, trainer, rollout, design, seeds, args)
     add_validation(config, tracker, trainer, rollout, tokenizer, validation, bool(resume))
     attach_tracking(trainer, tracker, config, rollout)  # tensorboard (report_to) and episode transcripts
     stop = GracefulStop(trainer.accelerator)
@@ -188,6 +184,16 @@ def _run_rl(config: Config, resume: str | bool | None, callbacks: list | None) -
     path = save_final(trainer, checkpoint_dir(config, "rl"), card_files(config, checkpoint_dir(config, "rl")))
     record_sync_command(tracker.finish())
     return path
+
+
+def configure(config: Config, trainer, rollout, design, seeds: list[int], args) -> None:
+    """What the stage sets on a freshly built trainer and its rollout: the reward design, the task sampling
+    (dynamic sampling, curriculum), the learning-signal options, and the model card of each resume checkpoint."""
+    rollout.reward_design = design
+    rollout.dynamic_sampling = dynamic_sampling_for(config.rl.dynamic_sampling, seeds, args)
+    rollout.curriculum = curriculum_for(config.rl.curriculum, seeds, args)  # None: uniform, TRL's sampler
+    trainer.learning_signal.configure(config.rl.skip_steps_without_signal, config.rl.no_signal_warn_fraction)
+    trainer.checkpoint_card = partial(resume_card_files, config)  # README.md in every trainer/rl/checkpoint-N
 
 
 def save_final(trainer, path: Path, extra_files: dict[str, str] | None = None) -> Path:
