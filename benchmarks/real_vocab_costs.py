@@ -107,7 +107,7 @@ def measure(tokenizer_name: str, episodes: int, repeats: int) -> list[dict]:
             seeds = list(range(repeat * episodes, (repeat + 1) * episodes))
             results = {}
             for name, last_only in ((FULL, False), (LAST, True)):
-                seconds, steps, tokens, episodes = play(engine, seeds, repeat, last_only, monkey)
+                seconds, steps, tokens, played = play(engine, seeds, repeat, last_only, monkey)
                 results[name] = tokens
                 rows[name].append(steps / seconds)
                 print(
@@ -117,7 +117,7 @@ def measure(tokenizer_name: str, episodes: int, repeats: int) -> list[dict]:
                 raise SystemExit(
                     f"{tokenizer_name}: the two variants sampled different tokens (repeat {repeat})"
                 )
-            batch = training_batch(episodes)
+            batch = training_batch(played)
             model.train()
             logps = {}
             for name, scored_only in ((ALL_POSITIONS, False), (SCORED, True)):
