@@ -30,6 +30,39 @@ def die_with_parent() -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)
 
 
+def claim(path: Path) -> bool:
+    """Take the work `path` names for this process (the file holds its pid): False when another live process
+    holds it. A claim whose process is gone (a stopped worker) is taken over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            with open(path, "x") as out:
+                out.write(str(os.getpid()))
+            return True
+        except FileExistsError:
+            try:
+                pid = int(path.read_text() or 0)
+                os.kill(pid, 0)  # raises when no such process
+                return pid == os.getpid()
+            except (ProcessLookupError, ValueError):
+                path.unlink(missing_ok=True)
+            except PermissionError:  # alive, another user's
+                return False
+    return False
+
+
+def claimed_by_other(path: Path) -> bool:
+    """Whether a live process other than this one holds the claim at `path`."""
+    try:
+        pid = int(path.read_text() or 0)
+        os.kill(pid, 0)
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
 class CellStore:
     """benchmarks/results/<name>/: `<cell>.json` per finished cell; runs/ (run folders and command logs)."""
 
@@ -53,25 +86,8 @@ class CellStore:
         tmp.replace(self.path(cell))
 
     def claim(self, cell: str) -> bool:
-        """Take `cell` for this process (a `runs/<cell>.claim` file holding its pid): False when a live process
-        holds it. A claim whose process is gone (a stopped worker) is taken over."""
-        self.runs.mkdir(parents=True, exist_ok=True)
-        path = self.runs / f"{cell}.claim"
-        for _ in range(2):
-            try:
-                with open(path, "x") as out:
-                    out.write(str(os.getpid()))
-                return True
-            except FileExistsError:
-                try:
-                    pid = int(path.read_text() or 0)
-                    os.kill(pid, 0)  # raises when no such process
-                    return pid == os.getpid()
-                except (ProcessLookupError, ValueError):
-                    path.unlink(missing_ok=True)
-                except PermissionError:  # alive, another user's
-                    return False
-        return False
+        """Take `cell` for this process (`runs/<cell>.claim`, see `claim`)."""
+        return claim(self.runs / f"{cell}.claim")
 
     def release(self, cell: str) -> None:
         (self.runs / f"{cell}.claim").unlink(missing_ok=True)

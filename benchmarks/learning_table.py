@@ -10,13 +10,16 @@ resampled groups on top); each cell records the env steps it played (`episode/en
 validation seeds are evaluated `curve_points` times (the curve); after it, `rlft eval` plays the test seeds,
 greedy and sampled.
 
-The script runs one cell at a time, the must-fill cells first (seed-major), writes one JSON per finished cell to
+Each worker runs one cell at a time, the must-fill cells first (seed-major), writes one JSON per finished cell to
 `results_dir`, and skips finished cells when restarted; a cell stopped half way is redone from scratch in a fresh
 run folder. A method whose config `rlft validate` refuses (exit 2: a key not there yet) is skipped, its cells
 marked missing with the reason. Progress goes to `results_dir/progress.log`, each command's output to a .log beside
 its run folder.
 
     nohup nice -n 15 .venv/bin/python benchmarks/learning_table.py --commit > /dev/null 2>&1 &
+    # or two workers, one per core; they share the cells (pid claims) and wait for each other's SFT cells:
+    for c in 0 1; do OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 nohup nice -n 15 taskset -c $c \
+        .venv/bin/python benchmarks/learning_table.py --commit > /dev/null 2>&1 & done
     .venv/bin/python benchmarks/learning_table.py --table            # markdown tables, missing cells named
     .venv/bin/python benchmarks/learning_table.py --readme           # rewrite README.md's results block
     nice -n 15 .venv/bin/python benchmarks/learning_table.py --smoke  # tiny budgets, a few minutes
@@ -42,6 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cell_runs import claim, claimed_by_other
 from learning_table_results import (
     BEGIN,
     END,
@@ -107,6 +111,16 @@ def reference_returns_on_test_seeds(config: Config) -> dict[str, Any] | None:
         return None
 
 
+def selected_record(policies: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint RL kept for its best validation success (eval.keep_best, `rlft eval`'s rl_best): its test
+    scores and the step and validation success it was chosen at; {} when the run kept none."""
+    best = policies.get("rl_best")
+    if best is None:
+        return {}
+    chosen = {k: v for k, v in best.get("selection", {}).items() if k in ("step", "validation_success")}
+    return {"selected": {**chosen, "greedy": best["greedy"], "sampled": best["sampled"]}}
+
+
 # ------------------------------------------------------------------------------------------------ running
 class Runner:
     """Runs the cells one at a time, logging progress; `commit`: git-commit each finished cell's JSON."""
@@ -151,32 +165,64 @@ class Runner:
         steps = max_steps_for(budget, trainer_of(method))
         every = max(1, steps // self.spec["curve_points"])
         return [f"rl.init_from={sft_checkpoint}", *as_overrides(method.get("overrides"))] + [
+            *as_overrides(self.spec.get("rl_overrides")),
             f"rl.trainer.max_steps={steps}",
             f"eval.every_steps={every}",
         ]
 
-    def run_all(self) -> None:
+    def claim_path(self, cell: Cell) -> Path:
+        return self.runs / "claims" / f"{cell.key}.claim"
+
+    def run_all(self, poll_seconds: float = 30.0) -> None:
+        """Every unfinished cell once, in `cell_order`. Several workers may run this side by side on one checkout
+        (one per core): each takes the first cell no live worker has claimed (a pid file under runs_dir/claims)
+        whose SFT cell has finished, and waits while the only cells left hang on an SFT cell another worker runs."""
         order = cell_order(self.spec)
         self.log(f"start: {len(order)} cells, {len(finished(self.results))} finished, commit {commit_id()}")
-        for cell in order:
-            done = finished(self.results)
-            if cell.key in done:
-                continue
-            if cell.method != SFT and f"{cell.env}__{SFT}__s{cell.seed}" not in done:
-                self.log(f"{cell.key}: missing: the SFT cell of this env and seed did not finish")
-                continue
-            try:
-                record = self.run_cell(cell, done)
-            except (KeyboardInterrupt, SystemExit):
-                self.log(f"{cell.key}: stopped; a restart redoes it from scratch in a fresh run folder")
-                raise
-            except Exception as exc:  # one broken cell must not stop the table: named, and retried on restart
-                self.log(f"{cell.key}: failed: {type(exc).__name__}: {exc}")
-                (self.results / f"{cell.key}.skipped").write_text(f"failed: {exc}\n", encoding="utf-8")
-                continue
-            if record is not None:
-                self.save(cell, record)
+        settled: set[str] = set()  # tried here, or run (finished or failed) by another worker
+        while True:
+            done, waiting, ran = finished(self.results), False, False
+            for cell in order:
+                if cell.key in done or cell.key in settled:
+                    continue
+                if claimed_by_other(self.claim_path(cell)):
+                    settled.add(cell.key)  # the other worker finishes it, or names why not
+                    continue
+                sft = Cell(cell.env, SFT, cell.seed)
+                if cell.method != SFT and sft.key not in done:
+                    if sft.key not in settled or claimed_by_other(self.claim_path(sft)):
+                        waiting = True  # its SFT cell is still to run, or running elsewhere
+                        continue
+                    self.log(f"{cell.key}: missing: the SFT cell of this env and seed did not finish")
+                    settled.add(cell.key)
+                    continue
+                if not claim(self.claim_path(cell)):
+                    continue
+                settled.add(cell.key)
+                try:
+                    self.run_claimed(cell)
+                finally:
+                    self.claim_path(cell).unlink(missing_ok=True)
+                ran = True
+                break  # back to the top: a finished SFT cell frees its RL cells
+            if not ran and not waiting:
+                break
+            if not ran:
+                time.sleep(poll_seconds)
         self.log(f"end: {len(finished(self.results))} of {len(order)} cells finished")
+
+    def run_claimed(self, cell: Cell) -> None:
+        try:
+            record = self.run_cell(cell, finished(self.results))
+        except (KeyboardInterrupt, SystemExit):
+            self.log(f"{cell.key}: stopped; a restart redoes it from scratch in a fresh run folder")
+            raise
+        except Exception as exc:  # one broken cell must not stop the table: named, and retried on restart
+            self.log(f"{cell.key}: failed: {type(exc).__name__}: {exc}")
+            (self.results / f"{cell.key}.skipped").write_text(f"failed: {exc}\n", encoding="utf-8")
+            return
+        if record is not None:
+            self.save(cell, record)
 
     def run_cell(self, cell: Cell, done: dict[str, dict]) -> dict[str, Any] | None:
         env_spec = self.spec["envs"][cell.env]
@@ -239,6 +285,7 @@ class Runner:
             if cell.method == SFT
             else sft_checkpoint,
             "test": {"seeds": results["seeds"], "greedy": policy["greedy"], "sampled": policy["sampled"]},
+            **selected_record(policies),
             "references": references,
             "env_steps": int(steps[-1]) if steps else 0,
             "curve": [

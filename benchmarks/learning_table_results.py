@@ -147,13 +147,16 @@ def optimum_success(env_spec: dict[str, Any], record: dict[str, Any]) -> tuple[f
     return exact.optimal, f"finite-horizon value iteration, {exact.horizon} turns"
 
 
-def normalised(env_spec: dict[str, Any], record: dict[str, Any], mode: str) -> float:
-    """The cell's test score in `mode` ('greedy' or 'sampled'), normalised so that optimal = 1.0.
+def normalised(env_spec: dict[str, Any], record: dict[str, Any], mode: str, policy: str = "test") -> float:
+    """The cell's test score in `mode` ('greedy' or 'sampled'), normalised so that optimal = 1.0; `policy`
+    "selected": that of the checkpoint chosen on validation success (eval.keep_best; an SFT cell is its own).
 
     success / optimum, or (R - R_random) / (R_optimal - R_random) with the optimum's and a uniformly random
     policy's expected returns within the turn limit (env score `normalise: random_to_optimal`).
     """
-    summary = record["test"][mode]
+    summary = (
+        record.get(policy, record["test"])[mode] if record["cell"]["method"] == SFT else record[policy][mode]
+    )
     if env_spec["score"].get("normalise") == "random_to_optimal":
         exact = exact_references(record)
         if exact is None:
@@ -189,31 +192,39 @@ def iqm_with_ci(
     return {m: (float(points[m][i]), float(intervals[m][0][i]), float(intervals[m][1][i])) for m in usable}
 
 
-def scores_by_method(spec: dict[str, Any], records: dict[str, dict], mode: str) -> dict[str, dict[str, dict]]:
-    """method -> env -> seed -> normalised score, over the finished cells."""
+def has_policy(record: dict[str, Any], policy: str) -> bool:
+    return policy in record or record["cell"]["method"] == SFT
+
+
+def scores_by_method(
+    spec: dict[str, Any], records: dict[str, dict], mode: str, policy: str = "test"
+) -> dict[str, dict[str, dict]]:
+    """method -> env -> seed -> normalised score of `policy` (see `normalised`), over the finished cells."""
     table: dict[str, dict[str, dict[int, float]]] = {
         m: {e: {} for e in spec["envs"]} for m in spec["methods"]
     }
     for record in records.values():
         cell = record["cell"]
-        if cell["method"] in table and cell["env"] in spec["envs"]:
+        if cell["method"] in table and cell["env"] in spec["envs"] and has_policy(record, policy):
             table[cell["method"]][cell["env"]][cell["seed"]] = normalised(
-                spec["envs"][cell["env"]], record, mode
+                spec["envs"][cell["env"]], record, mode, policy
             )
     return table
 
 
 # ------------------------------------------------------------------------------------------------ tables
-def aggregate_table(spec: dict[str, Any], records: dict[str, dict]) -> list[str]:
-    """Markdown: per method, IQM of the normalised test score (greedy, sampled) with 95% CIs."""
+def aggregate_table(spec: dict[str, Any], records: dict[str, dict], policy: str = "test") -> list[str]:
+    """Markdown: per method, IQM of the normalised test score (greedy, sampled) with 95% CIs; `policy` "selected":
+    of the checkpoints chosen on validation success."""
+    what = "final policy" if policy == "test" else "checkpoint selected on validation"
     rows = [
-        "| method | cells used (seeds x envs) | IQM greedy [95% CI] | IQM sampled [95% CI] |",
+        f"| method ({what}) | cells used (seeds x envs) | IQM greedy [95% CI] | IQM sampled [95% CI] |",
         "|---|---|---|---|",
     ]
     estimates, used, seeds = {}, {}, {}
     for mode in MODES:
         matrices = {}
-        for method, by_env in scores_by_method(spec, records, mode).items():
+        for method, by_env in scores_by_method(spec, records, mode, policy).items():
             matrices[method], envs = method_matrix(by_env)
             seeds[method] = matrices[method].shape[0]
             used[method] = f"{seeds[method]} x {len(envs)} ({', '.join(envs) or '-'})"
@@ -232,11 +243,12 @@ def aggregate_table(spec: dict[str, Any], records: dict[str, dict]) -> list[str]
 
 def cell_rows(spec: dict[str, Any], records: dict[str, dict]) -> list[str]:
     """Markdown: per env and method, the mean over finished seeds of the normalised and raw test scores, whether
-    the target is met, how many seeds end at or above SFT's greedy score (paired), and the env steps played."""
+    the target is met, how many seeds end at or above SFT's greedy score (paired), the env steps played, and the
+    checkpoint chosen on validation success (eval.keep_best): its normalised test scores and its steps."""
     rows = [
         "| env | method | seeds | greedy (norm.) | sampled (norm.) | greedy success / return | sampled success / "
-        "return | target met | greedy >= SFT | env steps |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "return | target met | greedy >= SFT | env steps | val-selected greedy / sampled (norm.) at step |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for env, env_spec in spec["envs"].items():
         sft = {
@@ -268,9 +280,20 @@ def cell_rows(spec: dict[str, Any], records: dict[str, dict]) -> list[str]:
             pairing = f"{above}/{len(paired)}" if method != SFT else "-"
             rows.append(
                 f"| {env} | {method} | {len(mine)} | {norm['greedy']:.3f} | {norm['sampled']:.3f} | {raw['greedy']} | "
-                f"{raw['sampled']} | {met} (>= {env_spec['target']}) | {pairing} | {steps} |"
+                f"{raw['sampled']} | {met} (>= {env_spec['target']}) | {pairing} | {steps} | "
+                f"{selected_cell(env_spec, mine)} |"
             )
     return rows
+
+
+def selected_cell(env_spec: dict[str, Any], mine: list[dict[str, Any]]) -> str:
+    """Mean normalised greedy / sampled test score of the validation-selected checkpoints, and their steps."""
+    chosen = [r for r in mine if "selected" in r]
+    if not chosen or mine[0]["cell"]["method"] == SFT:
+        return "-"
+    scores = [f"{np.mean([normalised(env_spec, r, m, 'selected') for r in chosen]):.3f}" for m in MODES]
+    steps = ", ".join(str(r["selected"]["step"]) for r in chosen)
+    return f"{' / '.join(scores)} at {steps}"
 
 
 def missing_rows(spec: dict[str, Any], records: dict[str, dict], reasons: dict[str, str]) -> list[str]:
@@ -317,6 +340,8 @@ def markdown(spec: dict[str, Any], records: dict[str, dict], reasons: dict[str, 
         "normalised test scores (1.0 = optimal); IQM over envs x seeds with 95% stratified-bootstrap CIs (rliable).",
         "",
         *aggregate_table(spec, records),
+        "",
+        *aggregate_table(spec, records, "selected"),
         "",
         *cell_rows(spec, records),
         "",

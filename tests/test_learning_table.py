@@ -101,6 +101,44 @@ def test_a_restart_skips_finished_cells_and_names_a_failed_one(tmp_path, monkeyp
     assert ran == ["cliff__sft__s0"]
 
 
+def test_a_second_worker_skips_claimed_cells_and_waits_for_the_sft_cell_another_worker_runs(
+    tmp_path, monkeypatch
+):
+    import os
+    import subprocess
+
+    runner = _runner(tmp_path, monkeypatch, {**SPEC, "seeds": [0]})
+    other = subprocess.Popen(["sleep", "60"])  # a live worker that is not this process
+    try:
+        for key in ("lake__sft__s0", "cliff__grpo__s0"):
+            path = runner.claim_path(Cell(*key.split("__")[:2], 0))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(str(other.pid))
+        ran, waits = [], []
+
+        def run_cell(cell, finished):
+            ran.append(cell.key)
+            assert runner.claim_path(cell).read_text() == str(os.getpid())  # held while it runs
+            return _record(cell.env, cell.method, cell.seed, 0.6, 0.6, sft_checkpoint="ckpt")
+
+        def other_worker_finishes_lake_sft(seconds):
+            waits.append(seconds)
+            (runner.results / "lake__sft__s0.json").write_text(
+                json.dumps(_record("lake", "sft", 0, 0.5, 0.4))
+            )
+            runner.claim_path(Cell("lake", "sft", 0)).unlink()
+
+        monkeypatch.setattr(runner, "run_cell", run_cell)
+        monkeypatch.setattr(lt.time, "sleep", other_worker_finishes_lake_sft)
+        runner.run_all(poll_seconds=7)
+    finally:
+        other.kill()
+    # lake's RL cells wait for lake's SFT (the other worker's); cliff's GRPO is the other worker's, never run here.
+    assert ran == ["cliff__sft__s0", "cliff__ppo__s0", "lake__grpo__s0", "lake__ppo__s0"]
+    assert waits == [7]
+    assert [p.name for p in (runner.runs / "claims").glob("*.claim")] == ["cliff__grpo__s0.claim"]
+
+
 def test_a_stopped_cell_is_redone_in_a_fresh_run_folder(tmp_path):
     assert lt.fresh_run_dir(tmp_path, "lake_grpo_s0") == tmp_path / "lake_grpo_s0"
     (tmp_path / "lake_grpo_s0").mkdir()  # a try that was killed half way
@@ -220,6 +258,45 @@ def test_the_table_shows_means_targets_pairing_and_names_the_missing_cells():
     one_seed = {k: r for k, r in records.items() if r["cell"]["seed"] == 0}
     assert "| grpo | 1 x 1 (lake) | 0.960 (1 seed: no CI) | 0.980 (1 seed: no CI) |" in ltr.markdown(
         spec, one_seed, {}
+    )
+
+
+def test_the_checkpoint_selected_on_validation_is_reported_beside_the_final_policy():
+    spec = {**SPEC, "seeds": [0, 1], "bootstrap_reps": 200}
+    spec["envs"] = {"lake": {**SPEC["envs"]["lake"], "target": 0.95}}
+    summary = lambda g, s: {"greedy": {"success": g, "return": g}, "sampled": {"success": s, "return": s}}  # noqa: E731
+    records = {
+        Cell("lake", "sft", 0).key: _record("lake", "sft", 0, 0.74, 0.41),
+        Cell("lake", "grpo", 0).key: _record(
+            "lake",
+            "grpo",
+            0,
+            0.50,
+            0.90,
+            selected={"step": 40, "validation_success": 0.8, **summary(0.80, 0.70)},
+        ),
+        Cell("lake", "grpo", 1).key: _record(
+            "lake",
+            "grpo",
+            1,
+            0.60,
+            0.97,
+            selected={"step": 0, "validation_success": 0.7, **summary(0.70, 0.40)},
+        ),
+        Cell("lake", "ppo", 0).key: _record(
+            "lake", "ppo", 0, 0.30, 0.30
+        ),  # kept no checkpoint: not in that table
+    }
+    text = ltr.markdown(spec, records, {})
+    # selected greedy (0.80 + 0.70) / 2 = 0.75, sampled (0.70 + 0.40) / 2 = 0.55; the final policy's stay as they were
+    assert "| 0/1 | 1000 | 0.750 / 0.550 at 40, 0 |" in text  # seed 0 ends below its SFT (0.50 < 0.74)
+    assert "| lake | grpo | 2 | 0.550 | 0.935 |" in text
+    selected = text[text.index("(checkpoint selected on validation)") :]
+    assert "| sft | 1 x 1 (lake) | 0.740 (1 seed: no CI) |" in selected  # SFT is its own selection
+    assert "| ppo | 0 x 0 (-) | - | - |" in selected
+    assert (
+        ltr.normalised(spec["envs"]["lake"], records[Cell("lake", "grpo", 0).key], "greedy", "selected")
+        == 0.80
     )
 
 
