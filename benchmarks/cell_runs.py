@@ -159,11 +159,16 @@ def mean_sd(values: list[float], digits: int = 3) -> str:
 
 
 def plot_curves(
-    path: Path, panels: dict[str, dict[str, list[list[dict[str, float]]]]], title: str, dashed: str = ""
+    path: Path,
+    panels: dict[str, dict[str, list[list[dict[str, float]]]]],
+    title: str,
+    dashed: str = "",
+    legend_each: bool = False,
 ) -> Path:
     """One panel per key of `panels`, one line per label: validation success against env steps, the mean over
     the seeds' curves (each a `curve()` list; seeds are averaged point by point up to the shortest); labels that
-    contain `dashed` (when given) are drawn dashed. Saved as PNG.
+    contain `dashed` (when given) are drawn dashed. The legend is on the first panel with lines, or on each panel
+    (`legend_each`: panels whose labels differ). Saved as PNG.
     """
     import matplotlib
 
@@ -186,10 +191,11 @@ def plot_curves(
         ax.set_xlabel("env steps during RL")
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("validation success")
-    for ax in axes[0]:  # the legend on the first panel that has lines
+    for ax in axes[0]:  # the legend on the first panel that has lines (on each, with legend_each)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="lower right")
-            break
+            if not legend_each:
+                break
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

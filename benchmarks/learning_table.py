@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from cell_runs import claim, claimed_by_other
+from learning_table_curves import plot_validation_curves, validation_curve
 from learning_table_results import (
     BEGIN,
     END,
@@ -62,6 +63,7 @@ from learning_table_results import (
     markdown,
     max_steps_for,
     rewrite_block,
+    selected_record,
     skipped,
     trainer_of,
 )
@@ -109,16 +111,6 @@ def reference_returns_on_test_seeds(config: Config) -> dict[str, Any] | None:
         return dataclasses.asdict(env_reference_returns(config.env, seeds))
     except NoExpertError:
         return None
-
-
-def selected_record(policies: dict[str, Any]) -> dict[str, Any]:
-    """The checkpoint RL kept for its best validation success (eval.keep_best, `rlft eval`'s rl_best): its test
-    scores and the step and validation success it was chosen at; {} when the run kept none."""
-    best = policies.get("rl_best")
-    if best is None:
-        return {}
-    chosen = {k: v for k, v in best.get("selection", {}).items() if k in ("step", "validation_success")}
-    return {"selected": {**chosen, "greedy": best["greedy"], "sampled": best["sampled"]}}
 
 
 # ------------------------------------------------------------------------------------------------ running
@@ -293,6 +285,7 @@ class Runner:
                 for r in rl_rows
                 if "eval/success" in r and "episode/env_steps_total" in r
             ],
+            "validation_curve": validation_curve(rl_rows),
             "wall_seconds": round(seconds, 1),
             "commit": commit_id(),
             "commands": [shlex.join(["rlft", *c[1:]]) for c in commands],
@@ -371,14 +364,20 @@ def main(argv: list[str] | None = None) -> int:
         "--readme", action="store_true", help="rewrite README.md's results block, run nothing"
     )
     parser.add_argument("--commit", action="store_true", help="git-commit each finished cell's JSON")
+    parser.add_argument(
+        "--curves", action="store_true", help="plot validation curves (greedy, sampled) as PNGs, run nothing"
+    )
     args = parser.parse_args(argv)
     # SIGTERM (kill PID) raises SystemExit: subprocess.run then kills the running rlft command before exiting.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     spec = load_spec(args.spec, smoke=args.smoke)
     results = ROOT / spec["results_dir"]
-    if not (args.table or args.readme):
+    if not (args.table or args.readme or args.curves):
         Runner(spec, commit=args.commit).run_all()
     records, reasons = finished(results), skipped(results)
+    if args.curves:
+        for path in plot_validation_curves(spec, records):
+            print(f"wrote {path.relative_to(ROOT)}")
     if args.readme:
         readme = ROOT / "README.md"
         block = readme_block(spec, records, reasons, args.smoke)

@@ -165,6 +165,16 @@ def normalised(env_spec: dict[str, Any], record: dict[str, Any], mode: str, poli
     return summary["success"] / optimum_success(env_spec, record)[0]
 
 
+def selected_record(policies: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint RL kept for its best validation success (eval.keep_best, `rlft eval`'s rl_best): its test
+    scores and the step and validation success it was chosen at; {} when the run kept none."""
+    best = policies.get("rl_best")
+    if best is None:
+        return {}
+    chosen = {k: v for k, v in best.get("selection", {}).items() if k in ("step", "validation_success")}
+    return {"selected": {**chosen, "greedy": best["greedy"], "sampled": best["sampled"]}}
+
+
 # ------------------------------------------------------------------------------------------------ aggregates
 def method_matrix(scores: dict[str, dict[int, float]]) -> tuple[np.ndarray, list[str]]:
     """rliable's (runs, tasks) matrix from one method's scores per env and seed, and the envs (tasks) in it.

@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark scripts import each other as siblings
 
 import learning_table as lt  # noqa: E402
+import learning_table_curves as ltc  # noqa: E402
 import learning_table_results as ltr  # noqa: E402
 from learning_table_results import Cell  # noqa: E402
 
@@ -333,6 +334,49 @@ def test_the_spec_names_existing_configs_and_every_cell_of_the_issue():
 def test_the_scripts_fit_the_projects_size_limits():
     assert [
         found
-        for name in ("learning_table.py", "learning_table_results.py")
+        for name in ("learning_table.py", "learning_table_results.py", "learning_table_curves.py")
         for found in oversized(ROOT / "benchmarks" / name)
     ] == []
+
+
+def test_validation_curves_keep_greedy_and_sampled_and_are_plotted_per_env(tmp_path, monkeypatch):
+    rows = [
+        {"stage": "rl", "step": 1, "loss": 0.1},  # a training row: not a validation
+        {
+            "stage": "rl",
+            "episode/env_steps_total": 0.0,
+            "eval/val_success_greedy": 0.6,
+            "eval/val_success_sampled": 0.4,
+        },
+        {
+            "stage": "rl",
+            "episode/env_steps_total": 900.0,
+            "eval/val_success_greedy": 0.7,
+            "eval/val_success_sampled": 0.5,
+        },
+    ]
+    curve = ltc.validation_curve(rows)
+    assert curve == [
+        {"env_steps": 0.0, "greedy": 0.6, "sampled": 0.4},
+        {"env_steps": 900.0, "greedy": 0.7, "sampled": 0.5},
+    ]
+    monkeypatch.setattr(ltc, "ROOT", tmp_path)
+    spec = {**SPEC, "results_dir": "results"}
+    records = {
+        Cell("lake", "grpo", 0).key: _record("lake", "grpo", 0, 0.6, 0.6, validation_curve=curve),
+        Cell("lake", "sft", 0).key: _record("lake", "sft", 0, 0.6, 0.4),  # no RL: no line
+        Cell("cliff", "ppo", 0).key: _record(
+            "cliff", "ppo", 0, 0.6, 0.6
+        ),  # older record, run folder gone: empty
+    }
+    drawn = {}
+    monkeypatch.setattr(
+        ltc, "plot_curves", lambda path, panels, title, **kw: drawn.setdefault(path.name, panels) and path
+    )
+    ltc.plot_validation_curves(spec, records)
+    assert sorted(drawn) == ["curves_greedy.png", "curves_sampled.png"]
+    assert drawn["curves_greedy.png"]["lake"] == {
+        "grpo": [[{"env_steps": 0.0, "val_success": 0.6}, {"env_steps": 900.0, "val_success": 0.7}]]
+    }
+    assert drawn["curves_sampled.png"]["lake"]["grpo"][0][1]["val_success"] == 0.5
+    assert drawn["curves_greedy.png"]["cliff"] == {"ppo": [[]]}
