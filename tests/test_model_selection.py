@@ -100,6 +100,28 @@ def test_a_validation_regression_past_the_margin_warns(tmp_path, caplog, success
         assert "rl.trainer.learning_rate" in warnings[0] and "eval.keep_best" in warnings[0]
 
 
+@pytest.mark.parametrize(
+    ("greedy", "warns"),
+    [
+        ([0.64, 0.64, 0.64, 0.64], True),
+        ([0.64, 0.64, 0.64], False),
+        ([0.64, 0.64, 0.65, 0.64], False),
+        ([0.64] * 6, True),
+    ],
+)
+def test_a_greedy_success_that_never_moves_warns_once(tmp_path, caplog, greedy, warns):
+    config = rl_config(tmp_path)
+    selection = stage_rl.ModelSelection(config, fake_trainer())
+    with caplog.at_level(logging.WARNING, logger=stage_rl.__name__):
+        for step, value in enumerate(greedy):
+            selection(10 * step, {"eval/success": 0.4 + 0.01 * step, "eval/val_success_greedy": value})
+    warnings = [r.getMessage() for r in caplog.records if "greedy decision" in r.getMessage()]
+    assert len(warnings) == (1 if warns else 0)
+    if warns:
+        assert "0.640 at each of 4 validations (up to step 30)" in warnings[0]
+        assert "rl.trainer.learning_rate" in warnings[0]
+
+
 def test_overlapping_validation_and_test_seed_ranges_exit_2(tmp_path, capsys):
     raw = {
         "name": "overlap",

@@ -58,6 +58,8 @@ from rlft.stages.model_card import card_files, resume_card_files
 from rlft.stages.transfer import check_critic_matches, critic_trainer_overrides
 
 logger = logging.getLogger(__name__)
+GREEDY_SUCCESS = "eval/val_success_greedy"  # logged at each validation (rlft.stages.generalisation)
+STILL_VALIDATIONS = 4  # validations with one and the same greedy success before ModelSelection warns
 BEST = "rl_best"  # checkpoints/rl_best: the best validation success (eval.keep_best), `rlft eval`'s rl_best
 
 
@@ -337,6 +339,9 @@ class ModelSelection:
         self.best_step, self.best = previous.get("step"), previous.get("validation_success")
         self.first = previous.get("first_validation_success")
         self.warned = False
+        self.greedy: list[
+            float
+        ] = []  # validation greedy success so far (this process's run): a still policy warns
 
     def __call__(self, step: int, logs: dict[str, float] | None) -> None:
         shared = [None if logs is None else float(logs["eval/success"])]
@@ -360,12 +365,29 @@ class ModelSelection:
                 self.margin,
                 self.first,
             )
+        if logs is not None and GREEDY_SUCCESS in logs:
+            self.warn_if_greedy_still(step, float(logs[GREEDY_SUCCESS]))
         if self.keep_best and (self.best is None or success > self.best):
             self.best, self.best_step = success, step
             record = {"step": step, "validation_success": success, "first_validation_success": self.first}
             files = {SELECTION_FILE: json.dumps(record, indent=2) + "\n"}
             files.update(card_files(self.config, self.path, selection=record))  # README.md
             save_final(self.trainer, self.path, files)
+
+    def warn_if_greedy_still(self, step: int, greedy: float) -> None:
+        """Once, when validation greedy success has been exactly the same at STILL_VALIDATIONS validations: on the
+        same validation tasks that means no greedy decision that matters has changed; RL only sharpens sampling."""
+        self.greedy.append(greedy)
+        if len(self.greedy) == STILL_VALIDATIONS and len(set(self.greedy)) == 1:
+            logger.warning(
+                "validation greedy success has been %.3f at each of %d validations (up to step %d): RL has not "
+                "changed a greedy decision that matters on the validation tasks, only the sampling around them. "
+                "Try more steps or a larger rl.trainer.learning_rate (watch entropy and episode/invalid_actions: "
+                "too large collapses the policy), and see benchmarks/investigations/greedy_success_2026-12-07.md",
+                greedy,
+                len(self.greedy),
+                step,
+            )
 
 
 def read_selection(config: Config) -> dict[str, Any] | None:
