@@ -14,7 +14,7 @@ Two bars per algorithm:
   need planning on unseen maps, and RL sharpens sampling towards SFT's mode), so it is a strict xfail: the day an
   algorithm meets it, the test fails and says to turn it into a plain assertion.
 
-Marked slow (about 10 minutes per algorithm on two CPU cores, plus 4 for the shared SFT): `pytest -m slow
+Marked slow (8 to 35 minutes per algorithm on one CPU core, PPO the longest, plus 4 for the shared SFT): `pytest -m slow
 tests/test_learning_greedy.py`.
 """
 
