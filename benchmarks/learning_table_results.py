@@ -279,7 +279,7 @@ def cell_rows(spec: dict[str, Any], records: dict[str, dict]) -> list[str]:
                 f"{np.mean([r['test'][m]['return'] for r in mine]):.2f}"
                 for m in MODES
             }
-            met = "yes" if min(norm.values()) >= env_spec["target"] else "no"
+            met = target_met(env_spec, norm, mine)
             paired = [r for r in mine if r["cell"]["seed"] in sft]
             above = sum(
                 normalised(env_spec, r, "greedy")
@@ -294,6 +294,16 @@ def cell_rows(spec: dict[str, Any], records: dict[str, dict]) -> list[str]:
                 f"{selected_cell(env_spec, mine)} |"
             )
     return rows
+
+
+def target_met(env_spec: dict[str, Any], norm: dict[str, float], mine: list[dict[str, Any]]) -> str:
+    """ "yes" when the mean normalised greedy and sampled scores reach the env's target. A normalised RETURN can be
+    reached without ever finishing the task (Taxi: a policy that only emits free no-ops scored 0.925), so there the
+    task must also be finished on some test tasks in both modes: "no (success 0)" otherwise."""
+    if min(norm.values()) < env_spec["target"]:
+        return "no"
+    never = any(max(r["test"][m]["success"] for r in mine) == 0.0 for m in MODES)
+    return "no (success 0)" if env_spec["score"].get("normalise") == "random_to_optimal" and never else "yes"
 
 
 def selected_cell(env_spec: dict[str, Any], mine: list[dict[str, Any]]) -> str:

@@ -380,3 +380,14 @@ def test_validation_curves_keep_greedy_and_sampled_and_are_plotted_per_env(tmp_p
     }
     assert drawn["curves_sampled.png"]["lake"]["grpo"][0][1]["val_success"] == 0.5
     assert drawn["curves_greedy.png"]["cliff"] == {"ppo": [[]]}
+
+
+def test_a_normalised_return_without_one_finished_task_does_not_meet_the_target():
+    taxi = {"target": 0.9, "score": {"metric": "return", "normalise": "random_to_optimal"}}
+    hack = _record("taxi", "grpo", 0, 0.0, 0.0)  # success 0 in both modes
+    solved = _record("taxi", "grpo", 1, 0.8, 0.7)
+    assert ltr.target_met(taxi, {"greedy": 0.925, "sampled": 0.925}, [hack]) == "no (success 0)"
+    assert ltr.target_met(taxi, {"greedy": 0.95, "sampled": 0.93}, [hack, solved]) == "yes"
+    assert ltr.target_met(taxi, {"greedy": 0.95, "sampled": 0.85}, [solved]) == "no"
+    lake = {"target": 0.9, "score": {"metric": "success", "optimum": 1.0}}
+    assert ltr.target_met(lake, {"greedy": 0.95, "sampled": 0.95}, [solved]) == "yes"
