@@ -58,11 +58,15 @@ def test_cells_run_must_fill_first_seed_major_with_sft_before_its_rl_cells():
     ]
 
 
-def _record(env: str, method: str, seed: int, greedy: float, sampled: float, **extra) -> dict:
-    summary = {
+def _summary(greedy: float, sampled: float) -> dict:
+    return {
         "greedy": {"success": greedy, "return": greedy},
         "sampled": {"success": sampled, "return": sampled},
     }
+
+
+def _record(env: str, method: str, seed: int, greedy: float, sampled: float, **extra) -> dict:
+    summary = _summary(greedy, sampled)
     return {
         "cell": {"env": env, "method": method, "seed": seed},
         "test": summary,
@@ -265,24 +269,14 @@ def test_the_table_shows_means_targets_pairing_and_names_the_missing_cells():
 def test_the_checkpoint_selected_on_validation_is_reported_beside_the_final_policy():
     spec = {**SPEC, "seeds": [0, 1], "bootstrap_reps": 200}
     spec["envs"] = {"lake": {**SPEC["envs"]["lake"], "target": 0.95}}
-    summary = lambda g, s: {"greedy": {"success": g, "return": g}, "sampled": {"success": s, "return": s}}  # noqa: E731
+    chosen = lambda step, val, g, s: {"step": step, "validation_success": val, **_summary(g, s)}  # noqa: E731
     records = {
         Cell("lake", "sft", 0).key: _record("lake", "sft", 0, 0.74, 0.41),
         Cell("lake", "grpo", 0).key: _record(
-            "lake",
-            "grpo",
-            0,
-            0.50,
-            0.90,
-            selected={"step": 40, "validation_success": 0.8, **summary(0.80, 0.70)},
+            "lake", "grpo", 0, 0.50, 0.90, selected=chosen(40, 0.8, 0.80, 0.70)
         ),
         Cell("lake", "grpo", 1).key: _record(
-            "lake",
-            "grpo",
-            1,
-            0.60,
-            0.97,
-            selected={"step": 0, "validation_success": 0.7, **summary(0.70, 0.40)},
+            "lake", "grpo", 1, 0.60, 0.97, selected=chosen(0, 0.7, 0.70, 0.40)
         ),
         Cell("lake", "ppo", 0).key: _record(
             "lake", "ppo", 0, 0.30, 0.30
