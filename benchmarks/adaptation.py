@@ -32,12 +32,11 @@ from __future__ import annotations
 
 import argparse
 import copy
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from cell_runs import CellStore, curve, fresh, held_out, mean_sd, plot_curves, rlft
+from cell_runs import CellStore, commit_id, curve, fresh, held_out, mean_sd, plot_curves, rlft
 
 TARGETS = {
     "random5x5": {"kwargs": {"random_map_size": 5, "is_slippery": False}, "max_turns": 16},
@@ -159,11 +158,6 @@ def cells(seeds: int, smoke: bool) -> list[tuple[str, int, str, int]]:
     if smoke:
         return [("random5x5", 8, "source", 0)]
     return [(t, k, s, seed) for seed in range(seeds) for t in TARGETS for k in DEMOS for s in STARTS]
-
-
-def commit_id() -> str:
-    out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
 
 
 def table(store: CellStore, seeds: int, smoke: bool) -> str:

@@ -24,6 +24,19 @@ ROOT = Path(__file__).resolve().parents[1]
 RLFT = str(Path(sys.executable).with_name("rlft"))  # the console script of the interpreter running this
 
 
+def commit_id(root: Path = ROOT) -> str:
+    """HEAD, plus ``-dirty`` when tracked code or configs differ from it (what the benchmarks write under
+    benchmarks/results does not count: a progress log changes while every worker runs)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+    changed = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)benchmarks/results"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    return (head.stdout.strip() or "unknown") + ("-dirty" if changed.stdout.strip() else "")
+
+
 def die_with_parent() -> None:
     """Each rlft command gets SIGTERM when the benchmark dies (prctl PR_SET_PDEATHSIG): no orphan training."""
     if sys.platform.startswith("linux"):

@@ -45,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cell_runs import claim, claimed_by_other
+from cell_runs import claim, claimed_by_other, commit_id
 from learning_table_curves import plot_validation_curves, validation_curve
 from learning_table_results import (
     BEGIN,
@@ -95,11 +95,6 @@ def die_with_parent() -> None:
     (prctl PR_SET_PDEATHSIG), so a killed table leaves no orphan run training on the shared cores."""
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-
-
-def commit_id() -> str:
-    out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=ROOT, capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
 
 
 def reference_returns_on_test_seeds(config: Config) -> dict[str, Any] | None:

@@ -385,3 +385,23 @@ def test_a_normalised_return_without_one_finished_task_does_not_meet_the_target(
     assert ltr.target_met(taxi, {"greedy": 0.95, "sampled": 0.85}, [solved]) == "no"
     lake = {"target": 0.9, "score": {"metric": "success", "optimum": 1.0}}
     assert ltr.target_met(lake, {"greedy": 0.95, "sampled": 0.95}, [solved]) == "yes"
+
+
+def test_the_recorded_commit_is_dirty_for_changed_code_but_not_for_the_tables_own_results(tmp_path):
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "benchmarks/results").mkdir(parents=True)
+    (tmp_path / "benchmarks/results/progress.log").write_text("start\n")
+    (tmp_path / "config.yaml").write_text("seed: 0\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    head = lt.commit_id(tmp_path)
+    assert len(head) >= 7 and not head.endswith("-dirty")
+    (tmp_path / "benchmarks/results/progress.log").write_text("start\nanother worker\n")
+    assert lt.commit_id(tmp_path) == head
+    (tmp_path / "config.yaml").write_text("seed: 1\n")
+    assert lt.commit_id(tmp_path) == head + "-dirty"
