@@ -60,6 +60,28 @@ def test_run_directory_layout(tiny_run):
     assert stages_logged == {"sft", "rl", "eval"}
 
 
+def test_eval_audits_each_policys_greedy_decisions_against_the_expert(tiny_run, capsys):
+    """Every greedy test episode is replayed (the engine's recorded observations reproduce) and each turn is
+    checked against the expert; the share is logged, written and shown."""
+    from rlft.stages.eval import format_table
+
+    config, _, _, results = tiny_run
+    saved = json.loads((config.run_dir / "eval.json").read_text())
+    for label in ("untrained", "sft", "rl"):
+        greedy, decisions = saved["policies"][label]["greedy"], saved["policies"][label]["decisions"]
+        assert decisions["episodes"] == greedy["episodes"] == 8 and decisions["replay_mismatches"] == 0
+        assert decisions["turns"] == round(greedy["turns"] * greedy["episodes"])
+        assert greedy["expert_agreement"] == decisions["agreement"] and 0.0 <= decisions["agreement"] <= 1.0
+        wrong = sum(d["count"] for d in decisions["disagreements"])
+        assert wrong <= decisions["turns"] * (1 - decisions["agreement"]) + 1e-9  # the top 5 of them
+    assert "decisions" not in saved["policies"]["expert"]
+    logged = [r for r in read_metrics(config.run_dir) if r["stage"] == "eval"]
+    assert any("sft/greedy/expert_agreement" in r for r in logged)
+    table = format_table(results)
+    assert "expert's move, greedy |" in table
+    assert f"| {saved['policies']['sft']['greedy']['expert_agreement']:.3f} |" in table
+
+
 def test_grpo_step_changes_every_trainable_parameter(tiny_run):
     _, sft_path, rl_path, _ = tiny_run
     before, after = load_file(sft_path / "model.safetensors"), load_file(rl_path / "model.safetensors")

@@ -70,6 +70,12 @@ class EvalConfig(Section):
         "logging *_greedy and *_sampled; false: only the decoding eval.greedy names",
     )
     overfit_alarm: OverfitAlarmConfig = Field(default_factory=OverfitAlarmConfig)
+    expert_agreement: bool = Field(
+        True,
+        description="when the env has an expert: replay each policy's greedy test episodes, asking the expert at "
+        "every state, and report the share of turns where the policy did what the expert would, with the most "
+        "frequent disagreeing observations (eval.json `decisions`)",
+    )
     expert: Literal["auto"] | bool = Field(
         "auto",
         description="evaluate the env's expert beside the policies: auto = when the env has one (skipped "

@@ -24,6 +24,7 @@ import torch
 from rlft.config.schema import Config, config_to_dict, load_config, save_config
 from rlft.errors import CheckpointError, RlftError
 from rlft.rollout.evaluation import evaluate_expert, evaluate_policy, held_out_seeds, missing_expert
+from rlft.rollout.expert_agreement import expert_agreement
 from rlft.rollout.experts import check_expert
 from rlft.runtime.distributed import ddp_timeout_s, process_state
 from rlft.runtime.faults import out_of_memory_guard
@@ -110,7 +111,8 @@ def run_eval(
     results["notes"] = notes
     if record.config is not None:
         results["record"] = {"config": record.config.name, "differs_in": record.differs_in}
-    _evaluate_all(config, policies, bool(expert), seeds, results, record)
+    audit = config.eval.expert_agreement and missing_expert(env_factory(config)) is None
+    _evaluate_all(config, policies, bool(expert), seeds, results, record, audit)
     return results
 
 
@@ -121,13 +123,14 @@ def _evaluate_all(
     seeds: list[int],
     results: dict[str, Any],
     record: EvalRecord,
+    audit: bool = False,
 ) -> None:
     """Each policy, then the expert, each result written as soon as it exists; an error keeps them all."""
     tracker = Tracker(config, "eval", config.run_dir)
     label = None
     try:
         for label, path in policies.items():
-            results["policies"][label] = evaluate_checkpoint(config, label, path, seeds, tracker)
+            results["policies"][label] = evaluate_checkpoint(config, label, path, seeds, tracker, audit)
             write_results(record, results, config)
         if expert:
             label = "expert"
@@ -146,17 +149,24 @@ def _evaluate_all(
 
 
 def evaluate_checkpoint(
-    config: Config, label: str, path: Path, seeds: list[int], tracker: Tracker
+    config: Config, label: str, path: Path, seeds: list[int], tracker: Tracker, audit: bool = False
 ) -> dict[str, Any]:
-    """One saved policy, greedy and sampled (at the rollout temperature), on the held-out seeds; logged."""
+    """One saved policy, greedy and sampled (at the rollout temperature), on the held-out seeds; logged.
+
+    `audit`: its greedy episodes are replayed with the env's expert asked at every state (`decisions`, and
+    `greedy.expert_agreement`: the share of turns where the policy did what the expert would).
+    """
     model, tokenizer = load_checkpoint(path, config)
     if torch.cuda.is_available():
         model = model.cuda()
     engine = rollout_engine(config, tokenizer, model, greedy=True)
     with out_of_memory_guard(config, "eval"):
-        greedy, _ = evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)
+        greedy, greedy_episodes = evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)
         engine.settings = sampling_settings(config, greedy=False)
         sampled, _ = evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)
+    decisions = expert_agreement(env_factory(config), greedy_episodes) if audit else None
+    if decisions is not None and decisions["agreement"] is not None:
+        greedy["expert_agreement"] = decisions["agreement"]
     tracker.log(
         {
             f"{label}/{mode}/{k}": v
@@ -167,6 +177,8 @@ def evaluate_checkpoint(
     # The headline numbers are the policy as configured (eval.greedy); both are kept.
     headline = greedy if config.eval.greedy else sampled
     result = {**headline, "greedy": greedy, "sampled": sampled, "checkpoint": str(path)}
+    if decisions is not None:
+        result["decisions"] = decisions
     selection = (
         path / SELECTION_FILE
     )  # a checkpoint chosen on validation success (eval.keep_best) names its step
@@ -265,18 +277,35 @@ def format_table(results: dict[str, Any]) -> str:
     if not results["policies"] and results.get("note"):
         return results["note"]
     count = results["seeds"]["count"]
+    audited = any("expert_agreement" in r.get("greedy", {}) for r in results["policies"].values())
     rows = [
         f"held-out episodes: {count}",
-        "| policy | success, greedy (95% CI) | success, sampled (95% CI) | return, greedy | turns |",
-        "|---|---|---|---|---|",
+        "| policy | success, greedy (95% CI) | success, sampled (95% CI) | return, greedy | turns |"
+        + (" expert's move, greedy |" if audited else ""),
+        "|---|---|---|---|---|" + ("---|" if audited else ""),
     ]
     for label, r in results["policies"].items():
         greedy, sampled = r.get("greedy", r), r.get("sampled", r)
         if "selection" in r:  # chosen on validation tasks, never on these test tasks
             label = f"{label} (step {r['selection']['step']})"
+        agreement = greedy.get("expert_agreement")
         rows.append(
             f"| {label} | {cell(greedy, 'success')} | {cell(sampled, 'success')} | "
             f"{cell(greedy, 'return')} | {greedy['turns']:.1f} |"
+            + ((" - |" if agreement is None else f" {agreement:.3f} |") if audited else "")
         )
     rows += [f"note: {note}" for note in results.get("notes", [])]
+    rows += disagreement_lines(results)
     return "\n".join(rows)
+
+
+def disagreement_lines(results: dict[str, Any], per_policy: int = 3) -> list[str]:
+    """Each audited policy's most frequent greedy decisions that the expert would not take, one line each."""
+    lines = []
+    for label, r in results["policies"].items():
+        for d in r.get("decisions", {}).get("disagreements", [])[:per_policy]:
+            where = " / ".join(d["observation"].splitlines()[-2:])  # the last lines: where the agent is
+            lines.append(
+                f"{label}: {d['policy']} where the expert plays {d['expert']} ({d['count']}x): {where}"
+            )
+    return lines
