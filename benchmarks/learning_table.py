@@ -47,6 +47,8 @@ from typing import Any
 
 from cell_runs import claim, claimed_by_other, commit_id
 from learning_table_curves import plot_validation_curves, validation_curve
+from learning_table_decisions import backfill
+from learning_table_report import compare_command, readme_block, tables
 from learning_table_results import (
     BEGIN,
     END,
@@ -60,7 +62,6 @@ from learning_table_results import (
     finished,
     is_must_fill,
     load_spec,
-    markdown,
     max_steps_for,
     rewrite_block,
     selected_record,
@@ -271,7 +272,12 @@ class Runner:
             "sft_checkpoint": str((run_dir / "checkpoints" / SFT).relative_to(ROOT))
             if cell.method == SFT
             else sft_checkpoint,
-            "test": {"seeds": results["seeds"], "greedy": policy["greedy"], "sampled": policy["sampled"]},
+            "test": {
+                "seeds": results["seeds"],
+                "greedy": policy["greedy"],
+                "sampled": policy["sampled"],
+                **({"decisions": policy["decisions"]} if "decisions" in policy else {}),  # rlft eval's audit
+            },
             **selected_record(policies),
             "references": references,
             "env_steps": int(steps[-1]) if steps else 0,
@@ -323,27 +329,6 @@ class Runner:
                 time.sleep(5)
 
 
-# ------------------------------------------------------------------------------------------------ outputs
-def compare_command(spec: dict[str, Any], records: dict[str, dict]) -> str:
-    """`rlft compare` over the finished cells' run folders: curves of validation success against env steps per
-    method (and env), IQM with CIs, and the SFT rows as references. Each seed starts from its own SFT checkpoint,
-    so rl.init_from is left out of what tells variants apart."""
-    runs = [r["run_dir"] for r in records.values() if Cell(**r["cell"]) in set(cell_order(spec))]
-    out = Path(spec["runs_dir"]) / "report.html"
-    return " ".join(["rlft compare", *sorted(runs), "--ignore rl.init_from", f"--out {out}"])
-
-
-def readme_block(spec: dict[str, Any], records: dict[str, dict], reasons: dict[str, str], smoke: bool) -> str:
-    date = datetime.date.today().isoformat()
-    command = "python benchmarks/learning_table.py" + (" --smoke" if smoke else "")
-    return (
-        f"Measured by `{command}` (spec `benchmarks/learning_table.yaml`, one JSON per cell in "
-        f"`{spec['results_dir']}/`); table written {date} at commit {commit_id()}.\n\n"
-        + markdown(spec, records, reasons)
-        + f"\n\nCurves (validation success against env steps): `{compare_command(spec, records)}`"
-    )
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -362,14 +347,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--curves", action="store_true", help="plot validation curves (greedy, sampled) as PNGs, run nothing"
     )
+    parser.add_argument(
+        "--audit", action="store_true", help="audit the decisions of finished cells that lack it, run nothing"
+    )
     args = parser.parse_args(argv)
     # SIGTERM (kill PID) raises SystemExit: subprocess.run then kills the running rlft command before exiting.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     spec = load_spec(args.spec, smoke=args.smoke)
     results = ROOT / spec["results_dir"]
-    if not (args.table or args.readme or args.curves):
+    if not (args.table or args.readme or args.curves or args.audit):
         Runner(spec, commit=args.commit).run_all()
     records, reasons = finished(results), skipped(results)
+    if args.audit:
+        for key in backfill(results, records):
+            print(f"audited {key}")
     if args.curves:
         for path in plot_validation_curves(spec, records):
             print(f"wrote {path.relative_to(ROOT)}")
@@ -379,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         write_text_atomic(readme, rewrite_block(readme.read_text(encoding="utf-8"), block))
         print(f"rewrote the {BEGIN} ... {END} block of {readme}")
     else:
-        print(markdown(spec, records, reasons))
+        print(tables(spec, records, reasons))
     print(f"\ncurves: {compare_command(spec, records)}")
     return 0
 

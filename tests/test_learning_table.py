@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))  # the benchmark scripts import eac
 
 import learning_table as lt  # noqa: E402
 import learning_table_curves as ltc  # noqa: E402
+import learning_table_decisions as ltd  # noqa: E402
 import learning_table_results as ltr  # noqa: E402
 from learning_table_results import Cell  # noqa: E402
 
@@ -328,7 +329,13 @@ def test_the_spec_names_existing_configs_and_every_cell_of_the_issue():
 def test_the_scripts_fit_the_projects_size_limits():
     assert [
         found
-        for name in ("learning_table.py", "learning_table_results.py", "learning_table_curves.py")
+        for name in (
+            "learning_table.py",
+            "learning_table_results.py",
+            "learning_table_curves.py",
+            "learning_table_decisions.py",
+            "learning_table_report.py",
+        )
         for found in oversized(ROOT / "benchmarks" / name)
     ] == []
 
@@ -405,3 +412,26 @@ def test_the_recorded_commit_is_dirty_for_changed_code_but_not_for_the_tables_ow
     assert lt.commit_id(tmp_path) == head
     (tmp_path / "config.yaml").write_text("seed: 1\n")
     assert lt.commit_id(tmp_path) == head + "-dirty"
+
+
+def test_the_decision_table_averages_the_audits_and_names_the_most_frequent_disagreement_over_seeds():
+    def audited(method, seed, agreement, turns, disagreements):
+        record = _record("lake", method, seed, 0.5, 0.5)
+        record["test"]["decisions"] = {"agreement": agreement, "turns": turns, "disagreements": disagreements}
+        return record
+
+    at_13 = "S F\nH @\nrow 3 col 1\nleft H down wall"
+    at_9 = "S F\n@ F\nrow 2 col 1\nleft F down F"
+    records = {
+        "a": audited("sft", 0, 0.90, 100, [{"observation": at_13, "policy": "down", "expert": "right", "count": 6}]),
+        "b": audited("sft", 1, 0.80, 50, [{"observation": at_9, "policy": "up", "expert": "down", "count": 5},
+                                          {"observation": at_13, "policy": "down", "expert": "right", "count": 3}]),
+        "c": _record("lake", "grpo", 0, 0.5, 0.5),  # evaluated before the audit: not in the table
+    }  # fmt: skip
+    rows = ltd.decision_rows(SPEC, records)
+    # mean (0.90 + 0.80) / 2 = 0.85; down-at-row-3-col-1 counted 6 + 3 = 9 of 150 turns beats up-at-9 (5)
+    assert (
+        "| lake | sft | 2 | 0.850 | down where the expert plays right (9 of 150 turns; at 'row 3 col 1 / left H down "
+        "wall') |" in rows
+    )
+    assert not any("| grpo |" in row for row in rows)
