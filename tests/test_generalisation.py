@@ -70,6 +70,38 @@ def test_logs_train_and_validation_success_per_decoding_and_the_gap(frozen_lake_
     assert not any(key.endswith("_greedy") for key in logs)
 
 
+def test_greedy_validation_logs_the_share_of_the_experts_moves(frozen_lake_policy):
+    """Two validation episodes: the expert's own (every turn agrees) and two unparsed actions (both disagree)."""
+    from envs.experts import expert_for, play_expert_episode
+    from rlft.core.episode import Episode
+    from rlft.stages.common import env_factory
+
+    config, _, tokenizer = frozen_lake_policy
+    env = env_factory(config)()
+    game = play_expert_episode(env, expert_for(env), seed=20_000_000, max_turns=8)
+    expert_episode = Episode(seed=20_000_000, prompt_ids=[], first_observation=game["observations"][0])
+    expert_episode.actions, expert_episode.observations = game["actions"], game["observations"][1:-1]
+    first, _ = env.reset(seed=20_000_001)
+    lost = Episode(seed=20_000_001, prompt_ids=[], first_observation=first)
+    lost.actions, lost.observations = (
+        ["fly", "fly"],
+        [first],
+    )  # an invalid action leaves the agent where it is
+    validation = [20_000_000, 20_000_001]
+
+    def evaluate(engine, seeds, batch_size, seed=0):
+        episodes = [expert_episode, lost] if engine.settings.greedy else []
+        return summary(0.5), episodes if list(seeds) == validation else []
+
+    evaluation = GeneralisationEvaluation(config, tokenizer, validation, [5, 6], evaluate, lambda: 0)
+    logs = evaluation(policy=None)
+    turns = len(game["actions"])
+    assert logs["val_expert_agreement_greedy"] == pytest.approx(turns / (turns + 2))
+    off = config.model_copy(update={"eval": config.eval.model_copy(update={"expert_agreement": False})})
+    logs = GeneralisationEvaluation(off, tokenizer, validation, [5, 6], evaluate, lambda: 0)(policy=None)
+    assert "val_expert_agreement_greedy" not in logs
+
+
 def test_the_overfitting_alarm_fires_on_the_evaluations_and_names_the_step(frozen_lake_policy, caplog):
     config, _, tokenizer = frozen_lake_policy  # overfit_alarm: window 4, margin 0.1
     train, val = iter([0.5, 0.6, 0.7, 0.8]), iter([0.6, 0.55, 0.5, 0.45])

@@ -8,6 +8,9 @@ many training tasks; with `eval.both_decodings` each greedy and sampled (at roll
     eval/{val,train}_success_{greedy,sampled}
     generalisation/gap                      eval/train_success - eval/val_success (and gap_greedy, gap_sampled)
     generalisation/overfit_alarm            rlft.algorithms.overfit_alarm, once its window is full
+    eval/val_expert_agreement_greedy        with eval.expert_agreement and an env with an expert: the share of
+                                            the greedy validation turns that play the expert's move (a curve of
+                                            decisions, where success alone cannot say whether any changed)
 
 The training tasks are the first `eval.during_episodes` seeds of the run's own sampling order: the shuffled
 env.train_seeds that TRL's sampler draws epoch 0 from (rlft.algorithms.trl_bridge.EpochSeededRepeatSampler, seeded
@@ -25,7 +28,9 @@ from typing import Any
 from rlft.algorithms.overfit_alarm import OverfitAlarm
 from rlft.algorithms.trl_bridge import EpochSeededRepeatSampler
 from rlft.config.schema import Config
-from rlft.stages.common import rollout_engine
+from rlft.rollout.evaluation import missing_expert
+from rlft.rollout.expert_agreement import expert_agreement
+from rlft.stages.common import env_factory, rollout_engine
 
 DECODINGS = ("greedy", "sampled")
 
@@ -75,21 +80,30 @@ class GeneralisationEvaluation:
         self.engines = {d: rollout_engine(config, tokenizer, greedy=d == "greedy") for d in self.decodings}
         alarm = config.eval.overfit_alarm
         self.alarm = OverfitAlarm(alarm.window, alarm.margin) if alarm.enabled and training else None
+        self.audit = (
+            config.eval.expert_agreement
+            and "greedy" in self.decodings
+            and missing_expert(env_factory(config)) is None
+        )
 
-    def play(self, decoding: str, policy, seeds: list[int]) -> dict[str, Any]:
+    def play(self, decoding: str, policy, seeds: list[int]) -> tuple[dict[str, Any], list]:
         engine = self.engines[decoding]
         engine.model = policy
-        return self.evaluate_policy(engine, seeds, self.config.eval.batch_size, seed=self.config.seed)[0]
+        return self.evaluate_policy(engine, seeds, self.config.eval.batch_size, seed=self.config.seed)
 
     def __call__(self, policy) -> dict[str, float]:
         logs: dict[str, float] = {}
         for decoding in self.decodings:
-            validation = self.play(decoding, policy, self.validation)
+            validation, episodes = self.play(decoding, policy, self.validation)
+            if decoding == "greedy" and self.audit:
+                agreement = expert_agreement(env_factory(self.config), episodes)["agreement"]
+                if agreement is not None:
+                    logs["val_expert_agreement_greedy"] = agreement
             if decoding == self.headline:
                 logs.update(validation)  # eval/success, eval/return, ...: the validation numbers as before
             logs[f"val_success_{decoding}"] = validation["success"]
             if self.training:
-                training = self.play(decoding, policy, self.training)
+                training, _ = self.play(decoding, policy, self.training)
                 logs[f"train_success_{decoding}"] = training["success"]
                 logs[f"train_return_{decoding}"] = training["return"]
                 logs[f"generalisation/gap_{decoding}"] = training["success"] - validation["success"]
