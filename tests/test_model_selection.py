@@ -100,6 +100,21 @@ def test_a_validation_regression_past_the_margin_warns(tmp_path, caplog, success
         assert "rl.trainer.learning_rate" in warnings[0] and "eval.keep_best" in warnings[0]
 
 
+def test_the_regression_warning_names_the_checkpoint_keep_best_already_kept(tmp_path, caplog, monkeypatch):
+    config = rl_config(tmp_path, keep_best=True)
+    monkeypatch.setattr(stage_rl, "save_final", lambda *args, **kwargs: None)  # no trainer to save from
+    selection = stage_rl.ModelSelection(config, fake_trainer())
+    with caplog.at_level(logging.WARNING, logger=stage_rl.__name__):
+        for step, success in [(0, 0.65), (3, 0.68), (6, 0.53)]:
+            selection(step, {"eval/success": success})
+    (warning,) = [r.getMessage() for r in caplog.records if "regression_margin" in r.getMessage()]
+    assert "validation success 0.530 at step 6" in warning and "first, 0.650" in warning
+    assert (
+        "eval.keep_best keeps the best so far (step 3, validation success 0.680) as checkpoints/rl_best"
+        in warning
+    )
+
+
 @pytest.mark.parametrize(
     ("greedy", "warns"),
     [

@@ -355,15 +355,21 @@ class ModelSelection:
             and self.trainer.accelerator.is_main_process
         ):
             self.warned = True
+            kept = (
+                f"eval.keep_best keeps the best so far (step {self.best_step}, validation success "
+                f"{self.best:.3f}) as checkpoints/rl_best, which `rlft eval` reports as rl_best"
+                if self.keep_best and self.best is not None
+                else "eval.keep_best: true to keep the best validation checkpoint"
+            )
             logger.warning(
                 "validation success %.3f at step %d is more than eval.regression_margin = %.2f below the run's "
                 "first, %.3f: RL is making the policy worse. Try a lower rl.trainer.learning_rate, a larger "
-                "rl.trainer.beta (KL to the start policy), another rollout.temperature, and eval.keep_best: "
-                "true to keep the best validation checkpoint",
+                "rl.trainer.beta (KL to the start policy), another rollout.temperature; %s",
                 success,
                 step,
                 self.margin,
                 self.first,
+                kept,
             )
         if logs is not None and GREEDY_SUCCESS in logs:
             self.warn_if_greedy_still(step, float(logs[GREEDY_SUCCESS]))
