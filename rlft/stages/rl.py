@@ -339,9 +339,7 @@ class ModelSelection:
         self.best_step, self.best = previous.get("step"), previous.get("validation_success")
         self.first = previous.get("first_validation_success")
         self.warned = False
-        self.greedy: list[
-            float
-        ] = []  # validation greedy success so far (this process's run): a still policy warns
+        self.greedy: list[float] = []  # validation greedy success so far (this run): a still policy warns
 
     def __call__(self, step: int, logs: dict[str, float] | None) -> None:
         shared = [None if logs is None else float(logs["eval/success"])]
