@@ -19,7 +19,7 @@ from rlft.config.schema import load_config
 from rlft.rollout.evaluation import evaluate_policy, held_out_seeds
 from rlft.rollout.expert_agreement import expert_agreement
 from rlft.runtime.run_files import write_text_atomic
-from rlft.stages.common import env_factory, load_checkpoint, rollout_engine, sampling_settings
+from rlft.stages.common import env_factory, load_checkpoint, rollout_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,6 @@ def audit_cell(record: dict[str, Any]) -> dict[str, Any]:
     stage = SFT if record["cell"]["method"] == SFT else "rl"
     model, tokenizer = load_checkpoint(run_dir / "checkpoints" / stage, config)
     engine = rollout_engine(config, tokenizer, model, greedy=True)
-    engine.settings = sampling_settings(config, greedy=True)
     seeds = held_out_seeds(env_factory(config), config.env, config.eval)
     summary, episodes = evaluate_policy(engine, seeds, config.eval.batch_size, seed=config.seed)
     if abs(summary["success"] - record["test"]["greedy"]["success"]) > 1e-9:
