@@ -8,6 +8,7 @@ cell it was in (from a fresh run folder) and nothing else.
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import json
 import os
 import signal
@@ -35,6 +36,17 @@ def commit_id(root: Path = ROOT) -> str:
         text=True,
     )
     return (head.stdout.strip() or "unknown") + ("-dirty" if changed.stdout.strip() else "")
+
+
+def code_stamp(root: Path = ROOT) -> str:
+    """A digest of the Python a benchmark worker runs (rlft/, envs/, benchmarks/). A worker that outlives a code
+    change restarts itself between cells: a config written by newer rlft may not load in the worker's older one."""
+    digest = hashlib.sha256()
+    for folder in ("rlft", "envs", "benchmarks"):
+        for path in sorted((root / folder).rglob("*.py")):
+            digest.update(path.relative_to(root).as_posix().encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
 
 
 def die_with_parent() -> None:

@@ -37,6 +37,7 @@ import ctypes
 import dataclasses
 import datetime
 import json
+import os
 import shlex
 import signal
 import subprocess
@@ -45,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cell_runs import claim, claimed_by_other, commit_id
+from cell_runs import claim, claimed_by_other, code_stamp, commit_id
 from learning_table_curves import plot_validation_curves, validation_curve
 from learning_table_decisions import backfill
 from learning_table_report import compare_command, readme_block, tables
@@ -119,6 +120,9 @@ class Runner:
         self.runs = ROOT / spec["runs_dir"]
         self.results.mkdir(parents=True, exist_ok=True)
         self.progress = self.results / "progress.log"
+        self.code = (
+            code_stamp()
+        )  # the code this worker runs: it restarts itself between cells when that changes
 
     def log(self, message: str) -> None:
         line = f"{datetime.datetime.now().isoformat(timespec='seconds')} {message}"
@@ -169,6 +173,9 @@ class Runner:
         self.log(f"start: {len(order)} cells, {len(finished(self.results))} finished, commit {commit_id()}")
         settled: set[str] = set()  # tried here, or run (finished or failed) by another worker
         while True:
+            if code_stamp() != self.code:  # no claim is held here: re-exec on the new code
+                self.log("the code changed since this worker started: it restarts itself on the new code")
+                os.execv(sys.executable, [sys.executable, *sys.argv])
             done, waiting, ran = finished(self.results), False, False
             for cell in order:
                 if cell.key in done or cell.key in settled:

@@ -435,3 +435,46 @@ def test_the_decision_table_averages_the_audits_and_names_the_most_frequent_disa
         "wall') |" in rows
     )
     assert not any("| grpo |" in row for row in rows)
+
+
+def test_a_worker_restarts_itself_between_cells_when_the_code_changed(tmp_path, monkeypatch):
+    """A worker on older code could fail to read the config.yaml a newer rlft wrote (after hours of a cell): before
+    it claims the next cell it re-executes itself (same interpreter, same arguments) when the code changed."""
+    runner = _runner(tmp_path, monkeypatch, {**SPEC, "seeds": [0]})
+    stamps = iter(["same", "changed"])
+    monkeypatch.setattr(lt, "code_stamp", lambda: next(stamps))
+    runner.code = "same"
+    ran, execs = [], []
+
+    def run_cell(cell, finished):
+        ran.append(cell.key)
+        return _record(cell.env, cell.method, cell.seed, 0.6, 0.6, sft_checkpoint="ckpt")
+
+    class Restarted(Exception):
+        pass
+
+    def execv(path, argv):
+        execs.append((path, argv))
+        raise Restarted
+
+    monkeypatch.setattr(runner, "run_cell", run_cell)
+    monkeypatch.setattr(lt.os, "execv", execv)
+    with pytest.raises(Restarted):
+        runner.run_all()
+    assert ran == ["lake__sft__s0"]  # one cell on the old code, then the restart before the next
+    assert execs == [(sys.executable, [sys.executable, *sys.argv])]
+    assert not list((runner.runs / "claims").glob("*.claim"))  # nothing held across the restart
+    assert "the code changed since this worker started" in runner.progress.read_text()
+
+
+def test_the_code_stamp_changes_with_the_code_only(tmp_path):
+    from cell_runs import code_stamp
+
+    (tmp_path / "rlft").mkdir()
+    (tmp_path / "rlft" / "a.py").write_text("x = 1\n")
+    (tmp_path / "runs").mkdir()
+    before = code_stamp(tmp_path)
+    (tmp_path / "runs" / "metrics.py").write_text("not code the worker runs\n")
+    assert code_stamp(tmp_path) == before
+    (tmp_path / "rlft" / "a.py").write_text("x = 2\n")
+    assert code_stamp(tmp_path) != before
