@@ -213,8 +213,9 @@ class Runner:
             self.log(f"{cell.key}: stopped; a restart redoes it from scratch in a fresh run folder")
             raise
         except Exception as exc:  # one broken cell must not stop the table: named, and retried on restart
-            self.log(f"{cell.key}: failed: {type(exc).__name__}: {exc}")
-            (self.results / f"{cell.key}.skipped").write_text(f"failed: {exc}\n", encoding="utf-8")
+            reason = str(exc).replace(f"{ROOT}/", "")  # repo-relative paths in what is committed
+            self.log(f"{cell.key}: failed: {type(exc).__name__}: {reason}")
+            (self.results / f"{cell.key}.skipped").write_text(f"failed: {reason}\n", encoding="utf-8")
             return
         if record is not None:
             self.save(cell, record)

@@ -478,3 +478,17 @@ def test_the_code_stamp_changes_with_the_code_only(tmp_path):
     assert code_stamp(tmp_path) == before
     (tmp_path / "rlft" / "a.py").write_text("x = 2\n")
     assert code_stamp(tmp_path) != before
+
+
+def test_a_failed_cells_reason_names_repo_relative_paths(tmp_path, monkeypatch):
+    runner = _runner(tmp_path, monkeypatch, {**SPEC, "seeds": [0], "envs": {"lake": SPEC["envs"]["lake"]}})
+
+    def run_cell(cell, finished):
+        raise RuntimeError(f"{lt.ROOT}/runs/lake/lake_sft_s0/config.yaml: unknown key 'eval.x'")
+
+    monkeypatch.setattr(runner, "run_cell", run_cell)
+    runner.run_all()
+    reason = "runs/lake/lake_sft_s0/config.yaml: unknown key 'eval.x'"
+    assert ltr.skipped(runner.results)["lake__sft__s0"] == f"failed: {reason}"
+    assert f"lake__sft__s0: failed: RuntimeError: {reason}" in runner.progress.read_text()
+    assert str(tmp_path) not in runner.progress.read_text()
