@@ -33,7 +33,6 @@ Scores are normalised per env: success / optimum (FrozenLake; slippery: the opti
 from __future__ import annotations
 
 import argparse
-import ctypes
 import dataclasses
 import datetime
 import json
@@ -46,7 +45,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cell_runs import claim, claimed_by_other, code_stamp, commit_id
+from cell_runs import claim, claimed_by_other, code_stamp, commit_id, die_with_parent
 from learning_table_curves import plot_validation_curves, validation_curve
 from learning_table_decisions import backfill
 from learning_table_report import compare_command, readme_block, tables
@@ -90,13 +89,6 @@ def fresh_run_dir(parent: Path, name: str) -> Path:
         n += 1
         path = parent / f"retry{n}" / name
     return path
-
-
-def die_with_parent() -> None:
-    """`preexec_fn` of each rlft command: Linux sends it SIGTERM when this script dies, even by SIGKILL
-    (prctl PR_SET_PDEATHSIG), so a killed table leaves no orphan run training on the shared cores."""
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
 
 
 def reference_returns_on_test_seeds(config: Config) -> dict[str, Any] | None:

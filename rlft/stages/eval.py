@@ -90,8 +90,8 @@ def run_eval(
         check_loadable(path)
     expert = config.eval.expert if expert is None else expert
     notes = []
+    absent = missing_expert(env_factory(config))  # None: the env has an expert (its row, the decision audit)
     if expert == "auto":
-        absent = missing_expert(env_factory(config))
         if absent is not None:
             expert = False
             notes.append(f"expert skipped: {config.env.id} has none (eval.expert: auto); {absent}")
@@ -111,7 +111,7 @@ def run_eval(
     results["notes"] = notes
     if record.config is not None:
         results["record"] = {"config": record.config.name, "differs_in": record.differs_in}
-    audit = config.eval.expert_agreement and missing_expert(env_factory(config)) is None
+    audit = config.eval.expert_agreement and absent is None
     _evaluate_all(config, policies, bool(expert), seeds, results, record, audit)
     return results
 
