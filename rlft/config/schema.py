@@ -34,8 +34,6 @@ from rlft.config.sections import (
     AdapterConfig,
     EnvConfig,
     EnvPreferences,
-    ExpertDemos,
-    JsonlDemos,
     JsonlPreferences,
     LoraSettings,
     ModelConfig,
@@ -45,11 +43,11 @@ from rlft.config.sections import (
     RolloutConfig,
     Section,
     SeedRange,
-    SftConfig,
     TinyModelConfig,
     TrackingConfig,
     WandbConfig,
 )
+from rlft.config.sft_sections import ExpertDemos, JsonlDemos, SftConfig
 from rlft.config.yaml_io import apply_overrides, parse_overrides, read_yaml
 from rlft.errors import ConfigError
 

@@ -183,38 +183,6 @@ class RolloutConfig(Section):
     )
 
 
-class ExpertDemos(Section):
-    source: Literal["expert"] = "expert"
-    episodes: int = Field(300, gt=0)
-    epsilon: float = Field(0.1, ge=0.0, le=1.0)
-    seed: int = 0
-
-
-class JsonlDemos(Section):
-    source: Literal["jsonl"] = "jsonl"
-    path: str
-
-
-class SftConfig(Section):
-    init_from: str = Field(
-        "base",
-        description="'base' (this run's base model: model.tiny or model.name_or_path) or a checkpoint folder "
-        "of another run to adapt (e.g. runs/a/checkpoints/rl); its tokenizer comes with it",
-    )
-    demos: ExpertDemos | JsonlDemos = Field(default_factory=ExpertDemos, discriminator="source")
-    trainer: dict[str, Any] = Field(default_factory=dict, description="passed to trl.SFTConfig")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _default_demo_source(cls, data: Any) -> Any:
-        # The discriminator needs `source` in the input; without this, `sft.demos.episodes=100` (or a YAML
-        # `demos: {episodes: 100}`) fails with "unable to extract tag" although `expert` is the default.
-        demos = data.get("demos") if isinstance(data, dict) else None
-        if isinstance(demos, dict) and "source" not in demos:
-            data = {**data, "demos": {"source": "jsonl" if "path" in demos else "expert", **demos}}
-        return data
-
-
 # The RL algorithms a config may name: exactly the names in rlft.algorithms.registry (a test compares them).
 ALGORITHMS = ("grpo", "ppo", "gigpo")
 

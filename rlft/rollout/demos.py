@@ -20,7 +20,7 @@ A `turns` row may also carry what a recording knows: `"reward"` (a number) in ea
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,8 +114,10 @@ def record_expert_demos(
     seed: int,
     seed_start: int,
     max_turns: int,
+    seeds: Sequence[int] | None = None,
 ) -> list[DemoRecord]:
-    """The expert's episodes (epsilon noise from its generator seeded with `seed`) on seeds `seed_start + i`.
+    """The expert's episodes (epsilon noise from its generator seeded with `seed`) on seeds `seed_start + i`
+    (`seeds`, when given: on those, and `episodes` and `seed_start` are not read).
 
     Raises:
         envs.experts.NoExpertError: the env has no expert (`rlft.rollout.experts.check_expert` says so
@@ -125,8 +127,8 @@ def record_expert_demos(
     try:
         expert = expert_for(env, epsilon=epsilon, seed=seed)
         records = []
-        for i in range(episodes):
-            played = play_expert_episode(env, expert, seed=seed_start + i, max_turns=max_turns)
+        for env_seed in range(seed_start, seed_start + episodes) if seeds is None else seeds:
+            played = play_expert_episode(env, expert, seed=env_seed, max_turns=max_turns)
             turns = len(played["actions"])
             records.append(
                 DemoRecord(
@@ -134,7 +136,7 @@ def record_expert_demos(
                     observations=played["observations"][:turns],
                     actions=played["actions"],
                     rewards=played["rewards"],
-                    seed=seed_start + i,
+                    seed=env_seed,
                     success=bool(played["success"]),
                     task_id=str(played["task_id"]),
                 )

@@ -28,6 +28,7 @@ from rlft.stages.eval import check_eval_expert
 from rlft.stages.rl import rl_trainer_args
 from rlft.stages.rm import rm_trainer_args
 from rlft.stages.sft import sft_trainer_args
+from rlft.stages.sft_selection import check_validation_expert
 from rlft.stages.transfer import check_critic_init_from, check_policy_tokenizer
 
 # rlft's reward has one source today: the env's per-turn rewards, summed into the episode return
@@ -65,6 +66,7 @@ def check_config(config: Config) -> None:
         )  # a malformed row fails here (file:line), not after a model loads
     check_expert_demos(config)  # SFT on the expert's demos, and the env has no expert: the options, now
     check_eval_expert(config)  # eval.expert: true, and the env has no expert
+    check_validation_expert(config)  # sft.eval_every_steps scores the expert on the validation tasks
     # Another run's checkpoint to start from (rlft.stages.transfer): whole, with a tokenizer that reads this env.
     for key, start, named in (
         ("sft.init_from", config.sft.init_from, ("base",)),

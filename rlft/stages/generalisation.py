@@ -28,11 +28,21 @@ from typing import Any
 from rlft.algorithms.overfit_alarm import OverfitAlarm
 from rlft.algorithms.trl_bridge import EpochSeededRepeatSampler
 from rlft.config.schema import Config
-from rlft.rollout.evaluation import missing_expert
+from rlft.rollout.evaluation import held_out_seeds, missing_expert
 from rlft.rollout.expert_agreement import expert_agreement
 from rlft.stages.common import env_factory, rollout_engine
 
 DECODINGS = ("greedy", "sampled")
+
+
+def validation_seeds(config: Config) -> list[int]:
+    """The `eval.during_episodes` validation seeds from `eval.validation_seed_start`: what RL (and SFT with
+    sft.eval_every_steps) evaluates and selects on. The test seeds (`eval.seed_start`) are played only by
+    `rlft eval`."""
+    validation = config.eval.model_copy(
+        update={"seed_start": config.eval.validation_seed_start, "episodes": config.eval.during_episodes}
+    )
+    return held_out_seeds(env_factory(config), config.env, validation)
 
 
 def train_task_seeds(config: Config, count: int, shuffle: bool = True) -> list[int]:

@@ -28,7 +28,7 @@ from rlft.config.trainer_args import build_trainer_config
 from rlft.errors import CheckpointError, ConfigError
 from rlft.rewards import build_reward_design
 from rlft.rollout.curriculum import curriculum_for
-from rlft.rollout.evaluation import evaluate_policy, held_out_seeds
+from rlft.rollout.evaluation import evaluate_policy
 from rlft.runtime.distributed import ddp_timeout_s, process_state, refuse_zero3_rl, save_trained
 from rlft.runtime.faults import out_of_memory_guard
 from rlft.runtime.run_files import empty_staging, match_umask, write_text_atomic
@@ -46,14 +46,13 @@ from rlft.stages.common import (
     check_loadable,
     checkpoint_dir,
     ensure_base_checkpoint,
-    env_factory,
     load_trainable,
     prepare_run,
     record_sync_command,
     rollout_engine,
     trainer_config_class,
 )
-from rlft.stages.generalisation import GeneralisationEvaluation, train_task_seeds
+from rlft.stages.generalisation import GeneralisationEvaluation, train_task_seeds, validation_seeds
 from rlft.stages.model_card import card_files, resume_card_files
 from rlft.stages.transfer import check_critic_matches, critic_trainer_overrides
 
@@ -297,15 +296,6 @@ def add_validation(
 
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
-
-
-def validation_seeds(config: Config) -> list[int]:
-    """The `eval.during_episodes` validation seeds from `eval.validation_seed_start`: what RL evaluates and
-    selects on. The test seeds (`eval.seed_start`) are played only by `rlft eval`."""
-    validation = config.eval.model_copy(
-        update={"seed_start": config.eval.validation_seed_start, "episodes": config.eval.during_episodes}
-    )
-    return held_out_seeds(env_factory(config), config.env, validation)
 
 
 def held_out_eval_callback(

@@ -24,6 +24,13 @@ from rlft.stages.common import (
     turn_format_for,
 )
 from rlft.stages.model_card import write_card
+from rlft.stages.sft_selection import (
+    ValidatedSFTTrainer,
+    check_validation_expert,
+    selection_defaults,
+    validation_demos,
+    write_selection,
+)
 from rlft.stages.transfer import sft_init
 
 
@@ -34,7 +41,7 @@ def sft_trainer_args(config: Config):
         config.sft.trainer,
         str(config.run_dir / "trainer" / "sft"),
         config.seed,
-        defaults=sft_defaults(config),
+        defaults={**sft_defaults(config), **selection_defaults(config)},
     )
 
 
@@ -43,6 +50,7 @@ def run_sft(config: Config) -> Path:
 
     Starts from `sft.init_from`: this run's base model, or another run's checkpoint (rlft.stages.transfer).
     """
+    check_validation_expert(config)  # sft.eval_every_steps without an expert: before any model loads
     prepare_run(config)
     model, tokenizer = load_trainable(sft_init(config), config)
     fmt = turn_format_for(config, tokenizer)
@@ -63,17 +71,25 @@ def run_sft(config: Config) -> Path:
         demos = jsonl_demos(demos_cfg.path, fmt)
         tracker.log({"demos/episodes": len(demos)}, step=0)
     # TrackerCallback records the arguments the trainer starts with in runs/<name>/resolved/sft.yaml and wandb.
-    trainer = SFTTrainer(
+    trainer_kwargs = dict(
         model=model,
         args=sft_trainer_args(config),
         train_dataset=Dataset.from_list(sft_rows(demos)),
         processing_class=tokenizer,
         callbacks=[TrackerCallback(tracker)],
     )
+    if config.sft.eval_every_steps is None:
+        trainer = SFTTrainer(**trainer_kwargs)
+    else:  # validation during SFT (and keep_best): rlft.stages.sft_selection
+        validation, expert_rows = validation_demos(config, fmt)
+        trainer = ValidatedSFTTrainer(
+            **trainer_kwargs, eval_dataset=expert_rows, rlft_config=config, validation=validation
+        )
     attach_tracking(trainer, tracker, config)  # tensorboard (report_to) under the run dir
     with out_of_memory_guard(config, "sft", trainer.args):
         trainer.train()
-    path = save_trained(trainer, checkpoint_dir(config, "sft"))
+    path = save_trained(trainer, checkpoint_dir(config, "sft"))  # with keep_best: the best validation step's
+    write_selection(trainer, path)
     if trainer.accelerator.is_main_process:
         write_card(config, path)  # README.md, the model card (rlft.stages.model_card)
     record_sync_command(tracker.finish())
