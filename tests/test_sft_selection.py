@@ -49,7 +49,9 @@ def test_sft_validation_plays_the_validation_tasks_and_scores_the_experts_demos(
     losses = [r["eval_loss"] for r in read_metrics(config.run_dir) if "eval_loss" in r]
     assert len(losses) == 3 and all(loss > 0 for loss in losses)  # the expert's validation demos, scored
     assert losses[-1] < losses[0]  # imitation of the expert on unseen tasks improves over SFT
-    assert not set(validation_seeds(config)) & set(range(config.eval.seed_start, config.eval.seed_start + 200))
+    assert not set(validation_seeds(config)) & set(
+        range(config.eval.seed_start, config.eval.seed_start + 200)
+    )
     assert not (path / "selection.json").exists()  # no keep_best: the last step is saved, nothing selected
 
 
@@ -70,10 +72,12 @@ def test_keep_best_saves_the_step_with_the_best_validation_success_not_the_last(
     config = selecting_config(tmp_path, keep_best=True)
     path = stages.run_sft(config)
     selection = json.loads((path / "selection.json").read_text())
+    losses = {r["step"]: r["eval_loss"] for r in read_metrics(config.run_dir) if "eval_loss" in r}
     assert selection == {
         "stage": "sft",
         "step": 4,
         "validation_success": 0.75,
+        "validation_loss": losses[4],
         "last_step": 6,
         "last_validation_success": 0.5,
     }
@@ -81,6 +85,30 @@ def test_keep_best_saves_the_step_with_the_best_validation_success_not_the_last(
     best, last = weights(trainer_dir / "checkpoint-4"), weights(trainer_dir / "checkpoint-6")
     assert all(torch.equal(saved[k], best[k]) for k in best)
     assert any(not torch.equal(saved[k], last[k]) for k in last)  # the last step's weights were not kept
+
+
+def test_keep_best_breaks_a_tie_of_validation_success_by_the_lower_loss_on_the_experts_demos(
+    tmp_path, monkeypatch
+):
+    from rlft import stages
+    from rlft.stages import sft_selection
+
+    class Tied:  # the same validation success at every step: the selection falls to eval_loss
+        def __init__(self, *args):
+            pass
+
+        def __call__(self, policy):
+            return {"success": 0.5, "return": 0.0}
+
+    monkeypatch.setattr(sft_selection, "GeneralisationEvaluation", Tied)
+    config = selecting_config(tmp_path, keep_best=True)
+    path = stages.run_sft(config)
+    losses = {r["step"]: r["eval_loss"] for r in read_metrics(config.run_dir) if "eval_loss" in r}
+    selection = json.loads((path / "selection.json").read_text())
+    assert selection["step"] == min(
+        losses, key=losses.get
+    )  # not the earliest, transformers' default on a tie
+    assert selection["validation_loss"] == min(losses.values())
 
 
 def test_keep_best_without_validation_is_a_config_error():

@@ -4,7 +4,7 @@ Every `sft.eval_every_steps` optimizer steps (and at the last) the policy plays 
 RL validates on, never the test seeds) in eval.greedy's decoding, and the trainer scores the expert's clean
 demonstrations on them (`eval_loss`: how well the policy imitates the expert on tasks it never trained on). With
 `sft.keep_best`, transformers keeps the checkpoint with the best validation success (`load_best_model_at_end`,
-`metric_for_best_model`) and the stage saves it as checkpoints/sft, with selection.json naming its step.
+`metric_for_best_model`; ties go to the lower eval_loss) and the stage saves it as checkpoints/sft, with selection.json naming its step.
 
 Why: the last SFT step is not always the best policy. On slippery FrozenLake the decision that matters is
 learned late and unlearned again, depending on the seed (benchmarks/investigations/slippery_sft_2026-12-07.md).
@@ -29,7 +29,11 @@ from rlft.stages.common import SELECTION_FILE, env_factory
 from rlft.stages.generalisation import GeneralisationEvaluation, validation_seeds
 
 logger = logging.getLogger(__name__)
-METRIC = "eval_success"  # what keep_best compares: validation success in eval.greedy's decoding
+SUCCESS = "eval_success"  # validation success in eval.greedy's decoding
+# What keep_best compares: validation success, ties (frequent: 100 episodes give success in steps of 0.01) broken
+# by the lower eval_loss on the expert's validation demos. transformers keeps the earliest of equal scores.
+METRIC = "eval_selection_score"
+TIE_BREAK = 1e-6  # x eval_loss (capped at 1000): below any difference of validation success
 
 
 def selection_defaults(config: Config) -> dict[str, Any]:
@@ -100,6 +104,8 @@ class ValidatedSFTTrainer(SFTTrainer):
         finally:
             model.train(was_training)
         logs = {f"{metric_key_prefix}_{key}": float(value) for key, value in played.items()}
+        loss = min(float(metrics.get(f"{metric_key_prefix}_loss", 0.0)), 1000.0)
+        logs[f"{metric_key_prefix}_selection_score"] = logs[f"{metric_key_prefix}_success"] - TIE_BREAK * loss
         self.log(logs)
         metrics.update(logs)
         return metrics
@@ -111,13 +117,20 @@ def write_selection(trainer: SFTTrainer, path: Path) -> dict[str, Any] | None:
     state = trainer.state
     if not trainer.args.load_best_model_at_end or state.best_global_step is None:
         return None
-    last = [e for e in state.log_history if METRIC in e]
+    scored: dict[
+        int, dict[str, Any]
+    ] = {}  # step -> its eval_* logs (eval_loss and the episodes' are two entries)
+    for entry in state.log_history:
+        if any(key.startswith("eval_") for key in entry):
+            scored.setdefault(entry["step"], {}).update(entry)
+    best, last = scored.get(state.best_global_step, {}), scored[max(scored)] if scored else {}
     record = {
         "stage": "sft",
         "step": state.best_global_step,
-        "validation_success": state.best_metric,
+        "validation_success": best.get(SUCCESS),
+        "validation_loss": best.get("eval_loss"),
         "last_step": state.global_step,
-        "last_validation_success": last[-1][METRIC] if last else None,
+        "last_validation_success": last.get(SUCCESS),
     }
     if trainer.accelerator.is_main_process:
         (path / SELECTION_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
