@@ -4,7 +4,9 @@ Cause (benchmarks/investigations/slippery_sft_2026-12-07.md): with 78 optimizer 
 told row 2 col 0 (expert: ``up``, 12% of the demo turns) from rows 0 and 1 of column 0 (expert: ``left``, 52%),
 so greedy said ``left`` there and never left column 0: a hole at row 3 or the turn limit, every episode. With
 the same demos and epochs at batch 4 (300 steps) greedy reads the position and reaches G on about a quarter of
-the held-out seeds (optimum within 30 moves: 0.348).
+the held-out seeds (optimum within 30 moves: 0.348) for seed 0, but seed 1 still said ``left`` there (greedy 0.0,
+the learning table's cell). The configs now train 600 steps with validation every 100 and keep the best step
+(sft.keep_best): validation greedy 0.14 / 0.28 / 0.27 for seeds 0 / 1 / 2.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from rlft.stages.common import load_checkpoint, rollout_engine
 from rlft.stages.sft import run_sft, sft_trainer_args
 
 SLIPPERY_CONFIGS = ["configs/frozen_lake_4x4_slippery_grpo.yaml", "configs/frozen_lake_4x4_slippery_ppo.yaml"]
-# Measured: 78 steps left greedy at 0.0, 300 steps gave 0.255 greedy on 200 held-out seeds.
-MIN_SFT_STEPS = 250
+# Measured: 78 steps left greedy at 0.0; 300 steps gave 0.255 greedy on 200 held-out seeds for seed 0 and 0.0 for
+# seed 1; 600 steps learn `up` at row 2 col 0 for seeds 0, 1 and 2.
+MIN_SFT_STEPS = 500
 
 
 def test_the_slippery_expert_is_the_known_optimal_policy() -> None:
@@ -52,11 +55,26 @@ def test_slippery_sft_takes_enough_optimizer_steps(path: str) -> None:
     assert steps >= MIN_SFT_STEPS, f"{path}: SFT takes {steps} optimizer steps"
 
 
+@pytest.mark.parametrize("path", SLIPPERY_CONFIGS)
+def test_slippery_sft_keeps_its_best_validation_step(path: str) -> None:
+    """The last SFT step is not always the best: the configs validate during SFT and keep the best step."""
+    config = load_config(path)
+    args = sft_trainer_args(config)
+    assert (
+        config.sft.keep_best
+        and args.load_best_model_at_end
+        and args.eval_steps == config.sft.eval_every_steps
+    )
+    assert args.save_steps == args.eval_steps and args.metric_for_best_model == "eval_selection_score"
+
+
 @pytest.mark.slow
-def test_slippery_sft_greedy_reads_the_position(tmp_path) -> None:
+@pytest.mark.parametrize("seed", [0, 1])  # seed 1: the table's collapse at 300 steps
+def test_slippery_sft_greedy_reads_the_position(tmp_path, seed: int) -> None:
     """SFT as configured: greedy plays ``up`` at row 2 col 0 and reaches G (the collapse scored 0.0)."""
     config = load_config(
-        SLIPPERY_CONFIGS[0], [f"output_dir={tmp_path}", "name=slippery_sft", "tracking.wandb.enabled=false"]
+        SLIPPERY_CONFIGS[0],
+        [f"output_dir={tmp_path}", "name=slippery_sft", "tracking.wandb.enabled=false", f"seed={seed}"],
     )
     model, tokenizer = load_checkpoint(run_sft(config), config)
     engine = rollout_engine(config, tokenizer, model, greedy=True)
