@@ -149,6 +149,12 @@ def _training_section(config: Config, stage: str, folder: Path, selection: dict 
             f"{config.sft.init_from}",
             _demos_line(config),
         ]
+        chosen = selection or read_json(folder / "selection.json")  # sft.keep_best's record
+        if chosen:
+            lines.append(
+                f"- **Selected**: step {chosen.get('step')} of {chosen.get('last_step')}, validation success "
+                f"{_fmt(chosen.get('validation_success'))} (the best SFT step; sft.keep_best)"
+            )
     elif stage in ("rl", "rl_best"):
         start = config.rl.init_from
         lines.append(f"- **Stage**: rl (`rlft train`), algorithm {config.rl.algorithm}, started from {start}")
