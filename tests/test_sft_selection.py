@@ -81,7 +81,9 @@ def test_keep_best_saves_the_step_with_the_best_validation_success_not_the_last(
         "last_step": 6,
         "last_validation_success": 0.5,
     }
-    assert "**Selected**: step 4 of 6, validation success 0.75" in (path / "README.md").read_text()  # the card
+    assert (
+        "**Selected**: step 4 of 6, validation success 0.75" in (path / "README.md").read_text()
+    )  # the card
     saved, trainer_dir = weights(path), config.run_dir / "trainer" / "sft"
     best, last = weights(trainer_dir / "checkpoint-4"), weights(trainer_dir / "checkpoint-6")
     assert all(torch.equal(saved[k], best[k]) for k in best)
