@@ -51,6 +51,9 @@ def make_config(output_dir: Path, algorithm: str, init_from: str):
         sft={
             "demos": {"source": "expert", "episodes": 8, "epsilon": 0.2},
             "trainer": {"num_train_epochs": 8, "per_device_train_batch_size": 4, "learning_rate": 5e-3},
+            # 8 steps (both ranks' 8 demos a step): validation at steps 4 and 8, the best one kept
+            "eval_every_steps": 4,
+            "keep_best": True,
         },
         rl={"algorithm": algorithm, "init_from": init_from, "trainer": TRAINERS[algorithm]},
         rollout={"num_envs": 4, "max_action_tokens": 3},

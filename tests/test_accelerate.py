@@ -132,6 +132,15 @@ def test_stage_trackers_write_on_the_main_process_only(launched):
     assert [r["step"] for r in records if r["stage"] == "sft" and "loss" in r] == list(range(1, 9))
 
 
+def test_sft_validates_and_keeps_its_best_step_under_two_processes(launched):
+    records = [json.loads(line) for line in (launched / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    validations = [r for r in records if r["stage"] == "sft" and "eval_success" in r]
+    assert [r["step"] for r in validations] == [4, 8]  # sft.eval_every_steps, logged once (the main process)
+    selection = json.loads((launched / "grpo" / "checkpoints" / "sft" / "selection.json").read_text())
+    best = max(validations, key=lambda r: r["eval_selection_score"])
+    assert selection["step"] == best["step"] and selection["last_step"] == 8
+
+
 @pytest.mark.parametrize("algorithm", ["grpo", "ppo"])
 def test_main_process_saves_the_trained_replica(launched, algorithm):
     run_dir = launched / algorithm
