@@ -31,7 +31,7 @@ from rlft.runtime.distributed import ddp_timeout_s, process_state
 from rlft.runtime.storage import output_folder_problem
 from rlft.stages.model_card import write_card
 
-SELECTION_FILE = "selection.json"  # in checkpoints/rl_best: its step and validation success
+SELECTION_FILE = "selection.json"  # in checkpoints/rl_best (eval.keep_best), checkpoints/sft (sft.keep_best)
 
 
 def checkpoint_dir(config: Config, stage: str) -> Path:
