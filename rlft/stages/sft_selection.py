@@ -4,10 +4,12 @@ Every `sft.eval_every_steps` optimizer steps (and at the last) the policy plays 
 RL validates on, never the test seeds) in eval.greedy's decoding, and the trainer scores the expert's clean
 demonstrations on them (`eval_loss`: how well the policy imitates the expert on tasks it never trained on). With
 `sft.keep_best`, transformers keeps the checkpoint with the best validation success (`load_best_model_at_end`,
-`metric_for_best_model`; ties go to the lower eval_loss) and the stage saves it as checkpoints/sft, with selection.json naming its step.
+`metric_for_best_model`; ties go to the lower eval_loss) and the stage saves it as checkpoints/sft, with
+selection.json naming its step.
 
-Why: the last SFT step is not always the best policy. On slippery FrozenLake the decision that matters is
-learned late and unlearned again, depending on the seed (benchmarks/investigations/slippery_sft_2026-12-07.md).
+Why: the last SFT step is not always the best policy, and a policy that never learned the decision that matters
+should be seen before RL starts from it. On slippery FrozenLake that decision is learned late, at a step that
+depends on the seed (benchmarks/investigations/slippery_sft_2026-12-07.md).
 """
 
 from __future__ import annotations
