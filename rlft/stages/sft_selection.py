@@ -74,7 +74,15 @@ def check_validation_expert(config: Config) -> None:
 def validation_demos(config: Config, turn_format) -> tuple[list[int], Dataset]:
     """The validation seeds and the expert's clean (epsilon 0) demonstrations on them, as SFT rows."""
     seeds = validation_seeds(config)
-    records = record_expert_demos(env_factory(config), 0, 0.0, 0, 0, config.env.max_turns, seeds=seeds)
+    records = record_expert_demos(
+        env_factory(config),
+        episodes=0,
+        epsilon=0.0,
+        seed=0,
+        seed_start=0,
+        max_turns=config.env.max_turns,
+        seeds=seeds,
+    )
     return seeds, Dataset.from_list(sft_rows([record.episode(turn_format) for record in records]))
 
 
