@@ -189,3 +189,47 @@ def goal_distance_potential(observation: str) -> float:
     (ar, ac), (gr, gc) = cells["@"], cells["G"]
     span = max(1, (len(grid) - 1) + (max(len(row) for row in grid) - 1))
     return -(abs(ar - gr) + abs(ac - gc)) / span
+
+
+def path_value_potential(observation: str, gamma: float = 1.0) -> float:
+    """A shaping potential for FrozenLake text observations on non-slippery ice: the optimal value V*(s).
+
+    V*(s) = gamma ** (d - 1), with d the length of the shortest walk from @ to G that steps on no hole (a
+    breadth-first search over the grid in the observation; the env pays 1 on reaching G and nothing else).
+    A state with no such walk has potential 0, and so has an observation without @ and G. With Phi = V* and
+    the algorithm's discount, the shaped reward r + gamma * Phi(s') - Phi(s) of a turn is the optimal
+    advantage A*(s, a): 0 for a move along a shortest safe walk, below 0 for any other (a step away, a bump
+    into the wall, a hole). Every turn then carries its own credit, which the env's reward (paid at the goal
+    only) does not. It is exact on non-slippery maps only, and it does not count the turn limit.
+
+    `potential_shaping` passes its own `gamma` to a potential that takes one, so Phi and the shaping share
+    the discount.
+
+    >>> path_value_potential("@ F\\nF G\\nrow 0 col 0", gamma=0.5)
+    0.5
+    >>> path_value_potential("S H\\n@ G\\nrow 1 col 0")
+    1.0
+    >>> path_value_potential("@ H\\nH G\\nrow 0 col 0")
+    0.0
+    """
+    grid = [
+        line.split() for line in observation.splitlines() if line and not line.startswith(("row", "left"))
+    ]
+    cells = {cell: (r, c) for r, row in enumerate(grid) for c, cell in enumerate(row) if cell in ("@", "G")}
+    if "@" not in cells or "G" not in cells:
+        return 0.0
+    frontier, seen, steps = [cells["@"]], {cells["@"]}, 0
+    while frontier:
+        steps += 1
+        reached = []
+        for r, c in frontier:
+            for nr, nc in ((r, c - 1), (r + 1, c), (r, c + 1), (r - 1, c)):
+                if not (0 <= nr < len(grid) and 0 <= nc < len(grid[nr])) or (nr, nc) in seen:
+                    continue
+                if grid[nr][nc] == "G":
+                    return float(gamma) ** (steps - 1)
+                if grid[nr][nc] != "H":
+                    seen.add((nr, nc))
+                    reached.append((nr, nc))
+        frontier = reached
+    return 0.0

@@ -850,3 +850,35 @@ def test_frozen_lake_goal_distance_potential():
     observation, *_ = env.step("right")
     assert goal_distance_potential(observation) == pytest.approx(-5 / 6)
     assert goal_distance_potential("no map here") == 0.0
+
+
+def test_frozen_lake_path_value_potential_gives_each_turn_its_optimal_advantage():
+    from envs.frozen_lake import path_value_potential
+
+    env = gym.make("rlft/FrozenLakeRandom-v0", random_map_size=4, is_slippery=False)
+    start, _ = env.reset(seed=3)  # holes at (1, 1) and (2, 0): the shortest safe walk to G is 6 moves
+    assert path_value_potential(start, gamma=0.9) == pytest.approx(0.9**5)
+    assert path_value_potential(start) == 1.0  # undiscounted: G is reachable
+    along, *_ = env.step("right")  # 5 moves left
+    env.reset(seed=3)
+    away, *_ = env.step("down")  # (1, 0): both holes beside it, back through the start: 7 moves
+    assert path_value_potential(away, gamma=0.9) == pytest.approx(0.9**6)
+    shaped = [
+        potential_shaping(
+            [a], observations=[start], next_observations=[after], potential=path_value_potential, gamma=0.9
+        )[0]
+        for a, after in (("right", along), ("down", away))
+    ]
+    # gamma * V*(s') - V*(s): 0.9 * 0.9**4 - 0.9**5 = 0 along the walk; 0.9 * 0.9**6 - 0.9**5 = -0.1121931 away.
+    assert shaped == pytest.approx([0.0, -0.1121931])
+    # A step into a hole ends the episode: Phi(terminal) = 0, so the turn from (1, 0) costs V*(s) = 0.9**6 = 0.531441.
+    hole, *_ = env.step("right")
+    assert potential_shaping(
+        ["right"],
+        observations=[away],
+        next_observations=[hole],
+        potential=path_value_potential,
+        gamma=0.9,
+        terminated=True,
+    ) == pytest.approx([-0.531441])
+    assert path_value_potential("@ H\nH G\nrow 0 col 0") == 0.0

@@ -38,6 +38,7 @@ A rule of your own lives in your package and is named in the YAML:
 
 from __future__ import annotations
 
+import functools
 import inspect
 import string
 from collections.abc import Callable, Sequence
@@ -143,6 +144,8 @@ def potential_shaping(
     last state keeps its potential. Name Phi in the YAML as `potential: my_pkg.shaping:phi`. Use the same
     gamma as the algorithm's discount (PPO's `gamma`; 1 for GRPO's undiscounted return).
 
+    A potential with a `gamma` parameter (an optimal value, say) is called with this gamma.
+
     Shaping rewards the transition, not the text: an output the env does not act on leaves the state as it
     was and earns (gamma - 1) Phi(s), never a move's progress.
 
@@ -152,11 +155,20 @@ def potential_shaping(
     ...                   terminated=True)
     [1.0, -2.0]
     """
-    values = [float(potential(s)) for s in observations]
-    next_values = [float(potential(s)) for s in next_observations]
+    phi = functools.partial(potential, gamma=gamma) if _takes_gamma(potential) else potential
+    values = [float(phi(s)) for s in observations]
+    next_values = [float(phi(s)) for s in next_observations]
     if terminated and next_values:
         next_values[-1] = 0.0
     return [gamma * after - before for before, after in zip(values, next_values, strict=True)]
+
+
+def _takes_gamma(potential: Callable[..., float]) -> bool:
+    """Whether `potential` has a parameter named gamma (a builtin without a signature has none)."""
+    try:
+        return "gamma" in inspect.signature(potential).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 BUILTIN_RULES: dict[str, RuleFunction] = {
