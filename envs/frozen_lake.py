@@ -168,6 +168,15 @@ class TextFrozenLake(DiscreteTextEnv):
         return self.inner.reset(seed=inner_seed, options=options)
 
 
+def _grid_and_marks(observation: str) -> tuple[list[list[str]], dict[str, tuple[int, int]]]:
+    """The grid rows of a rendered observation (cells as strings) and where @ and G stand in it."""
+    grid = [
+        line.split() for line in observation.splitlines() if line and not line.startswith(("row", "left"))
+    ]
+    cells = {cell: (r, c) for r, row in enumerate(grid) for c, cell in enumerate(row) if cell in ("@", "G")}
+    return grid, cells
+
+
 def goal_distance_potential(observation: str) -> float:
     """A shaping potential for FrozenLake text observations: minus the Manhattan distance from @ to G, in [-1, 0].
 
@@ -180,10 +189,7 @@ def goal_distance_potential(observation: str) -> float:
     >>> goal_distance_potential("S F\\n@ G\\nrow 1 col 0")
     -0.5
     """
-    grid = [
-        line.split() for line in observation.splitlines() if line and not line.startswith(("row", "left"))
-    ]
-    cells = {cell: (r, c) for r, row in enumerate(grid) for c, cell in enumerate(row) if cell in ("@", "G")}
+    grid, cells = _grid_and_marks(observation)
     if "@" not in cells or "G" not in cells:
         return 0.0
     (ar, ac), (gr, gc) = cells["@"], cells["G"]
@@ -212,10 +218,7 @@ def path_value_potential(observation: str, gamma: float = 1.0) -> float:
     >>> path_value_potential("@ H\\nH G\\nrow 0 col 0")
     0.0
     """
-    grid = [
-        line.split() for line in observation.splitlines() if line and not line.startswith(("row", "left"))
-    ]
-    cells = {cell: (r, c) for r, row in enumerate(grid) for c, cell in enumerate(row) if cell in ("@", "G")}
+    grid, cells = _grid_and_marks(observation)
     if "@" not in cells or "G" not in cells:
         return 0.0
     frontier, seen, steps = [cells["@"]], {cells["@"]}, 0
