@@ -188,6 +188,7 @@ def main() -> None:
         print(json.dumps(report[-1]), flush=True)
         (args.out / "report.json").write_text(json.dumps(report, indent=2))
         model.save_pretrained(args.out / f"iteration-{iteration}")
+        tokenizer.save_pretrained(args.out / f"iteration-{iteration}")
 
 
 if __name__ == "__main__":
